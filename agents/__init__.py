@@ -1,0 +1,1 @@
+"""Faust agents: each moves data between topics, tables and the pure functions in analytics/."""

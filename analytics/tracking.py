@@ -1,0 +1,177 @@
+"""SPEC sections 1-2 over one batch of raw ``user-events`` messages.
+
+The behaviour tracker agent hands a batch of messages from one partition to
+:func:`track_batch` and writes out what it returns; nothing here touches Kafka.
+
+Repeated event_ids. An event counts once when its event_id arrives again for the same user
+within ``dedup_window`` of the first arrival (measured between the messages' ingestion times).
+The record of a first arrival keeps the offset of its message, so a message that is merely
+*re-delivered* after a crash (same offset) is told apart from a real repeat (another offset):
+the re-delivery is processed again, which makes the tracker at-least-once towards the enriched
+topic, and consumers of that topic drop repeats by event_id.
+
+Keys. Everything downstream relies on partition p holding the same users in every topic, so an
+event whose message key is not its user_id (a producer that keyed it differently or not at all)
+is not processed where it landed: it is produced again to ``user-events`` keyed by user_id,
+with its event_id fixed and its ingestion time kept, and processed when it arrives there.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from analytics.enrichment import EnrichmentRules, enrich
+from analytics.timeutil import format_ts
+from analytics.validation import MAX_EVENT_BYTES, EventRejected, FieldError, decode_json, validate_event
+
+_EVENT_ID_NAMESPACE = uuid.UUID("6f1c4a52-3b0e-4c8e-9a57-0d8c2f6e5b11")
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One Kafka message as the tracker needs it."""
+
+    key: bytes | None
+    value: bytes
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEvent:
+    """The dedup record of an event's first arrival."""
+
+    received_ms: int
+    offset: int
+
+    def encode(self) -> bytes:
+        return f"{self.received_ms}:{self.offset}".encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SeenEvent:
+        received, _, offset = data.partition(b":")
+        return cls(int(received), int(offset))
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerRules:
+    """The configurable parts of sections 1-2."""
+
+    enrichment: EnrichmentRules = EnrichmentRules()
+    dedup_window_ms: int = 24 * 3600 * 1000
+    future_tolerance_ms: int = 10 * 60 * 1000
+
+
+@dataclass(slots=True)
+class TrackedBatch:
+    """What one batch produces: each list in message order."""
+
+    enriched: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    rekeyed: list[RawMessage] = field(default_factory=list)
+    seen: dict[bytes, SeenEvent] = field(default_factory=dict)
+    duplicates: int = 0
+
+
+def dedup_key(user_id: str, event_id: str) -> bytes:
+    """Table key of (user_id, event_id); the length prefix keeps it unambiguous."""
+    return f"{len(user_id)}:{user_id}{event_id}".encode()
+
+
+def fallback_event_id(topic: str, partition: int, offset: int) -> str:
+    """The event_id of a topic event that has none: stable across re-deliveries of the message."""
+    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{topic}/{partition}/{offset}"))
+
+
+def dead_letter(
+    raw: bytes,
+    errors: Iterable[FieldError],
+    *,
+    source: str,
+    received_ms: int,
+    **where: Any,
+) -> dict[str, Any]:
+    """A dead-letter record: the raw payload, the errors, where it came from and when."""
+    error_list = [error.as_dict() for error in errors]
+    try:
+        raw_text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        raw_text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return {
+        "source": source,
+        "error": "; ".join(f"{e['field']}: {e['message']}" for e in error_list),
+        "errors": error_list,
+        "raw": raw_text,
+        "raw_encoding": encoding,
+        "received_at": format_ts(received_ms),
+        **where,
+    }
+
+
+def track_batch(
+    messages: Iterable[RawMessage],
+    *,
+    topic: str,
+    lookup: Callable[[bytes], SeenEvent | None],
+    rules: TrackerRules,
+) -> TrackedBatch:
+    """Validate, drop repeats and enrich a batch of messages from one partition."""
+    out = TrackedBatch()
+    for message in messages:
+        where = {"topic": topic, "partition": message.partition, "offset": message.offset}
+        try:
+            if len(message.value) > MAX_EVENT_BYTES:
+                raise EventRejected(
+                    [FieldError("event", f"{len(message.value)} bytes, over {MAX_EVENT_BYTES}")]
+                )
+            obj = decode_json(message.value)
+            event = validate_event(
+                obj,
+                received_at_ms=message.timestamp_ms,
+                default_event_id=fallback_event_id(topic, message.partition, message.offset),
+                future_tolerance_ms=rules.future_tolerance_ms,
+            )
+        except EventRejected as rejected:
+            out.dead_letters.append(
+                dead_letter(
+                    message.value,
+                    rejected.errors,
+                    source="topic",
+                    received_ms=message.timestamp_ms,
+                    **where,
+                )
+            )
+            continue
+        user_id: str = event["user_id"]
+        if message.key != user_id.encode():
+            fixed = {**obj, "event_id": event["event_id"]}
+            out.rekeyed.append(
+                RawMessage(
+                    key=user_id.encode(),
+                    value=orjson.dumps(fixed),
+                    partition=-1,
+                    offset=-1,
+                    timestamp_ms=message.timestamp_ms,
+                )
+            )
+            continue
+        key = dedup_key(user_id, event["event_id"])
+        seen = out.seen.get(key) or lookup(key)
+        if (
+            seen is not None
+            and seen.offset != message.offset
+            and message.timestamp_ms - seen.received_ms <= rules.dedup_window_ms
+        ):
+            out.duplicates += 1
+            continue
+        if seen is None or seen.offset != message.offset:
+            out.seen[key] = SeenEvent(message.timestamp_ms, message.offset)
+        out.enriched.append(enrich(event, rules.enrichment))
+    return out

@@ -1,0 +1,55 @@
+"""The Faust application: one per worker process, configured from app.settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from app.settings import Settings, get_settings
+from app.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+class AnalyticsApp(faust.App):
+    """faust.App that creates the pipeline's topics before its consumer subscribes to them."""
+
+    analytics_settings: Settings
+
+    async def on_first_start(self) -> None:
+        settings = self.analytics_settings
+        await ensure_topics(settings.brokers, settings.engine.topic_partitions)
+        await super().on_first_start()
+
+
+def create_app(settings: Settings | None = None) -> AnalyticsApp:
+    """Build the app from settings; agents and views are found by autodiscovery."""
+    settings = settings or get_settings()
+    engine = settings.engine
+    http = settings.sources.http
+    options: dict[str, Any] = dict(
+        broker=[f"kafka://{broker}" for broker in settings.brokers],
+        store=engine.store,
+        topic_partitions=engine.topic_partitions,
+        topic_allow_declare=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        processing_guarantee=engine.processing_guarantee,
+        broker_session_timeout=engine.session_timeout.total_seconds(),
+        broker_heartbeat_interval=engine.heartbeat_interval.total_seconds(),
+        consumer_auto_offset_reset="earliest",
+        producer_linger_ms=5,
+        producer_max_batch_size=256 * 1024,
+        web_bind=http.host,
+        web_host=http.host,
+        web_port=http.port,
+        web_in_thread=False,
+        autodiscover=["agents", "web"],
+        origin="app",
+        logging_config=None,
+    )
+    app = AnalyticsApp(settings.sources.kafka.group_id, **options)
+    app.analytics_settings = settings
+    return app

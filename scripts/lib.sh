@@ -1,0 +1,41 @@
+# Shared helpers for the service scripts. Source it; do not run it.
+# Scratch state lives outside the work tree (PostgreSQL refuses to run as root and cannot
+# traverse a 0700 temporary clone), one folder per clone so several clones never collide.
+
+PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRATCH="${ANALYTICS_SCRATCH:-/tmp/realtime-analytics-$(printf '%s' "$PROJECT_ROOT" | md5sum | cut -c1-8)}"
+CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/realtime-analytics"
+ENV_FILE="$SCRATCH/services.env"
+mkdir -p "$SCRATCH" "$CACHE_DIR"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# free_port PREFERRED: PREFERRED when nothing listens there, else a free port the kernel picks.
+free_port() {
+  python3 - "$1" <<'PY'
+import socket, sys
+def free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+        return s.getsockname()[1]
+print(free(int(sys.argv[1])) or free(0))
+PY
+}
+
+# port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# pid_alive PIDFILE: true when the process named in PIDFILE runs.
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# set_env NAME VALUE: record an address in the shared env file that tests and the worker read.
+set_env() {
+  touch "$ENV_FILE"
+  grep -v "^export $1=" "$ENV_FILE" > "$ENV_FILE.tmp" || true
+  printf 'export %s=%q\n' "$1" "$2" >> "$ENV_FILE.tmp"
+  mv "$ENV_FILE.tmp" "$ENV_FILE"
+}

@@ -1,0 +1,1 @@
+"""Changelog-backed Faust tables: the pipeline's state, one module per kind of state."""

@@ -1,0 +1,106 @@
+"""Ingestion and health endpoints on the Faust web server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from faust import web
+
+from analytics.timeutil import now_ms
+from analytics.validation import MAX_BATCH_BYTES, MAX_EVENT_BYTES
+from app import app
+from app.topics import DEAD_LETTERS, USER_EVENTS
+from web.ingestion import IngestOutcome, ingest_batch, ingest_single, too_large
+
+
+async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
+    """Read at most ``limit + 1`` bytes; return (body, size when over the limit)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return b"", declared
+    content = request.content  # type: ignore[attr-defined]
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await content.read(min(256 * 1024, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    body = b"".join(chunks)
+    return body, (size if size > limit else None)
+
+
+async def _publish(outcome: IngestOutcome, received_ms: int) -> None:
+    """Produce accepted events and dead letters and wait until the broker has them."""
+    producer = app.producer
+    sends = [
+        await producer.send(USER_EVENTS, a.key, a.value, None, received_ms / 1000, None)
+        for a in outcome.accepted
+    ]
+    sends += [
+        await producer.send(DEAD_LETTERS, None, orjson.dumps(d), None, None, None)
+        for d in outcome.dead_letters
+    ]
+    await asyncio.gather(*sends)
+
+
+class _IngestView(web.View):
+    limit = MAX_EVENT_BYTES
+    source = "http"
+
+    def decide(self, body: bytes, received_ms: int) -> IngestOutcome:
+        raise NotImplementedError
+
+    async def post(self, request: web.Request) -> web.Response:
+        received_ms = now_ms()
+        body, oversize = await _read_body(request, self.limit)
+        if oversize is not None:
+            outcome = too_large(oversize, self.limit, self.source, body, received_ms)
+        else:
+            outcome = self.decide(body, received_ms)
+        await _publish(outcome, received_ms)
+        return self.json(outcome.body, status=outcome.status)
+
+
+@app.page("/ingest")
+class IngestView(_IngestView):
+    """POST one event."""
+
+    def decide(self, body: bytes, received_ms: int) -> IngestOutcome:
+        return ingest_single(body, received_ms)
+
+
+@app.page("/ingest/batch")
+class IngestBatchView(_IngestView):
+    """POST {"events": [...]} with up to 1,000 events."""
+
+    limit = MAX_BATCH_BYTES
+    source = "http-batch"
+
+    def decide(self, body: bytes, received_ms: int) -> IngestOutcome:
+        return ingest_batch(body, received_ms)
+
+
+async def kafka_status(timeout: float = 3.0) -> dict[str, Any]:
+    """Ask the broker for cluster metadata through the app's producer connection."""
+    try:
+        client = app.producer._ensure_producer().client  # type: ignore[attr-defined]
+        metadata = await asyncio.wait_for(client.fetch_all_metadata(), timeout)
+        return {"connected": True, "brokers": len(metadata.brokers())}
+    except Exception as exc:  # any failure means "not reachable now"
+        return {"connected": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+@app.page("/health")
+class HealthView(web.View):
+    """Liveness plus broker connectivity: 200 when Kafka answers, 503 otherwise."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        kafka = await kafka_status()
+        status = "ok" if kafka["connected"] else "degraded"
+        return self.json(
+            {"status": status, "kafka": kafka}, status=200 if kafka["connected"] else 503
+        )
