@@ -19,8 +19,9 @@ from agents.batching import partition_batches
 from analytics.enrichment import EnrichmentRules
 from analytics.tracking import RawMessage, SeenEvent, TrackerRules, track_batch
 from app import app
-from app.topics import DEAD_LETTERS, ENRICHED, USER_EVENTS
 from tables.seen_events import seen_events
+
+TOPICS = app.topic_names
 
 log = logging.getLogger(__name__)
 _settings = app.analytics_settings
@@ -35,7 +36,7 @@ RULES = TrackerRules(
     future_tolerance_ms=int(_settings.analytics.future_tolerance.total_seconds() * 1000),
 )
 
-user_events_topic = app.topic(USER_EVENTS, partitions=_settings.engine.topic_partitions)
+user_events_topic = app.topic(TOPICS.user_events, partitions=_settings.engine.topic_partitions)
 
 
 class TrackerCounters:
@@ -59,7 +60,7 @@ def _to_raw(event: Any) -> RawMessage:
         value=message.value,
         partition=message.partition,
         offset=message.offset,
-        timestamp_ms=int(round(message.timestamp * 1000)),
+        timestamp_ms=round(message.timestamp * 1000),
     )
 
 
@@ -71,13 +72,16 @@ async def behavior_tracker(stream: Any) -> None:
     async for events in partition_batches(stream, engine.batch_size, engine.batch_within):
         partition = events[0].message.partition
         result = track_batch(
-            (_to_raw(event) for event in events), topic=USER_EVENTS, lookup=_lookup, rules=RULES
+            (_to_raw(event) for event in events),
+            topic=TOPICS.user_events,
+            lookup=_lookup,
+            rules=RULES,
         )
         sends: list[Awaitable[Any]] = []
         for enriched in result.enriched:
             sends.append(
                 await producer.send(
-                    ENRICHED,
+                    TOPICS.enriched,
                     enriched["user_id"].encode(),
                     orjson.dumps(enriched),
                     partition,
@@ -87,12 +91,17 @@ async def behavior_tracker(stream: Any) -> None:
             )
         for dead in result.dead_letters:
             sends.append(
-                await producer.send(DEAD_LETTERS, None, orjson.dumps(dead), None, None, None)
+                await producer.send(TOPICS.dead_letters, None, orjson.dumps(dead), None, None, None)
             )
         for moved in result.rekeyed:
             sends.append(
                 await producer.send(
-                    USER_EVENTS, moved.key, moved.value, None, moved.timestamp_ms / 1000, None
+                    TOPICS.user_events,
+                    moved.key,
+                    moved.value,
+                    None,
+                    moved.timestamp_ms / 1000,
+                    None,
                 )
             )
         await asyncio.gather(*sends)

@@ -26,9 +26,15 @@ from typing import Any
 
 import orjson
 
-from analytics.enrichment import EnrichmentRules, enrich
+from analytics.enrichment import DEFAULT_RULES, EnrichmentRules, enrich
 from analytics.timeutil import format_ts
-from analytics.validation import MAX_EVENT_BYTES, EventRejected, FieldError, decode_json, validate_event
+from analytics.validation import (
+    MAX_EVENT_BYTES,
+    EventRejected,
+    FieldError,
+    decode_json,
+    validate_event,
+)
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c4a52-3b0e-4c8e-9a57-0d8c2f6e5b11")
 
@@ -64,7 +70,7 @@ class SeenEvent:
 class TrackerRules:
     """The configurable parts of sections 1-2."""
 
-    enrichment: EnrichmentRules = EnrichmentRules()
+    enrichment: EnrichmentRules = DEFAULT_RULES
     dedup_window_ms: int = 24 * 3600 * 1000
     future_tolerance_ms: int = 10 * 60 * 1000
 

@@ -4,4 +4,6 @@ from app.faust_app import AnalyticsApp, create_app
 
 app: AnalyticsApp = create_app()
 
-__all__ = ["app"]
+from app import commands  # noqa: E402  (registers `faust -A app tail`)
+
+__all__ = ["app", "commands"]

@@ -8,7 +8,7 @@ from typing import Any
 import faust
 
 from app.settings import Settings, get_settings
-from app.topics import ensure_topics
+from app.topics import TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +17,11 @@ class AnalyticsApp(faust.App):
     """faust.App that creates the pipeline's topics before its consumer subscribes to them."""
 
     analytics_settings: Settings
+    topic_names: TopicNames
 
     async def on_first_start(self) -> None:
         settings = self.analytics_settings
-        await ensure_topics(settings.brokers, settings.engine.topic_partitions)
+        await ensure_topics(settings.brokers, self.topic_names, settings.engine.topic_partitions)
         await super().on_first_start()
 
 
@@ -52,4 +53,5 @@ def create_app(settings: Settings | None = None) -> AnalyticsApp:
     )
     app = AnalyticsApp(settings.sources.kafka.group_id, **options)
     app.analytics_settings = settings
+    app.topic_names = TopicNames.with_prefix(settings.engine.topic_prefix)
     return app

@@ -64,6 +64,7 @@ class ApplicationSettings(BaseModel):
 
 class EngineSettings(BaseModel):
     topic_partitions: int = Field(8, ge=1, le=1024)
+    topic_prefix: str = ""
     batch_size: int = Field(2000, ge=1, le=100_000)
     batch_within: Duration = timedelta(milliseconds=200)
     grace: Duration = timedelta(seconds=10)

@@ -8,30 +8,38 @@ of the next.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass, fields
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-USER_EVENTS = "user-events"
-DEAD_LETTERS = "user-events-dlq"
-ENRICHED = "user-behavior-enriched"
-ANALYTICS_BATCHES = "analytics-batches"
-LIVE_KPIS = "live-kpis"
-SESSION_METRICS = "session-metrics"
-PAGE_VIEW_STATS = "page-view-stats"
-TRAFFIC_STATS = "traffic-stats"
 
-PIPELINE_TOPICS = (
-    USER_EVENTS,
-    DEAD_LETTERS,
-    ENRICHED,
-    ANALYTICS_BATCHES,
-    LIVE_KPIS,
-    SESSION_METRICS,
-    PAGE_VIEW_STATS,
-    TRAFFIC_STATS,
-)
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The pipeline's topics; ``engine.topic_prefix`` lets tests share one broker."""
+
+    user_events: str = "user-events"
+    dead_letters: str = "user-events-dlq"
+    enriched: str = "user-behavior-enriched"
+    kpi_partials: str = "kpi-partials"
+    live_kpis: str = "live-kpis"
+    session_metrics: str = "session-metrics"
+    page_view_stats: str = "page-view-stats"
+    traffic_stats: str = "traffic-stats"
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> TopicNames:
+        return cls(**{f.name: prefix + f.default for f in fields(cls)})  # type: ignore[operator]
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def partition_counts(self, partitions: int) -> dict[str, int]:
+        """kpi-partials has one partition: a single combiner sees every partition's partials."""
+        return {name: 1 if name == self.kpi_partials else partitions for name in self.all()}
+
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +48,35 @@ class TopicLayoutError(RuntimeError):
     """An existing topic has a partition count the pipeline cannot work with."""
 
 
-async def ensure_topics(brokers: list[str], partitions: int) -> None:
+async def ensure_topics(brokers: list[str], names: TopicNames, partitions: int) -> None:
     """Create the pipeline's topics when missing and check the partition counts of those present."""
+    wanted = names.partition_counts(partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=",".join(brokers), request_timeout_ms=15_000)
     try:
         await admin.start()
     except KafkaConnectionError as exc:
         raise KafkaConnectionError(f"cannot reach Kafka at {','.join(brokers)}: {exc}") from exc
     try:
-        existing = await admin.describe_topics(list(PIPELINE_TOPICS))
+        existing = await admin.describe_topics(list(wanted))
         counts = {
             meta["topic"]: len(meta["partitions"])
             for meta in existing
             if meta.get("error_code", 0) == 0 and meta["partitions"]
         }
-        wrong = {name: n for name, n in counts.items() if n != partitions}
+        wrong = {name: n for name, n in counts.items() if n != wanted[name]}
         if wrong:
             raise TopicLayoutError(
-                f"topics {wrong} exist with a partition count other than {partitions}; "
+                f"topics {wrong} exist with partition counts other than {wanted}; "
                 "delete them or set engine.topic_partitions to match"
             )
-        missing = [name for name in PIPELINE_TOPICS if name not in counts]
+        missing = [name for name in wanted if name not in counts]
         if missing:
-            new = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing]
-            try:
+            new = [
+                NewTopic(name, num_partitions=wanted[name], replication_factor=1)
+                for name in missing
+            ]
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-            log.info("created topics %s with %d partitions", missing, partitions)
+            log.info("created topics %s", missing)
     finally:
         await admin.close()

@@ -55,7 +55,9 @@ def _accept(obj: Any, received_ms: int) -> Accepted:
 
 
 def _dead(raw: bytes, errors: list[FieldError], source: str, received_ms: int) -> dict[str, Any]:
-    record = dead_letter(raw[:DEAD_LETTER_RAW_LIMIT], errors, source=source, received_ms=received_ms)
+    record = dead_letter(
+        raw[:DEAD_LETTER_RAW_LIMIT], errors, source=source, received_ms=received_ms
+    )
     if len(raw) > DEAD_LETTER_RAW_LIMIT:
         record["raw_truncated_from_bytes"] = len(raw)
     return record
@@ -82,7 +84,10 @@ def ingest_single(body: bytes, received_ms: int) -> IngestOutcome:
         accepted = _accept(decode_json(body), received_ms)
     except EventRejected as rejected:
         return IngestOutcome(
-            400, _rejected_body(rejected.errors), [], [_dead(body, rejected.errors, "http", received_ms)]
+            400,
+            _rejected_body(rejected.errors),
+            [],
+            [_dead(body, rejected.errors, "http", received_ms)],
         )
     return IngestOutcome(202, {"event_id": accepted.event_id}, [accepted])
 
@@ -95,7 +100,9 @@ def ingest_batch(body: bytes, received_ms: int) -> IngestOutcome:
         obj = decode_json(body)
         events = obj.get("events") if isinstance(obj, dict) else None
         if isinstance(events, list) and len(events) > MAX_BATCH_EVENTS:
-            errors = [FieldError("events", f"{len(events)} events, over the limit of {MAX_BATCH_EVENTS}")]
+            errors = [
+                FieldError("events", f"{len(events)} events, over the limit of {MAX_BATCH_EVENTS}")
+            ]
             return IngestOutcome(
                 413, _rejected_body(errors), [], [_dead(body, errors, "http-batch", received_ms)]
             )
@@ -113,7 +120,9 @@ def ingest_batch(body: bytes, received_ms: int) -> IngestOutcome:
         try:
             outcome.accepted.append(_accept(item, received_ms))
         except EventRejected as rejected:
-            rejected_items.append({"index": index, "errors": [e.as_dict() for e in rejected.errors]})
+            rejected_items.append(
+                {"index": index, "errors": [e.as_dict() for e in rejected.errors]}
+            )
             dead = _dead(orjson.dumps(item), rejected.errors, "http-batch", received_ms)
             dead["batch_index"] = index
             outcome.dead_letters.append(dead)
@@ -124,5 +133,3 @@ def ingest_batch(body: bytes, received_ms: int) -> IngestOutcome:
         "rejected": rejected_items,
     }
     return outcome
-
-

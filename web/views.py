@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import orjson
+from aiohttp import web as aiohttp_web
 from faust import web
 
 from analytics.timeutil import now_ms
 from analytics.validation import MAX_BATCH_BYTES, MAX_EVENT_BYTES
 from app import app
-from app.topics import DEAD_LETTERS, USER_EVENTS
 from web.ingestion import IngestOutcome, ingest_batch, ingest_single, too_large
+
+TOPICS = app.topic_names
 
 
 async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
     """Read at most ``limit + 1`` bytes; return (body, size when over the limit)."""
-    declared = request.content_length
+    http_request = cast(aiohttp_web.Request, request)
+    declared = http_request.content_length
     if declared is not None and declared > limit:
         return b"", declared
-    content = request.content  # type: ignore[attr-defined]
+    content = http_request.content
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
@@ -37,11 +40,11 @@ async def _publish(outcome: IngestOutcome, received_ms: int) -> None:
     """Produce accepted events and dead letters and wait until the broker has them."""
     producer = app.producer
     sends = [
-        await producer.send(USER_EVENTS, a.key, a.value, None, received_ms / 1000, None)
+        await producer.send(TOPICS.user_events, a.key, a.value, None, received_ms / 1000, None)
         for a in outcome.accepted
     ]
     sends += [
-        await producer.send(DEAD_LETTERS, None, orjson.dumps(d), None, None, None)
+        await producer.send(TOPICS.dead_letters, None, orjson.dumps(d), None, None, None)
         for d in outcome.dead_letters
     ]
     await asyncio.gather(*sends)
@@ -101,6 +104,15 @@ class HealthView(web.View):
     async def get(self, request: web.Request) -> web.Response:
         kafka = await kafka_status()
         status = "ok" if kafka["connected"] else "degraded"
-        return self.json(
-            {"status": status, "kafka": kafka}, status=200 if kafka["connected"] else 503
-        )
+        source = {
+            tp.partition for tp in app.consumer.assignment() if tp.topic == TOPICS.user_events
+        }
+        body = {
+            "status": status,
+            "kafka": kafka,
+            "worker": {
+                "rebalancing": bool(app.rebalancing),
+                "user_events_partitions": sorted(source),
+            },
+        }
+        return self.json(body, status=200 if kafka["connected"] else 503)

@@ -1,0 +1,1 @@
+"""Pure functions that implement ../shared/SPEC.md, one module per section."""

@@ -1,0 +1,63 @@
+"""Operator commands on the Faust CLI: ``faust -A app tail TOPIC``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.cli import argument, option
+
+from app import app
+
+
+@app.command(
+    argument("topic"),
+    option("--last", type=int, default=10, help="How many of the newest records per partition."),
+    option("--follow/--no-follow", default=False, help="Keep printing new records."),
+)
+async def tail(self: object, topic: str, last: int, follow: bool) -> None:
+    """Print the newest records of a topic (prefix added), one JSON value a line."""
+    full = app.analytics_settings.engine.topic_prefix + topic
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=",".join(app.analytics_settings.brokers), enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = await _partitions(full)
+        if not partitions:
+            print(f"no topic {full!r}", file=sys.stderr)
+            return
+        tps = [TopicPartition(full, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, ends[tp] - last))
+        while True:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    value = record.value.decode("utf-8", "replace") if record.value else ""
+                    print(value, flush=True)
+            if not follow and all(await _at_end(consumer, tps, ends)):
+                return
+            await asyncio.sleep(0)
+    finally:
+        await consumer.stop()
+
+
+async def _at_end(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], ends: dict[TopicPartition, int]
+) -> list[bool]:
+    return [await consumer.position(tp) >= ends[tp] for tp in tps]
+
+
+async def _partitions(topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=",".join(app.analytics_settings.brokers))
+    await admin.start()
+    try:
+        (meta,) = await admin.describe_topics([topic])
+        return [p["partition"] for p in meta["partitions"]] if meta["error_code"] == 0 else []
+    finally:
+        await admin.close()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: install, start Kafka and PostgreSQL, lint, type-check,
+# run every test, stop the services it started. Extra arguments go to pytest.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$PROJECT_ROOT"
+scripts/bootstrap.sh
+started_here=0
+if ! scripts/kafka.sh status >/dev/null 2>&1 || ! scripts/postgres.sh status >/dev/null 2>&1; then
+  started_here=1
+fi
+scripts/services.sh start >/dev/null
+[ "$started_here" = 1 ] && trap 'scripts/services.sh stop' EXIT
+source "$ENV_FILE"
+log "Kafka at $KAFKA_BOOTSTRAP, PostgreSQL at $DATABASE_URL"
+log "ruff"; .venv/bin/ruff format --check . && .venv/bin/ruff check .
+log "mypy"; .venv/bin/mypy .
+log "pytest"; .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -1,0 +1,617 @@
+"""Batch reference for SPEC sections 3-6, written from the SPEC text only.
+
+Every function takes a list of ENRICHED events (SPEC section 2) as plain dicts, already
+deduplicated (see :func:`dedupe`), and returns plain dicts. Nothing here imports the project's
+packages: this module is the independent oracle the streaming pipeline is checked against.
+
+Input fields read from each event:
+
+==============  ==========================================================================
+event_id        str, required, unique in the input (a duplicate raises ``ValueError``)
+user_id         str, required
+session_id      str; missing / ``None`` / ``""`` all mean "no session id" (key part ``""``)
+action          str, required
+page            str; missing / ``None`` / ``""`` mean "no page"
+timestamp       RFC 3339 text (``"2024-01-15T10:30:00.000Z"``); no offset means UTC; an
+                ``int`` is accepted as epoch milliseconds already
+duration        int ms; missing / ``None`` mean 0
+revenue_cents   int, the money figure used everywhere; when missing it is derived from
+                ``revenue`` (half-up to the cent); when both are present they must agree
+is_conversion   bool, required
+device, country, browser   str or ``None``
+==============  ==========================================================================
+
+Rules this module had to pin down where the SPEC text leaves room (each one is what a careful
+reading of the SPEC implies; they are repeated in the function docstrings):
+
+1. Time. Timestamps become integer epoch milliseconds; digits below the millisecond are
+   truncated toward the past (floor). Windows are ``[start, start + window_ms)`` with
+   ``start = floor(ts / window_ms) * window_ms`` (epoch aligned, also for ts < 0).
+2. Session order. Within a session key, events are ordered by ``(ts, event_id)`` with plain
+   string comparison of event_id. A gap ``> gap_ms`` splits; a gap ``== gap_ms`` does not.
+3. Session ``window_end_ms`` is the LAST event's ts (not last ts + gap), so
+   ``duration_seconds = (last - first) / 1000`` and a one-event session lasts 0 s.
+4. ``pages`` counts events of ANY action that carry a non-empty page (not only page_view).
+5. ``device_type`` / ``country``: first value in (ts, event_id) order that is neither
+   ``None`` nor ``""``; ``"unknown"`` is a real value. ``None`` when there is none.
+6. ``engagement_score`` = min(30, 2*total_events) + min(20, 4*unique_pages)
+   + min(30, total_duration_ms / 10000) + min(20, 5*distinct_actions), then min(100, .),
+   as a float; ``distinct_actions`` = len(actions).
+7. KPI session snapshot. The SPEC defines the session figures of window W = [start, end) from
+   sessions built over all events with ts < end. Events with ts < end are a prefix of each
+   key's (ts, event_id) order and the gap rule only looks at consecutive events, so those
+   sessions are exactly the full sessions cut at ``end``; the ones active in W are those with
+   an event in W. This module therefore walks each full session once and takes its running
+   figures right after its last event of each window it touches (``_window_snapshots``).
+   ``test_batch`` checks the result against the literal definition (calling
+   :func:`sessions` on the filtered events, for every window) on random data.
+8. ``total_conversions`` counts events with ``is_conversion`` true; ``purchases`` counts
+   action ``"purchase"``; ``total_page_views`` counts action ``"page_view"``.
+9. ``new_users`` / ``total_users`` use each user's first event in THE WHOLE INPUT (the input is
+   taken as the complete history).
+10. Money is summed in integer cents. Ratios are floats: ``average_order_value =
+    cents / (100 * purchases)``, ``revenue_per_user = cents / (100 * active_users)``. Means
+    are computed order-independently (integer sums, ``math.fsum``). Division by zero gives 0.0.
+11. Trends. Previous window = ``start - window_ms``; when it had no events every figure is 0.
+    ``change_percent = 100 * (current - previous) / previous`` (0.0 when previous is 0);
+    ``"up"`` when change > 5, ``"down"`` when change < -5, else ``"stable"`` (so exactly +5 or
+    -5 is stable). ``total_revenue`` is compared in cents (same ratio as in currency).
+12. Top pages: views descending, then page ascending by Python string order (Unicode code
+    points, which is not necessarily a database collation).
+13. Dimension values: ``None`` / ``""`` / missing become ``"unknown"``; other values are used
+    as given (enriched country is already upper-case).
+14. Lateness (:func:`drop_late`): see its docstring.
+
+Comparisons of float figures against the pipeline should use a small tolerance
+(``pytest.approx``); integer figures and cents must match exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, TypeVar
+
+DEFAULT_SESSION_GAP_MS = 1_800_000
+DEFAULT_WINDOW_MS = 60_000
+DEFAULT_GRACE_MS = 10_000
+
+#: The metrics whose trend SPEC section 4 asks for, in SPEC order.
+TREND_METRICS: tuple[str, ...] = (
+    "active_users",
+    "total_events",
+    "total_page_views",
+    "total_sessions",
+    "total_revenue",
+    "total_conversions",
+    "conversion_rate_percent",
+    "bounce_rate_percent",
+    "average_session_duration_seconds",
+    "revenue_per_user",
+)
+
+#: The dimensions of SPEC section 5.
+DIMENSIONS: tuple[str, ...] = ("device", "country", "browser")
+
+UNKNOWN = "unknown"
+
+Event = Mapping[str, Any]
+Row = dict[str, Any]
+E = TypeVar("E", bound=Mapping[str, Any])
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Input normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def to_epoch_ms(timestamp: str | int) -> int:
+    """RFC 3339 text (or an int already in epoch ms) -> integer epoch milliseconds (UTC).
+
+    No offset means UTC. Sub-millisecond digits are floored.
+    """
+    if isinstance(timestamp, bool):
+        raise TypeError("timestamp must be RFC 3339 text or int epoch ms, not bool")
+    if isinstance(timestamp, int):
+        return timestamp
+    parsed = datetime.fromisoformat(timestamp.strip().upper())
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return (parsed - _EPOCH) // _ONE_MS
+
+
+def window_start(ts_ms: int, window_ms: int = DEFAULT_WINDOW_MS) -> int:
+    """Start of the epoch-aligned tumbling window holding ``ts_ms``."""
+    return (ts_ms // window_ms) * window_ms
+
+
+def _text(value: Any) -> str:
+    """``None`` -> ``""``, anything else -> itself as text."""
+    return "" if value is None else str(value)
+
+
+def _cents(event: Event) -> int:
+    """Revenue in integer cents: ``revenue_cents`` when given (and then it must agree with
+    ``revenue`` if that is given too), else ``revenue`` rounded half-up to the cent."""
+    revenue = event.get("revenue")
+    from_revenue = 0
+    if revenue:
+        amount = Decimal(str(revenue)) * 100
+        from_revenue = int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    if event.get("revenue_cents") is None:
+        return from_revenue
+    cents = int(event["revenue_cents"])
+    if revenue is not None and cents != from_revenue:
+        raise ValueError(
+            f"event {event.get('event_id')!r}: revenue {revenue!r} "
+            f"disagrees with revenue_cents {cents}"
+        )
+    return cents
+
+
+@dataclass(slots=True)
+class _Ev:
+    """One enriched event, normalised (ts parsed, missing optionals filled)."""
+
+    ts: int
+    event_id: str
+    user_id: str
+    session_id: str
+    action: str
+    page: str
+    duration: int
+    revenue_cents: int
+    is_conversion: bool
+    device: str
+    country: str
+    browser: str
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.ts, self.event_id)
+
+
+def _normalize(events: Iterable[Event]) -> list[_Ev]:
+    out: list[_Ev] = []
+    seen: set[str] = set()
+    for event in events:
+        event_id = str(event["event_id"])
+        if event_id in seen:
+            raise ValueError(f"duplicate event_id {event_id!r}: call dedupe() first")
+        seen.add(event_id)
+        out.append(
+            _Ev(
+                ts=to_epoch_ms(event["timestamp"]),
+                event_id=event_id,
+                user_id=str(event["user_id"]),
+                session_id=_text(event.get("session_id")),
+                action=str(event["action"]),
+                page=_text(event.get("page")),
+                duration=int(event.get("duration") or 0),
+                revenue_cents=_cents(event),
+                is_conversion=bool(event["is_conversion"]),
+                device=_text(event.get("device")),
+                country=_text(event.get("country")),
+                browser=_text(event.get("browser")),
+            )
+        )
+    return out
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator as a float, 0.0 when the denominator is 0."""
+    return numerator / denominator if denominator else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Section 3: sessions
+# --------------------------------------------------------------------------------------------
+
+
+def _events_by_session_key(evs: Iterable[_Ev]) -> dict[tuple[str, str], list[_Ev]]:
+    """(user_id, session_id) -> that key's events sorted by (ts, event_id)."""
+    by_key: dict[tuple[str, str], list[_Ev]] = defaultdict(list)
+    for ev in evs:
+        by_key[(ev.user_id, ev.session_id)].append(ev)
+    for key_events in by_key.values():
+        key_events.sort(key=lambda ev: ev.order)
+    return dict(by_key)
+
+
+def _split_by_gap(ordered: Sequence[_Ev], gap_ms: int) -> list[list[_Ev]]:
+    """Split one key's ordered events where consecutive ts differ by MORE than gap_ms."""
+    result: list[list[_Ev]] = []
+    current: list[_Ev] = []
+    for ev in ordered:
+        if current and ev.ts - current[-1].ts > gap_ms:
+            result.append(current)
+            current = []
+        current.append(ev)
+    if current:
+        result.append(current)
+    return result
+
+
+def _first_non_empty(values: Iterable[str]) -> str | None:
+    for value in values:
+        if value:
+            return value
+    return None
+
+
+def engagement_score(
+    total_events: int, unique_pages: int, total_duration_ms: int, distinct_actions: int
+) -> float:
+    """SPEC section 3 engagement score: four capped components, total capped at 100."""
+    score = (
+        min(30, 2 * total_events)
+        + min(20, 4 * unique_pages)
+        + min(30.0, total_duration_ms / 10_000)
+        + min(20, 5 * distinct_actions)
+    )
+    return float(min(100.0, score))
+
+
+def _summarize(session_events: Sequence[_Ev]) -> Row:
+    """One session's figures (SPEC section 3) from its events in (ts, event_id) order."""
+    first, last = session_events[0], session_events[-1]
+    total_events = len(session_events)
+    actions = dict(Counter(ev.action for ev in session_events))
+    pages = dict(Counter(ev.page for ev in session_events if ev.page))
+    total_duration_ms = sum(ev.duration for ev in session_events)
+    return {
+        "user_id": first.user_id,
+        "session_id": first.session_id,
+        "window_start_ms": first.ts,
+        "window_end_ms": last.ts,
+        "duration_seconds": (last.ts - first.ts) / 1000,
+        "total_events": total_events,
+        "actions": actions,
+        "pages": pages,
+        "unique_pages": len(pages),
+        "total_duration_ms": total_duration_ms,
+        "average_duration_ms": total_duration_ms / total_events,
+        "device_type": _first_non_empty(ev.device for ev in session_events),
+        "country": _first_non_empty(ev.country for ev in session_events),
+        "is_bounce": total_events == 1,
+        "conversions": sum(1 for ev in session_events if ev.is_conversion),
+        "revenue_cents": sum(ev.revenue_cents for ev in session_events),
+        "engagement_score": engagement_score(
+            total_events, len(pages), total_duration_ms, len(actions)
+        ),
+    }
+
+
+def _session_event_lists(evs: Iterable[_Ev], gap_ms: int) -> list[list[_Ev]]:
+    """All sessions as ordered event lists, sorted by (user_id, session_id, start)."""
+    result: list[list[_Ev]] = []
+    by_key = _events_by_session_key(evs)
+    for key in sorted(by_key):
+        result.extend(_split_by_gap(by_key[key], gap_ms))
+    return result
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """The session figures KPI windows need, for a session cut at some window end."""
+
+    duration_ms: int
+    is_bounce: bool
+    engagement_score: float
+
+
+def _window_snapshots(session_events: Sequence[_Ev], window_ms: int) -> list[tuple[int, _Snapshot]]:
+    """(window start, the session cut at that window's end) for each window it has events in.
+
+    Walks the session once. After adding the LAST of the session's events that fall in window
+    W, the events seen so far are exactly the session's events with ts < end(W) (events are in
+    ts order and the next one, if any, has ts >= end(W)), so the running figures are the
+    session as built from all events with ts < end(W), and it is active in W.
+    ``test_batch`` checks this against ``sessions()`` on the filtered events.
+    """
+    result: list[tuple[int, _Snapshot]] = []
+    first_ts = session_events[0].ts
+    total_duration_ms = 0
+    actions: set[str] = set()
+    pages: set[str] = set()
+    for index, ev in enumerate(session_events):
+        count = index + 1
+        total_duration_ms += ev.duration
+        actions.add(ev.action)
+        if ev.page:
+            pages.add(ev.page)
+        start = window_start(ev.ts, window_ms)
+        is_last = index + 1 == len(session_events)
+        if is_last or window_start(session_events[index + 1].ts, window_ms) != start:
+            snapshot = _Snapshot(
+                duration_ms=ev.ts - first_ts,
+                is_bounce=count == 1,
+                engagement_score=engagement_score(
+                    count, len(pages), total_duration_ms, len(actions)
+                ),
+            )
+            result.append((start, snapshot))
+    return result
+
+
+def sessions(events: Iterable[Event], gap_ms: int = DEFAULT_SESSION_GAP_MS) -> list[Row]:
+    """Sessions of SPEC section 3, sorted by (user_id, session_id, window_start_ms).
+
+    Key = (user_id, session_id or ""). A key's events are taken in (ts, event_id) order and a
+    gap strictly greater than ``gap_ms`` between consecutive events starts a new session (a gap
+    equal to ``gap_ms`` stays in the session; the same session_id after a long gap is a new
+    session). Each row: user_id, session_id, window_start_ms (first ts), window_end_ms (last
+    ts), duration_seconds, total_events, actions, pages (non-empty pages, any action),
+    unique_pages, total_duration_ms, average_duration_ms, device_type, country, is_bounce,
+    conversions, revenue_cents, engagement_score.
+    """
+    return [_summarize(s) for s in _session_event_lists(_normalize(events), gap_ms)]
+
+
+# --------------------------------------------------------------------------------------------
+# Section 4: KPI windows
+# --------------------------------------------------------------------------------------------
+
+
+def _trend_value(window: Mapping[str, Any] | None, metric: str) -> float:
+    if window is None:
+        return 0
+    if metric == "total_revenue":
+        return int(window["total_revenue_cents"])
+    value: float = window[metric]
+    return value
+
+
+def trend(current: float, previous: float) -> dict[str, Any]:
+    """SPEC section 4 trend of one metric: change_percent and up / down / stable."""
+    change = 100 * (current - previous) / previous if previous else 0.0
+    direction = "up" if change > 5 else "down" if change < -5 else "stable"
+    return {"change_percent": float(change), "trend": direction}
+
+
+def kpi_windows(
+    events: Iterable[Event],
+    window_ms: int = DEFAULT_WINDOW_MS,
+    gap_ms: int = DEFAULT_SESSION_GAP_MS,
+) -> dict[int, Row]:
+    """KPI figures of SPEC section 4 per epoch-aligned tumbling window holding >= 1 event.
+
+    Keyed by window start (ms). Event figures count events with ts in W = [start, end).
+    Session figures are the snapshot as of ``end``: sessions built from all events with
+    ts < end, restricted to those with at least one event in W (see module rule 7).
+    """
+    evs = _normalize(events)
+
+    events_by_window: dict[int, list[_Ev]] = defaultdict(list)
+    for ev in evs:
+        events_by_window[window_start(ev.ts, window_ms)].append(ev)
+
+    first_seen: dict[str, int] = {}
+    for ev in evs:
+        if ev.user_id not in first_seen or ev.ts < first_seen[ev.user_id]:
+            first_seen[ev.user_id] = ev.ts
+    first_seen_sorted = sorted(first_seen.values())
+
+    # Session snapshots as of each window's end, listed under that window (module rule 7).
+    snapshots_by_window: dict[int, list[_Snapshot]] = defaultdict(list)
+    for session_events in _session_event_lists(evs, gap_ms):
+        for start, snapshot in _window_snapshots(session_events, window_ms):
+            snapshots_by_window[start].append(snapshot)
+
+    result: dict[int, Row] = {}
+    for start in sorted(events_by_window):
+        end = start + window_ms
+        in_window = events_by_window[start]
+
+        total_revenue_cents = sum(ev.revenue_cents for ev in in_window)
+        purchases = sum(1 for ev in in_window if ev.action == "purchase")
+        total_conversions = sum(1 for ev in in_window if ev.is_conversion)
+        active_users = len({ev.user_id for ev in in_window})
+
+        snapshots = snapshots_by_window[start]
+        total_sessions = len(snapshots)
+        duration_ms_sum = sum(s.duration_ms for s in snapshots)
+
+        result[start] = {
+            "window_start_ms": start,
+            "window_end_ms": end,
+            "total_events": len(in_window),
+            "total_page_views": sum(1 for ev in in_window if ev.action == "page_view"),
+            "total_conversions": total_conversions,
+            "total_revenue_cents": total_revenue_cents,
+            "purchases": purchases,
+            "active_users": active_users,
+            "new_users": bisect_left(first_seen_sorted, end)
+            - bisect_left(first_seen_sorted, start),
+            "total_users": bisect_left(first_seen_sorted, end),
+            "average_order_value": _ratio(total_revenue_cents, 100 * purchases),
+            "revenue_per_user": _ratio(total_revenue_cents, 100 * active_users),
+            "total_sessions": total_sessions,
+            "average_session_duration_seconds": _ratio(duration_ms_sum, 1000 * total_sessions),
+            "bounce_rate_percent": _ratio(
+                100 * sum(1 for s in snapshots if s.is_bounce), total_sessions
+            ),
+            "average_engagement_score": _ratio(
+                math.fsum(s.engagement_score for s in snapshots), total_sessions
+            ),
+            "conversion_rate_percent": _ratio(100 * total_conversions, total_sessions),
+            "conversions_per_session": _ratio(total_conversions, total_sessions),
+        }
+
+    for start, window in result.items():
+        previous = result.get(start - window_ms)
+        window["trends"] = {
+            metric: trend(_trend_value(window, metric), _trend_value(previous, metric))
+            for metric in TREND_METRICS
+        }
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Section 5: page and dimension statistics
+# --------------------------------------------------------------------------------------------
+
+
+def page_stats(
+    events: Iterable[Event], window_ms: int = DEFAULT_WINDOW_MS
+) -> dict[tuple[int, str], Row]:
+    """Per (window_start_ms, page) over ``page_view`` events in the window.
+
+    Row: views, unique_visitors (distinct users), total_time_on_page_ms (sum of duration),
+    avg_time_on_page_ms (mean duration, float).
+    """
+    grouped: dict[tuple[int, str], list[_Ev]] = defaultdict(list)
+    for ev in _normalize(events):
+        if ev.action == "page_view":
+            grouped[(window_start(ev.ts, window_ms), ev.page)].append(ev)
+    result: dict[tuple[int, str], Row] = {}
+    for key in sorted(grouped):
+        views = grouped[key]
+        total_time = sum(ev.duration for ev in views)
+        result[key] = {
+            "views": len(views),
+            "unique_visitors": len({ev.user_id for ev in views}),
+            "total_time_on_page_ms": total_time,
+            "avg_time_on_page_ms": _ratio(total_time, len(views)),
+        }
+    return result
+
+
+def pages_in_window(stats: Mapping[tuple[int, str], Row], window_start_ms: int) -> dict[str, Row]:
+    """The ``page_stats`` rows of one window, as {page: row} (the input of ``top_pages``)."""
+    return {page: row for (start, page), row in stats.items() if start == window_start_ms}
+
+
+def top_pages(page_stats_for_one_window: Mapping[str, Mapping[str, Any]], limit: int) -> list[str]:
+    """Pages of one window ({page: row with "views"}): views descending, then page ascending."""
+    ordered = sorted(
+        page_stats_for_one_window,
+        key=lambda page: (-int(page_stats_for_one_window[page]["views"]), page),
+    )
+    return ordered[: max(0, limit)]
+
+
+def dimension_stats(
+    events: Iterable[Event], window_ms: int = DEFAULT_WINDOW_MS
+) -> dict[tuple[int, str, str], Row]:
+    """Per (window_start_ms, dimension, value) for dimensions device, country and browser.
+
+    A missing / ``None`` / ``""`` value is ``"unknown"``. Row: events, users (distinct),
+    page_views, revenue_cents.
+    """
+    grouped: dict[tuple[int, str, str], list[_Ev]] = defaultdict(list)
+    for ev in _normalize(events):
+        start = window_start(ev.ts, window_ms)
+        values = {"device": ev.device, "country": ev.country, "browser": ev.browser}
+        for dimension in DIMENSIONS:
+            grouped[(start, dimension, values[dimension] or UNKNOWN)].append(ev)
+    result: dict[tuple[int, str, str], Row] = {}
+    for key in sorted(grouped):
+        group = grouped[key]
+        result[key] = {
+            "events": len(group),
+            "users": len({ev.user_id for ev in group}),
+            "page_views": sum(1 for ev in group if ev.action == "page_view"),
+            "revenue_cents": sum(ev.revenue_cents for ev in group),
+        }
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Users
+# --------------------------------------------------------------------------------------------
+
+
+def user_profiles(events: Iterable[Event], gap_ms: int = DEFAULT_SESSION_GAP_MS) -> dict[str, Row]:
+    """Per user: first_seen_ms, last_seen_ms, events, sessions, revenue_cents, devices, countries.
+
+    ``sessions`` = number of section 3 sessions over all the user's session keys.
+    ``devices`` / ``countries``: sorted distinct values, ``None`` and ``""`` left out.
+    """
+    evs = _normalize(events)
+    by_user: dict[str, list[_Ev]] = defaultdict(list)
+    for ev in evs:
+        by_user[ev.user_id].append(ev)
+    session_counts: Counter[str] = Counter(
+        session_events[0].user_id for session_events in _session_event_lists(evs, gap_ms)
+    )
+    result: dict[str, Row] = {}
+    for user_id in sorted(by_user):
+        user_events = by_user[user_id]
+        result[user_id] = {
+            "first_seen_ms": min(ev.ts for ev in user_events),
+            "last_seen_ms": max(ev.ts for ev in user_events),
+            "events": len(user_events),
+            "sessions": session_counts[user_id],
+            "revenue_cents": sum(ev.revenue_cents for ev in user_events),
+            "devices": sorted({ev.device for ev in user_events if ev.device}),
+            "countries": sorted({ev.country for ev in user_events if ev.country}),
+        }
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers for tests feeding raw traffic: duplicates and lateness (SPEC sections 1 and 6)
+# --------------------------------------------------------------------------------------------
+
+
+def dedupe(events: Iterable[E]) -> list[E]:
+    """Keep the first occurrence of each event_id, in input order.
+
+    Events without an event_id (missing, ``None`` or ``""``) are all kept: the server would
+    give each one a fresh id.
+    """
+    seen: set[str] = set()
+    kept: list[E] = []
+    for event in events:
+        event_id = event.get("event_id")
+        if event_id is None or event_id == "":
+            kept.append(event)
+            continue
+        if str(event_id) in seen:
+            continue
+        seen.add(str(event_id))
+        kept.append(event)
+    return kept
+
+
+def drop_late(
+    events_in_arrival_order: Iterable[E],
+    grace_ms: int = DEFAULT_GRACE_MS,
+    window_ms: int = DEFAULT_WINDOW_MS,
+) -> tuple[list[E], list[E]]:
+    """Split one ordered stream into (on_time, late) by the SPEC section 6 rule.
+
+    Rule implemented, for each event in arrival order:
+
+    * ``watermark = (greatest ts among the events that arrived BEFORE it) - grace_ms``;
+      there is no watermark (nothing is late) for the first event.
+    * The event is LATE when its tumbling window has already closed, i.e.
+      ``window_start(ts) + window_ms <= watermark`` ("a window's figures are final once the
+      watermark passes end"; reaching ``end`` counts as passing it).
+    * Late events do not move the watermark (their ts is below the maximum anyway).
+
+    So an event with ``ts >= watermark`` is never late, and an event older than the watermark
+    is still on time while its window is open. The wall-clock advance of a quiet stream is not
+    modelled: only event times in the given order move the watermark. Inputs whose disorder
+    stays within ``grace_ms`` have no late events.
+    """
+    on_time: list[E] = []
+    late: list[E] = []
+    max_ts: int | None = None
+    for event in events_in_arrival_order:
+        ts = to_epoch_ms(event["timestamp"])
+        if max_ts is not None and window_start(ts, window_ms) + window_ms <= max_ts - grace_ms:
+            late.append(event)
+            continue
+        on_time.append(event)
+        max_ts = ts if max_ts is None else max(max_ts, ts)
+    return on_time, late
