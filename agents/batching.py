@@ -12,6 +12,7 @@ take events in batches and hand plain data to pure functions. Two Faust details 
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -24,12 +25,21 @@ async def partition_batches(
     stream: Any, max_events: int, within: timedelta
 ) -> AsyncIterator[list[Any]]:
     """Yield lists of Faust events, all from one partition, acknowledged after each batch."""
-    async for events in stream.take_events(max_events, within=within.total_seconds()):
-        partitions = {event.message.tp for event in events}
-        if len(partitions) != 1:
-            raise RuntimeError(f"a batch mixes partitions {partitions}: use isolated_partitions")
-        token = _current_event.set(weakref.ref(events[-1]))
-        try:
-            yield events
-        finally:
-            _current_event.reset(token)
+    try:
+        async for events in stream.take_events(max_events, within=within.total_seconds()):
+            partitions = {event.message.tp for event in events}
+            if len(partitions) != 1:
+                raise RuntimeError(
+                    f"a batch mixes partitions {partitions}: use isolated_partitions"
+                )
+            previous = _current_event.get(None)
+            _current_event.set(weakref.ref(events[-1]))
+            try:
+                yield events
+            finally:
+                _current_event.set(previous)
+    except asyncio.CancelledError:
+        # Faust cancels a partition's actor when the partition is revoked and would count the
+        # cancellation as a crash, restarting the actor until the supervisor gives up and the
+        # worker exits. Ending normally lets the actor stop quietly; its batch was not acked.
+        return

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from analytics.enrichment import DEFAULT_RULES, EnrichmentRules, enrich
+from analytics.rows import Arrival, Tick
 from analytics.timeutil import format_ts
 from analytics.validation import (
     MAX_EVENT_BYTES,
@@ -48,6 +49,7 @@ class RawMessage:
     partition: int
     offset: int
     timestamp_ms: int
+    tick: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +79,13 @@ class TrackerRules:
 
 @dataclass(slots=True)
 class TrackedBatch:
-    """What one batch produces: each list in message order."""
+    """What one batch produces: each list in message order.
 
-    enriched: list[dict[str, Any]] = field(default_factory=list)
+    ``timeline`` holds the enriched events and the ticks in offset order, for the stateful
+    stage (analytics.partition).
+    """
+
+    timeline: list[Arrival | Tick] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     rekeyed: list[RawMessage] = field(default_factory=list)
     seen: dict[bytes, SeenEvent] = field(default_factory=dict)
@@ -131,6 +137,9 @@ def track_batch(
     """Validate, drop repeats and enrich a batch of messages from one partition."""
     out = TrackedBatch()
     for message in messages:
+        if message.tick:
+            out.timeline.append(Tick(message.offset, message.timestamp_ms))
+            continue
         where = {"topic": topic, "partition": message.partition, "offset": message.offset}
         try:
             if len(message.value) > MAX_EVENT_BYTES:
@@ -179,5 +188,6 @@ def track_batch(
             continue
         if seen is None or seen.offset != message.offset:
             out.seen[key] = SeenEvent(message.timestamp_ms, message.offset)
-        out.enriched.append(enrich(event, rules.enrichment))
+        enriched = enrich(event, rules.enrichment)
+        out.timeline.append(Arrival(message.offset, message.timestamp_ms, enriched))
     return out

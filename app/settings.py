@@ -72,6 +72,7 @@ class EngineSettings(BaseModel):
     kpi_window: Duration = timedelta(seconds=60)
     dedup_window: Duration = timedelta(hours=24)
     watermark_interval: Duration = timedelta(seconds=1)
+    idle_timeout: Duration = timedelta(seconds=5)
     store: str = "rocksdb://"
     rocksdb_block_cache_mib: int = Field(8, ge=1, le=4096)
     processing_guarantee: str = "at_least_once"

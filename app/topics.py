@@ -57,7 +57,9 @@ async def ensure_topics(brokers: list[str], names: TopicNames, partitions: int) 
     except KafkaConnectionError as exc:
         raise KafkaConnectionError(f"cannot reach Kafka at {','.join(brokers)}: {exc}") from exc
     try:
-        existing = await admin.describe_topics(list(wanted))
+        present = set(await admin.list_topics()) & set(wanted)
+        # describing a missing topic would auto-create it on brokers that allow that
+        existing = await admin.describe_topics(sorted(present)) if present else []
         counts = {
             meta["topic"]: len(meta["partitions"])
             for meta in existing

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from app import app
+from tables.rocksdb_options import rocksdb_options
 
 _settings = app.analytics_settings
 _keep_seconds = int(_settings.engine.dedup_window.total_seconds()) + 3600
@@ -20,11 +21,7 @@ seen_events: Any = app.Table(
     key_type=bytes,
     value_type=bytes,
     help="event_ids seen within the dedup window, per partition",
-    options={
-        "driver": "rocksdict",
-        "ttl": _keep_seconds,
-        "block_cache_size": _settings.engine.rocksdb_block_cache_mib * 1024 * 1024,
-    },
+    options=rocksdb_options(_settings, ttl=_keep_seconds),
     extra_topic_configs={
         "cleanup.policy": "compact,delete",
         "retention.ms": str(_keep_seconds * 1000),

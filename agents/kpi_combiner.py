@@ -1,0 +1,42 @@
+"""The combiner: ``kpi-partials`` (one partition) → ``live-kpis``, ``page-view-stats``,
+``traffic-stats``. It adds up the partitions' shares of each window (analytics.combiner)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from agents.batching import partition_batches
+from agents.outputs import Record, publish
+from analytics.combiner import CombinerRules, combine
+from app import app
+from tables import combiner_state
+
+TOPICS = app.topic_names
+_engine = app.analytics_settings.engine
+RULES = CombinerRules(
+    partitions=_engine.topic_partitions, window_ms=int(_engine.kpi_window.total_seconds() * 1000)
+)
+
+partials_topic = app.topic(TOPICS.kpi_partials, partitions=1)
+
+
+@app.agent(partials_topic, isolated_partitions=True, name="kpi-combiner")
+async def kpi_combiner(stream: Any) -> None:
+    """Fold partials in batches; publish live and final window figures."""
+    async for events in partition_batches(stream, _engine.batch_size, _engine.batch_within):
+        state = combiner_state.load()
+        messages = [orjson.loads(event.message.value) for event in events]
+        out = combine(state, messages, RULES, live=True)
+        records: list[Record] = []
+        for kpi in out.kpis:
+            records.append((TOPICS.live_kpis, kpi["window_start"].encode(), kpi, None))
+        for page in out.pages:
+            key = f"{page['window_start']}|{page['page']}".encode()
+            records.append((TOPICS.page_view_stats, key, page, None))
+        for row in out.traffic:
+            key = f"{row['window_start']}|{row['dimension']}|{row['value']}".encode()
+            records.append((TOPICS.traffic_stats, key, row, None))
+        await publish(records)
+        combiner_state.save(state)

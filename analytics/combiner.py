@@ -1,0 +1,152 @@
+"""Global window figures from per-partition partials (SPEC sections 4-6).
+
+Users are disjoint across partitions, so every counter of a window is the sum of the
+partitions' partials; ``total_users`` of a partition that had no event in a window carries over
+from its last final partial. A window is final once *every* partition has reported a watermark
+at or past its end (a partition that has never seen an event reports none and does not hold
+windows back). Partials are overwrites, not increments, so re-delivered ones change nothing;
+a partial for a window already published as final is counted and ignored.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from analytics.kpis import kpi_figures, trends
+from analytics.traffic import add_dimensions, add_pages, dimension_rows, page_rows
+
+CombinerState = dict[str, Any]
+KEEP_FINALS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class CombinerRules:
+    partitions: int
+    window_ms: int = 60_000
+
+
+@dataclass(slots=True)
+class CombinerOutput:
+    kpis: list[dict[str, Any]] = field(default_factory=list)
+    pages: list[dict[str, Any]] = field(default_factory=list)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    ignored_partials: int = 0
+
+
+def new_state() -> CombinerState:
+    return {"progress": {}, "windows": {}, "users": {}, "finals": {}, "published_through": None}
+
+
+def _users_total(state: CombinerState, partition: str, start: int) -> int:
+    """A partition's user count as of its last final partial at or before ``start``."""
+    best = 0
+    for window, total in state["users"].get(partition, []):
+        if window <= start:
+            best = total
+    return best
+
+
+def _sums(
+    state: CombinerState, start: int, rules: CombinerRules
+) -> tuple[Counter[str], dict[str, Any], dict[str, Any]]:
+    partials: dict[str, Any] = state["windows"].get(str(start), {})
+    sums = Counter[str]()
+    pages: dict[str, list[int]] = {}
+    dims: dict[str, dict[str, list[int]]] = {}
+    for partition in range(rules.partitions):
+        key = str(partition)
+        partial = partials.get(key)
+        if partial is None:
+            sums["users_total"] += _users_total(state, key, start)
+            continue
+        sums.update(partial["kpi"])
+        add_pages(pages, partial["pages"])
+        add_dimensions(dims, partial["dims"])
+    return sums, pages, dims
+
+
+def _ready(state: CombinerState, end: int, rules: CombinerRules) -> bool:
+    progress = state["progress"]
+    if len(progress) < rules.partitions:
+        return False
+    return all(p["wm"] is None or p["wm"] >= end for p in progress.values())
+
+
+def _figures(state: CombinerState, start: int, rules: CombinerRules) -> dict[str, Any]:
+    sums, _, _ = _sums(state, start, rules)
+    figures = kpi_figures(start, rules.window_ms, sums)
+    previous_start = start - rules.window_ms
+    previous = state["finals"].get(str(previous_start))
+    if previous is None and str(previous_start) in state["windows"]:
+        previous = dict(_sums(state, previous_start, rules)[0])
+    figures["trends"] = trends(sums, previous)
+    figures["late_events_total"] = sum(p["late"] for p in state["progress"].values())
+    figures["_sums"] = dict(sums)
+    return figures
+
+
+def combine(
+    state: CombinerState,
+    messages: Iterable[dict[str, Any]],
+    rules: CombinerRules,
+    *,
+    live: bool = True,
+) -> CombinerOutput:
+    """Fold partials and progress reports into the state; return what to publish."""
+    out = CombinerOutput()
+    touched: set[int] = set()
+    published = state["published_through"]
+    for message in messages:
+        partition = str(message["partition"])
+        if message["type"] == "progress":
+            before = state["progress"].get(partition, {"wm": None})["wm"]
+            wm = message["wm"]
+            if before is not None and (wm is None or wm < before):
+                wm = before
+            state["progress"][partition] = {"wm": wm, "late": message["late"]}
+            continue
+        start = message["window_start"]
+        if published is not None and start <= published:
+            out.ignored_partials += 1
+            continue
+        state["windows"].setdefault(str(start), {})[partition] = message
+        touched.add(start)
+        if message["final"]:
+            history = [w for w in state["users"].get(partition, []) if w[0] != start]
+            history.append([start, message["kpi"]["users_total"]])
+            state["users"][partition] = sorted(history)
+    for start in sorted(int(key) for key in state["windows"]):
+        if not _ready(state, start + rules.window_ms, rules):
+            break
+        _publish_final(state, start, rules, out)
+        touched.discard(start)
+    if live:
+        for start in sorted(touched):
+            figures = _figures(state, start, rules)
+            figures.pop("_sums")
+            figures["is_final"] = False
+            out.kpis.append(figures)
+    return out
+
+
+def _publish_final(
+    state: CombinerState, start: int, rules: CombinerRules, out: CombinerOutput
+) -> None:
+    figures = _figures(state, start, rules)
+    figures["is_final"] = True
+    _, pages, dims = _sums(state, start, rules)
+    state["finals"][str(start)] = figures.pop("_sums")
+    out.kpis.append(figures)
+    out.pages.extend(page_rows(start, rules.window_ms, pages))
+    out.traffic.extend(dimension_rows(start, rules.window_ms, dims))
+    for old in sorted(int(key) for key in state["finals"])[:-KEEP_FINALS]:
+        del state["finals"][str(old)]
+    del state["windows"][str(start)]
+    state["published_through"] = start
+    for partition, history in state["users"].items():
+        keep = [w for w in history if w[0] > start]
+        before = [w for w in history if w[0] <= start]
+        state["users"][partition] = before[-1:] + keep

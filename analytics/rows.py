@@ -1,0 +1,73 @@
+"""The compact form of an enriched event that the stateful stages keep (SPEC sections 3-5).
+
+State holds many events, so each is a short JSON list rather than the full enriched record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from analytics.timeutil import parse_ts
+
+
+class Row(NamedTuple):
+    """One enriched event, reduced to what sessions, KPIs, pages and traffic need."""
+
+    ts: int
+    event_id: str
+    session_id: str
+    action: str
+    page: str
+    duration: int
+    device: str
+    country: str
+    browser: str
+    conversion: bool
+    revenue_cents: int
+
+    def encode(self) -> list[Any]:
+        return list(self)
+
+    @classmethod
+    def decode(cls, data: list[Any]) -> Row:
+        return cls(*data)
+
+
+def row_of(enriched: dict[str, Any]) -> Row:
+    """Reduce an enriched event (SPEC section 2) to a Row."""
+    return Row(
+        ts=parse_ts(enriched["timestamp"]),
+        event_id=enriched["event_id"],
+        session_id=enriched["session_id"] or "",
+        action=enriched["action"],
+        page=enriched["page"] or "",
+        duration=enriched["duration"],
+        device=enriched["device"] or "",
+        country=enriched["country"] or "",
+        browser=enriched["browser"] or "",
+        conversion=bool(enriched["is_conversion"]),
+        revenue_cents=enriched["revenue_cents"],
+    )
+
+
+def order_key(row: Row) -> tuple[int, str]:
+    """SPEC section 3: events in ts order, ties by event_id."""
+    return (row.ts, row.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One enriched event, where it sits in its partition and when it arrived."""
+
+    offset: int
+    arrived_ms: int
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A timer message: it carries the wall-clock time (its message timestamp) into a partition."""
+
+    offset: int
+    timestamp_ms: int

@@ -1,0 +1,72 @@
+"""SPEC section 5: page and traffic statistics of a window from summed partition partials."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from analytics.kpis import ratio
+from analytics.timeutil import format_ts
+
+DIMENSIONS = ("device", "country", "browser")
+
+
+def add_pages(total: dict[str, list[int]], part: Mapping[str, list[int]]) -> None:
+    """Add one partition's {page: [views, visitors, time_ms]}; users are disjoint by partition."""
+    for page, (views, visitors, time_ms) in part.items():
+        cell = total.setdefault(page, [0, 0, 0])
+        cell[0] += views
+        cell[1] += visitors
+        cell[2] += time_ms
+
+
+def add_dimensions(
+    total: dict[str, dict[str, list[int]]], part: Mapping[str, Mapping[str, list[int]]]
+) -> None:
+    """Add one partition's {dimension: {value: [events, users, page_views, revenue_cents]}}."""
+    for dimension, values in part.items():
+        target = total.setdefault(dimension, {})
+        for value, cells in values.items():
+            cell = target.setdefault(value, [0, 0, 0, 0])
+            for index, amount in enumerate(cells):
+                cell[index] += amount
+
+
+def page_rows(start: int, window_ms: int, pages: Mapping[str, list[int]]) -> list[dict[str, Any]]:
+    """One row per page, top pages first: views descending, then page ascending."""
+    rows = [
+        {
+            "window_start": format_ts(start),
+            "window_end": format_ts(start + window_ms),
+            "page": page,
+            "views": views,
+            "unique_visitors": visitors,
+            "total_time_on_page_ms": time_ms,
+            "avg_time_on_page_ms": ratio(time_ms, views),
+        }
+        for page, (views, visitors, time_ms) in pages.items()
+    ]
+    return sorted(rows, key=top_page_order)
+
+
+def top_page_order(row: Mapping[str, Any]) -> tuple[int, str]:
+    return (-row["views"], row["page"])
+
+
+def dimension_rows(
+    start: int, window_ms: int, dims: Mapping[str, Mapping[str, list[int]]]
+) -> Iterable[dict[str, Any]]:
+    """One row per (dimension, value); a missing value is reported as ``unknown``."""
+    for dimension in DIMENSIONS:
+        for value, (events, users, page_views, cents) in sorted(dims.get(dimension, {}).items()):
+            yield {
+                "window_start": format_ts(start),
+                "window_end": format_ts(start + window_ms),
+                "dimension": dimension,
+                "value": value,
+                "events": events,
+                "users": users,
+                "page_views": page_views,
+                "revenue": round(cents / 100, 2),
+                "revenue_cents": cents,
+            }

@@ -1,0 +1,31 @@
+"""The combiner's state (analytics.combiner), one value in a one-partition table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from analytics.combiner import CombinerState, new_state
+from app import app
+from tables.rocksdb_options import rocksdb_options
+
+STATE_KEY = b"state"
+
+combiner_state: Any = app.Table(
+    "combiner-state",
+    partitions=1,
+    key_type=bytes,
+    value_type=bytes,
+    help="partials of open windows and the last final figures",
+    options=rocksdb_options(app.analytics_settings),
+)
+
+
+def load() -> CombinerState:
+    stored = combiner_state.get(STATE_KEY)
+    return orjson.loads(stored) if stored is not None else new_state()
+
+
+def save(state: CombinerState) -> None:
+    combiner_state[STATE_KEY] = orjson.dumps(state)

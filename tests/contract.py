@@ -1,0 +1,149 @@
+"""Compare what the pipeline published with the batch reference (tests/reference/batch.py).
+
+Each function returns a list of human-readable mismatches; an empty list means equal. Counts
+and cents must match exactly; ratios to 1e-6 (money ratios to the displayed cent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from analytics.timeutil import format_ts, parse_ts
+
+EXACT_KPIS = (
+    "total_events",
+    "total_page_views",
+    "total_conversions",
+    "purchases",
+    "active_users",
+    "new_users",
+    "total_users",
+    "total_sessions",
+)
+RATIO_KPIS = (
+    "average_session_duration_seconds",
+    "bounce_rate_percent",
+    "average_engagement_score",
+    "conversion_rate_percent",
+    "conversions_per_session",
+)
+MONEY_KPIS = ("average_order_value", "revenue_per_user")
+
+
+def _close(a: float, b: float, tolerance: float) -> bool:
+    return abs(a - b) <= tolerance
+
+
+def compare_kpis(
+    published: Mapping[int, Mapping[str, Any]], expected: Mapping[int, Mapping[str, Any]]
+) -> list[str]:
+    """published: final live-kpis records by window start (ms); expected: reference windows."""
+    problems: list[str] = []
+    for start in sorted(set(published) | set(expected)):
+        got, want = published.get(start), expected.get(start)
+        where = format_ts(start)
+        if got is None or want is None:
+            problems.append(f"{where}: published={got is not None} expected={want is not None}")
+            continue
+        for name in EXACT_KPIS:
+            if got[name] != want[name]:
+                problems.append(f"{where} {name}: {got[name]} != {want[name]}")
+        if got["total_revenue_cents"] != want["total_revenue_cents"]:
+            problems.append(
+                f"{where} revenue: {got['total_revenue_cents']} != {want['total_revenue_cents']}"
+            )
+        for name in RATIO_KPIS:
+            if not _close(got[name], want[name], 1e-6):
+                problems.append(f"{where} {name}: {got[name]} != {want[name]}")
+        for name in MONEY_KPIS:
+            if not _close(got[name], want[name], 0.005 + 1e-9):
+                problems.append(f"{where} {name}: {got[name]} != {want[name]}")
+        for metric, want_trend in want["trends"].items():
+            got_trend = got["trends"][metric]
+            if got_trend["trend"] != want_trend["trend"] or not _close(
+                got_trend["change_percent"], want_trend["change_percent"], 1e-6
+            ):
+                problems.append(f"{where} trend {metric}: {got_trend} != {want_trend}")
+    return problems
+
+
+SESSION_FIELDS = (
+    "total_events",
+    "unique_pages",
+    "total_duration_ms",
+    "conversions",
+    "revenue_cents",
+    "is_bounce",
+    "device_type",
+    "country",
+    "actions",
+    "pages",
+)
+
+
+def compare_sessions(
+    published: Iterable[Mapping[str, Any]], expected: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """Sessions keyed by (user, session_id, start); each published exactly once."""
+    problems: list[str] = []
+    got: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+    for record in published:
+        key = (record["user_id"], record["session_id"], parse_ts(record["window_start"]))
+        if key in got:
+            problems.append(f"session {key} published twice")
+        got[key] = record
+    want = {(s["user_id"], s["session_id"], s["window_start_ms"]): s for s in expected}
+    for key in sorted(set(got) | set(want)):
+        if key not in got or key not in want:
+            problems.append(f"session {key}: published={key in got} expected={key in want}")
+            continue
+        g, w = got[key], want[key]
+        if parse_ts(g["window_end"]) != w["window_end_ms"]:
+            problems.append(f"session {key} window_end: {g['window_end']} != {w['window_end_ms']}")
+        for name in SESSION_FIELDS:
+            if g[name] != w[name]:
+                problems.append(f"session {key} {name}: {g[name]} != {w[name]}")
+        if not _close(g["engagement_score"], w["engagement_score"], 1e-9):
+            problems.append(
+                f"session {key} engagement: {g['engagement_score']} != {w['engagement_score']}"
+            )
+    return problems
+
+
+def compare_pages(
+    published: Iterable[Mapping[str, Any]], expected: Mapping[tuple[int, str], Mapping[str, Any]]
+) -> list[str]:
+    problems: list[str] = []
+    got = {(parse_ts(r["window_start"]), r["page"]): r for r in published}
+    for key in sorted(set(got) | set(expected)):
+        if key not in got or key not in expected:
+            problems.append(f"page {key}: published={key in got} expected={key in expected}")
+            continue
+        for name in ("views", "unique_visitors", "total_time_on_page_ms"):
+            if got[key][name] != expected[key][name]:
+                problems.append(f"page {key} {name}: {got[key][name]} != {expected[key][name]}")
+    return problems
+
+
+def compare_dimensions(
+    published: Iterable[Mapping[str, Any]],
+    expected: Mapping[tuple[int, str, str], Mapping[str, Any]],
+) -> list[str]:
+    problems: list[str] = []
+    got = {(parse_ts(r["window_start"]), r["dimension"], r["value"]): r for r in published}
+    for key in sorted(set(got) | set(expected)):
+        if key not in got or key not in expected:
+            problems.append(f"traffic {key}: published={key in got} expected={key in expected}")
+            continue
+        for name, ref_name in (
+            ("events", "events"),
+            ("users", "users"),
+            ("page_views", "page_views"),
+            ("revenue_cents", "revenue_cents"),
+        ):
+            if got[key][name] != expected[key][ref_name]:
+                problems.append(
+                    f"traffic {key} {name}: {got[key][name]} != {expected[key][ref_name]}"
+                )
+    return problems
