@@ -255,7 +255,11 @@ class TopicReader:
 async def _topic_partitions(
     consumer: AIOKafkaConsumer, topic: str, timeout: float
 ) -> list[TopicPartition]:
-    """The topic's partitions, waiting (polling metadata) until the topic exists."""
+    """The topic's partitions, waiting (polling metadata) until the topic exists.
+
+    Call it before assigning partitions: from then on the client's metadata only covers the
+    topics assigned.
+    """
     deadline = time.monotonic() + timeout
     while True:
         await consumer._client.force_metadata_update()
@@ -265,6 +269,16 @@ async def _topic_partitions(
         if time.monotonic() >= deadline:
             raise ReadTimeout(f"topic {topic!r} does not exist after {timeout:.0f} s")
         await asyncio.sleep(0.2)  # polling interval, bounded by the deadline above
+
+
+async def partition_count(bootstrap: str, topic: str, timeout: float = 30) -> int:
+    """How many partitions the topic has, waiting until it exists."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        return len(await _topic_partitions(consumer, topic, timeout))
+    finally:
+        await consumer.stop()
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -374,8 +388,8 @@ async def barrier(
     up in ``output_topic``; ``is_sentinel`` tells them apart.
     """
     deadline = time.monotonic() + timeout
+    partitions = await partition_count(bootstrap, input_topic, timeout)
     async with TopicReader(bootstrap, output_topic, from_end=True) as reader:
-        partitions = len(await _topic_partitions(reader.consumer, input_topic, timeout))
         for round_number in range(rounds):
             users = sentinel_user_ids(partitions, f"{uuid.uuid4().hex[:8]}r{round_number}")
             wanted = set(users.values())
