@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from agents.batching import partition_batches
+from agents.batching import run_in_batches
 from agents.outputs import Record, publish
 from analytics.enrichment import EnrichmentRules
 from analytics.partition import PartitionRules, PartitionState, apply_batch
@@ -97,65 +97,77 @@ def session_record(figures: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+class _LiveThrottle:
+    """Open windows are published at most once a second per partition."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, float] = {}
+
+    def due(self, partition: int) -> bool:
+        now = time.monotonic()
+        if now - self.last.get(partition, 0.0) >= LIVE_INTERVAL_S:
+            self.last[partition] = now
+            return True
+        return False
+
+
+_live = _LiveThrottle()
+
+
+async def handle_batch(events: list[Any]) -> None:
+    """One partition's batch: track, analyse, publish, then save state."""
+    partition = events[0].message.partition
+    tracked = track_batch(
+        (_to_raw(event) for event in events),
+        topic=TOPICS.user_events,
+        lookup=_lookup,
+        rules=TRACKER_RULES,
+    )
+    state = PartitionState(state_table.load_clock(), state_table.load_user)
+    analysed = apply_batch(state, tracked.timeline, PARTITION_RULES, live=_live.due(partition))
+
+    records: list[Record] = []
+    for item in tracked.timeline:
+        if isinstance(item, Arrival):
+            key = item.event["user_id"].encode()
+            records.append((TOPICS.enriched, key, item.event, partition))
+    records += [(TOPICS.dead_letters, None, dead, None) for dead in tracked.dead_letters]
+    for session in analysed.sessions:
+        key = session["user_id"].encode()
+        records.append((TOPICS.session_metrics, key, session_record(session), partition))
+    for partial in analysed.partials:
+        message = {"type": "partial", "partition": partition, **partial}
+        records.append((TOPICS.kpi_partials, None, message, 0))
+    progress = {
+        "type": "progress",
+        "partition": partition,
+        "wm": state.clock["wm"],
+        "late": state.clock["late"],
+        "arrived": max(round(event.message.timestamp * 1000) for event in events),
+    }
+    records.append((TOPICS.kpi_partials, None, progress, 0))
+    await publish(records)
+    for moved in tracked.rekeyed:
+        await publish(
+            [(TOPICS.user_events, moved.key, moved.value, None)], moved.timestamp_ms / 1000
+        )
+
+    for key, seen in tracked.seen.items():
+        seen_events[key] = seen.encode()
+    state_table.save(state.users, state.dirty_users, state.clock)
+
+    TrackerCounters.enriched += sum(isinstance(i, Arrival) for i in tracked.timeline)
+    TrackerCounters.dead_letters += len(tracked.dead_letters)
+    TrackerCounters.duplicates += tracked.duplicates
+    TrackerCounters.rekeyed += len(tracked.rekeyed)
+    TrackerCounters.late += analysed.late_events
+    TrackerCounters.sessions_closed += len(analysed.sessions)
+
+
 @app.agent(user_events_topic, isolated_partitions=True, name="behavior-tracker")
 async def behavior_tracker(stream: Any) -> None:
     """Consume raw events one partition batch at a time."""
-    last_live = 0.0
-    async for events in partition_batches(stream, _engine.batch_size, _engine.batch_within):
-        partition = events[0].message.partition
-        tracked = track_batch(
-            (_to_raw(event) for event in events),
-            topic=TOPICS.user_events,
-            lookup=_lookup,
-            rules=TRACKER_RULES,
-        )
-        state = PartitionState(state_table.load_clock(), state_table.load_user)
-        live = time.monotonic() - last_live >= LIVE_INTERVAL_S
-        analysed = apply_batch(state, tracked.timeline, PARTITION_RULES, live=live)
-        if live:
-            last_live = time.monotonic()
-
-        records: list[Record] = []
-        for item in tracked.timeline:
-            if isinstance(item, Arrival):
-                key = item.event["user_id"].encode()
-                records.append((TOPICS.enriched, key, item.event, partition))
-        records += [(TOPICS.dead_letters, None, dead, None) for dead in tracked.dead_letters]
-        for session in analysed.sessions:
-            key = session["user_id"].encode()
-            records.append((TOPICS.session_metrics, key, session_record(session), partition))
-        for partial in analysed.partials:
-            records.append(
-                (
-                    TOPICS.kpi_partials,
-                    None,
-                    {"type": "partial", "partition": partition, **partial},
-                    0,
-                )
-            )
-        progress = {
-            "type": "progress",
-            "partition": partition,
-            "wm": state.clock["wm"],
-            "late": state.clock["late"],
-        }
-        records.append((TOPICS.kpi_partials, None, progress, 0))
-        await publish(records)
-        for moved in tracked.rekeyed:
-            await publish(
-                [(TOPICS.user_events, moved.key, moved.value, None)], moved.timestamp_ms / 1000
-            )
-
-        for key, seen in tracked.seen.items():
-            seen_events[key] = seen.encode()
-        state_table.save(state.users, state.dirty_users, state.clock)
-
-        TrackerCounters.enriched += sum(isinstance(i, Arrival) for i in tracked.timeline)
-        TrackerCounters.dead_letters += len(tracked.dead_letters)
-        TrackerCounters.duplicates += tracked.duplicates
-        TrackerCounters.rekeyed += len(tracked.rekeyed)
-        TrackerCounters.late += analysed.late_events
-        TrackerCounters.sessions_closed += len(analysed.sessions)
+    await run_in_batches(stream, _engine.batch_size, _engine.batch_within, handle_batch)
 
 
 @app.timer(interval=_engine.watermark_interval.total_seconds(), on_leader=True)  # type: ignore[untyped-decorator]

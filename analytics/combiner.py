@@ -2,10 +2,10 @@
 
 Users are disjoint across partitions, so every counter of a window is the sum of the
 partitions' partials; ``total_users`` of a partition that had no event in a window carries over
-from its last final partial. A window is final once *every* partition has reported a watermark
-at or past its end (a partition that has never seen an event reports none and does not hold
-windows back). Partials are overwrites, not increments, so re-delivered ones change nothing;
-a partial for a window already published as final is counted and ignored.
+from its last final partial. A window is final once every partition has reported a watermark
+at or past its end; a partition that has never seen an event holds it back only until it has
+caught up (see ``_ready``). Partials are overwrites, not increments, so re-delivered ones
+change nothing; a partial for a window already published as final is counted and ignored.
 """
 
 from __future__ import annotations
@@ -37,7 +37,14 @@ class CombinerOutput:
 
 
 def new_state() -> CombinerState:
-    return {"progress": {}, "windows": {}, "users": {}, "finals": {}, "published_through": None}
+    return {
+        "progress": {},
+        "windows": {},
+        "users": {},
+        "finals": {},
+        "ready_since": {},
+        "published_through": None,
+    }
 
 
 def _users_total(state: CombinerState, partition: str, start: int) -> int:
@@ -68,11 +75,24 @@ def _sums(
     return sums, pages, dims
 
 
-def _ready(state: CombinerState, end: int, rules: CombinerRules) -> bool:
+def _ready(state: CombinerState, start: int, rules: CombinerRules) -> bool:
+    """Every partition that has seen events has a watermark at or past the window's end, and
+    every partition that has not has since processed everything appended to it up to the moment
+    the others got there (``arrived``: the append time of its latest message, ticks included).
+    An event appended to an empty partition after that is further than ``grace`` behind events
+    appended before it elsewhere, so it is late by SPEC section 6."""
     progress = state["progress"]
     if len(progress) < rules.partitions:
         return False
-    return all(p["wm"] is None or p["wm"] >= end for p in progress.values())
+    end = start + rules.window_ms
+    active = [p for p in progress.values() if p["wm"] is not None]
+    if not active or any(p["wm"] < end for p in active):
+        return False
+    empty = [p for p in progress.values() if p["wm"] is None]
+    if not empty:
+        return True
+    since = state["ready_since"].setdefault(str(start), max(p["arrived"] for p in active))
+    return all(p["arrived"] >= since for p in empty)
 
 
 def _figures(state: CombinerState, start: int, rules: CombinerRules) -> dict[str, Any]:
@@ -106,20 +126,29 @@ def combine(
             wm = message["wm"]
             if before is not None and (wm is None or wm < before):
                 wm = before
-            state["progress"][partition] = {"wm": wm, "late": message["late"]}
+            state["progress"][partition] = {
+                "wm": wm,
+                "late": message["late"],
+                "arrived": message["arrived"],
+            }
             continue
         start = message["window_start"]
         if published is not None and start <= published:
             out.ignored_partials += 1
             continue
-        state["windows"].setdefault(str(start), {})[partition] = message
+        partials = state["windows"].setdefault(str(start), {})
+        known = partials.get(partition)
+        if known is not None and known["final"] and not message["final"]:
+            # a re-delivered batch shows the window open again on its way back to final
+            continue
+        partials[partition] = message
         touched.add(start)
         if message["final"]:
             history = [w for w in state["users"].get(partition, []) if w[0] != start]
             history.append([start, message["kpi"]["users_total"]])
             state["users"][partition] = sorted(history)
     for start in sorted(int(key) for key in state["windows"]):
-        if not _ready(state, start + rules.window_ms, rules):
+        if not _ready(state, start, rules):
             break
         _publish_final(state, start, rules, out)
         touched.discard(start)
@@ -145,6 +174,7 @@ def _publish_final(
     for old in sorted(int(key) for key in state["finals"])[:-KEEP_FINALS]:
         del state["finals"][str(old)]
     del state["windows"][str(start)]
+    state["ready_since"].pop(str(start), None)
     state["published_through"] = start
     for partition, history in state["users"].items():
         keep = [w for w in history if w[0] > start]

@@ -13,7 +13,8 @@ topic, and consumers of that topic drop repeats by event_id.
 Keys. Everything downstream relies on partition p holding the same users in every topic, so an
 event whose message key is not its user_id (a producer that keyed it differently or not at all)
 is not processed where it landed: it is produced again to ``user-events`` keyed by user_id,
-with its event_id fixed and its ingestion time kept, and processed when it arrives there.
+with its event_id and timestamp fixed (an absent timestamp becomes its first ingestion time),
+and processed when it arrives there.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def track_batch(
             continue
         user_id: str = event["user_id"]
         if message.key != user_id.encode():
-            fixed = {**obj, "event_id": event["event_id"]}
+            fixed = {**obj, "event_id": event["event_id"], "timestamp": event["timestamp"]}
             out.rekeyed.append(
                 RawMessage(
                     key=user_id.encode(),

@@ -71,6 +71,7 @@ class EngineSettings(BaseModel):
     session_gap: Duration = timedelta(minutes=30)
     kpi_window: Duration = timedelta(seconds=60)
     dedup_window: Duration = timedelta(hours=24)
+    history_retention: Duration = timedelta(hours=24)
     watermark_interval: Duration = timedelta(seconds=1)
     idle_timeout: Duration = timedelta(seconds=5)
     store: str = "rocksdb://"

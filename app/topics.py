@@ -36,6 +36,14 @@ class TopicNames:
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in fields(self)]
 
+    def topic_configs(self, name: str) -> dict[str, str]:
+        """user-events is stamped by the broker on append: the ingestion time of an event
+        without a timestamp, and a clock that is comparable across partitions (the combiner
+        relies on it to tell when an empty partition has caught up)."""
+        if name == self.user_events:
+            return {"message.timestamp.type": "LogAppendTime"}
+        return {}
+
     def partition_counts(self, partitions: int) -> dict[str, int]:
         """kpi-partials has one partition: a single combiner sees every partition's partials."""
         return {name: 1 if name == self.kpi_partials else partitions for name in self.all()}
@@ -74,7 +82,12 @@ async def ensure_topics(brokers: list[str], names: TopicNames, partitions: int) 
         missing = [name for name in wanted if name not in counts]
         if missing:
             new = [
-                NewTopic(name, num_partitions=wanted[name], replication_factor=1)
+                NewTopic(
+                    name,
+                    num_partitions=wanted[name],
+                    replication_factor=1,
+                    topic_configs=names.topic_configs(name),
+                )
                 for name in missing
             ]
             with contextlib.suppress(TopicAlreadyExistsError):

@@ -1,14 +1,17 @@
 """Benchmark: behaviour tracker throughput and latency end to end, on the real broker.
 
 Starts 1 or 2 workers on fresh topics and a fresh consumer group (tests/worker_process.py),
-produces N generated events (generator.traffic, wall-clock timestamps) straight to
+produces N generated events (generator.traffic; event times are the send times, or with
+``--replay`` the generator's own hour of event time) straight to
 ``<prefix>user-events`` as fast as one aiokafka producer goes (generator.cli.send_to_kafka),
 and reads ``<prefix>user-behavior-enriched`` until every event_id is there. All times come from
 Kafka message timestamps (CreateTime), so reading the output later does not distort them:
 
-- an enriched record's ``received_at`` is its input message's timestamp (the producer's send
-  time); the enriched message's own timestamp is the worker's send time;
-- latency = enriched timestamp - received_at, per event;
+- an enriched record's ``received_at`` is its input message's timestamp: the producer's send
+  time (CreateTime), or the broker's append time when ``user-events`` is a LogAppendTime
+  topic; the enriched message's own timestamp is the worker's send time (CreateTime);
+- latency = enriched timestamp - received_at, per event. Everything is produced at once, so
+  with a worker slower than the producer this is mostly time spent queued in the backlog;
 - sustained rate = events / (last enriched - first enriched);
 - end-to-end rate = events / (last enriched - produce start).
 
@@ -104,7 +107,9 @@ def _events(events: int, seed: int) -> list[Event]:
     return [event for event, _ in generate_labelled(profile) if isinstance(event, dict)]
 
 
-async def run(services: Services, events: int, workers: int, seed: int, timeout: float) -> Result:
+async def run(
+    services: Services, events: int, workers: int, seed: int, timeout: float, replay: bool
+) -> Result:
     prefix = new_topic_prefix()
     topics = TopicNames.with_prefix(prefix)
     workdir = Path(tempfile.mkdtemp(prefix="tracker-bench-"))
@@ -122,7 +127,7 @@ async def run(services: Services, events: int, workers: int, seed: int, timeout:
         produce_start_ms = time.time_ns() // 1_000_000
         t0 = time.monotonic()
         acked = await send_to_kafka(
-            (event for event, _ in restamp((p, "valid") for p in payloads)),
+            payloads if replay else (event for event, _ in restamp((p, "valid") for p in payloads)),
             services.kafka_bootstrap,
             topics.user_events,
             rate=0,
@@ -182,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, choices=(1, 2), default=1)
     parser.add_argument("--seed", type=int, default=42, help="traffic generator seed")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for output")
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="keep the generator's event times (one hour from 2024-01-15T10:00Z) instead of "
+        "stamping each event with its send time",
+    )
     args = parser.parse_args(argv)
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
@@ -189,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         services = Services(bootstrap, os.environ.get("DATABASE_URL", ""))
     else:
         services = services_from_script("start")
-    result = asyncio.run(run(services, args.events, args.workers, args.seed, args.timeout))
+    result = asyncio.run(
+        run(services, args.events, args.workers, args.seed, args.timeout, args.replay)
+    )
     rows = result.rows()
     width = max(len(name) for name, _ in rows)
     print(f"{'metric':<{width}}  value")

@@ -480,9 +480,15 @@ async def test_topic_events_are_enriched_and_rekeyed_by_user_id(pipeline: Pipeli
         generated[1],
     ]
     for n, user in enumerate(users):
-        assert by_user[user]["received_at"] == iso(produced[n].timestamp)
-        assert by_user[user]["timestamp"] == iso(produced[n].timestamp)
-        assert by_user[user]["action"] == events[n]["action"]
+        value = by_user[user]
+        assert value["action"] == events[n]["action"]
+        # No timestamp given: the time of the first ingestion, also for a re-keyed event.
+        assert value["timestamp"] == iso(produced[n].timestamp)
+        assert value["timestamp_clamped"] is False
+        if n in (0, 1):
+            assert value["received_at"] == value["timestamp"]
+        else:  # re-keyed: received again, later, under the right key
+            assert value["received_at"] >= value["timestamp"]
 
 
 async def test_repeated_event_id_is_enriched_once(pipeline: Pipeline) -> None:
@@ -544,45 +550,27 @@ async def test_malformed_topic_messages_are_dead_lettered_and_do_not_stop_the_ag
         assert value["received_at"] == iso(where.timestamp)
 
 
-async def test_timestamps_absent_and_far_future(pipeline: Pipeline) -> None:
+async def test_timestamps_absent_offsetless_and_far_future(pipeline: Pipeline) -> None:
     t = tag()
     user = f"user-{t}"
     key = user.encode()
-    ingest = now_ms() - 5_000
-    ahead_9m = ingest + 9 * 60_000
+    start = now_ms()
+    far = start + 3_600_000
+    near = start + 9 * 60_000 + 30_000  # under 10 minutes ahead of its (later) ingestion
     events = [
-        Outgoing(
-            key,
-            orjson.dumps({"event_id": f"none-{t}", "user_id": user, "action": "a"}),
-            timestamp_ms=ingest,
-        ),
-        Outgoing(
-            key,
-            orjson.dumps(
-                {
-                    "event_id": f"far-{t}",
-                    "user_id": user,
-                    "action": "a",
-                    "timestamp": iso(ingest + 3_600_000),
-                }
-            ),
-            timestamp_ms=ingest,
-        ),
-        Outgoing(
-            key,
-            orjson.dumps(
-                {
-                    "event_id": f"near-{t}",
-                    "user_id": user,
-                    "action": "a",
-                    "timestamp": iso(ahead_9m),
-                }
-            ),
-            timestamp_ms=ingest,
-        ),
+        {"event_id": f"none-{t}", "user_id": user, "action": "a"},
+        {"event_id": f"far-{t}", "user_id": user, "action": "a", "timestamp": iso(far)},
+        {"event_id": f"near-{t}", "user_id": user, "action": "a", "timestamp": iso(near)},
+        {
+            "event_id": f"utc-{t}",
+            "user_id": user,
+            "action": "a",
+            "timestamp": "2024-01-15T10:30:00",
+        },
     ]
     mark = await pipeline.mark()
-    await pipeline.produce(list(events))
+    produced = await pipeline.produce([(key, orjson.dumps(event)) for event in events])
+    ingested = [iso(p.timestamp) for p in produced]  # the message timestamps
     far_http = {"event_id": f"http-{t}", "user_id": user, "action": "a"}
     far_http["timestamp"] = "2999-01-01T00:00:00Z"
     before = now_ms()
@@ -593,15 +581,18 @@ async def test_timestamps_absent_and_far_future(pipeline: Pipeline) -> None:
 
     assert out.dead == []
     values = out.enriched_by_event_id()
-    assert sorted(values) == sorted([f"none-{t}", f"far-{t}", f"near-{t}", f"http-{t}"])
+    assert sorted(values) == sorted(
+        f"{name}-{t}" for name in ("none", "far", "near", "utc", "http")
+    )
     stamps = {
         event_id: (v["timestamp"], v["timestamp_clamped"], v["received_at"])
         for event_id, v in values.items()
     }
-    assert stamps[f"none-{t}"] == (iso(ingest), False, iso(ingest))
-    assert stamps[f"far-{t}"] == (iso(ingest), True, iso(ingest))
-    assert stamps[f"near-{t}"] == (iso(ahead_9m), False, iso(ingest))
+    assert stamps[f"none-{t}"] == (ingested[0], False, ingested[0])
+    assert stamps[f"far-{t}"] == (ingested[1], True, ingested[1])
+    assert stamps[f"near-{t}"] == (iso(near), False, ingested[2])
+    assert stamps[f"utc-{t}"] == ("2024-01-15T10:30:00.000Z", False, ingested[3])
+    assert values[f"utc-{t}"]["hour_of_day"] == 10
     http_received = values[f"http-{t}"]["received_at"]
     assert iso(before) <= http_received <= iso(after)
     assert stamps[f"http-{t}"] == (http_received, True, http_received)
-    assert values[f"far-{t}"]["hour_of_day"] == ingest // 3_600_000 % 24

@@ -75,6 +75,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 from typing import Any, TypeVar
 
 DEFAULT_SESSION_GAP_MS = 1_800_000
@@ -361,16 +362,20 @@ def sessions(events: Iterable[Event], gap_ms: int = DEFAULT_SESSION_GAP_MS) -> l
 # --------------------------------------------------------------------------------------------
 
 
-def _trend_value(window: Mapping[str, Any] | None, metric: str) -> float:
+def _fraction(numerator: int, denominator: int) -> Fraction:
+    return Fraction(numerator, denominator) if denominator else Fraction(0)
+
+
+def _trend_value(window: Mapping[str, Any] | None, metric: str) -> Fraction:
     if window is None:
-        return 0
+        return Fraction(0)
     if metric == "total_revenue":
-        return int(window["total_revenue_cents"])
-    value: float = window[metric]
-    return value
+        return Fraction(int(window["total_revenue_cents"]))
+    exact: Fraction | None = window.get("_exact", {}).get(metric)
+    return exact if exact is not None else Fraction(window[metric])
 
 
-def trend(current: float, previous: float) -> dict[str, Any]:
+def trend(current: Fraction | float, previous: Fraction | float) -> dict[str, Any]:
     """SPEC section 4 trend of one metric: change_percent and up / down / stable."""
     change = 100 * (current - previous) / previous if previous else 0.0
     direction = "up" if change > 5 else "down" if change < -5 else "stable"
@@ -444,6 +449,17 @@ def kpi_windows(
             ),
             "conversion_rate_percent": _ratio(100 * total_conversions, total_sessions),
             "conversions_per_session": _ratio(total_conversions, total_sessions),
+            # the trend metrics as exact fractions: a change of exactly 5 % must read "stable"
+            "_exact": {
+                "bounce_rate_percent": _fraction(
+                    100 * sum(1 for s in snapshots if s.is_bounce), total_sessions
+                ),
+                "conversion_rate_percent": _fraction(100 * total_conversions, total_sessions),
+                "average_session_duration_seconds": _fraction(
+                    duration_ms_sum, 1000 * total_sessions
+                ),
+                "revenue_per_user": _fraction(total_revenue_cents, 100 * active_users),
+            },
         }
 
     for start, window in result.items():
@@ -452,6 +468,8 @@ def kpi_windows(
             metric: trend(_trend_value(window, metric), _trend_value(previous, metric))
             for metric in TREND_METRICS
         }
+    for window in result.values():
+        del window["_exact"]
     return result
 
 

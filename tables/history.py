@@ -1,0 +1,157 @@
+"""Final window figures kept for the web API: what the combiner published, by window start.
+
+Three one-partition tables, written by the combiner (agents/kpi_combiner.py) in its batch
+context, so they are co-partitioned with ``kpi-partials`` and ``combiner-state``: the worker
+that owns the combiner also holds the history, and the API routes its KPI, page and traffic
+queries there (web/api.py).
+
+* ``kpi-history``: window start (epoch ms, ASCII digits) -> the final KPI record as published
+  to ``live-kpis``; plus ``b"live"`` -> the newest window's latest record (live or final).
+* ``page-history``: window start -> {page: [views, unique_visitors, total_time_ms]}.
+* ``traffic-history``: window start -> {dimension: {value: [events, users, page_views,
+  revenue_cents]}}.
+
+Retention is measured in event time: a window is dropped once it starts more than
+``engine.history_retention`` before the newest stored window, so replays of old traffic keep
+their history and a quiet stream keeps its last day.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from analytics.combiner import CombinerOutput
+from analytics.timeutil import parse_ts
+from app import app
+from tables.rocksdb_options import rocksdb_options
+
+LIVE_KEY = b"live"
+
+_settings = app.analytics_settings
+
+
+def _table(name: str, help_text: str) -> Any:
+    return app.Table(
+        name,
+        partitions=1,
+        key_type=bytes,
+        value_type=bytes,
+        help=help_text,
+        options=rocksdb_options(_settings),
+    )
+
+
+kpi_history: Any = _table("kpi-history", "final KPI records by window start, and the live one")
+page_history: Any = _table("page-history", "final page statistics by window start")
+traffic_history: Any = _table("traffic-history", "final traffic statistics by window start")
+
+PageStats = dict[str, list[int]]
+TrafficStats = dict[str, dict[str, list[int]]]
+
+
+def window_key(start_ms: int) -> bytes:
+    return str(start_ms).encode()
+
+
+def window_starts(keys: Iterable[bytes]) -> list[int]:
+    """The window starts among table keys (``b"live"`` and any other key left out), sorted."""
+    return sorted(int(key) for key in keys if key.lstrip(b"-").isdigit())
+
+
+def pages_by_window(rows: Iterable[Mapping[str, Any]]) -> dict[int, PageStats]:
+    """page-view-stats rows (analytics.traffic.page_rows) back to {start: {page: cells}}."""
+    windows: dict[int, PageStats] = {}
+    for row in rows:
+        cells = [row["views"], row["unique_visitors"], row["total_time_on_page_ms"]]
+        windows.setdefault(parse_ts(row["window_start"]), {})[row["page"]] = cells
+    return windows
+
+
+def traffic_by_window(rows: Iterable[Mapping[str, Any]]) -> dict[int, TrafficStats]:
+    """traffic-stats rows (analytics.traffic.dimension_rows) back to {start: {dim: {value:
+    cells}}}."""
+    windows: dict[int, TrafficStats] = {}
+    for row in rows:
+        cells = [row["events"], row["users"], row["page_views"], row["revenue_cents"]]
+        dims = windows.setdefault(parse_ts(row["window_start"]), {})
+        dims.setdefault(row["dimension"], {})[row["value"]] = cells
+    return windows
+
+
+def newer_live(stored: Mapping[str, Any] | None, record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` should replace the stored live record: a later window, or the same
+    window again (a fresher live value, or its final one)."""
+    if stored is None:
+        return True
+    before = (parse_ts(stored["window_start"]), bool(stored["is_final"]))
+    after = (parse_ts(record["window_start"]), bool(record["is_final"]))
+    return after >= before
+
+
+class HistoryWriter:
+    """Writes the combiner's output into the history tables and prunes them.
+
+    Call ``record`` inside the combiner's batch context (table writes need Faust's current
+    event) after the batch has been published and before the combiner state is saved: a crash
+    in between re-delivers the batch and its finals are written again, identically.
+    The stored window starts are read at the first batch after each rebalance (the table is
+    recovered by then, and may have been written by another worker meanwhile) and then
+    followed in memory, so pruning does not scan the tables.
+    """
+
+    def __init__(self, retention_ms: int) -> None:
+        self.retention_ms = retention_ms
+        self._starts: list[int] | None = None
+        self._generation: int | None = None
+
+    def record(self, out: CombinerOutput) -> None:
+        if not out.kpis:
+            return
+        if self._starts is None or self._generation != app.consumer_generation_id:
+            self._starts = window_starts(kpi_history.keys())
+            self._generation = app.consumer_generation_id
+        pages = pages_by_window(out.pages)
+        traffic = traffic_by_window(out.traffic)
+        for kpi in out.kpis:
+            if not kpi["is_final"]:
+                continue
+            start = parse_ts(kpi["window_start"])
+            key = window_key(start)
+            kpi_history[key] = orjson.dumps(kpi)
+            page_history[key] = orjson.dumps(pages.get(start, {}))
+            traffic_history[key] = orjson.dumps(traffic.get(start, {}))
+            index = bisect.bisect_left(self._starts, start)
+            if index == len(self._starts) or self._starts[index] != start:
+                self._starts.insert(index, start)
+        self._update_live(out.kpis)
+        self._prune()
+
+    def _update_live(self, records: list[dict[str, Any]]) -> None:
+        newest = max(records, key=lambda k: (parse_ts(k["window_start"]), bool(k["is_final"])))
+        stored_bytes = kpi_history.get(LIVE_KEY)
+        stored = orjson.loads(stored_bytes) if stored_bytes is not None else None
+        if newer_live(stored, newest):
+            kpi_history[LIVE_KEY] = orjson.dumps(newest)
+
+    def _prune(self) -> None:
+        assert self._starts is not None
+        if not self._starts:
+            return
+        cutoff = self._starts[-1] - self.retention_ms
+        drop = bisect.bisect_left(self._starts, cutoff)
+        for start in self._starts[:drop]:
+            key = window_key(start)
+            for table in (kpi_history, page_history, traffic_history):
+                if key in table:
+                    del table[key]
+        del self._starts[:drop]
+
+
+def load(table: Any, key: bytes) -> Any:
+    """A stored JSON value, or None."""
+    stored = table.get(key)
+    return orjson.loads(stored) if stored is not None else None

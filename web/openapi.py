@@ -1,0 +1,508 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``GET /openapi.json``.
+
+Written by hand next to the views (web/views.py, web/api.py) rather than generated: Faust's
+views carry no schema, and the field descriptions state the SPEC rules clients rely on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust import web
+
+from analytics.traffic import DIMENSIONS
+from analytics.validation import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
+from app import app
+from web.api_params import (
+    DEFAULT_LIMIT,
+    DEFAULT_MINUTES,
+    MAX_LIMIT,
+    MAX_MINUTES,
+    MAX_USER_ID_CHARS,
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+    }
+
+
+INTEGER: dict[str, Any] = {"type": "integer"}
+NUMBER: dict[str, Any] = {"type": "number"}
+STRING: dict[str, Any] = {"type": "string"}
+BOOLEAN: dict[str, Any] = {"type": "boolean"}
+TIMESTAMP: dict[str, Any] = {
+    "type": "string",
+    "format": "date-time",
+    "description": "RFC 3339, UTC, milliseconds, e.g. 2026-01-01T00:00:00.000Z",
+}
+NULLABLE_TIMESTAMP: dict[str, Any] = {**TIMESTAMP, "type": ["string", "null"]}
+MONEY: dict[str, Any] = {"type": "number", "description": "currency units, 2 decimals"}
+CENTS: dict[str, Any] = {"type": "integer", "description": "the same amount in cents"}
+COUNTS: dict[str, Any] = {"type": "object", "additionalProperties": INTEGER}
+
+BAD_PARAMETER = _json(
+    _ref("Error"), "A parameter is wrong; `error` starts with its name and says why."
+)
+UNAVAILABLE = _json(
+    _ref("Error"), "The worker group is rebalancing and nobody owns the state yet; retry."
+)
+UNKNOWN_USER = _json(_ref("Error"), "No event of this user has been processed.")
+MINUTES = {
+    "name": "minutes",
+    "in": "query",
+    "description": "Final windows overlapping the last `minutes` minutes before `as_of`.",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MINUTES, "default": DEFAULT_MINUTES},
+}
+USER_ID = {
+    "name": "user_id",
+    "in": "path",
+    "required": True,
+    "description": "The user_id of the events (URL-encoded).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_CHARS},
+}
+
+TREND = _obj(
+    {
+        "change_percent": {
+            **NUMBER,
+            "description": "100 * (current - previous) / previous; 0 when previous is 0",
+        },
+        "trend": {"type": "string", "enum": ["up", "down", "stable"]},
+    }
+)
+
+KPI_RECORD = _obj(
+    {
+        "window_start": TIMESTAMP,
+        "window_end": TIMESTAMP,
+        "total_users": INTEGER,
+        "active_users": INTEGER,
+        "new_users": INTEGER,
+        "total_sessions": INTEGER,
+        "total_page_views": INTEGER,
+        "total_events": INTEGER,
+        "total_revenue": MONEY,
+        "total_revenue_cents": CENTS,
+        "total_conversions": INTEGER,
+        "purchases": INTEGER,
+        "average_order_value": MONEY,
+        "revenue_per_user": MONEY,
+        "average_session_duration_seconds": NUMBER,
+        "bounce_rate_percent": NUMBER,
+        "average_engagement_score": NUMBER,
+        "conversion_rate_percent": NUMBER,
+        "conversions_per_session": NUMBER,
+        "trends": {"type": "object", "additionalProperties": _ref("Trend")},
+        "late_events_total": INTEGER,
+        "is_final": {
+            **BOOLEAN,
+            "description": "false while the watermark has not passed window_end (SPEC 6)",
+        },
+    }
+)
+
+SESSION = _obj(
+    {
+        "user_id": STRING,
+        "session_id": {**STRING, "description": "'' when sessions come from the gap alone"},
+        "window_start": TIMESTAMP,
+        "window_end": TIMESTAMP,
+        "duration_seconds": NUMBER,
+        "total_events": INTEGER,
+        "actions": COUNTS,
+        "pages": COUNTS,
+        "unique_pages": INTEGER,
+        "total_duration_ms": INTEGER,
+        "average_duration_ms": NUMBER,
+        "device_type": {"type": ["string", "null"]},
+        "country": {"type": ["string", "null"]},
+        "is_bounce": BOOLEAN,
+        "conversions": INTEGER,
+        "revenue": MONEY,
+        "revenue_cents": CENTS,
+        "engagement_score": NUMBER,
+        "open": {**BOOLEAN, "description": "always true: not yet written to session-metrics"},
+    }
+)
+
+USER_PROFILE = _obj(
+    {
+        "user_id": STRING,
+        "first_seen": TIMESTAMP,
+        "last_seen": TIMESTAMP,
+        "events": INTEGER,
+        "revenue": MONEY,
+        "revenue_cents": CENTS,
+        "devices": {"type": "array", "items": STRING},
+        "countries": {"type": "array", "items": STRING},
+        "closed_sessions": {
+            **INTEGER,
+            "description": "sessions already closed and written to session-metrics",
+        },
+        "open_sessions": INTEGER,
+    }
+)
+
+RANGE_HEAD: dict[str, Any] = {
+    "as_of": {
+        **NULLABLE_TIMESTAMP,
+        "description": "the stream's watermark (event time; follows the wall clock when the "
+        "stream is quiet); null before any window is final",
+    },
+    "from": {**NULLABLE_TIMESTAMP, "description": "as_of minus `minutes`"},
+    "minutes": INTEGER,
+    "windows": {
+        "type": "array",
+        "items": TIMESTAMP,
+        "description": "starts of the final windows added up",
+    },
+}
+
+PAGE = _obj(
+    {
+        "page": STRING,
+        "views": INTEGER,
+        "visitor_windows": {
+            **INTEGER,
+            "description": "each window's unique visitors, added up: a visitor seen in n "
+            "windows counts n times (exact unique visitors when one window is covered)",
+        },
+        "total_time_on_page_ms": INTEGER,
+        "avg_time_on_page_ms": NUMBER,
+    }
+)
+
+TRAFFIC_VALUE = _obj(
+    {
+        "value": {**STRING, "description": "'unknown' when the event had none"},
+        "events": INTEGER,
+        "user_windows": {
+            **INTEGER,
+            "description": "each window's distinct users, added up (see visitor_windows)",
+        },
+        "page_views": INTEGER,
+        "revenue": MONEY,
+        "revenue_cents": CENTS,
+    }
+)
+
+EVENT = {
+    "type": "object",
+    "description": "SPEC section 1. Unknown fields are rejected.",
+    "additionalProperties": False,
+    "required": ["user_id", "action"],
+    "properties": {
+        "event_id": {**STRING, "minLength": 1, "maxLength": 64},
+        "user_id": {**STRING, "minLength": 1, "maxLength": 128},
+        "session_id": {**STRING, "maxLength": 128},
+        "action": {**STRING, "minLength": 1, "maxLength": 64, "pattern": "^[a-z0-9_.:-]+$"},
+        "page": {
+            **STRING,
+            "maxLength": 2048,
+            "description": "required, non-empty, for page_view",
+        },
+        "timestamp": {
+            **STRING,
+            "format": "date-time",
+            "description": "RFC 3339; absent means the time of ingestion; no offset means UTC",
+        },
+        "duration": {"type": "integer", "minimum": 0, "maximum": 86_400_000},
+        "metadata": {
+            "type": "object",
+            "description": "at most 32 KiB; metadata.amount is the revenue of a purchase",
+        },
+        "ip_address": {**STRING, "description": "IPv4 or IPv6"},
+        "user_agent": {**STRING, "maxLength": 1024},
+        "country": {**STRING, "description": "ISO 3166-1 alpha-2, any case"},
+        "device": {"type": "string", "enum": ["mobile", "desktop", "tablet", "bot", "other"]},
+    },
+}
+
+FIELD_ERROR = _obj({"field": STRING, "message": STRING})
+REJECTED = _obj(
+    {
+        "error": {**STRING, "description": "every problem as 'field: message', joined by '; '"},
+        "errors": {"type": "array", "items": _ref("FieldError")},
+    }
+)
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Real-time analytics API",
+        "version": "1.0.0",
+        "description": (
+            "Event ingestion and queries over the live state of the Faust workers. Any worker "
+            "answers every request: it forwards queries to the worker that holds the state "
+            "(Faust table routing). KPI, page and traffic figures follow SPEC sections 4-5; "
+            "windows are kept for `engine.history_retention` (event time, default 24 h)."
+        ),
+    },
+    "paths": {
+        "/ingest": {
+            "post": {
+                "summary": "Ingest one event",
+                "requestBody": {
+                    "required": True,
+                    "description": f"at most {MAX_EVENT_BYTES} bytes",
+                    "content": {"application/json": {"schema": _ref("Event")}},
+                },
+                "responses": {
+                    "202": _json(
+                        _obj({"event_id": STRING}), "Accepted; the event_id, assigned if absent."
+                    ),
+                    "400": _json(_ref("Rejected"), "Invalid; sent to the dead-letter topic."),
+                    "413": _json(_ref("Rejected"), "Body too large; dead-lettered."),
+                },
+            }
+        },
+        "/ingest/batch": {
+            "post": {
+                "summary": "Ingest a batch of events, checked one by one",
+                "requestBody": {
+                    "required": True,
+                    "description": f"at most {MAX_BATCH_BYTES} bytes and {MAX_BATCH_EVENTS} events",
+                    "content": {
+                        "application/json": {
+                            "schema": _obj({"events": {"type": "array", "items": _ref("Event")}})
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json(_ref("BatchResult"), "At least one event accepted."),
+                    "400": _json(
+                        {"oneOf": [_ref("BatchResult"), _ref("Rejected")]},
+                        "No event accepted, or the body is not a batch.",
+                    ),
+                    "413": _json(_ref("Rejected"), "Body or batch too large; dead-lettered."),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness and Kafka connectivity of this worker",
+                "responses": {
+                    "200": _json(_ref("Health"), "Kafka answers."),
+                    "503": _json(_ref("Health"), "Kafka does not answer."),
+                },
+            }
+        },
+        "/api/kpis/current": {
+            "get": {
+                "summary": "The newest window's KPIs, live or final",
+                "responses": {
+                    "200": _json(
+                        _obj({"kpi": {"oneOf": [_ref("KpiRecord"), {"type": "null"}]}}),
+                        "kpi is null before the first window has events.",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/api/kpis": {
+            "get": {
+                "summary": "KPI records of the windows starting in [from, to)",
+                "description": (
+                    "Final windows, plus the newest window while it is still live "
+                    "(is_final false). Windows without events are absent (SPEC 4)."
+                ),
+                "parameters": [
+                    {
+                        "name": name,
+                        "in": "query",
+                        "description": f"{role}; RFC 3339, no offset means UTC; absent: open",
+                        "schema": {"type": "string", "format": "date-time"},
+                    }
+                    for name, role in (("from", "inclusive start"), ("to", "exclusive end"))
+                ],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                "from": NULLABLE_TIMESTAMP,
+                                "to": NULLABLE_TIMESTAMP,
+                                "windows": {"type": "array", "items": _ref("KpiRecord")},
+                            }
+                        ),
+                        "Windows in start order.",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/api/pages/top": {
+            "get": {
+                "summary": "Most viewed pages: views descending, then page ascending",
+                "parameters": [
+                    MINUTES,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                **RANGE_HEAD,
+                                "limit": INTEGER,
+                                "pages": {"type": "array", "items": _ref("Page")},
+                            }
+                        ),
+                        "Pages over the final windows of the range.",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/api/traffic": {
+            "get": {
+                "summary": "Traffic by device, country or browser: events descending, then value",
+                "parameters": [
+                    {
+                        "name": "dimension",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(DIMENSIONS)},
+                    },
+                    MINUTES,
+                ],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                **RANGE_HEAD,
+                                "dimension": {"type": "string", "enum": list(DIMENSIONS)},
+                                "values": {"type": "array", "items": _ref("TrafficValue")},
+                            }
+                        ),
+                        "The dimension's values over the final windows of the range.",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/api/users/{user_id}": {
+            "get": {
+                "summary": "A user's profile counters",
+                "parameters": [USER_ID],
+                "responses": {
+                    "200": _json(_ref("UserProfile"), "The user's figures so far."),
+                    "400": BAD_PARAMETER,
+                    "404": UNKNOWN_USER,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/api/sessions/{user_id}": {
+            "get": {
+                "summary": "A user's open sessions and profile counters",
+                "description": (
+                    "Open sessions are those not yet closed by the watermark (SPEC 3), with "
+                    "their live figures. Closed sessions are not kept per user: they are "
+                    "published to the session-metrics topic and the session_metrics table; "
+                    "the profile counts them (closed_sessions)."
+                ),
+                "parameters": [USER_ID],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                "user_id": STRING,
+                                "sessions": {"type": "array", "items": _ref("Session")},
+                                "profile": _ref("UserProfile"),
+                            }
+                        ),
+                        "Open sessions, oldest first.",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "404": UNKNOWN_USER,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document.")},
+            }
+        },
+    },
+    "components": {
+        "schemas": {
+            "Error": _obj({"error": STRING}),
+            "Event": EVENT,
+            "FieldError": FIELD_ERROR,
+            "Rejected": REJECTED,
+            "BatchResult": _obj(
+                {
+                    "accepted": {
+                        "type": "array",
+                        "items": STRING,
+                        "description": "event_ids of the accepted events, in batch order",
+                    },
+                    "rejected": {
+                        "type": "array",
+                        "items": _obj(
+                            {
+                                "index": INTEGER,
+                                "errors": {"type": "array", "items": _ref("FieldError")},
+                            }
+                        ),
+                    },
+                }
+            ),
+            "Health": _obj(
+                {
+                    "status": {"type": "string", "enum": ["ok", "degraded"]},
+                    "kafka": _obj(
+                        {"connected": BOOLEAN, "brokers": INTEGER, "error": STRING},
+                        ["connected"],
+                    ),
+                    "worker": _obj(
+                        {
+                            "rebalancing": BOOLEAN,
+                            "user_events_partitions": {"type": "array", "items": INTEGER},
+                        }
+                    ),
+                }
+            ),
+            "Trend": TREND,
+            "KpiRecord": KPI_RECORD,
+            "Session": SESSION,
+            "UserProfile": USER_PROFILE,
+            "Page": PAGE,
+            "TrafficValue": TRAFFIC_VALUE,
+        }
+    },
+}
+
+
+@app.page("/openapi.json")
+class OpenApiView(web.View):
+    """The API description; every worker serves the same one."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        return self.json(OPENAPI)
