@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from agents.batching import run_in_batches
+from agents.batching import Handled, contiguous, run_in_batches
 from agents.outputs import Record, publish
 from analytics.enrichment import EnrichmentRules
 from analytics.partition import PartitionRules, PartitionState, apply_batch
@@ -114,16 +114,23 @@ class _LiveThrottle:
 _live = _LiveThrottle()
 
 
-async def handle_batch(events: list[Any]) -> None:
+async def handle_batch(events: list[Any]) -> Handled:
     """One partition's batch: track, analyse, publish, then save state."""
     partition = events[0].message.partition
+    clock = state_table.load_clock()
+    done, fresh, seek_to = contiguous(events, None if clock is None else clock["applied"])
+    if seek_to is not None:
+        log.info("partition %d: offsets jump before %d; seeking back", partition, seek_to)
+    if not fresh:
+        return Handled(done, seek_to)
+    events = fresh
     tracked = track_batch(
         (_to_raw(event) for event in events),
         topic=TOPICS.user_events,
         lookup=_lookup,
         rules=TRACKER_RULES,
     )
-    state = PartitionState(state_table.load_clock(), state_table.load_user)
+    state = PartitionState(clock, state_table.load_user)
     analysed = apply_batch(state, tracked.timeline, PARTITION_RULES, live=_live.due(partition))
 
     records: list[Record] = []
@@ -154,6 +161,7 @@ async def handle_batch(events: list[Any]) -> None:
 
     for key, seen in tracked.seen.items():
         seen_events[key] = seen.encode()
+    state.clock["applied"] = max(state.clock["applied"], events[-1].message.offset)
     state_table.save(state.users, state.dirty_users, state.clock)
 
     TrackerCounters.enriched += sum(isinstance(i, Arrival) for i in tracked.timeline)
@@ -162,6 +170,7 @@ async def handle_batch(events: list[Any]) -> None:
     TrackerCounters.rekeyed += len(tracked.rekeyed)
     TrackerCounters.late += analysed.late_events
     TrackerCounters.sessions_closed += len(analysed.sessions)
+    return Handled(done + fresh, seek_to)
 
 
 @app.agent(user_events_topic, isolated_partitions=True, name="behavior-tracker")

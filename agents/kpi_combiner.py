@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from agents.batching import run_in_batches
+from agents.batching import Handled, contiguous, run_in_batches
 from agents.outputs import Record, publish
 from analytics.combiner import CombinerRules, combine
 from app import app
@@ -25,10 +25,13 @@ partials_topic = app.topic(TOPICS.kpi_partials, partitions=1)
 history = HistoryWriter(int(_engine.history_retention.total_seconds() * 1000))
 
 
-async def handle_batch(events: list[Any]) -> None:
+async def handle_batch(events: list[Any]) -> Handled:
     """Fold a batch of partials; publish live and final window figures, then save state."""
     state = combiner_state.load()
-    messages = [orjson.loads(event.message.value) for event in events]
+    done, fresh, seek_to = contiguous(events, state.get("applied"))
+    if not fresh:
+        return Handled(done, seek_to)
+    messages = [orjson.loads(event.message.value) for event in fresh]
     out = combine(state, messages, RULES, live=True)
     records: list[Record] = []
     for kpi in out.kpis:
@@ -41,7 +44,9 @@ async def handle_batch(events: list[Any]) -> None:
         records.append((TOPICS.traffic_stats, key, row, None))
     await publish(records)
     history.record(out)
+    state["applied"] = fresh[-1].message.offset
     combiner_state.save(state)
+    return Handled(done + fresh, seek_to)
 
 
 @app.agent(partials_topic, isolated_partitions=True, name="kpi-combiner")

@@ -19,6 +19,12 @@ from analytics.kpis import kpi_figures, trends
 from analytics.traffic import add_dimensions, add_pages, dimension_rows, page_rows
 
 CombinerState = dict[str, Any]
+SESSION_TRENDS = (
+    "total_sessions",
+    "conversion_rate_percent",
+    "bounce_rate_percent",
+    "average_session_duration_seconds",
+)
 KEEP_FINALS = 3
 
 
@@ -97,12 +103,17 @@ def _ready(state: CombinerState, start: int, rules: CombinerRules) -> bool:
 
 def _figures(state: CombinerState, start: int, rules: CombinerRules) -> dict[str, Any]:
     sums, _, _ = _sums(state, start, rules)
-    figures = kpi_figures(start, rules.window_ms, sums)
+    partials = state["windows"].get(str(start), {}).values()
+    sessions_known = all(partial["final"] for partial in partials)
+    figures = kpi_figures(start, rules.window_ms, sums, sessions_known=sessions_known)
     previous_start = start - rules.window_ms
     previous = state["finals"].get(str(previous_start))
     if previous is None and str(previous_start) in state["windows"]:
         previous = dict(_sums(state, previous_start, rules)[0])
     figures["trends"] = trends(sums, previous)
+    if not sessions_known:
+        for metric in SESSION_TRENDS:
+            figures["trends"][metric] = None
     figures["late_events_total"] = sum(p["late"] for p in state["progress"].values())
     figures["_sums"] = dict(sums)
     return figures

@@ -72,6 +72,8 @@ def new_clock() -> Clock:
         "users_total": 0,
         "late": 0,
         "windows": {},
+        "live": {},
+        "newcomers": {},
         "closing": {},
     }
 
@@ -253,7 +255,12 @@ def apply_batch(
         if item.offset > user["applied"]:
             _apply_to_user(user, row)
             user["applied"] = item.offset
-        clock["windows"].setdefault(str(window_start(row.ts, rules.window_ms)), {})[user_id] = 1
+        start = window_start(row.ts, rules.window_ms)
+        clock["windows"].setdefault(str(start), {})[user_id] = 1
+        _count_live(clock, start, row)
+        first_window = window_start(user["first_seen"], rules.window_ms)
+        if str(first_window) in clock["windows"]:
+            clock["newcomers"][user_id] = first_window
         clock["max_ts"] = row.ts if clock["max_ts"] is None else max(clock["max_ts"], row.ts)
         candidate = clock["max_ts"] - rules.grace_ms
         clock["wm"] = candidate if clock["wm"] is None else max(clock["wm"], candidate)
@@ -268,6 +275,30 @@ def apply_batch(
     if watermark_before is not None:
         _close_due_sessions(state, watermark_before, rules, out)
     return out
+
+
+def _count_live(clock: Clock, start: int, row: Row) -> None:
+    """Running event counters of an open window: live figures without touching any user."""
+    live = clock["live"].setdefault(str(start), {})
+    for name, amount in (
+        ("events", 1),
+        ("page_views", row.action == "page_view"),
+        ("conversions", row.conversion),
+        ("revenue_cents", row.revenue_cents),
+        ("purchases", row.action == "purchase"),
+    ):
+        live[name] = live.get(name, 0) + amount
+
+
+def live_partial(clock: Clock, start: int, users_before: int) -> dict[str, Any]:
+    """An open window's share so far: event and user counts only. Session figures need the
+    window's sessions as of its end, so they are published once the window is final."""
+    new_users = sum(1 for window in clock["newcomers"].values() if window == start)
+    kpi = dict(clock["live"].get(str(start), {}))
+    kpi["active_users"] = len(clock["windows"].get(str(start), {}))
+    kpi["new_users"] = new_users
+    kpi["users_total"] = users_before + new_users
+    return {"window_start": start, "kpi": kpi, "pages": {}, "dims": {}}
 
 
 def _advance_idle(clock: Clock, now_ms: int, rules: PartitionRules) -> None:
@@ -289,13 +320,18 @@ def _finalise_windows(
         final = watermark is not None and start + rules.window_ms <= watermark
         if not final and not live:
             continue
-        partial = window_partial(state, start, rules, users_before)
+        if final:
+            partial = window_partial(state, start, rules, users_before)
+            clock["users_total"] = partial["kpi"]["users_total"]
+            del clock["windows"][str(start)]
+            clock["live"].pop(str(start), None)
+            for user_id in [u for u, w in clock["newcomers"].items() if w == start]:
+                del clock["newcomers"][user_id]
+        else:
+            partial = live_partial(clock, start, users_before)
         partial["final"] = final
         out.partials.append(partial)
         users_before = partial["kpi"]["users_total"]
-        if final:
-            clock["users_total"] = users_before
-            del clock["windows"][str(start)]
 
 
 def _close_due_sessions(
