@@ -54,12 +54,20 @@ def _accept(obj: Any, received_ms: int) -> Accepted:
     return Accepted(key=event["user_id"].encode(), value=value, event_id=event["event_id"])
 
 
-def _dead(raw: bytes, errors: list[FieldError], source: str, received_ms: int) -> dict[str, Any]:
+def _dead(
+    raw: bytes,
+    errors: list[FieldError],
+    source: str,
+    received_ms: int,
+    size: int | None = None,
+) -> dict[str, Any]:
+    """A dead letter keeping at most DEAD_LETTER_RAW_LIMIT bytes of a payload of ``size``."""
+    size = len(raw) if size is None else size
     record = dead_letter(
         raw[:DEAD_LETTER_RAW_LIMIT], errors, source=source, received_ms=received_ms
     )
-    if len(raw) > DEAD_LETTER_RAW_LIMIT:
-        record["raw_truncated_from_bytes"] = len(raw)
+    if size > DEAD_LETTER_RAW_LIMIT:
+        record["raw_truncated_from_bytes"] = size
     return record
 
 
@@ -73,7 +81,8 @@ def _rejected_body(errors: list[FieldError]) -> dict[str, Any]:
 def too_large(size: int, limit: int, source: str, raw: bytes, received_ms: int) -> IngestOutcome:
     """413 for a body over its limit; the (truncated) body still goes to the dead letters."""
     errors = [FieldError("body", f"{size} bytes, over the limit of {limit}")]
-    return IngestOutcome(413, _rejected_body(errors), [], [_dead(raw, errors, source, received_ms)])
+    dead = _dead(raw, errors, source, received_ms, size=max(size, len(raw)))
+    return IngestOutcome(413, _rejected_body(errors), [], [dead])
 
 
 def ingest_single(body: bytes, received_ms: int) -> IngestOutcome:

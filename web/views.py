@@ -12,27 +12,39 @@ from faust import web
 from analytics.timeutil import now_ms
 from analytics.validation import MAX_BATCH_BYTES, MAX_EVENT_BYTES
 from app import app
-from web.ingestion import IngestOutcome, ingest_batch, ingest_single, too_large
+from web.ingestion import (
+    DEAD_LETTER_RAW_LIMIT,
+    IngestOutcome,
+    ingest_batch,
+    ingest_single,
+    too_large,
+)
 
 TOPICS = app.topic_names
 
 
 async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
-    """Read at most ``limit + 1`` bytes; return (body, size when over the limit)."""
+    """Read at most ``limit + 1`` bytes; return (body, size when over the limit).
+
+    A body declared larger than the limit is read only as far as the dead letter keeps it
+    (DEAD_LETTER_RAW_LIMIT), so its raw payload is recorded without buffering all of it."""
     http_request = cast(aiohttp_web.Request, request)
     declared = http_request.content_length
+    wanted = limit + 1
     if declared is not None and declared > limit:
-        return b"", declared
+        wanted = min(declared, DEAD_LETTER_RAW_LIMIT)
     content = http_request.content
     chunks: list[bytes] = []
     size = 0
-    while size <= limit:
-        chunk = await content.read(min(256 * 1024, limit + 1 - size))
+    while size < wanted:
+        chunk = await content.read(min(256 * 1024, wanted - size))
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
     body = b"".join(chunks)
+    if declared is not None and declared > limit:
+        return body, declared
     return body, (size if size > limit else None)
 
 
