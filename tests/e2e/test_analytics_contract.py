@@ -91,8 +91,9 @@ async def _wait_for_enriched(bootstrap: str, topic: str, count: int) -> None:
 
 RESTART_IS_FLAKY = pytest.mark.xfail(
     strict=False,
-    reason="known gap (see the issue note): with partitions moving between workers while "
-    "traffic flows, a run occasionally loses a session or a window's events",
+    reason="not yet proven stable: partitions moving between workers while traffic flows "
+    "lost events before offsets were made contiguous (agents/batching.py); kept non-strict "
+    "until many CI runs have passed",
 )
 
 
@@ -102,6 +103,7 @@ RESTART_IS_FLAKY = pytest.mark.xfail(
     [
         "one-worker",
         "two-workers",
+        pytest.param("worker-stopped-and-restarted", marks=RESTART_IS_FLAKY),
         pytest.param("worker-killed-and-restarted", marks=RESTART_IS_FLAKY),
     ],
 )
@@ -117,19 +119,22 @@ async def test_final_figures_equal_the_batch_definition(
     if scenario != "one-worker":
         workers.append(worker_factory.start(topic_prefix, group_id))
     for worker in workers:
-        await worker.await_ready(PARTITIONS, timeout=120)
+        await worker.await_ready(PARTITIONS, timeout=180)
     messages, invalid_count = _messages()
     traffic, closing = messages[:-PARTITIONS], messages[-PARTITIONS:]
     if scenario.endswith("-and-restarted"):
         half = len(traffic) // 2
         await produce(bootstrap, f"{topic_prefix}user-events", traffic[:half], linger_ms=20)
         await _wait_for_enriched(bootstrap, f"{topic_prefix}user-behavior-enriched", half // 3)
-        workers[1].kill()
+        if scenario == "worker-killed-and-restarted":
+            workers[1].kill()
+        else:
+            workers[1].stop()
         await produce(bootstrap, f"{topic_prefix}user-events", traffic[half:], linger_ms=20)
-        await workers[0].await_ready(PARTITIONS, timeout=120)
+        await workers[0].await_ready(PARTITIONS, timeout=180)
         restarted = worker_factory.start(topic_prefix, group_id)
-        await restarted.await_ready(PARTITIONS, timeout=120)
-        await workers[0].await_ready(PARTITIONS, timeout=120)
+        await restarted.await_ready(PARTITIONS, timeout=180)
+        await workers[0].await_ready(PARTITIONS, timeout=180)
     else:
         await produce(bootstrap, f"{topic_prefix}user-events", traffic, linger_ms=20)
     await produce(bootstrap, f"{topic_prefix}user-events", closing)
@@ -148,10 +153,24 @@ async def test_final_figures_equal_the_batch_definition(
         for e, kind in generate_labelled(PROFILE)
         if kind == "valid" and isinstance(e, dict)
     }
+    # every traffic event is processed once the last window is final; every traffic session
+    # ends long before the closing events, so each is written one batch later at the latest
+    async with TopicReader(bootstrap, f"{topic_prefix}user-behavior-enriched") as reader:
+        processed = _unique(_values(await reader.read_to_end()), lambda e: e["event_id"])
+    expected_keys = {
+        (s["user_id"], s["session_id"], s["window_start_ms"])
+        for s in reference.sessions(processed, GAP_MS)
+        if s["user_id"] in traffic_users
+    }
     async with TopicReader(bootstrap, f"{topic_prefix}session-metrics") as sessions_reader:
-        # every traffic session ends long before the closing events, so all of them are written
         await sessions_reader.read_until(
-            lambda records: {r.key.decode() for r in records if r.key} >= traffic_users,
+            lambda records: (
+                {
+                    (v["user_id"], v["session_id"], parse_ts(v["window_start"]))
+                    for v in (r.json() for r in records)
+                }
+                >= expected_keys
+            ),
             timeout=120,
         )
 
