@@ -32,7 +32,8 @@ if [ -z "$BIN" ]; then
 fi
 
 as_owner() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  # from /, which the postgres user can always enter (a clone may sit in a 0700 folder)
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 url() { echo "postgresql://analytics@127.0.0.1:$1/analytics"; }
