@@ -97,8 +97,8 @@ def _ready(state: CombinerState, start: int, rules: CombinerRules) -> bool:
     empty = [p for p in progress.values() if p["wm"] is None]
     if not empty:
         return True
-    since = state["ready_since"].setdefault(str(start), max(p["arrived"] for p in active))
-    return all(p["arrived"] >= since for p in empty)
+    since = state["ready_since"].setdefault(str(start), max(p.get("arrived", 0) for p in active))
+    return all(p.get("arrived", 0) >= since for p in empty)
 
 
 def _figures(state: CombinerState, start: int, rules: CombinerRules) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def combine(
             state["progress"][partition] = {
                 "wm": wm,
                 "late": message["late"],
-                "arrived": message["arrived"],
+                "arrived": message.get("arrived", 0),
             }
             continue
         start = message["window_start"]

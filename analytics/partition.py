@@ -96,7 +96,8 @@ class PartitionState:
     """One batch's view of a partition's state: loads users lazily, remembers what changed."""
 
     def __init__(self, clock: Clock | None, load_user: Callable[[str], UserState | None]) -> None:
-        self.clock: Clock = clock if clock is not None else new_clock()
+        # fields added by later versions start empty in state written by older ones
+        self.clock: Clock = {**new_clock(), **clock} if clock is not None else new_clock()
         self._load_user = load_user
         self.users: dict[str, UserState] = {}
         self.dirty_users: set[str] = set()
@@ -106,7 +107,7 @@ class PartitionState:
             loaded = self._load_user(user_id)
             if loaded is None:
                 return None
-            self.users[user_id] = loaded
+            self.users[user_id] = {**new_user(), **loaded}
         return self.users[user_id]
 
     def user_for_update(self, user_id: str) -> UserState:

@@ -24,7 +24,8 @@ combiner_state: Any = app.Table(
 
 def load() -> CombinerState:
     stored = combiner_state.get(STATE_KEY)
-    return orjson.loads(stored) if stored is not None else new_state()
+    # fields added by later versions start empty in state written by older ones
+    return {**new_state(), **orjson.loads(stored)} if stored is not None else new_state()
 
 
 def save(state: CombinerState) -> None:
