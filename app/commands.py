@@ -1,4 +1,4 @@
-"""Operator commands on the Faust CLI: ``faust -A app tail TOPIC``."""
+"""Operator commands on the Faust CLI: ``faust -A app tail TOPIC``, ``faust -A app migrate``."""
 
 from __future__ import annotations
 
@@ -61,3 +61,21 @@ async def _partitions(topic: str) -> list[int]:
         return [p["partition"] for p in meta["partitions"]] if meta["error_code"] == 0 else []
     finally:
         await admin.close()
+
+
+@app.command()
+async def migrate(self: object) -> None:
+    """Create or upgrade the sink database schema (the worker also does this at start)."""
+    from sinks.db import DatabaseStartupError
+    from sinks.migrations import MigrationOptions, migrate_url
+
+    database = app.analytics_settings.sinks.timescaledb
+    options = MigrationOptions(compress_after=database.compress_after, retention=database.retention)
+    try:
+        report = await migrate_url(
+            database.connection_string, options, wait=database.startup_timeout
+        )
+    except DatabaseStartupError as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(report.summary())

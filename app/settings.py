@@ -139,12 +139,25 @@ class DatabaseSinkSettings(BaseModel):
     tables: list[str] = ["session_metrics", "page_view_stats", "kpi_metrics", "dimension_stats"]
     batch_size: int = Field(100, ge=1, le=100_000)
     flush_interval: Duration = timedelta(seconds=5)
+    retry_initial: Duration = timedelta(milliseconds=200)
+    retry_max: Duration = timedelta(seconds=5)
+    startup_timeout: Duration = timedelta(seconds=30)
+    compress_after: Duration = timedelta(days=7)
+    retention: Duration = timedelta(days=90)
 
     @field_validator("connection_string")
     @classmethod
     def _postgres_url(cls, value: str) -> str:
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("connection_string must be a postgresql:// URL")
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, value: list[str]) -> list[str]:
+        known = {"session_metrics", "page_view_stats", "kpi_metrics", "dimension_stats"}
+        if unknown := sorted(set(value) - known):
+            raise ValueError(f"unknown tables {unknown}; known: {sorted(known)}")
         return value
 
 

@@ -28,6 +28,7 @@ class TopicNames:
     session_metrics: str = "session-metrics"
     page_view_stats: str = "page-view-stats"
     traffic_stats: str = "traffic-stats"
+    sink_dead_letters: str = "sink-dlq"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TopicNames:

@@ -4,6 +4,7 @@
 - ``migrations``: versioned, idempotent schema migrations (worker start, ``faust -A app migrate``).
 - ``writers``: one batch in one transaction; rows that can never be written are set apart.
 - ``retry``: which errors are retried, and the capped exponential backoff.
-- ``sink``: one table's connection, retries and health, used by ``agents/sink_agents.py``.
+- ``sink``: one table's connection, retries and health; ``agents/sink_agents.py`` feeds it from
+  the topic and commits the offsets (docs/sinks.md).
 - ``health``: the process-wide state of every sink (``sink_health()``).
 """

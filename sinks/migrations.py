@@ -1,0 +1,374 @@
+"""Versioned, idempotent schema migrations of the sink database.
+
+Run at worker start (agents/sink_agents.py) and by ``faust -A app migrate``. Each migration is
+frozen SQL with a version number; ``schema_migrations`` records the versions applied, and a
+session advisory lock makes concurrent starters (two workers) apply each one exactly once, in
+its own transaction. Running the migrations again is a no-op.
+
+Two modes, decided by what the server offers:
+
+* **timescaledb** (the extension is available and preloaded, or already created): the tables
+  become hypertables on their time column, with a compression and a retention policy
+  (``sinks.timescaledb.compress_after`` / ``retention``, reconciled on every run) and the
+  continuous aggregate ``kpi_hourly`` of final KPI windows.
+* **postgresql** (no TimescaleDB): the same tables in plain PostgreSQL, with BRIN indexes on the
+  time columns; no compression and no retention (rows are kept).
+
+A log line says which mode is on. Migrations marked for one mode are skipped (and not recorded)
+in the other, so a server that gains TimescaleDB later gets its migrations on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import psycopg
+
+from sinks.db import Connection, DatabaseStartupError, connect, describe, redact_url, worth_waiting
+
+log = logging.getLogger(__name__)
+
+ANY = "any"
+PLAIN = "postgresql"
+TIMESCALE = "timescaledb"
+#: pg_advisory_lock key of the migrations (any constant shared by every worker)
+LOCK_KEY = 7_438_112_001
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    mode: str  # ANY, PLAIN or TIMESCALE
+    sql: str
+
+
+CREATE_TABLES = """
+CREATE TABLE IF NOT EXISTS kpi_metrics (
+    window_start                     timestamptz      NOT NULL,
+    window_end                       timestamptz      NOT NULL,
+    total_users                      bigint           NOT NULL CHECK (total_users >= 0),
+    active_users                     bigint           NOT NULL CHECK (active_users >= 0),
+    new_users                        bigint           NOT NULL CHECK (new_users >= 0),
+    total_sessions                   bigint           CHECK (total_sessions >= 0),
+    total_page_views                 bigint           NOT NULL CHECK (total_page_views >= 0),
+    total_events                     bigint           NOT NULL CHECK (total_events >= 0),
+    total_conversions                bigint           NOT NULL CHECK (total_conversions >= 0),
+    purchases                        bigint           NOT NULL CHECK (purchases >= 0),
+    total_revenue                    numeric(20, 2)   NOT NULL CHECK (total_revenue >= 0),
+    average_order_value              numeric(20, 2)   NOT NULL,
+    revenue_per_user                 numeric(20, 2)   NOT NULL,
+    average_session_duration_seconds double precision,
+    bounce_rate_percent              double precision,
+    average_engagement_score         double precision,
+    conversion_rate_percent          double precision,
+    conversions_per_session          double precision,
+    trends                           jsonb            NOT NULL,
+    late_events_total                bigint           NOT NULL CHECK (late_events_total >= 0),
+    is_final                         boolean          NOT NULL,
+    updated_at                       timestamptz      NOT NULL DEFAULT now(),
+    PRIMARY KEY (window_start),
+    CHECK (window_end > window_start),
+    CHECK (NOT is_final OR total_sessions IS NOT NULL)
+);
+COMMENT ON TABLE kpi_metrics IS
+    'SPEC 4: one row per KPI window (topic live-kpis); live rows (is_final false) are replaced '
+    'by the final one; session figures are null while a window is live';
+
+CREATE TABLE IF NOT EXISTS session_metrics (
+    user_id             text             NOT NULL,
+    session_id          text             NOT NULL,
+    window_start        timestamptz      NOT NULL,
+    window_end          timestamptz      NOT NULL,
+    duration_seconds    double precision NOT NULL CHECK (duration_seconds >= 0),
+    total_events        integer          NOT NULL CHECK (total_events > 0),
+    actions             jsonb            NOT NULL,
+    pages               jsonb            NOT NULL,
+    unique_pages        integer          NOT NULL CHECK (unique_pages >= 0),
+    total_duration_ms   bigint           NOT NULL CHECK (total_duration_ms >= 0),
+    average_duration_ms double precision NOT NULL,
+    device_type         text,
+    country             text,
+    is_bounce           boolean          NOT NULL,
+    conversions         integer          NOT NULL CHECK (conversions >= 0),
+    revenue             numeric(20, 2)   NOT NULL CHECK (revenue >= 0),
+    engagement_score    double precision NOT NULL CHECK (engagement_score BETWEEN 0 AND 100),
+    updated_at          timestamptz      NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, session_id, window_start),
+    CHECK (window_end >= window_start)
+);
+COMMENT ON TABLE session_metrics IS
+    'SPEC 3: one row per closed session (topic session-metrics); session_id '''' means none';
+CREATE INDEX IF NOT EXISTS session_metrics_user_time
+    ON session_metrics (user_id, window_start);
+
+CREATE TABLE IF NOT EXISTS page_view_stats (
+    window_start          timestamptz      NOT NULL,
+    window_end            timestamptz      NOT NULL,
+    page                  text             NOT NULL,
+    views                 bigint           NOT NULL CHECK (views > 0),
+    unique_visitors       bigint           NOT NULL CHECK (unique_visitors > 0),
+    total_time_on_page_ms bigint           NOT NULL CHECK (total_time_on_page_ms >= 0),
+    avg_time_on_page_ms   double precision NOT NULL,
+    updated_at            timestamptz      NOT NULL DEFAULT now(),
+    PRIMARY KEY (window_start, page),
+    CHECK (window_end > window_start)
+);
+COMMENT ON TABLE page_view_stats IS
+    'SPEC 5: page_view figures per final window and page (topic page-view-stats)';
+
+CREATE TABLE IF NOT EXISTS dimension_stats (
+    window_start timestamptz    NOT NULL,
+    window_end   timestamptz    NOT NULL,
+    dimension    text           NOT NULL CHECK (dimension IN ('device', 'country', 'browser')),
+    value        text           NOT NULL,
+    events       bigint         NOT NULL CHECK (events > 0),
+    users        bigint         NOT NULL CHECK (users > 0),
+    page_views   bigint         NOT NULL CHECK (page_views >= 0),
+    revenue      numeric(20, 2) NOT NULL CHECK (revenue >= 0),
+    updated_at   timestamptz    NOT NULL DEFAULT now(),
+    PRIMARY KEY (window_start, dimension, value),
+    CHECK (window_end > window_start)
+);
+COMMENT ON TABLE dimension_stats IS
+    'SPEC 5: traffic per final window, dimension (device, country, browser) and value '
+    '(topic traffic-stats); a missing value is ''unknown''';
+"""
+
+BRIN_TIME_INDEXES = """
+CREATE INDEX IF NOT EXISTS kpi_metrics_time_brin ON kpi_metrics USING brin (window_start);
+CREATE INDEX IF NOT EXISTS session_metrics_time_brin ON session_metrics USING brin (window_start);
+CREATE INDEX IF NOT EXISTS page_view_stats_time_brin ON page_view_stats USING brin (window_start);
+CREATE INDEX IF NOT EXISTS dimension_stats_time_brin ON dimension_stats USING brin (window_start);
+"""
+
+# Compression needs every column of a unique index among the segmentby / orderby columns.
+TIMESCALE_HYPERTABLES = """
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+SELECT create_hypertable('kpi_metrics', 'window_start', chunk_time_interval => INTERVAL '7 days',
+                         if_not_exists => TRUE, migrate_data => TRUE);
+SELECT create_hypertable('session_metrics', 'window_start', chunk_time_interval => INTERVAL '1 day',
+                         if_not_exists => TRUE, migrate_data => TRUE);
+SELECT create_hypertable('page_view_stats', 'window_start', chunk_time_interval => INTERVAL '1 day',
+                         if_not_exists => TRUE, migrate_data => TRUE);
+SELECT create_hypertable('dimension_stats', 'window_start', chunk_time_interval => INTERVAL '1 day',
+                         if_not_exists => TRUE, migrate_data => TRUE);
+ALTER TABLE kpi_metrics SET (timescaledb.compress,
+    timescaledb.compress_orderby = 'window_start DESC');
+ALTER TABLE session_metrics SET (timescaledb.compress,
+    timescaledb.compress_segmentby = 'user_id',
+    timescaledb.compress_orderby = 'window_start DESC, session_id');
+ALTER TABLE page_view_stats SET (timescaledb.compress,
+    timescaledb.compress_segmentby = 'page',
+    timescaledb.compress_orderby = 'window_start DESC');
+ALTER TABLE dimension_stats SET (timescaledb.compress,
+    timescaledb.compress_segmentby = 'dimension, value',
+    timescaledb.compress_orderby = 'window_start DESC');
+CREATE MATERIALIZED VIEW IF NOT EXISTS kpi_hourly
+WITH (timescaledb.continuous) AS
+SELECT time_bucket(INTERVAL '1 hour', window_start) AS bucket,
+       count(*)                AS windows,
+       sum(total_events)       AS total_events,
+       sum(total_page_views)   AS total_page_views,
+       sum(total_conversions)  AS total_conversions,
+       sum(purchases)          AS purchases,
+       sum(total_revenue)      AS total_revenue,
+       sum(new_users)          AS new_users,
+       max(total_users)        AS total_users,
+       max(active_users)       AS peak_active_users,
+       max(late_events_total)  AS late_events_total
+FROM kpi_metrics
+WHERE is_final
+GROUP BY bucket
+WITH NO DATA;
+SELECT add_continuous_aggregate_policy('kpi_hourly',
+    start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour',
+    schedule_interval => INTERVAL '15 minutes', if_not_exists => TRUE);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "sink tables and their natural keys", ANY, CREATE_TABLES),
+    Migration(2, "BRIN indexes on the time columns", PLAIN, BRIN_TIME_INDEXES),
+    Migration(
+        3, "hypertables, compression, hourly KPI aggregate", TIMESCALE, TIMESCALE_HYPERTABLES
+    ),
+)
+HYPERTABLES = ("kpi_metrics", "session_metrics", "page_view_stats", "dimension_stats")
+
+DETECT_MODE = """
+SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+       EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
+       coalesce(current_setting('shared_preload_libraries', true), '')
+"""
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    mode       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationOptions:
+    """TimescaleDB policies; a zero duration means no policy."""
+
+    compress_after: timedelta = timedelta(days=7)
+    retention: timedelta = timedelta(days=90)
+
+
+@dataclass(slots=True)
+class MigrationReport:
+    mode: str
+    applied: list[Migration] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        done = ", ".join(f"{m.version} ({m.name})" for m in self.applied) or "none (up to date)"
+        return f"database mode {self.mode}; migrations applied: {done}" + "".join(
+            f"; {note}" for note in self.notes
+        )
+
+
+async def detect_mode(conn: Connection) -> tuple[str, str | None]:
+    """``(mode, note)``: TimescaleDB when the extension exists or can be created."""
+    cursor = await conn.execute(DETECT_MODE)
+    row = await cursor.fetchone()
+    assert row is not None
+    available, installed, preload = bool(row[0]), bool(row[1]), str(row[2])
+    if installed:
+        return TIMESCALE, None
+    if available and "timescaledb" in preload:
+        return TIMESCALE, None
+    if available:
+        return PLAIN, (
+            "the timescaledb extension is installed on the server but not in "
+            "shared_preload_libraries: using plain PostgreSQL"
+        )
+    return PLAIN, None
+
+
+def pending(applied: set[int], mode: str) -> list[Migration]:
+    """The migrations still to run in this mode, in version order."""
+    return [m for m in MIGRATIONS if m.version not in applied and m.mode in (ANY, mode)]
+
+
+async def migrate(conn: Connection, options: MigrationOptions | None = None) -> MigrationReport:
+    """Apply the pending migrations (each in its own transaction) under an advisory lock."""
+    options = options or MigrationOptions()
+    await conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    try:
+        await conn.execute(MIGRATIONS_TABLE)
+        mode, note = await detect_mode(conn)
+        report = MigrationReport(mode)
+        if note:
+            report.notes.append(note)
+        cursor = await conn.execute("SELECT version FROM schema_migrations")
+        applied = {int(version) for (version,) in await cursor.fetchall()}
+        for migration in pending(applied, mode):
+            async with conn.transaction():
+                await conn.execute(migration.sql.encode())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, mode) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, mode),
+                )
+            report.applied.append(migration)
+        if mode == TIMESCALE:
+            report.notes.extend(await reconcile_policies(conn, options))
+        else:
+            report.notes.append(
+                "no TimescaleDB: plain tables, BRIN indexes on time, "
+                "no compression or retention policies"
+            )
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    log.info("%s", report.summary())
+    return report
+
+
+_POLICIES = (
+    # (setting, job procedure, config key, remove, add)
+    (
+        "compress_after",
+        "policy_compression",
+        "compress_after",
+        "SELECT remove_compression_policy(%s::regclass, if_exists => TRUE)",
+        "SELECT add_compression_policy(%s::regclass, compress_after => %s::interval)",
+    ),
+    (
+        "retention",
+        "policy_retention",
+        "drop_after",
+        "SELECT remove_retention_policy(%s::regclass, if_exists => TRUE)",
+        "SELECT add_retention_policy(%s::regclass, drop_after => %s::interval)",
+    ),
+)
+_CURRENT_POLICY = """
+SELECT (config ->> %s)::interval FROM timescaledb_information.jobs
+WHERE proc_name = %s AND hypertable_schema = current_schema() AND hypertable_name = %s
+"""
+
+
+async def reconcile_policies(conn: Connection, options: MigrationOptions) -> list[str]:
+    """Make each hypertable's compression and retention policy match the settings (replacing a
+    policy only when its interval differs, so a second run changes nothing)."""
+    notes = []
+    for setting, proc, key, remove, add in _POLICIES:
+        wanted: timedelta = getattr(options, setting)
+        for table in HYPERTABLES:
+            cursor = await conn.execute(_CURRENT_POLICY.encode(), (key, proc, table))
+            current = [row[0] for row in await cursor.fetchall()]
+            target = [wanted] if wanted > timedelta(0) else []
+            if current == target:
+                continue
+            async with conn.transaction():
+                await conn.execute(remove.encode(), (table,))
+                if target:
+                    await conn.execute(add.encode(), (table, wanted))
+        notes.append(f"{setting} {wanted if wanted > timedelta(0) else 'off'}")
+    return notes
+
+
+async def migrate_url(
+    url: str,
+    options: MigrationOptions | None = None,
+    *,
+    wait: timedelta = timedelta(seconds=30),
+    retry_every: Sequence[float] = (0.2, 0.5, 1.0, 2.0),
+) -> MigrationReport:
+    """Connect and migrate. A database that is not up yet is waited for until ``wait`` has
+    passed; anything else (bad URL, authentication, unknown database, privileges, SQL errors)
+    raises DatabaseStartupError at once. Messages name the URL without its password."""
+    deadline = time.monotonic() + wait.total_seconds()
+    attempt = 0
+    while True:
+        try:
+            conn = await connect(url, "migrations")
+            try:
+                return await migrate(conn, options)
+            finally:
+                await conn.close()
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            where = redact_url(url)
+            if not worth_waiting(exc):
+                raise DatabaseStartupError(
+                    f"cannot use the database at {where}: {describe(exc)} "
+                    "(check DATABASE_URL / sinks.timescaledb.connection_string)"
+                ) from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DatabaseStartupError(
+                    f"the database at {where} is not reachable after {wait.total_seconds():g} s: "
+                    f"{describe(exc)} (check DATABASE_URL / sinks.timescaledb.connection_string)"
+                ) from None
+            if attempt == 0:
+                log.warning("waiting for the database at %s: %s", where, describe(exc))
+            delay = retry_every[min(attempt, len(retry_every) - 1)]
+            attempt += 1
+            await asyncio.sleep(min(delay, remaining))  # retry backoff, bounded by the deadline

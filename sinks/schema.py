@@ -1,0 +1,483 @@
+"""The four tables the sinks write (SPEC sections 3-5): which topic feeds each, its columns and
+natural key, how a published record becomes a row, and the upsert that writes a batch.
+
+Everything here is pure (no connection), so it is unit-tested directly. The DDL itself lives in
+``sinks.migrations``: a migration is frozen text, while the column lists here follow the latest
+schema.
+
+Row identity is natural, so a record delivered twice is an overwrite with the same value:
+
+=================  ==================================  ===================================
+table              topic                               key
+=================  ==================================  ===================================
+kpi_metrics        live-kpis                           window_start
+session_metrics    session-metrics                     user_id, session_id, window_start
+page_view_stats    page-view-stats                     window_start, page
+dimension_stats    traffic-stats                       window_start, dimension, value
+=================  ==================================  ===================================
+
+Money is ``numeric(20,2)``, taken from the record's integer cents when it has them (exact).
+``kpi_metrics`` holds live (``is_final`` false) and final windows: a live record updates a live
+row, the final record overwrites it, and nothing overwrites a final row except a final record.
+An upsert that would not change a row leaves it alone (``updated_at`` stays), so replaying a
+topic into a populated table changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any
+
+from psycopg import sql
+from psycopg.adapt import PyFormat
+from psycopg.types.json import Jsonb
+
+from analytics.timeutil import parse_ts
+
+Row = tuple[Any, ...]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CENT = Decimal("0.01")
+
+
+class RowError(ValueError):
+    """A record that cannot become a row of its table (missing field, wrong type)."""
+
+
+# --------------------------------------------------------------------------- field readers
+
+
+def _get(record: Mapping[str, Any], name: str) -> Any:
+    try:
+        return record[name]
+    except KeyError:
+        raise RowError(f"missing field {name!r}") from None
+
+
+def _time(record: Mapping[str, Any], name: str) -> datetime:
+    value = _get(record, name)
+    if not isinstance(value, str):
+        raise RowError(f"{name}: expected RFC 3339 text, got {value!r}")
+    try:
+        ms = parse_ts(value)
+    except ValueError as exc:
+        raise RowError(f"{name}: {exc}") from None
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def _int(record: Mapping[str, Any], name: str, *, nullable: bool = False) -> int | None:
+    value = _get(record, name)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RowError(f"{name}: expected an integer, got {value!r}")
+    return value
+
+
+def _float(record: Mapping[str, Any], name: str, *, nullable: bool = False) -> float | None:
+    value = _get(record, name)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RowError(f"{name}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _text(record: Mapping[str, Any], name: str, *, nullable: bool = False) -> str | None:
+    value = _get(record, name)
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise RowError(f"{name}: expected text, got {value!r}")
+    return value
+
+
+def _bool(record: Mapping[str, Any], name: str) -> bool:
+    value = _get(record, name)
+    if not isinstance(value, bool):
+        raise RowError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
+def _object(record: Mapping[str, Any], name: str) -> Jsonb:
+    value = _get(record, name)
+    if not isinstance(value, dict):
+        raise RowError(f"{name}: expected a JSON object, got {value!r}")
+    return Jsonb(value)
+
+
+def _money(record: Mapping[str, Any], name: str, cents_name: str | None = None) -> Decimal:
+    """Currency units with 2 decimals: from the integer cents field when the record has it
+    (exact), else from the published amount rounded half-up to the cent."""
+    if cents_name is not None and cents_name in record:
+        cents = _int(record, cents_name)
+        assert cents is not None
+        return Decimal(cents).scaleb(-2)
+    value = _get(record, name)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RowError(f"{name}: expected an amount, got {value!r}")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise RowError(f"{name}: expected an amount, got {value!r}") from None
+    if not amount.is_finite():
+        raise RowError(f"{name}: expected a finite amount, got {value!r}")
+    return amount.quantize(_CENT, rounding=ROUND_HALF_UP)
+
+
+# --------------------------------------------------------------------------- record -> row
+
+
+def kpi_row(r: Mapping[str, Any]) -> Row:
+    """A ``live-kpis`` record (agents/kpi_combiner.py). Session figures are null while live."""
+    return (
+        _time(r, "window_start"),
+        _time(r, "window_end"),
+        _int(r, "total_users"),
+        _int(r, "active_users"),
+        _int(r, "new_users"),
+        _int(r, "total_sessions", nullable=True),
+        _int(r, "total_page_views"),
+        _int(r, "total_events"),
+        _int(r, "total_conversions"),
+        _int(r, "purchases"),
+        _money(r, "total_revenue", "total_revenue_cents"),
+        _money(r, "average_order_value"),
+        _money(r, "revenue_per_user"),
+        _float(r, "average_session_duration_seconds", nullable=True),
+        _float(r, "bounce_rate_percent", nullable=True),
+        _float(r, "average_engagement_score", nullable=True),
+        _float(r, "conversion_rate_percent", nullable=True),
+        _float(r, "conversions_per_session", nullable=True),
+        _object(r, "trends"),
+        _int(r, "late_events_total"),
+        _bool(r, "is_final"),
+    )
+
+
+def session_row(r: Mapping[str, Any]) -> Row:
+    """A ``session-metrics`` record (agents/behavior_tracker.session_record)."""
+    return (
+        _text(r, "user_id"),
+        _text(r, "session_id"),
+        _time(r, "window_start"),
+        _time(r, "window_end"),
+        _float(r, "duration_seconds"),
+        _int(r, "total_events"),
+        _object(r, "actions"),
+        _object(r, "pages"),
+        _int(r, "unique_pages"),
+        _int(r, "total_duration_ms"),
+        _float(r, "average_duration_ms"),
+        _text(r, "device_type", nullable=True),
+        _text(r, "country", nullable=True),
+        _bool(r, "is_bounce"),
+        _int(r, "conversions"),
+        _money(r, "revenue", "revenue_cents"),
+        _float(r, "engagement_score"),
+    )
+
+
+def page_row(r: Mapping[str, Any]) -> Row:
+    """A ``page-view-stats`` record (analytics/traffic.page_rows)."""
+    return (
+        _time(r, "window_start"),
+        _time(r, "window_end"),
+        _text(r, "page"),
+        _int(r, "views"),
+        _int(r, "unique_visitors"),
+        _int(r, "total_time_on_page_ms"),
+        _float(r, "avg_time_on_page_ms"),
+    )
+
+
+def dimension_row(r: Mapping[str, Any]) -> Row:
+    """A ``traffic-stats`` record (analytics/traffic.dimension_rows)."""
+    return (
+        _time(r, "window_start"),
+        _time(r, "window_end"),
+        _text(r, "dimension"),
+        _text(r, "value"),
+        _int(r, "events"),
+        _int(r, "users"),
+        _int(r, "page_views"),
+        _money(r, "revenue", "revenue_cents"),
+    )
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """One sink table: its source topic (a ``TopicNames`` field), columns in row order, natural
+    key, and the conversion of a record into a row."""
+
+    name: str
+    topic_field: str
+    columns: tuple[str, ...]
+    types: tuple[str, ...]  # each column's SQL type, for the arrays of the bulk upsert
+    key: tuple[str, ...]
+    convert: Callable[[Mapping[str, Any]], Row]
+    #: kpi_metrics: a row that is final is only overwritten by a final record
+    final_guard: bool = False
+
+    def key_of(self, row: Row) -> tuple[Any, ...]:
+        return tuple(row[self.columns.index(column)] for column in self.key)
+
+    def is_final(self, row: Row) -> bool:
+        return bool(row[self.columns.index("is_final")])
+
+
+KPI_METRICS = TableSpec(
+    name="kpi_metrics",
+    topic_field="live_kpis",
+    columns=(
+        "window_start",
+        "window_end",
+        "total_users",
+        "active_users",
+        "new_users",
+        "total_sessions",
+        "total_page_views",
+        "total_events",
+        "total_conversions",
+        "purchases",
+        "total_revenue",
+        "average_order_value",
+        "revenue_per_user",
+        "average_session_duration_seconds",
+        "bounce_rate_percent",
+        "average_engagement_score",
+        "conversion_rate_percent",
+        "conversions_per_session",
+        "trends",
+        "late_events_total",
+        "is_final",
+    ),
+    types=(
+        "timestamptz",
+        "timestamptz",
+        *["bigint"] * 8,
+        *["numeric"] * 3,
+        *["float8"] * 5,
+        "jsonb",
+        "bigint",
+        "boolean",
+    ),
+    key=("window_start",),
+    convert=kpi_row,
+    final_guard=True,
+)
+SESSION_METRICS = TableSpec(
+    name="session_metrics",
+    topic_field="session_metrics",
+    columns=(
+        "user_id",
+        "session_id",
+        "window_start",
+        "window_end",
+        "duration_seconds",
+        "total_events",
+        "actions",
+        "pages",
+        "unique_pages",
+        "total_duration_ms",
+        "average_duration_ms",
+        "device_type",
+        "country",
+        "is_bounce",
+        "conversions",
+        "revenue",
+        "engagement_score",
+    ),
+    types=(
+        "text",
+        "text",
+        "timestamptz",
+        "timestamptz",
+        "float8",
+        "integer",
+        "jsonb",
+        "jsonb",
+        "integer",
+        "bigint",
+        "float8",
+        "text",
+        "text",
+        "boolean",
+        "integer",
+        "numeric",
+        "float8",
+    ),
+    key=("user_id", "session_id", "window_start"),
+    convert=session_row,
+)
+PAGE_VIEW_STATS = TableSpec(
+    name="page_view_stats",
+    topic_field="page_view_stats",
+    columns=(
+        "window_start",
+        "window_end",
+        "page",
+        "views",
+        "unique_visitors",
+        "total_time_on_page_ms",
+        "avg_time_on_page_ms",
+    ),
+    types=("timestamptz", "timestamptz", "text", "bigint", "bigint", "bigint", "float8"),
+    key=("window_start", "page"),
+    convert=page_row,
+)
+DIMENSION_STATS = TableSpec(
+    name="dimension_stats",
+    topic_field="traffic_stats",
+    columns=(
+        "window_start",
+        "window_end",
+        "dimension",
+        "value",
+        "events",
+        "users",
+        "page_views",
+        "revenue",
+    ),
+    types=(
+        "timestamptz",
+        "timestamptz",
+        "text",
+        "text",
+        "bigint",
+        "bigint",
+        "bigint",
+        "numeric",
+    ),
+    key=("window_start", "dimension", "value"),
+    convert=dimension_row,
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec for spec in (KPI_METRICS, SESSION_METRICS, PAGE_VIEW_STATS, DIMENSION_STATS)
+}
+
+
+# --------------------------------------------------------------------------- batch preparation
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record of a batch that cannot be written: its index in the batch and why."""
+
+    index: int
+    error: str
+    sqlstate: str | None = None
+
+
+def prepare(
+    spec: TableSpec, records: Sequence[Mapping[str, Any]]
+) -> tuple[list[tuple[int, Row]], list[Rejected]]:
+    """Convert a batch's records to rows and keep one row per key: the latest, except that a
+    final KPI record is never replaced by a later live one. Returns ``(index, row)`` pairs in
+    first-seen key order (an upsert may not touch the same row twice) and the records that do
+    not convert."""
+    chosen: dict[tuple[Any, ...], tuple[int, Row]] = {}
+    rejected: list[Rejected] = []
+    for index, record in enumerate(records):
+        try:
+            row = spec.convert(record)
+        except RowError as exc:
+            rejected.append(Rejected(index, f"{spec.name}: {exc}"))
+            continue
+        key = spec.key_of(row)
+        known = chosen.get(key)
+        if (
+            known is not None
+            and spec.final_guard
+            and spec.is_final(known[1])
+            and not spec.is_final(row)
+        ):
+            continue
+        chosen[key] = (index, row)
+    return list(chosen.values()), rejected
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+def _columns(names: Iterable[str], prefix: str | None = None) -> sql.Composable:
+    if prefix is None:
+        return sql.SQL(", ").join(sql.Identifier(name) for name in names)
+    return sql.SQL(", ").join(sql.Identifier(prefix, name) for name in names)
+
+
+def _on_conflict(spec: TableSpec) -> sql.Composed:
+    """``ON CONFLICT (key) DO UPDATE``: to the latest value, only when it changes something (so
+    a replay leaves rows and their ``updated_at`` alone) and, for kpi_metrics, never replacing a
+    final row with a live one."""
+    updated = [column for column in spec.columns if column not in spec.key]
+    assignments = sql.SQL(", ").join(
+        [
+            *(
+                sql.SQL("{column} = EXCLUDED.{column}").format(column=sql.Identifier(column))
+                for column in updated
+            ),
+            sql.SQL("updated_at = now()"),
+        ]
+    )
+    condition: sql.Composable = sql.SQL("({current}) IS DISTINCT FROM ({new})").format(
+        current=_columns(updated, spec.name), new=_columns(updated, "excluded")
+    )
+    if spec.final_guard:
+        condition = sql.SQL("(NOT {table}.is_final OR EXCLUDED.is_final) AND {changed}").format(
+            table=sql.Identifier(spec.name), changed=condition
+        )
+    return sql.SQL("ON CONFLICT ({key}) DO UPDATE SET {assignments} WHERE {condition}").format(
+        key=_columns(spec.key), assignments=assignments, condition=condition
+    )
+
+
+@lru_cache(maxsize=16)
+def bulk_upsert_statement(spec: TableSpec) -> bytes:
+    """The upsert of a whole batch: one array parameter per column, unnested into rows.
+
+    The statement is the same whatever the batch size, so PostgreSQL parses and plans it once
+    per connection (psycopg prepares it after a few executions), and it is rendered here once.
+    The arrays travel in binary: the text form would escape every quote of every JSON value.
+    """
+    arrays = sql.SQL(", ").join(
+        sql.SQL("{}::{}[]").format(sql.Placeholder(format=PyFormat.BINARY), sql.SQL(sql_type))
+        for sql_type in spec.types
+    )
+    statement = sql.SQL(
+        "INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) {conflict}"
+    ).format(
+        table=sql.Identifier(spec.name),
+        columns=_columns(spec.columns),
+        arrays=arrays,
+        conflict=_on_conflict(spec),
+    )
+    return statement.as_bytes(None)
+
+
+@lru_cache(maxsize=16)
+def upsert_statement(spec: TableSpec) -> bytes:
+    """The upsert of one row (``INSERT … VALUES (…) ON CONFLICT …``): for the row-by-row
+    retry that finds the rows the database refuses, and for the naive baseline."""
+    statement = sql.SQL("INSERT INTO {table} ({columns}) VALUES ({values}) {conflict}").format(
+        table=sql.Identifier(spec.name),
+        columns=_columns(spec.columns),
+        values=sql.SQL(", ").join([sql.Placeholder()] * len(spec.columns)),
+        conflict=_on_conflict(spec),
+    )
+    return statement.as_bytes(None)
+
+
+def column_arrays(rows: Sequence[tuple[int, Row]]) -> list[list[Any]]:
+    """The bulk upsert's parameters: the rows transposed into one list per column."""
+    if not rows:
+        return []
+    return [list(column) for column in zip(*(row for _, row in rows), strict=True)]

@@ -1,0 +1,146 @@
+"""One table's sink: its connection, the schema check, retries and health.
+
+``TableSink.write(records)`` returns only once the batch is committed (or its bad rows set
+apart), however long the database is away: the sink commits the batch's Kafka offsets after
+that, never before (agents/sink_agents.py). One connection per table, one batch at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from tenacity import RetryCallState
+
+from sinks import health
+from sinks.db import Connection, connect, describe, redact_url
+from sinks.migrations import MigrationOptions, MigrationReport, migrate, migrate_url
+from sinks.retry import RetryPolicy
+from sinks.schema import TableSpec
+from sinks.writers import WriteResult, write_batch
+
+log = logging.getLogger(__name__)
+
+#: One attempt (connect, migrate when needed, write) longer than this is abandoned and retried
+#: on a new connection: a database host that vanished must not hold a batch forever.
+ATTEMPT_TIMEOUT = timedelta(seconds=60)
+#: While degraded, a log line every this many failed attempts (the first one always logs).
+LOG_EVERY_ATTEMPTS = 10
+
+
+class SchemaGate:
+    """Runs the migrations once per process, before the first write."""
+
+    def __init__(self, url: str, options: MigrationOptions) -> None:
+        self.url = url
+        self.options = options
+        self.report: MigrationReport | None = None
+        self._lock = asyncio.Lock()
+
+    async def at_startup(self, wait: timedelta) -> MigrationReport:
+        """Migrate, waiting up to ``wait`` for the database; DatabaseStartupError otherwise."""
+        async with self._lock:
+            if self.report is None:
+                self._done(await migrate_url(self.url, self.options, wait=wait))
+            assert self.report is not None
+            return self.report
+
+    async def ensure(self) -> None:
+        if self.report is not None:
+            return
+        async with self._lock:
+            if self.report is None:
+                conn = await connect(self.url, "migrations")
+                try:
+                    self._done(await migrate(conn, self.options))
+                finally:
+                    await conn.close()
+
+    def _done(self, report: MigrationReport) -> None:
+        self.report = report
+        health.set_database(redact_url(self.url), report.mode)
+
+
+class TableSink:
+    """Writes batches of one topic's records into one table."""
+
+    def __init__(
+        self,
+        spec: TableSpec,
+        topic: str,
+        url: str,
+        schema: SchemaGate,
+        policy: RetryPolicy,
+        attempt_timeout: timedelta = ATTEMPT_TIMEOUT,
+    ) -> None:
+        self.spec = spec
+        self.url = url
+        self.schema = schema
+        self.policy = policy
+        self.attempt_timeout = attempt_timeout.total_seconds()
+        self._conn: Connection | None = None
+        self._lock = asyncio.Lock()
+        health.register(spec.name, topic)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def write(self, records: Sequence[Mapping[str, Any]]) -> WriteResult:
+        """Write a batch, retrying until it is committed; the result lists rejected records."""
+        health.waiting(self.name, len(records))
+        try:
+            async with self._lock:
+                async for attempt in self.policy.retrying(before_sleep=self._on_retry):
+                    with attempt:
+                        result = await self._attempt(records)
+        finally:
+            health.waiting(self.name, -len(records))
+        outage = health.succeeded(self.name, result.written, len(result.rejected))
+        if outage is not None:
+            log.warning("sink %s: writing again after %.1f s degraded", self.name, outage)
+        return result
+
+    async def _attempt(self, records: Sequence[Mapping[str, Any]]) -> WriteResult:
+        try:
+            async with asyncio.timeout(self.attempt_timeout):
+                await self.schema.ensure()
+                conn = await self._connection()
+                return await write_batch(conn, self.spec, records)
+        except BaseException:
+            await self.close()  # whatever happened, the connection's state is unknown
+            raise
+
+    async def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            conn = self._conn = await connect(self.url, f"sink-{self.name}")
+        return conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            try:
+                await conn.close()
+            except Exception as exc:  # closing a broken connection: nothing more to do
+                log.debug("sink %s: closing the connection: %s", self.name, exc)
+
+    def _on_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        error = describe(exc) if exc is not None else "unknown error"
+        first = health.failed(self.name, error)
+        if first or state.attempt_number % LOG_EVERY_ATTEMPTS == 0:
+            waiting = health.sink_health()["sinks"][self.name]["rows_waiting"]
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "sink %s degraded (database %s): %s; %d rows waiting, retry %d in %.1f s",
+                self.name,
+                redact_url(self.url),
+                error,
+                waiting,
+                state.attempt_number,
+                delay,
+            )

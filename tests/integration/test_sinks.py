@@ -1,0 +1,801 @@
+"""Database sinks against the real Kafka and PostgreSQL (SPEC sections 3-6, sinks/).
+
+Every test works in a database of its own: a fresh ``CREATE DATABASE`` on the shared server,
+or, for the outage test, a scratch cluster (initdb in a temporary directory, a free port) that
+the test stops and starts while traffic flows. Workers get it through ``DATABASE_URL``.
+
+The tables are checked against the batch reference (tests/reference/batch.py) computed from
+what the enriched topic holds, like tests/e2e/test_analytics_contract.py, and against the
+output topics themselves: one row per record key, with the latest value (a final KPI record
+wins over live ones), nothing missing, nothing extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from analytics.timeutil import format_ts, parse_ts
+from generator.traffic import TrafficProfile, generate_labelled
+from sinks.migrations import MIGRATIONS, migrate_url
+from sinks.schema import TABLES, Row, TableSpec, prepare
+from sinks.writers import write_batch
+from tests import contract
+from tests.kafka_helpers import (
+    SENTINEL_PREFIX,
+    Outgoing,
+    TopicReader,
+    produce,
+    read_until,
+    sentinel_user_ids,
+)
+from tests.reference import batch as reference
+from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool, free_port
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 8
+WINDOW_MS = 60_000
+GAP_MS = 1_800_000
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+SPAN_MS = 3600 * 1000
+CLOSING_TS = START_MS + SPAN_MS + GAP_MS + 10 * WINDOW_MS
+LAST_WINDOW = (START_MS + SPAN_MS - 1) // WINDOW_MS * WINDOW_MS
+PROFILE = TrafficProfile(
+    seed=20261128,
+    users=120,
+    start_ms=START_MS,
+    span_ms=SPAN_MS,
+    events=6_000,
+    disorder_ms=8_000,
+    duplicate_rate=0.02,
+    invalid_rate=0.01,
+)
+SINK_TOPICS = {
+    "kpi_metrics": "live-kpis",
+    "session_metrics": "session-metrics",
+    "page_view_stats": "page-view-stats",
+    "dimension_stats": "traffic-stats",
+}
+PG_BIN = next(
+    (p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), Path("/usr/bin")
+)
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    host, port, user = params.get("host"), params.get("port"), params.get("user")
+    return f"postgresql://{user}@{host}:{port}/{dbname}"
+
+
+async def _admin(url: str, statement: str) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        make_conninfo(url, dbname="postgres"), autocommit=True
+    ) as conn:
+        await conn.execute(statement.encode())
+
+
+@contextlib.asynccontextmanager
+async def _fresh_database(server_url: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of ``server_url``; dropped afterwards."""
+    name = f"sinks_{uuid.uuid4().hex[:10]}"
+    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_dbname(server_url, name)
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database(services: Services) -> AsyncIterator[str]:
+    if not services.database_url:
+        pytest.skip("no PostgreSQL (DATABASE_URL)")
+    async with _fresh_database(services.database_url) as url:
+        yield url
+
+
+class ScratchPostgres:
+    """A PostgreSQL cluster of this test alone, so stopping it disturbs nobody else.
+
+    PostgreSQL refuses to run as root: as root, the cluster belongs to the ``postgres`` user.
+    Synchronous commit stays on (the default): a commit acknowledged to the sink must survive
+    the immediate shutdown the test inflicts."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.port = free_port()
+        self.url = f"postgresql://analytics@127.0.0.1:{self.port}/analytics"
+
+    def _run(self, *command: str) -> None:
+        if os.geteuid() == 0:
+            command = ("runuser", "-u", "postgres", "--", *command)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        self._run(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "analytics",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        )
+        self.start()
+        self._run(
+            str(PG_BIN / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "analytics",
+            "analytics",
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
+        log = str(self.root / "postgres.log")
+        self._run(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", log, "-w", "-o", options, "start"
+        )
+
+    def stop(self, mode: str = "immediate") -> None:
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch_postgres() -> Iterator[ScratchPostgres]:
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("PostgreSQL server binaries (initdb) not found")
+    cluster = ScratchPostgres(Path(tempfile.mkdtemp(prefix="sink-pg-")))
+    try:
+        cluster.init()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+Messages = list[tuple[bytes | None, bytes]]
+
+
+def _traffic() -> tuple[Messages, Messages]:
+    """The seeded traffic, then one closing event per partition far later in event time, which
+    moves every watermark past the traffic: all its windows and sessions become final."""
+    traffic: Messages = []
+    for event, _kind in generate_labelled(PROFILE):
+        if isinstance(event, bytes):
+            traffic.append((None, event))
+        else:
+            user = event.get("user_id")
+            traffic.append((user.encode() if isinstance(user, str) else None, orjson.dumps(event)))
+    closing: Messages = [
+        (
+            user_id.encode(),
+            orjson.dumps(
+                {
+                    "event_id": f"closing-{partition}",
+                    "user_id": user_id,
+                    "action": "closing",
+                    "timestamp": format_ts(CLOSING_TS),
+                }
+            ),
+        )
+        for partition, user_id in sorted(sentinel_user_ids(PARTITIONS, "closing").items())
+    ]
+    return traffic, closing
+
+
+def _traffic_users() -> set[str]:
+    return {
+        e["user_id"]
+        for e, kind in generate_labelled(PROFILE)
+        if kind == "valid" and isinstance(e, dict)
+    }
+
+
+async def _wait_for_pipeline(bootstrap: str, prefix: str, timeout: float = 240) -> None:
+    """Until the last traffic window is final on live-kpis and every traffic user's sessions
+    are on session-metrics: the pipeline has published every row of the traffic."""
+    await read_until(
+        bootstrap,
+        f"{prefix}live-kpis",
+        lambda records: any(
+            r.json()["is_final"] and parse_ts(r.json()["window_start"]) == LAST_WINDOW
+            for r in records
+        ),
+        timeout,
+    )
+    users = _traffic_users()
+    await read_until(
+        bootstrap,
+        f"{prefix}session-metrics",
+        lambda records: {r.key.decode() for r in records if r.key} >= users,
+        timeout,
+    )
+
+
+def settled(table: str, row: Mapping[str, Any]) -> bool:
+    """Rows of the traffic, which no longer change once the pipeline has published them. The
+    closing events' own window stays open until the partitions have been idle for a window
+    and the grace (event time then follows the wall clock), and their sessions for half an
+    hour: those rows are still moving while a test looks."""
+    if table == "session_metrics":
+        return not str(row["user_id"]).startswith(SENTINEL_PREFIX)
+    return _ms(row["window_start"]) <= LAST_WINDOW
+
+
+async def _topic_values(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every record of the topic, partition by partition in offset order."""
+    async with TopicReader(bootstrap, topic) as reader:
+        records = await reader.read_to_end()
+    ordered = sorted(records, key=lambda r: (r.partition, r.offset))
+    return [orjson.loads(r.value) for r in ordered if r.value]
+
+
+# --------------------------------------------------------------------------- expected rows
+
+
+@dataclass
+class Expected:
+    """What the tables must hold: the latest row per key of each output topic, and the batch
+    reference figures of SPEC sections 3-5 computed from the enriched topic."""
+
+    rows: dict[str, dict[tuple[Any, ...], Row]]
+    kpis: dict[int, dict[str, Any]]
+    sessions: list[dict[str, Any]]
+    pages: dict[tuple[int, str], dict[str, Any]]
+    dimensions: dict[tuple[int, str, str], dict[str, Any]]
+
+
+def latest_rows(spec: TableSpec, records: list[dict[str, Any]]) -> dict[tuple[Any, ...], Row]:
+    """One row per key, as the sink must leave it after consuming every record in order."""
+    rows, rejected = prepare(spec, records)
+    assert not rejected, rejected
+    return {
+        spec.key_of(row): row
+        for _, row in rows
+        if settled(spec.name, dict(zip(spec.columns, row, strict=True)))
+    }
+
+
+async def _expected(bootstrap: str, prefix: str) -> Expected:
+    values = {
+        table: await _topic_values(bootstrap, f"{prefix}{topic}")
+        for table, topic in SINK_TOPICS.items()
+    }
+    enriched_all = await _topic_values(bootstrap, f"{prefix}user-behavior-enriched")
+    enriched = list({e["event_id"]: e for e in enriched_all}.values())
+    users = _traffic_users()
+    return Expected(
+        rows={table: latest_rows(TABLES[table], records) for table, records in values.items()},
+        kpis={
+            start: figures
+            for start, figures in reference.kpi_windows(enriched, WINDOW_MS, GAP_MS).items()
+            if start <= LAST_WINDOW
+        },
+        sessions=[s for s in reference.sessions(enriched, GAP_MS) if s["user_id"] in users],
+        pages={
+            k: v
+            for k, v in reference.page_stats(enriched, WINDOW_MS).items()
+            if k[0] <= LAST_WINDOW
+        },
+        dimensions={
+            k: v
+            for k, v in reference.dimension_stats(enriched, WINDOW_MS).items()
+            if k[0] <= LAST_WINDOW
+        },
+    )
+
+
+# --------------------------------------------------------------------------- table contents
+
+
+async def table_rows(url: str, table: str) -> list[dict[str, Any]]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
+        await cursor.execute(f"SELECT *, xmin::text AS xmin FROM {table}".encode())
+        return list(await cursor.fetchall())
+
+
+def _row_of(spec: TableSpec, stored: Mapping[str, Any]) -> Row:
+    """A stored row in the sink's row form (the columns the sink writes, in order)."""
+    return tuple(stored[column] for column in spec.columns)
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, psycopg.types.json.Jsonb):
+        return value.obj
+    return value
+
+
+def _ms(value: datetime) -> int:
+    return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def _cents(value: Decimal) -> int:
+    return int(value * 100)
+
+
+def kpi_records(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """kpi_metrics rows in the form tests/contract.compare_kpis reads."""
+    out = {}
+    for row in rows:
+        record = dict(row)
+        record["total_revenue_cents"] = _cents(row["total_revenue"])
+        record["average_order_value"] = float(row["average_order_value"])
+        record["revenue_per_user"] = float(row["revenue_per_user"])
+        out[_ms(row["window_start"])] = record
+    return out
+
+
+def session_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        dict(
+            row,
+            window_start=format_ts(_ms(row["window_start"])),
+            window_end=format_ts(_ms(row["window_end"])),
+            revenue_cents=_cents(row["revenue"]),
+        )
+        for row in rows
+    ]
+
+
+def window_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        dict(
+            row,
+            window_start=format_ts(_ms(row["window_start"])),
+            **({"revenue_cents": _cents(row["revenue"])} if "revenue" in row else {}),
+        )
+        for row in rows
+    ]
+
+
+async def snapshot(url: str) -> dict[str, list[dict[str, Any]]]:
+    """The settled rows of every table, with their updated_at and xmin."""
+    tables = {}
+    for table in SINK_TOPICS:
+        rows = await table_rows(url, table)
+        tables[table] = sorted(
+            (row for row in rows if settled(table, row)), key=lambda row: repr(row)
+        )
+    return tables
+
+
+def _problems_against_topics(
+    tables: Mapping[str, list[dict[str, Any]]], expected: Expected
+) -> list[str]:
+    problems = []
+    for table, rows in tables.items():
+        spec = TABLES[table]
+        stored = {spec.key_of(_row_of(spec, row)): _row_of(spec, row) for row in rows}
+        if len(stored) != len(rows):
+            problems.append(f"{table}: {len(rows) - len(stored)} duplicate keys")
+        want = expected.rows[table]
+        for key in sorted(set(stored) | set(want), key=repr):
+            got_row, want_row = stored.get(key), want.get(key)
+            if got_row is None or want_row is None:
+                problems.append(f"{table} {key}: stored={got_row is not None} topic={want_row}")
+            elif tuple(map(_comparable, got_row)) != tuple(map(_comparable, want_row)):
+                problems.append(f"{table} {key}: stored {got_row} != latest record {want_row}")
+    return problems
+
+
+def check_tables(tables: Mapping[str, list[dict[str, Any]]], expected: Expected) -> list[str]:
+    """Every mismatch between the (settled) tables and (a) the topics, (b) the batch reference."""
+    problems = _problems_against_topics(tables, expected)
+    kpis = kpi_records(tables["kpi_metrics"])
+    problems += [f"kpi {format_ts(s)} is not final" for s, r in kpis.items() if not r["is_final"]]
+    problems += contract.compare_kpis(kpis, expected.kpis)
+    problems += contract.compare_sessions(
+        session_records(tables["session_metrics"]), expected.sessions
+    )
+    problems += contract.compare_pages(window_records(tables["page_view_stats"]), expected.pages)
+    problems += contract.compare_dimensions(
+        window_records(tables["dimension_stats"]), expected.dimensions
+    )
+    return problems
+
+
+async def wait_for_tables(url: str, expected: Expected, timeout: float) -> float:
+    """Poll until every table matches; returns the seconds it took. At the deadline, fails
+    with the mismatches."""
+    started = time.monotonic()
+    problems = ["not read yet"]
+    while time.monotonic() - started < timeout:
+        with contextlib.suppress(psycopg.OperationalError):
+            problems = _problems_against_topics(await snapshot(url), expected)
+            if not problems:
+                return time.monotonic() - started
+        await asyncio.sleep(0.25)  # polling interval, bounded by the deadline
+    raise AssertionError(
+        f"tables incomplete after {timeout} s: {len(problems)} problems\n"
+        + "\n".join(problems[:40])
+    )
+
+
+def _assert_none(problems: list[str]) -> None:
+    assert not problems, f"{len(problems)} mismatches:\n" + "\n".join(problems[:60])
+
+
+async def replay_topics(bootstrap: str, prefix: str, url: str) -> None:
+    """Write every record of the output topics again, from the beginning, through the sink's
+    write path, 100 records a batch."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for table, topic in SINK_TOPICS.items():
+            records = await _topic_values(bootstrap, f"{prefix}{topic}")
+            for start in range(0, len(records), 100):
+                result = await write_batch(conn, TABLES[table], records[start : start + 100])
+                assert not result.rejected
+
+
+async def _tables_unreachable(url: str) -> bool:
+    try:
+        await table_rows(url, "kpi_metrics")
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
+async def _wait_for_log(worker: Worker, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in worker.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} not in the worker log after {timeout} s"
+        await asyncio.sleep(0.2)  # polling interval, bounded by the deadline
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_tables_equal_the_batch_reference_and_a_replay_changes_nothing(
+    database: str, worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str
+) -> None:
+    bootstrap = services.kafka_bootstrap
+    worker = worker_factory.start(topic_prefix, group_id, extra_env={"DATABASE_URL": database})
+    await worker.await_ready(PARTITIONS, timeout=120)
+    traffic, closing = _traffic()
+    await produce(bootstrap, f"{topic_prefix}user-events", traffic, linger_ms=20)
+    await produce(bootstrap, f"{topic_prefix}user-events", closing)
+    await _wait_for_pipeline(bootstrap, topic_prefix)
+
+    expected = await _expected(bootstrap, topic_prefix)
+    await wait_for_tables(database, expected, timeout=60)
+    before = await snapshot(database)
+    _assert_none(check_tables(before, expected))
+    assert len(before["kpi_metrics"]) == len(expected.kpis)
+    assert await _topic_values(bootstrap, f"{topic_prefix}sink-dlq") == []
+
+    await replay_topics(bootstrap, topic_prefix, database)
+    assert await snapshot(database) == before  # same values, same updated_at and xmin
+
+
+async def test_database_outage_loses_nothing_and_duplicates_nothing(
+    scratch_postgres: ScratchPostgres,
+    worker_factory: WorkerPool,
+    services: Services,
+    topic_prefix: str,
+    group_id: str,
+    record_property: Any,
+) -> None:
+    """The database stops (immediate shutdown) while traffic flows, and a second worker joins
+    during the outage: the rest of the pipeline keeps publishing, the waiting sinks let the
+    rebalance through, and once the database is back every row arrives exactly once."""
+    bootstrap = services.kafka_bootstrap
+    url = scratch_postgres.url
+    worker = worker_factory.start(topic_prefix, group_id, extra_env={"DATABASE_URL": url})
+    await worker.await_ready(PARTITIONS, timeout=120)
+    traffic, closing = _traffic()
+    half = len(traffic) // 2
+    await produce(bootstrap, f"{topic_prefix}user-events", traffic[:half], linger_ms=20)
+    deadline = time.monotonic() + 120
+    while not await table_rows(url, "page_view_stats"):  # the sinks are writing
+        assert time.monotonic() < deadline, "no rows written before the outage"
+        await asyncio.sleep(0.2)  # polling interval, bounded by the deadline
+
+    scratch_postgres.stop("immediate")
+    quarter = half + (len(traffic) - half) // 2
+    await produce(bootstrap, f"{topic_prefix}user-events", traffic[half:quarter], linger_ms=20)
+    await _wait_for_log(worker, "degraded", timeout=30)
+    # a second worker joins during the outage: both the pipeline's consumer group and the
+    # sinks' groups rebalance while batches wait for the database
+    second = worker_factory.start(
+        topic_prefix,
+        group_id,
+        extra_env={"DATABASE_URL": url, "ANALYTICS__SINKS__TIMESCALEDB__STARTUP_TIMEOUT": "10m"},
+    )
+    await second.await_ready(PARTITIONS, timeout=120)
+    await produce(bootstrap, f"{topic_prefix}user-events", traffic[quarter:], linger_ms=20)
+    await produce(bootstrap, f"{topic_prefix}user-events", closing)
+    # the rest of the pipeline keeps running: everything reaches the output topics
+    await _wait_for_pipeline(bootstrap, topic_prefix)
+    expected = await _expected(bootstrap, topic_prefix)
+    await _wait_for_log(second, "waiting for the database", timeout=10)
+    assert worker.alive and second.alive
+    assert await _tables_unreachable(url)
+    scratch_postgres.start()
+    converged = await wait_for_tables(url, expected, timeout=120)
+    record_property("outage_convergence_s", round(converged, 2))
+    print(f"tables complete {converged:.2f} s after the database came back")
+    tables = await snapshot(url)
+    _assert_none(check_tables(tables, expected))
+    await _wait_for_log(worker, "writing again after", timeout=10)
+    assert worker.alive and second.alive
+
+    await replay_topics(bootstrap, topic_prefix, url)
+    assert await snapshot(url) == tables
+
+
+async def test_upsert_rules_and_dead_letters_through_the_sinks(
+    database: str, worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str
+) -> None:
+    """Live → final → late live KPI records leave the final row; a row the database refuses,
+    a record missing a field and a value that is not JSON go to sink-dlq with the error,
+    and the records after them in the same partition are still written."""
+    bootstrap = services.kafka_bootstrap
+    worker = worker_factory.start(topic_prefix, group_id, extra_env={"DATABASE_URL": database})
+    await worker.await_ready(PARTITIONS, timeout=120)
+
+    start = format_ts(START_MS)
+    end = format_ts(START_MS + WINDOW_MS)
+    dim = {
+        "window_start": start,
+        "window_end": end,
+        "dimension": "device",
+        "value": "mobile",
+        "events": 3,
+        "users": 2,
+        "page_views": 1,
+        "revenue": 12.34,
+        "revenue_cents": 1234,
+    }
+    bad_dimension = dict(dim, dimension="planet", value="mars")
+    missing_field = {k: v for k, v in dim.items() if k != "users"} | {"value": "tablet"}
+    later = dict(dim, value="desktop", revenue=0.5, revenue_cents=50)
+    await produce(
+        bootstrap,
+        f"{topic_prefix}traffic-stats",
+        [
+            Outgoing(b"k", orjson.dumps(dim), partition=3),
+            Outgoing(b"k", orjson.dumps(bad_dimension), partition=3),
+            Outgoing(b"k", b"{not json", partition=3),
+            Outgoing(b"k", orjson.dumps(missing_field), partition=3),
+            Outgoing(b"k", orjson.dumps(later), partition=3),
+        ],
+    )
+    kpi = _kpi(start, end, total_events=5, is_final=False)
+    next_start, next_end = format_ts(START_MS + WINDOW_MS), format_ts(START_MS + 2 * WINDOW_MS)
+    marker = _kpi(next_start, next_end, total_events=1, is_final=False)
+    await produce(
+        bootstrap,
+        f"{topic_prefix}live-kpis",
+        [
+            Outgoing(b"w", orjson.dumps(kpi), partition=1),
+            Outgoing(b"w", orjson.dumps(dict(kpi, total_events=7, is_final=True)), partition=1),
+            Outgoing(b"w", orjson.dumps(dict(kpi, total_events=11)), partition=1),  # late, live
+            Outgoing(b"w", orjson.dumps(marker), partition=1),  # written after all of them
+        ],
+    )
+
+    dead = await read_until(
+        bootstrap, f"{topic_prefix}sink-dlq", lambda records: len(records) >= 3, timeout=60
+    )
+    letters = sorted((r.json() for r in dead), key=lambda d: d["offset"])
+    assert [(d["table"], d["partition"], d["offset"]) for d in letters] == [
+        ("dimension_stats", 3, 1),
+        ("dimension_stats", 3, 2),
+        ("dimension_stats", 3, 3),
+    ]
+    assert (
+        letters[0]["sqlstate"] == "23514"
+        and "dimension_stats_dimension_check" in letters[0]["error"]
+    )
+    assert letters[0]["value"] == bad_dimension
+    assert "not JSON" in letters[1]["error"] and letters[1]["value"] == "{not json"
+    assert "missing field 'users'" in letters[2]["error"]
+    assert all(d["topic"] == f"{topic_prefix}traffic-stats" for d in letters)
+
+    deadline = time.monotonic() + 30
+    while True:
+        dims = {r["value"]: r for r in await table_rows(database, "dimension_stats")}
+        kpis = {_ms(r["window_start"]): r for r in await table_rows(database, "kpi_metrics")}
+        if set(dims) == {"mobile", "desktop"} and len(kpis) == 2:
+            break
+        assert time.monotonic() < deadline, (dims, kpis)
+        await asyncio.sleep(0.2)  # polling interval, bounded by the deadline
+    assert dims["desktop"]["revenue"] == Decimal("0.50")
+    assert dims["mobile"]["revenue"] == Decimal("12.34")
+    # the late live record (11) came after the final one (7) and did not replace it
+    assert kpis[START_MS]["is_final"] and kpis[START_MS]["total_events"] == 7
+    assert kpis[START_MS]["total_revenue"] == Decimal("10.00")
+    assert not kpis[START_MS + WINDOW_MS]["is_final"]
+
+
+def _kpi(start: str, end: str, *, total_events: int, is_final: bool) -> dict[str, Any]:
+    return {
+        "window_start": start,
+        "window_end": end,
+        "total_users": 4,
+        "active_users": 3,
+        "new_users": 1,
+        "total_sessions": 3,
+        "total_page_views": 2,
+        "total_events": total_events,
+        "total_revenue": 10.0,
+        "total_revenue_cents": 1000,
+        "total_conversions": 1,
+        "purchases": 1,
+        "average_order_value": 10.0,
+        "revenue_per_user": 3.33,
+        "average_session_duration_seconds": 12.5,
+        "bounce_rate_percent": 33.33333333333333,
+        "average_engagement_score": 40.0,
+        "conversion_rate_percent": 33.33333333333333,
+        "conversions_per_session": 0.3333333333333333,
+        "trends": {},
+        "late_events_total": 0,
+        "is_final": is_final,
+    }
+
+
+async def test_migrations_twice_are_a_no_op(database: str) -> None:
+    first = await migrate_url(database)
+    assert [m.version for m in first.applied] == [
+        m.version for m in MIGRATIONS if m.mode in ("any", first.mode)
+    ]
+    schema_before = await _schema(database)
+    second = await migrate_url(database)
+    assert second.applied == [] and second.mode == first.mode
+    assert await _schema(database) == schema_before
+
+    # the command line does the same
+    result = _faust("migrate", database)
+    assert result.returncode == 0, result.stderr
+    assert "migrations applied: none (up to date)" in result.stdout
+    assert await _schema(database) == schema_before
+
+
+async def _schema(url: str) -> list[tuple[Any, ...]]:
+    """Columns, constraints, indexes and applied migrations: the whole schema, comparably."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        rows: list[tuple[Any, ...]] = []
+        for query in (
+            "SELECT table_name, column_name, data_type, is_nullable, column_default "
+            "FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2",
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+            "FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+            "SELECT tablename, indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = 'public' ORDER BY 1, 2",
+            "SELECT version, name, mode, applied_at FROM schema_migrations ORDER BY 1",
+        ):
+            cursor = await conn.execute(query.encode())
+            rows += await cursor.fetchall()
+        return rows
+
+
+def _faust(command: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, DATABASE_URL=database_url, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "app", command],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_wrong_database_url_stops_the_worker_with_a_clear_error(
+    worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str
+) -> None:
+    host = conninfo_to_dict(services.database_url or "postgresql://127.0.0.1:5432/x")
+    wrong = (
+        f"postgresql://analytics:hunter2@{host.get('host', '127.0.0.1')}:"
+        f"{host.get('port', '5432')}/no_such_database_{uuid.uuid4().hex[:6]}"
+    )
+    shown = wrong.replace(":hunter2@", ":***@")
+
+    result = _faust("migrate", wrong)
+    assert result.returncode == 1
+    assert shown in result.stderr and "does not exist" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+
+    worker = worker_factory.start(topic_prefix, group_id, extra_env={"DATABASE_URL": wrong})
+    deadline = time.monotonic() + 90
+    while worker.alive:
+        assert time.monotonic() < deadline, "the worker did not stop"
+        await asyncio.sleep(0.2)  # polling interval, bounded by the deadline
+    assert worker.proc.returncode != 0
+    log = worker.log_path.read_text(errors="replace")
+    assert f"cannot use the database at {shown}" in log
+    assert "hunter2" not in log
+
+
+#: 2,048 characters (the most SPEC section 1 allows), 6 KiB of UTF-8 that does not compress
+LONG_PAGE = "/" + "".join(chr(0x4E00 + (i * 7919) % 20_000) for i in range(2047))
+
+
+async def test_the_writer_sets_apart_only_the_rows_the_database_refuses(database: str) -> None:
+    """One transaction per batch; when the database refuses some rows, the others are still
+    committed together and the bad ones come back with the error (no worker involved)."""
+    await migrate_url(database)
+    start, end = format_ts(START_MS), format_ts(START_MS + WINDOW_MS)
+
+    def page(name: str, **changes: Any) -> dict[str, Any]:
+        record = {
+            "window_start": start,
+            "window_end": end,
+            "page": name,
+            "views": 2,
+            "unique_visitors": 1,
+            "total_time_on_page_ms": 100,
+            "avg_time_on_page_ms": 50.0,
+        }
+        return record | changes
+
+    batch = [
+        page("/a"),
+        page("/nul\x00byte"),  # psycopg refuses it before sending: DataError
+        page("/negative", views=-1),  # CHECK (views > 0): IntegrityError
+        page("/huge", total_time_on_page_ms=2**70),  # bigint out of range: DataError
+        page(LONG_PAGE),  # valid (2,048 characters) but too big for the primary key's index
+        page("/b"),
+        {"page": "/missing-fields"},
+    ]
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        result = await write_batch(conn, TABLES["page_view_stats"], batch)
+    assert result.written == 2
+    assert [r.index for r in result.rejected] == [1, 2, 3, 4, 6]
+    by_index = {r.index: r for r in result.rejected}
+    assert by_index[2].sqlstate == "23514" and "page_view_stats_views_check" in by_index[2].error
+    assert by_index[3].sqlstate == "22003"
+    assert by_index[4].sqlstate == "54000"
+    assert "NUL" in by_index[1].error and "missing field" in by_index[6].error
+    rows = await table_rows(database, "page_view_stats")
+    assert sorted(r["page"] for r in rows) == ["/a", "/b"]
+
+    # writing the same batch again changes nothing: no row is even rewritten
+    before = await table_rows(database, "page_view_stats")
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await write_batch(conn, TABLES["page_view_stats"], batch)
+    assert await table_rows(database, "page_view_stats") == before

@@ -1,0 +1,171 @@
+"""agents/sink_agents.py with Kafka and the database mocked: batches (size or flush interval),
+offsets committed only after the write, dead letters for what cannot be written, and a batch
+of a partition lost to a rebalance left to its new owner."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
+
+from agents import sink_agents
+from analytics.traffic import page_rows
+from sinks.schema import PAGE_VIEW_STATS, Rejected
+from sinks.writers import WriteResult
+
+TOPIC = "t-page-view-stats"
+T0 = 1_767_225_600_000
+
+
+@dataclass
+class Message:
+    """The fields of an aiokafka ConsumerRecord the sinks read."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def page(n: int) -> bytes:
+    (row,) = page_rows(T0, 60_000, {f"/p{n}": [1, 1, 10]})
+    return orjson.dumps(row)
+
+
+class FakeConsumer:
+    def __init__(self, fetches: Sequence[dict[TopicPartition, list[Message]]]) -> None:
+        self.fetches = list(fetches)
+        self.calls: list[tuple[int, int]] = []
+        self.owned = {TopicPartition(TOPIC, p) for p in range(4)}
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.fail_commit = False
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Message]]:
+        self.calls.append((timeout_ms, max_records))
+        if self.fetches:
+            return self.fetches.pop(0)
+        await asyncio.sleep(timeout_ms / 1000)  # an idle topic: the timeout passes
+        return {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.fail_commit:
+            raise CommitFailedError("rebalanced")
+        self.commits.append(dict(offsets))
+
+
+def messages(partition: int, offsets: range) -> list[Message]:
+    return [Message(TOPIC, partition, o, b"k", page(o)) for o in offsets]
+
+
+async def test_a_batch_is_full_at_max_records() -> None:
+    consumer = FakeConsumer(
+        [
+            {TopicPartition(TOPIC, 0): messages(0, range(0, 60))},
+            {TopicPartition(TOPIC, 1): messages(1, range(0, 40))},
+        ]
+    )
+    batch = await sink_agents.take_batch(consumer, 100, within_s=5)
+    assert len(batch) == 100
+    assert consumer.calls[1][1] == 40  # asks only for what still fits
+
+
+async def test_a_batch_is_flushed_after_the_interval_from_its_first_record() -> None:
+    consumer = FakeConsumer([{TopicPartition(TOPIC, 0): messages(0, range(3))}])
+    batch = await sink_agents.take_batch(consumer, 100, within_s=0.05)
+    assert [m.offset for m in batch] == [0, 1, 2]
+
+
+async def test_an_idle_topic_gives_an_empty_batch() -> None:
+    assert await sink_agents.take_batch(FakeConsumer([]), 100, within_s=0.01) == []
+
+
+def test_offsets_to_commit_are_one_past_each_partitions_last() -> None:
+    batch = messages(0, range(5, 9)) + messages(2, range(0, 2))
+    assert sink_agents.next_offsets(batch) == {
+        TopicPartition(TOPIC, 0): 9,
+        TopicPartition(TOPIC, 2): 2,
+    }
+
+
+class FakeSink:
+    def __init__(self, rejected: Sequence[Rejected] = ()) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.rejected = list(rejected)
+
+    async def write(self, records: Sequence[dict[str, Any]]) -> WriteResult:
+        self.batches.append(list(records))
+        return WriteResult(written=len(records), rejected=self.rejected)
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    sent: list[Any] = []
+
+    async def publish(records: Any) -> int:
+        sent.extend(records)
+        return len(sent)
+
+    monkeypatch.setattr(sink_agents, "publish", publish)
+    return sent
+
+
+def sink_consumer(fake: FakeSink) -> sink_agents.SinkConsumer:
+    return sink_agents.SinkConsumer(PAGE_VIEW_STATS, TOPIC, fake, "g-sink")  # type: ignore[arg-type]
+
+
+async def test_offsets_are_committed_after_the_write(published: list[Any]) -> None:
+    consumer = FakeConsumer([])
+    fake = FakeSink()
+    batch = messages(0, range(3)) + messages(1, range(7, 9))
+    await sink_consumer(fake).handle(consumer, batch)
+    assert len(fake.batches) == 1 and len(fake.batches[0]) == 5
+    assert consumer.commits == [{TopicPartition(TOPIC, 0): 3, TopicPartition(TOPIC, 1): 9}]
+    assert published == []
+
+
+async def test_what_cannot_be_written_goes_to_the_dead_letter_topic(
+    published: list[Any],
+) -> None:
+    consumer = FakeConsumer([])
+    fake = FakeSink(rejected=[Rejected(1, "page_view_stats: CheckViolation: views", "23514")])
+    batch = messages(0, range(3))
+    batch.insert(1, Message(TOPIC, 0, 99, None, b"{not json"))
+    await sink_consumer(fake).handle(consumer, batch)
+    assert len(fake.batches[0]) == 3  # the value that is not JSON never reaches the writer
+    letters = [value for _, _, value, _ in published]
+    assert [(d["offset"], d["sqlstate"]) for d in letters] == [(99, None), (1, "23514")]
+    assert letters[0]["value"] == "{not json" and "not JSON" in letters[0]["error"]
+    assert letters[1]["value"] == orjson.loads(page(1)) and letters[1]["table"] == "page_view_stats"
+    assert all(topic.endswith("sink-dlq") for topic, _, _, _ in published)
+    # dead letters do not hold the partition: its offsets are committed with the batch
+    assert consumer.commits == [{TopicPartition(TOPIC, 0): 100}]
+
+
+async def test_a_partition_lost_to_a_rebalance_is_left_to_its_new_owner(
+    published: list[Any],
+) -> None:
+    consumer = FakeConsumer([])
+    consumer.owned = {TopicPartition(TOPIC, 1)}
+    fake = FakeSink()
+    await sink_consumer(fake).handle(consumer, messages(0, range(3)) + messages(1, range(2)))
+    assert len(fake.batches[0]) == 2
+    assert consumer.commits == [{TopicPartition(TOPIC, 1): 2}]
+
+
+async def test_a_failed_commit_only_means_the_records_are_read_again(
+    published: list[Any],
+) -> None:
+    consumer = FakeConsumer([])
+    consumer.fail_commit = True
+    await sink_consumer(FakeSink()).handle(consumer, messages(0, range(3)))
+    assert consumer.commits == []

@@ -1,0 +1,445 @@
+"""sinks/: record → row conversion, the batch preparation (one row per key, final KPI records
+win), the upsert SQL, the migrations' SQL and mode choice, URL redaction and error triage.
+
+No database here: tests/integration/test_sinks.py runs the same code against PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from analytics.kpis import kpi_figures, trends
+from analytics.rows import Row as EventRow
+from analytics.sessions import session_figures
+from analytics.timeutil import format_ts
+from analytics.traffic import dimension_rows, page_rows
+from sinks import migrations
+from sinks.db import describe, redact_url, worth_waiting
+from sinks.schema import (
+    DIMENSION_STATS,
+    KPI_METRICS,
+    PAGE_VIEW_STATS,
+    SESSION_METRICS,
+    TABLES,
+    RowError,
+    TableSpec,
+    bulk_upsert_statement,
+    column_arrays,
+    prepare,
+    upsert_statement,
+)
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00.000Z
+WINDOW = 60_000
+START = datetime(2026, 1, 1, tzinfo=UTC)
+SUMS = {
+    "events": 10,
+    "page_views": 4,
+    "revenue_cents": 12_345,
+    "purchases": 2,
+    "active_users": 3,
+    "users_total": 5,
+    "new_users": 1,
+    "sessions": 2,
+    "bounces": 1,
+    "session_duration_ms": 5_000,
+    "engagement_x10000": 500_000,
+    "conversions": 2,
+}
+
+
+def kpi_record(*, is_final: bool = True, start: int = T0, **changes: Any) -> dict[str, Any]:
+    """A live-kpis record as agents/kpi_combiner.py publishes it."""
+    record = kpi_figures(start, WINDOW, SUMS, sessions_known=is_final)
+    record["trends"] = trends(SUMS, None)
+    record["late_events_total"] = 0
+    record["is_final"] = is_final
+    record.update(changes)
+    return record
+
+
+def session_record() -> dict[str, Any]:
+    """A session-metrics record as agents/behavior_tracker.session_record publishes it."""
+    rows = [
+        EventRow(T0, "e1", "s1", "page_view", "/home", 1_000, "mobile", "DE", "Safari", False, 0),
+        EventRow(T0 + 5_000, "e2", "s1", "purchase", "", 0, "", "", "", True, 1_999),
+    ]
+    record = session_figures("u1", rows)
+    record["window_start"] = format_ts(record.pop("window_start_ms"))
+    record["window_end"] = format_ts(record.pop("window_end_ms"))
+    record["revenue"] = round(record["revenue_cents"] / 100, 2)
+    return record
+
+
+def as_dict(spec: TableSpec, record: dict[str, Any]) -> dict[str, Any]:
+    return dict(zip(spec.columns, spec.convert(record), strict=True))
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def test_a_kpi_record_becomes_a_row_with_exact_money() -> None:
+    row = as_dict(KPI_METRICS, kpi_record())
+    assert row["window_start"] == START
+    assert row["window_end"] == START + timedelta(minutes=1)
+    assert row["total_revenue"] == Decimal("123.45")  # from the cents, not the float
+    assert row["average_order_value"] == Decimal("61.73")  # 123.45 / 2, as published
+    assert row["revenue_per_user"] == Decimal("41.15")
+    assert row["total_events"] == 10 and row["is_final"] is True
+    assert (
+        isinstance(row["trends"], Jsonb) and row["trends"].obj["total_events"]["trend"] == "stable"
+    )
+    assert row["bounce_rate_percent"] == 50.0
+
+
+def test_a_live_kpi_record_has_null_session_figures() -> None:
+    row = as_dict(KPI_METRICS, kpi_record(is_final=False))
+    assert row["is_final"] is False
+    assert row["total_sessions"] is None and row["average_engagement_score"] is None
+    assert row["total_events"] == 10
+
+
+def test_a_session_record_becomes_a_row() -> None:
+    row = as_dict(SESSION_METRICS, session_record())
+    assert (row["user_id"], row["session_id"], row["window_start"]) == ("u1", "s1", START)
+    assert row["window_end"] == START + timedelta(seconds=5)
+    assert row["revenue"] == Decimal("19.99")
+    assert row["actions"].obj == {"page_view": 1, "purchase": 1}
+    assert row["pages"].obj == {"/home": 1}
+    assert row["device_type"] == "mobile" and row["country"] == "DE"
+    assert row["duration_seconds"] == 5.0 and row["is_bounce"] is False
+
+
+def test_page_and_dimension_records_become_rows() -> None:
+    (page,) = page_rows(T0, WINDOW, {"/a": [3, 2, 900]})
+    row = as_dict(PAGE_VIEW_STATS, page)
+    assert row == {
+        "window_start": START,
+        "window_end": START + timedelta(minutes=1),
+        "page": "/a",
+        "views": 3,
+        "unique_visitors": 2,
+        "total_time_on_page_ms": 900,
+        "avg_time_on_page_ms": 300.0,
+    }
+    (dim,) = dimension_rows(T0, WINDOW, {"device": {"mobile": [4, 2, 1, 1_005]}})
+    row = as_dict(DIMENSION_STATS, dim)
+    assert (row["dimension"], row["value"], row["revenue"]) == (
+        "device",
+        "mobile",
+        Decimal("10.05"),
+    )
+
+
+def test_money_without_cents_is_rounded_half_up_to_the_cent() -> None:
+    dim = next(iter(dimension_rows(T0, WINDOW, {"country": {"FR": [1, 1, 0, 0]}})))
+    del dim["revenue_cents"]
+    dim["revenue"] = 0.125
+    row = as_dict(DIMENSION_STATS, dim)
+    assert row["revenue"] == Decimal("0.13")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"views": "3"}, "views: expected an integer"),
+        ({"views": True}, "views: expected an integer"),
+        ({"window_start": "yesterday"}, "window_start: not an RFC 3339 timestamp"),
+        ({"window_start": 1_767_225_600_000}, "window_start: expected RFC 3339 text"),
+        ({"page": None}, "page: expected text"),
+        ({"avg_time_on_page_ms": "fast"}, "avg_time_on_page_ms: expected a number"),
+    ],
+)
+def test_a_record_that_cannot_be_a_row_names_the_field(
+    change: dict[str, Any], message: str
+) -> None:
+    (page,) = page_rows(T0, WINDOW, {"/a": [3, 2, 900]})
+    with pytest.raises(RowError, match=message):
+        PAGE_VIEW_STATS.convert(page | change)
+
+
+def test_a_missing_field_is_named() -> None:
+    record = kpi_record()
+    del record["is_final"]
+    with pytest.raises(RowError, match="missing field 'is_final'"):
+        KPI_METRICS.convert(record)
+
+
+def test_infinite_or_unparsable_amounts_are_refused() -> None:
+    for amount in ("lots", "Infinity", float("nan")):
+        record = kpi_record()
+        record["average_order_value"] = amount
+        with pytest.raises(RowError, match="average_order_value"):
+            KPI_METRICS.convert(record)
+
+
+# --------------------------------------------------------------------------- batch preparation
+
+
+def test_prepare_keeps_the_latest_record_per_key() -> None:
+    records = [
+        kpi_record(is_final=False, total_events=1),
+        kpi_record(is_final=False, start=T0 + WINDOW, total_events=2),
+        kpi_record(is_final=False, total_events=3),
+    ]
+    rows, rejected = prepare(KPI_METRICS, records)
+    assert rejected == []
+    assert [(index, row[7]) for index, row in rows] == [(2, 3), (1, 2)]
+
+
+def test_a_final_kpi_record_is_never_replaced_by_a_later_live_one() -> None:
+    records = [
+        kpi_record(is_final=False, total_events=1),
+        kpi_record(is_final=True, total_events=7),
+        kpi_record(is_final=False, total_events=9),  # a live record re-delivered late
+    ]
+    rows, _ = prepare(KPI_METRICS, records)
+    assert [(index, row[7]) for index, row in rows] == [(1, 7)]
+    # a later final record does replace an earlier final one
+    rows, _ = prepare(KPI_METRICS, [*records, kpi_record(is_final=True, total_events=8)])
+    assert [(index, row[7]) for index, row in rows] == [(3, 8)]
+
+
+def test_prepare_sets_apart_records_that_do_not_convert() -> None:
+    (page,) = page_rows(T0, WINDOW, {"/a": [3, 2, 900]})
+    rows, rejected = prepare(PAGE_VIEW_STATS, [page, {"page": "/b"}, page | {"views": -1}])
+    assert [index for index, _ in rows] == [2]  # same key as 0, later: it wins (the database
+    # refuses -1, see the integration test); the record without fields is rejected here
+    assert [(r.index, r.sqlstate) for r in rejected] == [(1, None)]
+    assert "page_view_stats: missing field 'window_start'" in rejected[0].error
+
+
+def test_sessions_are_keyed_by_user_session_and_start() -> None:
+    first = session_record()
+    second = session_record() | {"window_start": format_ts(T0 + 3_600_000)}
+    other_user = session_record() | {"user_id": "u2"}
+    rows, _ = prepare(SESSION_METRICS, [first, second, other_user, first])
+    assert len(rows) == 3
+
+
+def test_the_bulk_parameters_are_one_array_per_column() -> None:
+    pages = [page_rows(T0, WINDOW, {f"/{n}": [n + 1, 1, 10]})[0] for n in range(3)]
+    rows, _ = prepare(PAGE_VIEW_STATS, pages)
+    arrays = column_arrays(rows)
+    assert len(arrays) == len(PAGE_VIEW_STATS.columns)
+    assert arrays[2] == ["/0", "/1", "/2"] and arrays[3] == [1, 2, 3]
+    assert column_arrays([]) == []
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+def test_the_bulk_upsert_unnests_one_typed_array_per_column() -> None:
+    text = bulk_upsert_statement(PAGE_VIEW_STATS).decode()
+    assert text.startswith('INSERT INTO "page_view_stats" ("window_start", "window_end", "page"')
+    assert (
+        "SELECT * FROM unnest(%b::timestamptz[], %b::timestamptz[], %b::text[], %b::bigint[], "
+        "%b::bigint[], %b::bigint[], %b::float8[])" in text
+    )
+    for spec in TABLES.values():
+        assert len(spec.types) == len(spec.columns), spec.name
+        assert bulk_upsert_statement(spec).count(b"%b::") == len(spec.columns)
+
+
+def test_the_upsert_updates_to_the_latest_value_only_when_something_changed() -> None:
+    for text in (
+        bulk_upsert_statement(PAGE_VIEW_STATS).decode(),
+        upsert_statement(PAGE_VIEW_STATS).decode(),
+    ):
+        assert 'ON CONFLICT ("window_start", "page") DO UPDATE SET' in text
+        assert '"views" = EXCLUDED."views"' in text and "updated_at = now()" in text
+        assert '"window_start" = EXCLUDED' not in text  # the key is never updated
+        assert (
+            'WHERE ("page_view_stats"."window_end", "page_view_stats"."views"' in text
+            and 'IS DISTINCT FROM ("excluded"."window_end", "excluded"."views"' in text
+        )
+    assert (
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT"
+        in upsert_statement(PAGE_VIEW_STATS).decode()
+    )
+
+
+def test_a_live_kpi_record_never_overwrites_a_final_row() -> None:
+    text = bulk_upsert_statement(KPI_METRICS).decode()
+    assert 'ON CONFLICT ("window_start")' in text
+    assert 'WHERE (NOT "kpi_metrics".is_final OR EXCLUDED.is_final) AND (' in text
+    assert "is_final" not in upsert_statement(DIMENSION_STATS).decode().split("WHERE")[1]
+    assert "%b::jsonb[]" in text and "%b::numeric[]" in text
+
+
+def test_column_types_match_the_tables() -> None:
+    ddl_type = {
+        "timestamptz": "timestamptz",
+        "bigint": "bigint",
+        "integer": "integer",
+        "numeric": "numeric",
+        "float8": "double precision",
+        "jsonb": "jsonb",
+        "text": "text",
+        "boolean": "boolean",
+    }
+    for spec in TABLES.values():
+        block = migrations.CREATE_TABLES.split(f"CREATE TABLE IF NOT EXISTS {spec.name} (")[1]
+        for column, sql_type in zip(spec.columns, spec.types, strict=True):
+            line = next(x for x in block.splitlines() if x.split()[:1] == [column])
+            declared = line.split()[1].split("(")[0].rstrip(",")
+            assert declared == ddl_type[sql_type].split()[0], (spec.name, column)
+
+
+def test_every_table_of_the_settings_has_a_spec_and_a_create_statement() -> None:
+    assert set(TABLES) == {"kpi_metrics", "session_metrics", "page_view_stats", "dimension_stats"}
+    for spec in TABLES.values():
+        assert f"CREATE TABLE IF NOT EXISTS {spec.name} (" in migrations.CREATE_TABLES
+        block = migrations.CREATE_TABLES.split(f"CREATE TABLE IF NOT EXISTS {spec.name} (")[1]
+        block = block.split(");")[0]
+        for column in spec.columns:
+            assert f"\n    {column} " in block, (spec.name, column)
+        assert f"PRIMARY KEY ({', '.join(spec.key)})" in block
+        assert "updated_at" in block
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def test_migrations_are_numbered_in_order_and_idempotent_sql() -> None:
+    versions = [m.version for m in migrations.MIGRATIONS]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    for migration in migrations.MIGRATIONS:
+        for statement in migration.sql.split(";"):
+            head = " ".join(statement.split()).upper()
+            if head.startswith(
+                ("CREATE TABLE", "CREATE INDEX", "CREATE MATERIALIZED", "CREATE EXT")
+            ):
+                assert "IF NOT EXISTS" in head, head[:80]
+            if head.startswith("SELECT CREATE_HYPERTABLE") or "POLICY(" in head:
+                assert "IF_NOT_EXISTS => TRUE" in head, head[:80]
+
+
+def test_pending_migrations_depend_on_the_mode() -> None:
+    plain = [m.version for m in migrations.pending(set(), migrations.PLAIN)]
+    timescale = [m.version for m in migrations.pending(set(), migrations.TIMESCALE)]
+    assert plain == [1, 2] and timescale == [1, 3]
+    assert migrations.pending({1, 2}, migrations.PLAIN) == []
+    # a server that gains TimescaleDB later gets its migration on the next run
+    assert [m.version for m in migrations.pending({1, 2}, migrations.TIMESCALE)] == [3]
+
+
+def test_plain_mode_indexes_time_with_brin() -> None:
+    for table in TABLES:
+        assert f"ON {table} USING brin (window_start)" in migrations.BRIN_TIME_INDEXES
+
+
+def test_timescale_mode_creates_hypertables_compression_and_hourly_kpis() -> None:
+    sql = migrations.TIMESCALE_HYPERTABLES
+    assert "CREATE EXTENSION IF NOT EXISTS timescaledb" in sql
+    for table in migrations.HYPERTABLES:
+        assert f"create_hypertable('{table}', 'window_start'" in sql
+        assert f"ALTER TABLE {table} SET (timescaledb.compress" in sql
+    assert "CREATE MATERIALIZED VIEW IF NOT EXISTS kpi_hourly" in sql
+    assert "WITH (timescaledb.continuous)" in sql and "WHERE is_final" in sql
+    assert "time_bucket(INTERVAL '1 hour', window_start)" in sql
+    assert "WITH NO DATA" in sql  # allowed inside the migration's transaction
+    assert "add_continuous_aggregate_policy('kpi_hourly'" in sql
+    # compression needs every primary key column among the segmentby / orderby columns
+    for spec in TABLES.values():
+        settings = sql.split(f"ALTER TABLE {spec.name} SET (")[1].split(");")[0]
+        for column in spec.key:
+            assert column in settings, (spec.name, column)
+
+
+class FakeCursor:
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        self.row = row
+
+    async def fetchone(self) -> tuple[Any, ...]:
+        return self.row
+
+
+class FakeConnection:
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        self.row = row
+        self.queries: list[str] = []
+
+    async def execute(self, query: str, params: Any = None) -> FakeCursor:
+        self.queries.append(query)
+        return FakeCursor(self.row)
+
+
+@pytest.mark.parametrize(
+    ("available", "installed", "preload", "mode", "note"),
+    [
+        (False, False, "", migrations.PLAIN, None),
+        (True, False, "pg_stat_statements,timescaledb", migrations.TIMESCALE, None),
+        (True, True, "timescaledb", migrations.TIMESCALE, None),
+        (True, False, "", migrations.PLAIN, "not in shared_preload_libraries"),
+    ],
+)
+async def test_the_mode_follows_what_the_server_offers(
+    available: bool, installed: bool, preload: str, mode: str, note: str | None
+) -> None:
+    conn = FakeConnection((available, installed, preload))
+    got_mode, got_note = await migrations.detect_mode(conn)  # type: ignore[arg-type]
+    assert got_mode == mode
+    assert (got_note is None) == (note is None) and (note is None or note in str(got_note))
+    assert "pg_available_extensions WHERE name = 'timescaledb'" in conn.queries[0]
+
+
+def test_a_report_says_which_mode_is_on() -> None:
+    report = migrations.MigrationReport(migrations.PLAIN, list(migrations.MIGRATIONS[:2]))
+    assert report.summary().startswith("database mode postgresql; migrations applied: 1 (")
+    assert "none (up to date)" in migrations.MigrationReport(migrations.TIMESCALE).summary()
+
+
+# --------------------------------------------------------------------------- connection errors
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://analytics:s3cret@db:5432/analytics",
+            "postgresql://analytics:***@db:5432/analytics",
+        ),
+        ("postgresql://analytics@db/analytics", "postgresql://analytics@db/analytics"),
+        ("postgres://u:p%40ss@h/d?sslmode=require", "postgres://u:***@h/d?sslmode=require"),
+        ("postgresql://h/d?user=u&password=pw", "postgresql://h/d?user=u&password=***"),
+    ],
+)
+def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("exc", "wait"),
+    [
+        (
+            psycopg.OperationalError(
+                'connection to server at "h", port 1 failed: Connection refused'
+            ),
+            True,
+        ),
+        (psycopg.OperationalError("failed to resolve host 'db.invalid'"), True),
+        (psycopg.OperationalError('FATAL:  database "x" does not exist'), False),
+        (psycopg.OperationalError('FATAL:  password authentication failed for user "u"'), False),
+        (psycopg.OperationalError("FATAL:  the database system is starting up"), True),
+        (psycopg.OperationalError("FATAL:  sorry, too many clients already"), True),
+        (psycopg.OperationalError('invalid integer value "x" for connection option "port"'), False),
+        (psycopg.ProgrammingError('invalid URI query parameter: "foo"'), False),
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (ValueError("bug"), False),
+    ],
+)
+def test_at_start_only_an_absent_database_is_waited_for(exc: BaseException, wait: bool) -> None:
+    assert worth_waiting(exc) is wait
+
+
+def test_errors_are_described_on_one_line() -> None:
+    assert describe(psycopg.OperationalError("first\nsecond")) == "OperationalError: first"
+    assert describe(TimeoutError()) == "TimeoutError"
