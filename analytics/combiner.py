@@ -101,8 +101,10 @@ def _ready(state: CombinerState, start: int, rules: CombinerRules) -> bool:
     return all(p.get("arrived", 0) >= since for p in empty)
 
 
-def _figures(state: CombinerState, start: int, rules: CombinerRules) -> dict[str, Any]:
-    sums, _, _ = _sums(state, start, rules)
+def _figures(
+    state: CombinerState, start: int, rules: CombinerRules, sums: Counter[str]
+) -> dict[str, Any]:
+    """The KPI record of window ``start`` from its summed counters."""
     partials = state["windows"].get(str(start), {}).values()
     sessions_known = all(partial["final"] for partial in partials)
     figures = kpi_figures(start, rules.window_ms, sums, sessions_known=sessions_known)
@@ -115,7 +117,6 @@ def _figures(state: CombinerState, start: int, rules: CombinerRules) -> dict[str
         for metric in SESSION_TRENDS:
             figures["trends"][metric] = None
     figures["late_events_total"] = sum(p["late"] for p in state["progress"].values())
-    figures["_sums"] = dict(sums)
     return figures
 
 
@@ -165,8 +166,7 @@ def combine(
         touched.discard(start)
     if live:
         for start in sorted(touched):
-            figures = _figures(state, start, rules)
-            figures.pop("_sums")
+            figures = _figures(state, start, rules, _sums(state, start, rules)[0])
             figures["is_final"] = False
             out.kpis.append(figures)
     return out
@@ -175,10 +175,10 @@ def combine(
 def _publish_final(
     state: CombinerState, start: int, rules: CombinerRules, out: CombinerOutput
 ) -> None:
-    figures = _figures(state, start, rules)
+    sums, pages, dims = _sums(state, start, rules)
+    figures = _figures(state, start, rules, sums)
     figures["is_final"] = True
-    _, pages, dims = _sums(state, start, rules)
-    state["finals"][str(start)] = figures.pop("_sums")
+    state["finals"][str(start)] = dict(sums)
     out.kpis.append(figures)
     out.pages.extend(page_rows(start, rules.window_ms, pages))
     out.traffic.extend(dimension_rows(start, rules.window_ms, dims))
