@@ -39,6 +39,9 @@ from analytics.windows import window_end, window_start
 UserState = dict[str, Any]
 Clock = dict[str, Any]
 
+RECENT_SESSIONS = 10
+"""Closed sessions a user value keeps as summaries, newest first, for the web API."""
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionRules:
@@ -87,6 +90,7 @@ def new_user() -> UserState:
         "devices": [],
         "countries": [],
         "closed_sessions": 0,
+        "recent": [],
         "applied": -1,
         "open": {},
     }
@@ -164,7 +168,33 @@ def _close_sessions(
         else:
             del user["open"][session_id]
     user["closed_sessions"] += len(closed)
+    if closed:
+        summaries = [session_summary(figures) for figures in closed]
+        newest_first = sorted(
+            [*summaries, *user["recent"]],
+            key=lambda s: (s["end_ms"], s["session_id"]),
+            reverse=True,
+        )
+        user["recent"] = newest_first[:RECENT_SESSIONS]
     return closed
+
+
+def session_summary(figures: dict[str, Any]) -> dict[str, Any]:
+    """What a user value keeps of a closed session: the headline figures, not its pages."""
+    return {
+        "session_id": figures["session_id"],
+        "start_ms": figures["window_start_ms"],
+        "end_ms": figures["window_end_ms"],
+        "total_events": figures["total_events"],
+        "unique_pages": figures["unique_pages"],
+        "total_duration_ms": figures["total_duration_ms"],
+        "is_bounce": figures["is_bounce"],
+        "conversions": figures["conversions"],
+        "revenue_cents": figures["revenue_cents"],
+        "engagement_score": figures["engagement_score"],
+        "device_type": figures["device_type"],
+        "country": figures["country"],
+    }
 
 
 def window_partial(

@@ -68,11 +68,37 @@ def session_view(figures: Mapping[str, Any]) -> dict[str, Any]:
     return view
 
 
+def recent_sessions(user_id: str, user: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The user's last closed sessions (analytics.partition.RECENT_SESSIONS), newest first."""
+    return [
+        {
+            "user_id": user_id,
+            "session_id": summary["session_id"],
+            "window_start": format_ts(summary["start_ms"]),
+            "window_end": format_ts(summary["end_ms"]),
+            "duration_seconds": (summary["end_ms"] - summary["start_ms"]) / 1000,
+            "total_events": summary["total_events"],
+            "unique_pages": summary["unique_pages"],
+            "total_duration_ms": summary["total_duration_ms"],
+            "device_type": summary["device_type"],
+            "country": summary["country"],
+            "is_bounce": summary["is_bounce"],
+            "conversions": summary["conversions"],
+            "revenue": _money(summary["revenue_cents"]),
+            "revenue_cents": summary["revenue_cents"],
+            "engagement_score": summary["engagement_score"],
+            "open": False,
+        }
+        for summary in user.get("recent", [])
+    ]
+
+
 def user_sessions(user_id: str, user: Mapping[str, Any], gap_ms: int) -> dict[str, Any]:
-    """``GET /api/sessions/{user_id}``: open sessions plus the profile counters."""
+    """``GET /api/sessions/{user_id}``: open sessions, the last closed ones, the profile."""
     return {
         "user_id": user_id,
         "sessions": open_sessions(user_id, user, gap_ms),
+        "recent": recent_sessions(user_id, user),
         "profile": user_profile(user_id, user, gap_ms),
     }
 

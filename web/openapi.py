@@ -137,6 +137,15 @@ SESSION = _obj(
     }
 )
 
+RECENT_SESSION = _obj(
+    {
+        name: schema
+        for name, schema in SESSION["properties"].items()
+        if name not in ("actions", "pages", "average_duration_ms", "open")
+    }
+    | {"open": {**BOOLEAN, "description": "always false: closed and written out"}}
+)
+
 USER_PROFILE = _obj(
     {
         "user_id": STRING,
@@ -418,12 +427,13 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/sessions/{user_id}": {
             "get": {
-                "summary": "A user's open sessions and profile counters",
+                "summary": "A user's open and recent sessions and profile counters",
                 "description": (
                     "Open sessions are those not yet closed by the watermark (SPEC 3), with "
-                    "their live figures. Closed sessions are not kept per user: they are "
-                    "published to the session-metrics topic and the session_metrics table; "
-                    "the profile counts them (closed_sessions)."
+                    "their live figures. `recent` holds the user's last 10 closed sessions, "
+                    "newest first, without their action and page counts; every closed session "
+                    "is in the session-metrics topic and the session_metrics table, and the "
+                    "profile counts them all (closed_sessions)."
                 ),
                 "parameters": [USER_ID],
                 "responses": {
@@ -432,6 +442,7 @@ OPENAPI: dict[str, Any] = {
                             {
                                 "user_id": STRING,
                                 "sessions": {"type": "array", "items": _ref("Session")},
+                                "recent": {"type": "array", "items": _ref("RecentSession")},
                                 "profile": _ref("UserProfile"),
                             }
                         ),
@@ -492,6 +503,7 @@ OPENAPI: dict[str, Any] = {
             "Trend": TREND,
             "KpiRecord": KPI_RECORD,
             "Session": SESSION,
+            "RecentSession": RECENT_SESSION,
             "UserProfile": USER_PROFILE,
             "Page": PAGE,
             "TrafficValue": TRAFFIC_VALUE,

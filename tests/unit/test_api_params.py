@@ -222,7 +222,48 @@ def test_open_sessions_follow_spec_section_3() -> None:
     assert sessions[1]["is_bounce"] and sessions[1]["country"] == "DE"
     whole = user_sessions("u1", _user(), 1_800_000)
     assert whole["sessions"] == sessions
+    assert whole["recent"] == []
     assert whole["profile"]["open_sessions"] == 3
+
+
+def test_recent_sessions_are_shown_closed_newest_first() -> None:
+    user = _user()
+    user["recent"] = [
+        {
+            "session_id": "old",
+            "start_ms": T0 - 600_000,
+            "end_ms": T0 - 540_000,
+            "total_events": 2,
+            "unique_pages": 1,
+            "total_duration_ms": 3_000,
+            "is_bounce": False,
+            "conversions": 1,
+            "revenue_cents": 1999,
+            "engagement_score": 21.3,
+            "device_type": "desktop",
+            "country": None,
+        }
+    ]
+    assert user_sessions("u1", user, 1_800_000)["recent"] == [
+        {
+            "user_id": "u1",
+            "session_id": "old",
+            "window_start": "2025-12-31T23:50:00.000Z",
+            "window_end": "2025-12-31T23:51:00.000Z",
+            "duration_seconds": 60.0,
+            "total_events": 2,
+            "unique_pages": 1,
+            "total_duration_ms": 3_000,
+            "device_type": "desktop",
+            "country": None,
+            "is_bounce": False,
+            "conversions": 1,
+            "revenue": 19.99,
+            "revenue_cents": 1999,
+            "engagement_score": 21.3,
+            "open": False,
+        }
+    ]
 
 
 def test_stream_watermark_ignores_partitions_without_events() -> None:

@@ -29,7 +29,13 @@ import pytest
 
 from analytics.combiner import CombinerRules, CombinerState, combine, new_state
 from analytics.enrichment import enrich
-from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
+from analytics.partition import (
+    RECENT_SESSIONS,
+    PartitionOutput,
+    PartitionRules,
+    PartitionState,
+    apply_batch,
+)
 from analytics.rows import Arrival, Tick, row_of
 from analytics.sessions import session_figures, split_sessions
 from analytics.timeutil import format_ts, parse_ts
@@ -474,6 +480,37 @@ def test_an_event_joining_a_session_postpones_its_closing() -> None:
     p0.send(event("other", T0 + GAP + CLOSE_AFTER + GRACE))
     out, _ = p0.run([p0.tick(0)])
     assert [(s["user_id"], s["total_events"]) for s in out.sessions] == [("u", 2)]
+
+
+def test_closed_sessions_are_kept_as_recent_summaries_newest_first() -> None:
+    p0 = Part(0)
+    sessions = RECENT_SESSIONS + 2
+    for n in range(sessions):  # one session per gap-and-a-bit, each closed by the next ones
+        start = T0 + n * (CLOSE_AFTER + GRACE + W)
+        p0.send(event("u", start, session=f"s{n}"), event("u", start + 5_000, session=f"s{n}"))
+        p0.run([p0.tick(0)])
+    user = orjson.loads(p0.users["u"])
+    closed = user["closed_sessions"]
+    assert closed == sessions - 1  # the last one is still open
+    recent = user["recent"]
+    assert [s["session_id"] for s in recent] == [
+        f"s{n}" for n in range(closed - 1, closed - 1 - RECENT_SESSIONS, -1)
+    ]
+    newest = T0 + (closed - 1) * (CLOSE_AFTER + GRACE + W)
+    assert recent[0] == {
+        "session_id": f"s{closed - 1}",
+        "start_ms": newest,
+        "end_ms": newest + 5_000,
+        "total_events": 2,
+        "unique_pages": 1,
+        "total_duration_ms": 2_000,
+        "is_bounce": False,
+        "conversions": 0,
+        "revenue_cents": 0,
+        "engagement_score": 4 + 4 + 0.2 + 5,
+        "device_type": "mobile",
+        "country": "US",
+    }
 
 
 def test_replaying_a_batch_changes_nothing() -> None:
