@@ -26,6 +26,7 @@ from analytics.tracking import RawMessage, SeenEvent, TrackerRules, track_batch
 from app import app
 from tables import partition_state as state_table
 from tables.seen_events import seen_events
+from tables.write_through import write_through
 
 log = logging.getLogger(__name__)
 TOPICS = app.topic_names
@@ -159,10 +160,10 @@ async def handle_batch(events: list[Any]) -> Handled:
             [(TOPICS.user_events, moved.key, moved.value, None)], moved.timestamp_ms / 1000
         )
 
-    for key, seen in tracked.seen.items():
-        seen_events[key] = seen.encode()
+    seen = [(key, value.encode()) for key, value in tracked.seen.items()]
+    await write_through(seen_events, partition, seen)
     state.clock["applied"] = max(state.clock["applied"], events[-1].message.offset)
-    state_table.save(state.users, state.dirty_users, state.clock)
+    await state_table.save(partition, state.users, state.dirty_users, state.clock)
 
     TrackerCounters.enriched += sum(isinstance(i, Arrival) for i in tracked.timeline)
     TrackerCounters.dead_letters += len(tracked.dead_letters)

@@ -108,7 +108,13 @@ def _events(events: int, seed: int) -> list[Event]:
 
 
 async def run(
-    services: Services, events: int, workers: int, seed: int, timeout: float, replay: bool
+    services: Services,
+    events: int,
+    workers: int,
+    seed: int,
+    timeout: float,
+    replay: bool,
+    rate: float = 0,
 ) -> Result:
     prefix = new_topic_prefix()
     topics = TopicNames.with_prefix(prefix)
@@ -130,8 +136,8 @@ async def run(
             payloads if replay else (event for event, _ in restamp((p, "valid") for p in payloads)),
             services.kafka_bootstrap,
             topics.user_events,
-            rate=0,
-            progress=False,
+            rate=rate,
+            progress=sys.stderr.isatty(),
         )
         produce_s = time.monotonic() - t0
         if acked != len(payloads):
@@ -145,7 +151,11 @@ async def run(
         repeated = 0
         async with TopicReader(services.kafka_bootstrap, topics.enriched) as reader:
             deadline = time.monotonic() + timeout
+            next_report = time.monotonic() + 5
             while len(seen) < len(payloads):
+                if time.monotonic() >= next_report:
+                    print(f"  {len(seen):,} of {len(payloads):,} enriched", file=sys.stderr)
+                    next_report += 5
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f"{len(seen):,} of {len(payloads):,} events enriched after {timeout} s"
@@ -193,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the generator's event times (one hour from 2024-01-15T10:00Z) instead of "
         "stamping each event with its send time",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="events/s to produce (0: as fast as possible). Below the pipeline's capacity the "
+        "latency is the per-event latency instead of time queued behind a backlog",
+    )
     args = parser.parse_args(argv)
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
@@ -201,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         services = services_from_script("start")
     result = asyncio.run(
-        run(services, args.events, args.workers, args.seed, args.timeout, args.replay)
+        run(services, args.events, args.workers, args.seed, args.timeout, args.replay, args.rate)
     )
     rows = result.rows()
     width = max(len(name) for name, _ in rows)

@@ -14,6 +14,7 @@ import orjson
 from analytics.partition import Clock, UserState
 from app import app
 from tables.rocksdb_options import rocksdb_options
+from tables.write_through import write_through
 
 CLOCK_KEY = b"\xff\xffclock"
 
@@ -39,8 +40,8 @@ def load_clock() -> Clock | None:
     return orjson.loads(stored) if stored is not None else None
 
 
-def save(users: dict[str, UserState], dirty: set[str], clock: Clock) -> None:
+async def save(partition: int, users: dict[str, UserState], dirty: set[str], clock: Clock) -> None:
     """Users first, the clock last: a restored state is then always a prefix of the writes."""
-    for user_id in dirty:
-        partition_state[user_id.encode()] = orjson.dumps(users[user_id])
-    partition_state[CLOCK_KEY] = orjson.dumps(clock)
+    items = [(user_id.encode(), orjson.dumps(users[user_id])) for user_id in dirty]
+    items.append((CLOCK_KEY, orjson.dumps(clock)))
+    await write_through(partition_state, partition, items)

@@ -89,22 +89,14 @@ async def _wait_for_enriched(bootstrap: str, topic: str, count: int) -> None:
         await reader.read_until(lambda records: len(records) >= count, timeout=120)
 
 
-RESTART_IS_FLAKY = pytest.mark.xfail(
-    strict=False,
-    reason="not yet proven stable: partitions moving between workers while traffic flows "
-    "lost events before offsets were made contiguous (agents/batching.py); kept non-strict "
-    "until many CI runs have passed",
-)
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "scenario",
     [
         "one-worker",
         "two-workers",
-        pytest.param("worker-stopped-and-restarted", marks=RESTART_IS_FLAKY),
-        pytest.param("worker-killed-and-restarted", marks=RESTART_IS_FLAKY),
+        "worker-stopped-and-restarted",
+        "worker-killed-and-restarted",
     ],
 )
 async def test_final_figures_equal_the_batch_definition(
@@ -187,6 +179,13 @@ async def test_final_figures_equal_the_batch_definition(
             contents[name] = _values(await reader.read_to_end())
 
     enriched = _unique(contents["user-behavior-enriched"], lambda e: e["event_id"])
+    sent = {
+        e["event_id"]
+        for e, kind in generate_labelled(PROFILE)
+        if kind == "valid" and isinstance(e, dict)
+    }
+    missing = sent - {e["event_id"] for e in enriched}
+    assert not missing, f"{len(missing)} valid events never enriched, e.g. {sorted(missing)[:3]}"
     if not scenario.endswith("-and-restarted"):
         assert len(enriched) == len(contents["user-behavior-enriched"]), "an event enriched twice"
         assert len(contents["user-events-dlq"]) == invalid_count
