@@ -23,7 +23,7 @@ from analytics.partition import PartitionRules, PartitionState, apply_batch
 from analytics.rows import Arrival
 from analytics.timeutil import format_ts
 from analytics.tracking import RawMessage, SeenEvent, TrackerRules, track_batch
-from app import app
+from app import app, metrics
 from tables import partition_state as state_table
 from tables.seen_events import seen_events
 from tables.write_through import write_through
@@ -132,7 +132,8 @@ async def handle_batch(events: list[Any]) -> Handled:
         rules=TRACKER_RULES,
     )
     state = PartitionState(clock, state_table.load_user)
-    analysed = apply_batch(state, tracked.timeline, PARTITION_RULES, live=_live.due(partition))
+    with metrics.partition_analytics():
+        analysed = apply_batch(state, tracked.timeline, PARTITION_RULES, live=_live.due(partition))
 
     records: list[Record] = []
     for item in tracked.timeline:
@@ -155,6 +156,7 @@ async def handle_batch(events: list[Any]) -> Handled:
     }
     records.append((TOPICS.kpi_partials, None, progress, 0))
     await publish(records)
+    metrics.tracker_batch(tracked, analysed)
     for moved in tracked.rekeyed:
         await publish(
             [(TOPICS.user_events, moved.key, moved.value, None)], moved.timestamp_ms / 1000
@@ -164,6 +166,7 @@ async def handle_batch(events: list[Any]) -> Handled:
     await write_through(seen_events, partition, seen)
     state.clock["applied"] = max(state.clock["applied"], events[-1].message.offset)
     await state_table.save(partition, state.users, state.dirty_users, state.clock)
+    metrics.partition_clock(partition, state.clock)
 
     TrackerCounters.enriched += sum(isinstance(i, Arrival) for i in tracked.timeline)
     TrackerCounters.dead_letters += len(tracked.dead_letters)

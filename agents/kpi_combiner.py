@@ -11,7 +11,7 @@ import orjson
 from agents.batching import Handled, contiguous, run_in_batches
 from agents.outputs import Record, publish
 from analytics.combiner import CombinerRules, combine
-from app import app
+from app import app, metrics
 from tables import combiner_state
 from tables.history import HistoryWriter
 
@@ -32,7 +32,8 @@ async def handle_batch(events: list[Any]) -> Handled:
     if not fresh:
         return Handled(done, seek_to)
     messages = [orjson.loads(event.message.value) for event in fresh]
-    out = combine(state, messages, RULES, live=True)
+    with metrics.kpi_calculation():
+        out = combine(state, messages, RULES, live=True)
     records: list[Record] = []
     for kpi in out.kpis:
         records.append((TOPICS.live_kpis, kpi["window_start"].encode(), kpi, None))

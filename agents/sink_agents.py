@@ -38,8 +38,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from agents.outputs import Record, publish
+from agents.sink_lag import watch_lag
 from analytics.timeutil import format_ts, now_ms
-from app import app
+from app import app, metrics, startup
 from sinks.db import DatabaseStartupError
 from sinks.migrations import MigrationOptions
 from sinks.retry import RetryPolicy
@@ -162,6 +163,7 @@ class SinkConsumer:
     async def run(self) -> None:
         consumer = self.consumer()
         await consumer.start()
+        lag = asyncio.ensure_future(watch_lag(self.spec.name, consumer))
         try:
             while True:
                 records = await take_batch(
@@ -170,6 +172,7 @@ class SinkConsumer:
                 if records:
                     await self.handle(consumer, records)
         finally:
+            lag.cancel()
             await consumer.stop()
 
     async def handle(self, consumer: Any, records: list[ConsumerRecord[Any, Any]]) -> None:
@@ -183,6 +186,7 @@ class SinkConsumer:
             dead_letter(self.spec, sources[bad.index], bad.error, bad.sqlstate)
             for bad in result.rejected
         ]
+        metrics.sink_batch(self.spec.name, len(records), result.written, len(dead))
         if dead:
             log.warning(
                 "sink %s: %d records to %s", self.spec.name, len(dead), TOPICS.sink_dead_letters
@@ -218,10 +222,12 @@ async def run_sinks() -> None:
     waits in its sink until the schema is there); a database that cannot be used at start, or
     a sink failing for a reason other than the database, stops the worker."""
     if not table_sinks:
+        startup.announce(app)
         return
     running = [asyncio.ensure_future(sink.run()) for sink in table_sinks.values()]
     try:
         await schema.at_startup(_database.startup_timeout)
+        startup.announce(app)  # the database mode is known from here on
         await asyncio.gather(*running)
     except DatabaseStartupError as exc:
         log.critical("%s; stopping the worker", exc)

@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 
+from app import metrics
 from app.settings import Settings, get_settings
 from app.topics import TopicNames, ensure_topics
 
@@ -22,6 +23,8 @@ class AnalyticsApp(faust.App):
     async def on_first_start(self) -> None:
         settings = self.analytics_settings
         await ensure_topics(settings.brokers, self.topic_names, settings.engine.topic_partitions)
+        if settings.metrics.enabled:  # the port rule is in app/metrics.py
+            metrics.start(self.conf.web_bind, settings.metrics.port)
         await super().on_first_start()
 
 

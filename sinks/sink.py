@@ -15,6 +15,7 @@ from typing import Any
 
 from tenacity import RetryCallState
 
+from app import metrics
 from sinks import health
 from sinks.db import Connection, connect, describe, redact_url
 from sinks.migrations import MigrationOptions, MigrationReport, migrate, migrate_url
@@ -84,6 +85,7 @@ class TableSink:
         self._conn: Connection | None = None
         self._lock = asyncio.Lock()
         health.register(spec.name, topic)
+        metrics.sink_registered(spec.name)
 
     @property
     def name(self) -> str:
@@ -132,6 +134,7 @@ class TableSink:
         exc = state.outcome.exception() if state.outcome else None
         error = describe(exc) if exc is not None else "unknown error"
         first = health.failed(self.name, error)
+        metrics.sink_retried(self.name)
         if first or state.attempt_number % LOG_EVERY_ATTEMPTS == 0:
             waiting = health.sink_health()["sinks"][self.name]["rows_waiting"]
             delay = state.next_action.sleep if state.next_action else 0.0

@@ -8,10 +8,12 @@ from typing import Any, cast
 import orjson
 from aiohttp import web as aiohttp_web
 from faust import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from analytics.timeutil import now_ms
 from analytics.validation import MAX_BATCH_BYTES, MAX_EVENT_BYTES
-from app import app
+from app import app, metrics
+from sinks.health import DEGRADED, sink_health
 from web.ingestion import (
     DEAD_LETTER_RAW_LIMIT,
     IngestOutcome,
@@ -77,6 +79,7 @@ class _IngestView(web.View):
         else:
             outcome = self.decide(body, received_ms)
         await _publish(outcome, received_ms)
+        metrics.http_ingest(self.source, len(outcome.accepted), len(outcome.dead_letters))
         return self.json(outcome.body, status=outcome.status)
 
 
@@ -109,13 +112,37 @@ async def kafka_status(timeout: float = 3.0) -> dict[str, Any]:
         return {"connected": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _metrics_status() -> dict[str, Any]:
+    """Where this worker's Prometheus exporter listens (the port rule: app/metrics.py)."""
+    exporter = metrics.exporter()
+    if exporter is None:
+        return {"enabled": False, "port": None, "url": None}
+    return {"enabled": True, "port": exporter.port, "url": f"http://{exporter.address}/metrics"}
+
+
+@app.page("/metrics")
+class MetricsView(web.View):
+    """The Prometheus exposition of this worker's registry, also on the web port."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return self.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 @app.page("/health")
 class HealthView(web.View):
-    """Liveness plus broker connectivity: 200 when Kafka answers, 503 otherwise."""
+    """Liveness, broker connectivity and the database sinks' state.
+
+    503 only when Kafka does not answer: without it the worker can do nothing. A degraded sink
+    (database down or refusing writes) makes ``status`` ``degraded`` but keeps 200: the worker
+    is doing the right thing (its batches wait, unacknowledged, and the rest runs) and a
+    restart would not bring the database back; ``sinks`` says what is wrong."""
 
     async def get(self, request: web.Request) -> web.Response:
         kafka = await kafka_status()
-        status = "ok" if kafka["connected"] else "degraded"
+        sinks = sink_health()
+        healthy = kafka["connected"] and sinks["status"] != DEGRADED
+        status = "ok" if healthy else "degraded"
         source = {
             tp.partition for tp in app.consumer.assignment() if tp.topic == TOPICS.user_events
         }
@@ -126,5 +153,7 @@ class HealthView(web.View):
                 "rebalancing": bool(app.rebalancing),
                 "user_events_partitions": sorted(source),
             },
+            "sinks": sinks,
+            "metrics": _metrics_status(),
         }
         return self.json(body, status=200 if kafka["connected"] else 503)

@@ -1,0 +1,50 @@
+"""The one line a worker logs once it is ready: broker, database mode, partitions, ports.
+
+Logged after the sink migrations (agents/sink_agents.py), the first moment the database mode
+is known, so the line never guesses it. Operators find every port of a worker in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from app import metrics
+from sinks import health
+
+log = logging.getLogger(__name__)
+
+_DATABASE_MODES = {
+    "timescaledb": "timescaledb",
+    "postgresql": "postgresql (TimescaleDB absent)",
+}
+
+
+def describe_database(mode: str | None) -> str:
+    """``timescaledb``, ``postgresql (TimescaleDB absent)``, or ``none`` without sinks."""
+    if mode is None:
+        return "none"
+    return _DATABASE_MODES.get(mode, mode)
+
+
+def ready_line(
+    brokers: list[str], database_mode: str | None, partitions: int, web: str, metrics_at: str
+) -> str:
+    return (
+        f"analytics worker ready: broker={','.join(brokers)} "
+        f"database={describe_database(database_mode)} partitions={partitions} "
+        f"web={web} metrics={metrics_at}"
+    )
+
+
+def announce(app: Any) -> None:
+    """Log the ready line of ``app`` (an AnalyticsApp) with the database mode as migrated."""
+    exporter = metrics.exporter()
+    line = ready_line(
+        app.analytics_settings.brokers,
+        health.sink_health()["database"]["mode"],
+        app.analytics_settings.engine.topic_partitions,
+        f"{app.conf.web_bind}:{app.conf.web_port}",
+        exporter.address if exporter is not None else "off",
+    )
+    log.info("%s", line)
