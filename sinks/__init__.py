@@ -7,4 +7,6 @@
 - ``sink``: one table's connection, retries and health; ``agents/sink_agents.py`` feeds it from
   the topic and commits the offsets (docs/sinks.md).
 - ``health``: the process-wide state of every sink (``sink_health()``).
+- ``queries``, ``reader``: the history queries of the web API over the tables, and running
+  them with bounded waiting (``/api/kpis?bucket=``, ``/api/pages/top?from=``, ``/api/sessions``).
 """

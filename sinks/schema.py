@@ -16,6 +16,10 @@ page_view_stats    page-view-stats                     window_start, page
 dimension_stats    traffic-stats                       window_start, dimension, value
 =================  ==================================  ===================================
 
+``page_view_stats`` is keyed in the database on ``page_hash``, a column the database generates
+from the page (SHA-256 of its UTF-8 form, migration 4): a page of any length fits the primary
+key's index, and the page itself is kept whole in ``page``.
+
 Money is ``numeric(20,2)``, taken from the record's integer cents when it has them (exact).
 ``kpi_metrics`` holds live (``is_final`` false) and final windows: a live record updates a live
 row, the final record overwrites it, and nothing overwrites a final row except a final record.
@@ -225,6 +229,9 @@ class TableSpec:
     convert: Callable[[Mapping[str, Any]], Row]
     #: kpi_metrics: a row that is final is only overwritten by a final record
     final_guard: bool = False
+    #: the upsert's ON CONFLICT target when it is not ``key`` (a unique index on columns the
+    #: database derives from the key, like page_view_stats' page_hash)
+    conflict: tuple[str, ...] = ()
 
     def key_of(self, row: Row) -> tuple[Any, ...]:
         return tuple(row[self.columns.index(column)] for column in self.key)
@@ -332,6 +339,7 @@ PAGE_VIEW_STATS = TableSpec(
     types=("timestamptz", "timestamptz", "text", "bigint", "bigint", "bigint", "float8"),
     key=("window_start", "page"),
     convert=page_row,
+    conflict=("window_start", "page_hash"),
 )
 DIMENSION_STATS = TableSpec(
     name="dimension_stats",
@@ -436,7 +444,7 @@ def _on_conflict(spec: TableSpec) -> sql.Composed:
             table=sql.Identifier(spec.name), changed=condition
         )
     return sql.SQL("ON CONFLICT ({key}) DO UPDATE SET {assignments} WHERE {condition}").format(
-        key=_columns(spec.key), assignments=assignments, condition=condition
+        key=_columns(spec.conflict or spec.key), assignments=assignments, condition=condition
     )
 
 

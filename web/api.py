@@ -9,6 +9,9 @@ Every answer is computed by the worker that holds the state, found with Faust's 
 * KPI, page and traffic endpoints route on a fixed key of the one-partition history tables
   (tables/history.py), so they land on the worker running the combiner.
 
+``/api/kpis`` with ``bucket`` and ``/api/pages/top`` with ``from``/``to`` are answered from the
+database instead, by whichever worker is asked (web/history_params.py, web/history_views.py).
+
 Any worker can be asked; one that does not hold the state forwards the request and relays the
 answer (503 while the group is rebalancing and nobody owns the key).
 """
@@ -38,6 +41,7 @@ from tables.history import (
     window_starts,
 )
 from tables.partition_state import load_user, partition_state
+from web import history_views
 from web.api_params import (
     BadParameter,
     KpiRange,
@@ -57,6 +61,7 @@ from web.api_queries import (
     user_profile,
     user_sessions,
 )
+from web.history_params import DATABASE, LIVE, kpis_source, top_pages_source
 
 _engine = app.analytics_settings.engine
 GAP_MS = int(_engine.session_gap.total_seconds() * 1000)
@@ -150,12 +155,20 @@ class CurrentKpiView(web.View):
 
 @app.page("/api/kpis")
 class KpiHistoryView(web.View):
-    """KPI records of the windows starting in [from, to)."""
+    """KPI records of the windows starting in [from, to); with ``bucket``, bucketed sums from
+    the database (web/history_views.py), which any worker answers without routing."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        source, query = kpis_source(_query(request))
+        if source == DATABASE:
+            return await history_views.kpi_buckets(self, query)
+        response: web.Response = await self.live(request, query)
+        return response
 
     @routed(kpi_history, exact_key=HISTORY_ROUTE_KEY)
-    async def get(self, request: web.Request) -> web.Response:
+    async def live(self, request: web.Request, query: Query) -> web.Response:
         try:
-            selected = KpiRange.parse(_query(request))
+            selected = KpiRange.parse(query)
         except BadParameter as problem:
             return _bad(self, problem)
         finals = _stored(kpi_history, selected.contains)
@@ -163,6 +176,7 @@ class KpiHistoryView(web.View):
         live_start = parse_ts(live["window_start"]) if live is not None else None
         return self.json(
             {
+                "source": LIVE,
                 "from": _ts(selected.from_ms),
                 "to": _ts(selected.to_ms),
                 "windows": kpi_windows(finals.items(), live, live_start, selected),
@@ -172,16 +186,27 @@ class KpiHistoryView(web.View):
 
 @app.page("/api/pages/top")
 class TopPagesView(web.View):
-    """The most viewed pages of the final windows in the last ``minutes`` minutes."""
+    """The most viewed pages of the final windows in the last ``minutes`` minutes; with
+    ``from``/``to``, of the windows in that range, from the database (no routing)."""
 
-    @routed(kpi_history, exact_key=HISTORY_ROUTE_KEY)
     async def get(self, request: web.Request) -> web.Response:
         try:
-            query = TopPagesQuery.parse(_query(request))
+            source, parameters = top_pages_source(_query(request))
+        except BadParameter as problem:
+            return _bad(self, problem)
+        if source == DATABASE:
+            return await history_views.top_pages(self, parameters)
+        response: web.Response = await self.live(request, parameters)
+        return response
+
+    @routed(kpi_history, exact_key=HISTORY_ROUTE_KEY)
+    async def live(self, request: web.Request, parameters: Query) -> web.Response:
+        try:
+            query = TopPagesQuery.parse(parameters)
         except BadParameter as problem:
             return _bad(self, problem)
         as_of, starts, windows = _recent(page_history, query.minutes)
-        body = range_header(as_of, query.minutes, starts)
+        body = {"source": LIVE, **range_header(as_of, query.minutes, starts)}
         body["limit"] = query.limit
         body["pages"] = top_pages(windows, query.limit)
         return self.json(body)

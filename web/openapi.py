@@ -20,6 +20,7 @@ from web.api_params import (
     MAX_MINUTES,
     MAX_USER_ID_CHARS,
 )
+from web.history_params import DEFAULT_SESSIONS, MAX_BUCKETS, MAX_SESSIONS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -71,6 +72,34 @@ USER_ID = {
     "required": True,
     "description": "The user_id of the events (URL-encoded).",
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_CHARS},
+}
+
+DATABASE_UNAVAILABLE = _json(
+    _ref("Error"),
+    "The database cannot answer (down, unreachable, no answer within 5 s); `error` says why. "
+    "The body also has `source: database`.",
+)
+SOURCE_LIVE = {"type": "string", "const": "live", "description": "answered from the live state"}
+SOURCE_DATABASE = {
+    "type": "string",
+    "const": "database",
+    "description": "answered from the sink tables (any worker answers, no routing)",
+}
+
+
+def _time_parameter(name: str, role: str, note: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "description": f"{role}; RFC 3339, no offset means UTC; {note}",
+        "schema": {"type": "string", "format": "date-time"},
+    }
+
+
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
 }
 
 TREND = _obj(
@@ -207,6 +236,60 @@ TRAFFIC_VALUE = _obj(
     }
 )
 
+KPI_BUCKET = _obj(
+    {
+        "bucket_start": TIMESTAMP,
+        "bucket_end": TIMESTAMP,
+        "windows": {**INTEGER, "description": "final windows with events in the bucket"},
+        "total_events": INTEGER,
+        "total_page_views": INTEGER,
+        "total_conversions": INTEGER,
+        "purchases": INTEGER,
+        "total_revenue": MONEY,
+        "total_revenue_cents": CENTS,
+        "new_users": {**INTEGER, "description": "exact: each user is new in one window"},
+        "total_users": {
+            **INTEGER,
+            "description": "users first seen before the bucket's last window with events ended",
+        },
+        "peak_active_users": {**INTEGER, "description": "the most active users of one window"},
+        "active_user_windows": {
+            **INTEGER,
+            "description": "each window's active users, added up: a user active in n windows "
+            "counts n times (see visitor_windows)",
+        },
+        "session_windows": {
+            **INTEGER,
+            "description": "each window's total_sessions, added up: a session active in n "
+            "windows counts n times",
+        },
+        "average_order_value": {**MONEY, "description": "total_revenue / purchases (exact)"},
+        "average_session_duration_seconds": {
+            **NUMBER,
+            "description": "mean over session_windows (equals the window's for one window)",
+        },
+        "bounce_rate_percent": {**NUMBER, "description": "100 * bounces / session_windows"},
+        "average_engagement_score": {**NUMBER, "description": "mean over session_windows"},
+        "conversion_rate_percent": {
+            **NUMBER,
+            "description": "100 * total_conversions / session_windows",
+        },
+        "conversions_per_session": {
+            **NUMBER,
+            "description": "total_conversions / session_windows",
+        },
+        "late_events_total": {**INTEGER, "description": "as of the bucket's last window"},
+    }
+)
+
+CLOSED_SESSION = {
+    **SESSION,
+    "properties": {
+        **SESSION["properties"],
+        "open": {**BOOLEAN, "description": "always false: a closed session from the database"},
+    },
+}
+
 EVENT = {
     "type": "object",
     "description": "SPEC section 1. Unknown fields are rejected.",
@@ -253,10 +336,12 @@ OPENAPI: dict[str, Any] = {
         "title": "Real-time analytics API",
         "version": "1.0.0",
         "description": (
-            "Event ingestion and queries over the live state of the Faust workers. Any worker "
-            "answers every request: it forwards queries to the worker that holds the state "
-            "(Faust table routing). KPI, page and traffic figures follow SPEC sections 4-5; "
-            "windows are kept for `engine.history_retention` (event time, default 24 h)."
+            "Event ingestion and queries over the live state of the Faust workers and over the "
+            "database the sinks write. Any worker answers every request: it forwards live "
+            "queries to the worker that holds the state (Faust table routing) and answers "
+            "database queries itself; answers with two sources say which (`source`). KPI, "
+            "page and traffic figures follow SPEC sections 4-5; live windows are kept for "
+            "`engine.history_retention` (event time, default 24 h)."
         ),
     },
     "paths": {
@@ -301,9 +386,15 @@ OPENAPI: dict[str, Any] = {
         },
         "/health": {
             "get": {
-                "summary": "Liveness and Kafka connectivity of this worker",
+                "summary": "Liveness, Kafka connectivity and database sinks of this worker",
+                "description": (
+                    "503 only when Kafka does not answer. A degraded database sink (database "
+                    "down or refusing writes) gives 200 with status `degraded`: the worker is "
+                    "waiting correctly (nothing is lost or acknowledged) and restarting it would "
+                    "not help; `sinks` has each sink's state and last error."
+                ),
                 "responses": {
-                    "200": _json(_ref("Health"), "Kafka answers."),
+                    "200": _json(_ref("Health"), "Kafka answers (status degraded: a sink is)."),
                     "503": _json(_ref("Health"), "Kafka does not answer."),
                 },
             }
@@ -323,65 +414,113 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/kpis": {
             "get": {
-                "summary": "KPI records of the windows starting in [from, to)",
+                "summary": "KPI windows in [from, to): live state, or bucketed from the database",
                 "description": (
-                    "Final windows, plus the newest window while it is still live "
-                    "(is_final false). Windows without events are absent (SPEC 4)."
+                    "Without `bucket`: KPI records from the live state, final windows plus the "
+                    "newest window while it is still live (is_final false); windows without "
+                    "events are absent (SPEC 4). With `bucket`: sums of the final windows "
+                    "starting in [from, to) per bucket, from the kpi_metrics table (time_bucket "
+                    "on TimescaleDB, date_bin otherwise; buckets lie on the UTC grid, the first "
+                    "and last may be partial). Live rows are not included: the live answer "
+                    "shows the open window. `revenue_per_user` is left out of buckets (it needs "
+                    "distinct users across windows)."
                 ),
                 "parameters": [
+                    _time_parameter(
+                        "from", "inclusive start", "absent: open; required with bucket"
+                    ),
+                    _time_parameter("to", "exclusive end", "absent: open; required with bucket"),
                     {
-                        "name": name,
+                        "name": "bucket",
                         "in": "query",
-                        "description": f"{role}; RFC 3339, no offset means UTC; absent: open",
-                        "schema": {"type": "string", "format": "date-time"},
-                    }
-                    for name, role in (("from", "inclusive start"), ("to", "exclusive end"))
+                        "description": (
+                            "given: the database answers; at most "
+                            f"{MAX_BUCKETS} buckets between from and to"
+                        ),
+                        "schema": {"type": "string", "enum": ["1m", "1h", "1d"]},
+                    },
                 ],
                 "responses": {
                     "200": _json(
-                        _obj(
-                            {
-                                "from": NULLABLE_TIMESTAMP,
-                                "to": NULLABLE_TIMESTAMP,
-                                "windows": {"type": "array", "items": _ref("KpiRecord")},
-                            }
-                        ),
-                        "Windows in start order.",
+                        {
+                            "oneOf": [
+                                _obj(
+                                    {
+                                        "source": SOURCE_LIVE,
+                                        "from": NULLABLE_TIMESTAMP,
+                                        "to": NULLABLE_TIMESTAMP,
+                                        "windows": {"type": "array", "items": _ref("KpiRecord")},
+                                    }
+                                ),
+                                _obj(
+                                    {
+                                        "source": SOURCE_DATABASE,
+                                        "from": TIMESTAMP,
+                                        "to": TIMESTAMP,
+                                        "bucket": {"type": "string", "enum": ["1m", "1h", "1d"]},
+                                        "buckets": {"type": "array", "items": _ref("KpiBucket")},
+                                    }
+                                ),
+                            ]
+                        },
+                        "Windows (live) or buckets (database) in start order; buckets without "
+                        "final windows are absent.",
                     ),
                     "400": BAD_PARAMETER,
-                    "503": UNAVAILABLE,
+                    "503": _json(
+                        _ref("Error"),
+                        "Live: the group is rebalancing. Database: it cannot answer; `error` "
+                        "says why.",
+                    ),
                 },
             }
         },
         "/api/pages/top": {
             "get": {
                 "summary": "Most viewed pages: views descending, then page ascending",
+                "description": (
+                    "With `minutes` (or no range): the final windows of the last minutes, from "
+                    "the live state. With `from`/`to` (both required then): the windows "
+                    "starting in [from, to), from the page_view_stats table. `minutes` "
+                    "together with `from`/`to` is a 400."
+                ),
                 "parameters": [
                     MINUTES,
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": MAX_LIMIT,
-                            "default": DEFAULT_LIMIT,
-                        },
-                    },
+                    _time_parameter("from", "inclusive start", "given: the database answers"),
+                    _time_parameter("to", "exclusive end", "given: the database answers"),
+                    LIMIT,
                 ],
                 "responses": {
                     "200": _json(
-                        _obj(
-                            {
-                                **RANGE_HEAD,
-                                "limit": INTEGER,
-                                "pages": {"type": "array", "items": _ref("Page")},
-                            }
-                        ),
+                        {
+                            "oneOf": [
+                                _obj(
+                                    {
+                                        "source": SOURCE_LIVE,
+                                        **RANGE_HEAD,
+                                        "limit": INTEGER,
+                                        "pages": {"type": "array", "items": _ref("Page")},
+                                    }
+                                ),
+                                _obj(
+                                    {
+                                        "source": SOURCE_DATABASE,
+                                        "from": TIMESTAMP,
+                                        "to": TIMESTAMP,
+                                        "limit": INTEGER,
+                                        "pages": {"type": "array", "items": _ref("Page")},
+                                    }
+                                ),
+                            ]
+                        },
                         "Pages over the final windows of the range.",
                     ),
                     "400": BAD_PARAMETER,
-                    "503": UNAVAILABLE,
+                    "503": _json(
+                        _ref("Error"),
+                        "Live: the group is rebalancing. Database: it cannot answer; `error` "
+                        "says why.",
+                    ),
                 },
             }
         },
@@ -425,6 +564,50 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/sessions": {
+            "get": {
+                "summary": "A user's closed sessions, from the database",
+                "description": (
+                    "Sessions of the session_metrics table (closed, SPEC 3) whose start is in "
+                    "[from, to), oldest first, at most `limit`; `truncated` says more exist "
+                    "(ask again with `from` after the last start). Open sessions are on "
+                    "/api/sessions/{user_id}. Any worker answers."
+                ),
+                "parameters": [
+                    {**USER_ID, "in": "query"},
+                    _time_parameter("from", "inclusive start of window_start", "absent: open"),
+                    _time_parameter("to", "exclusive end of window_start", "absent: open"),
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_SESSIONS,
+                            "default": DEFAULT_SESSIONS,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                "source": SOURCE_DATABASE,
+                                "user_id": STRING,
+                                "from": NULLABLE_TIMESTAMP,
+                                "to": NULLABLE_TIMESTAMP,
+                                "limit": INTEGER,
+                                "truncated": BOOLEAN,
+                                "sessions": {"type": "array", "items": _ref("ClosedSession")},
+                            }
+                        ),
+                        "Closed sessions, oldest first (an unknown user has none).",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "503": DATABASE_UNAVAILABLE,
+                },
+            }
+        },
         "/api/sessions/{user_id}": {
             "get": {
                 "summary": "A user's open and recent sessions and profile counters",
@@ -458,6 +641,36 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "This document",
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document.")},
+            }
+        },
+        "/dashboard": {
+            "get": {
+                "summary": "The built-in live dashboard (docs/dashboard.md)",
+                "responses": {
+                    "200": {
+                        "description": "The page; its script and style are served under "
+                        "/dashboard/static/.",
+                        "content": {"text/html": {"schema": STRING}},
+                    }
+                },
+            }
+        },
+        "/dashboard/stream": {
+            "get": {
+                "summary": "The dashboard's data as Server-Sent Events",
+                "description": (
+                    "`snapshot` first ({current, windows, breakdowns}: the newest KPI record, "
+                    "the last hour's KPI records, top pages and device/country traffic as "
+                    "/api/pages/top and /api/traffic answer them), then `kpi` (a KPI record, "
+                    "live or final, as published to live-kpis) and `breakdowns` (after each "
+                    "final window); a comment every 15 s keeps the connection open."
+                ),
+                "responses": {
+                    "200": {
+                        "description": "An endless event stream.",
+                        "content": {"text/event-stream": {"schema": STRING}},
+                    }
+                },
             }
         },
     },
@@ -498,6 +711,48 @@ OPENAPI: dict[str, Any] = {
                             "user_events_partitions": {"type": "array", "items": INTEGER},
                         }
                     ),
+                    "sinks": _ref("SinkHealth"),
+                    "metrics": _obj(
+                        {
+                            "enabled": BOOLEAN,
+                            "port": {"type": ["integer", "null"]},
+                            "url": {"type": ["string", "null"]},
+                        }
+                    ),
+                },
+                ["status", "kafka", "worker", "sinks"],
+            ),
+            "SinkHealth": _obj(
+                {
+                    "status": {
+                        "type": "string",
+                        "enum": ["starting", "ok", "degraded"],
+                        "description": "the worst of the sinks' (starting: nothing written yet)",
+                    },
+                    "database": _obj(
+                        {
+                            "url": {"type": ["string", "null"], "description": "no password"},
+                            "mode": {
+                                "type": ["string", "null"],
+                                "enum": ["postgresql", "timescaledb", None],
+                            },
+                        }
+                    ),
+                    "sinks": {"type": "object", "additionalProperties": _ref("Sink")},
+                }
+            ),
+            "Sink": _obj(
+                {
+                    "table": STRING,
+                    "topic": STRING,
+                    "status": {"type": "string", "enum": ["starting", "ok", "degraded"]},
+                    "rows_written": INTEGER,
+                    "rows_dead_lettered": INTEGER,
+                    "rows_waiting": INTEGER,
+                    "failed_attempts": {**INTEGER, "description": "since the last success"},
+                    "last_error": {"type": ["string", "null"]},
+                    "degraded_since": NULLABLE_TIMESTAMP,
+                    "last_write": NULLABLE_TIMESTAMP,
                 }
             ),
             "Trend": TREND,
@@ -507,6 +762,8 @@ OPENAPI: dict[str, Any] = {
             "UserProfile": USER_PROFILE,
             "Page": PAGE,
             "TrafficValue": TRAFFIC_VALUE,
+            "KpiBucket": KPI_BUCKET,
+            "ClosedSession": CLOSED_SESSION,
         }
     },
 }

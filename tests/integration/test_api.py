@@ -41,10 +41,13 @@ API_PATHS = {
     "/openapi.json",
     "/api/kpis/current",
     "/api/kpis",
+    "/api/sessions",  # closed sessions from the database (tests/integration/test_history_api.py)
     "/api/sessions/{user_id}",
     "/api/users/{user_id}",
     "/api/pages/top",
     "/api/traffic",
+    "/dashboard",
+    "/dashboard/stream",
 }
 
 

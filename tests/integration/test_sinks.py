@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import pwd
 import shutil
@@ -36,9 +37,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from analytics.timeutil import format_ts, parse_ts
 from generator.traffic import TrafficProfile, generate_labelled
+from sinks import migrations as migrations_module
 from sinks.migrations import MIGRATIONS, migrate_url
 from sinks.schema import TABLES, Row, TableSpec, prepare
-from sinks.writers import write_batch
+from sinks.writers import write_batch, write_one_by_one
 from tests import contract
 from tests.kafka_helpers import (
     SENTINEL_PREFIX,
@@ -778,24 +780,121 @@ async def test_the_writer_sets_apart_only_the_rows_the_database_refuses(database
         page("/nul\x00byte"),  # psycopg refuses it before sending: DataError
         page("/negative", views=-1),  # CHECK (views > 0): IntegrityError
         page("/huge", total_time_on_page_ms=2**70),  # bigint out of range: DataError
-        page(LONG_PAGE),  # valid (2,048 characters) but too big for the primary key's index
+        page(LONG_PAGE),  # 6 KiB: keyed on its hash, it fits the primary key (migration 4)
         page("/b"),
         {"page": "/missing-fields"},
     ]
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         result = await write_batch(conn, TABLES["page_view_stats"], batch)
-    assert result.written == 2
-    assert [r.index for r in result.rejected] == [1, 2, 3, 4, 6]
+    assert result.written == 3
+    assert [r.index for r in result.rejected] == [1, 2, 3, 6]
     by_index = {r.index: r for r in result.rejected}
     assert by_index[2].sqlstate == "23514" and "page_view_stats_views_check" in by_index[2].error
     assert by_index[3].sqlstate == "22003"
-    assert by_index[4].sqlstate == "54000"
     assert "NUL" in by_index[1].error and "missing field" in by_index[6].error
     rows = await table_rows(database, "page_view_stats")
-    assert sorted(r["page"] for r in rows) == ["/a", "/b"]
+    assert sorted(r["page"] for r in rows) == sorted(["/a", "/b", LONG_PAGE])
 
     # writing the same batch again changes nothing: no row is even rewritten
     before = await table_rows(database, "page_view_stats")
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         await write_batch(conn, TABLES["page_view_stats"], batch)
     assert await table_rows(database, "page_view_stats") == before
+
+
+#: 10,240 characters of UTF-8 that does not compress, over 25 KiB: far past a B-tree entry
+HUGE_PAGE = "/" + "".join(chr(0x4E00 + (i * 7919) % 20_000) for i in range(10_239))
+
+
+async def test_a_10_kb_page_is_written_once_and_a_replay_adds_nothing(database: str) -> None:
+    """Keyed on the page's hash, a page of any length is one row, written once; writing the
+    same records again (a replay, or a batch re-delivered) neither duplicates nor rewrites it."""
+    await migrate_url(database)
+    start, end = format_ts(START_MS), format_ts(START_MS + WINDOW_MS)
+    record = {
+        "window_start": start,
+        "window_end": end,
+        "page": HUGE_PAGE,
+        "views": 4,
+        "unique_visitors": 3,
+        "total_time_on_page_ms": 1000,
+        "avg_time_on_page_ms": 250.0,
+    }
+    later = dict(record, window_start=end, window_end=format_ts(START_MS + 2 * WINDOW_MS))
+    spec = TABLES["page_view_stats"]
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        first = await write_batch(conn, spec, [record, later])
+        assert (first.written, first.rejected) == (2, [])
+        before = await table_rows(database, "page_view_stats")
+        for batch in ([record], [later, record], [record, record]):
+            replay = await write_batch(conn, spec, batch)
+            assert replay.rejected == []
+        # one by one, as after a rejected batch, goes through the same conflict target
+        assert await write_one_by_one(conn, spec, [(0, spec.convert(record))]) == []
+    rows = await table_rows(database, "page_view_stats")
+    assert rows == before  # same rows, same updated_at and xmin: nothing was rewritten
+    assert len(rows) == 2
+    assert all(row["page"] == HUGE_PAGE and row["views"] == 4 for row in rows)
+    assert len(HUGE_PAGE.encode()) > 25_000
+    assert {bytes(row["page_hash"]) for row in rows} == {
+        hashlib.sha256(HUGE_PAGE.encode()).digest()
+    }
+
+    # a changed figure updates the one row in place
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await write_batch(conn, spec, [dict(record, views=5)])
+    rows = await table_rows(database, "page_view_stats")
+    assert sorted(row["views"] for row in rows) == [4, 5]
+
+
+async def test_the_page_hash_migration_keeps_existing_rows(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at the schema before migration 4 (pages keyed on their text) gets the hash
+    column filled for its rows and the new key; running the migrations again changes nothing."""
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", MIGRATIONS[:3])
+    old = await migrate_url(database)
+    assert 4 not in [m.version for m in old.applied]
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO page_view_stats (window_start, window_end, page, views, unique_visitors,"
+            " total_time_on_page_ms, avg_time_on_page_ms) VALUES"
+            " ('2026-01-01T00:00Z', '2026-01-01T00:01Z', '/old', 2, 1, 10, 5.0),"
+            " ('2026-01-01T00:00Z', '2026-01-01T00:01Z', '/ünïcode', 1, 1, 0, 0.0)"
+        )
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", MIGRATIONS)
+    new = await migrate_url(database)
+    assert [m.version for m in new.applied] == [4]
+    rows = {row["page"]: row for row in await table_rows(database, "page_view_stats")}
+    assert set(rows) == {"/old", "/ünïcode"}
+    for page, row in rows.items():
+        assert bytes(row["page_hash"]) == hashlib.sha256(page.encode()).digest()
+    assert rows["/old"]["views"] == 2
+    schema = await _schema(database)
+    assert ("page_view_stats", "page_view_stats_pkey", "PRIMARY KEY (window_start, page_hash)") in [
+        row[:3] for row in schema
+    ]
+    # the sink's upsert now lands on the migrated rows
+    spec = TABLES["page_view_stats"]
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        result = await write_batch(
+            conn,
+            spec,
+            [
+                {
+                    "window_start": "2026-01-01T00:00:00Z",
+                    "window_end": "2026-01-01T00:01:00Z",
+                    "page": "/old",
+                    "views": 3,
+                    "unique_visitors": 1,
+                    "total_time_on_page_ms": 10,
+                    "avg_time_on_page_ms": 10 / 3,
+                }
+            ],
+        )
+    assert result.written == 1
+    rows = {row["page"]: row for row in await table_rows(database, "page_view_stats")}
+    assert len(rows) == 2 and rows["/old"]["views"] == 3
+    before = await _schema(database)
+    again = await migrate_url(database)
+    assert again.applied == [] and await _schema(database) == before

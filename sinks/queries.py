@@ -1,0 +1,232 @@
+"""The history queries the web API answers from the sink tables: their SQL and parameters, and
+the answers built from the rows. Pure functions (sinks/reader.py runs the SQL), unit-tested
+directly.
+
+Every value travels as a bound parameter (sums come back as ``bigint``, never ``numeric``, so
+counts are Python ints); the only text chosen at run time is the bucket
+function, one of two constant strings picked by the database mode:
+
+* TimescaleDB: ``time_bucket(width, window_start)``;
+* plain PostgreSQL: ``date_bin(width, window_start, 2000-01-01 UTC)``.
+
+Both cut the time line at whole UTC minutes, hours and days, whatever the session time zone.
+
+Only **final** KPI windows are read: a live row is a partial window that the final record
+replaces, and the live API (``/api/kpis`` without ``bucket``) shows it. Per bucket, additive
+figures are summed (events, page views, conversions, purchases, revenue, new users: each
+event and each first-seen user falls in exactly one window, so the sums are exact). Distinct
+counts per window cannot be added into distinct counts per bucket; like web/api_queries.py,
+their sums are named for what they are: ``active_user_windows`` (a user active in n windows of
+the bucket counts n times) and ``session_windows`` (a session active in n windows counts n
+times). Session figures are means over those session windows, rebuilt from each window's
+figure times its ``total_sessions`` (durations and bounces come back as the exact integers the
+window averaged); for a bucket of one window they equal that window's. ``revenue_per_user``
+needs the bucket's distinct active users, which the table does not hold: it is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from analytics.kpis import ratio
+from analytics.timeutil import format_ts
+from sinks.migrations import TIMESCALE
+
+BUCKETS: dict[str, timedelta] = {
+    "1m": timedelta(minutes=1),
+    "1h": timedelta(hours=1),
+    "1d": timedelta(days=1),
+}
+#: date_bin's origin: a UTC midnight, so buckets start at whole UTC minutes, hours and days
+ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+TIME_BUCKET = "time_bucket(%(width)s::interval, window_start)"
+DATE_BIN = "date_bin(%(width)s::interval, window_start, %(origin)s::timestamptz)"
+
+KPI_BUCKETS = """
+SELECT {bucket} AS bucket_start,
+       count(*) AS windows,
+       sum(total_events)::bigint AS total_events,
+       sum(total_page_views)::bigint AS total_page_views,
+       sum(total_conversions)::bigint AS total_conversions,
+       sum(purchases)::bigint AS purchases,
+       sum(total_revenue) AS total_revenue,
+       sum(new_users)::bigint AS new_users,
+       max(total_users) AS total_users,
+       max(active_users) AS peak_active_users,
+       sum(active_users)::bigint AS active_user_windows,
+       sum(total_sessions)::bigint AS session_windows,
+       sum(round(average_session_duration_seconds * total_sessions * 1000))::bigint
+           AS session_duration_ms,
+       sum(round(bounce_rate_percent * total_sessions / 100))::bigint AS bounces,
+       sum(average_engagement_score * total_sessions) AS engagement_total,
+       max(late_events_total) AS late_events_total
+FROM kpi_metrics
+WHERE is_final AND window_start >= %(from)s AND window_start < %(to)s
+GROUP BY 1
+ORDER BY 1
+"""
+
+# Pages ordered like SPEC section 5 and web/api_queries.top_pages: views descending, then the
+# page in code point order (the C collation compares UTF-8 bytes, which is the same order).
+TOP_PAGES = """
+SELECT page,
+       sum(views)::bigint AS views,
+       sum(unique_visitors)::bigint AS visitor_windows,
+       sum(total_time_on_page_ms)::bigint AS total_time_on_page_ms
+FROM page_view_stats
+WHERE window_start >= %(from)s AND window_start < %(to)s
+GROUP BY page_hash, page
+ORDER BY views DESC, page COLLATE "C"
+LIMIT %(limit)s
+"""
+
+SESSION_COLUMNS = (
+    "user_id",
+    "session_id",
+    "window_start",
+    "window_end",
+    "duration_seconds",
+    "total_events",
+    "actions",
+    "pages",
+    "unique_pages",
+    "total_duration_ms",
+    "average_duration_ms",
+    "device_type",
+    "country",
+    "is_bounce",
+    "conversions",
+    "revenue",
+    "engagement_score",
+)
+# An absent bound is a NULL parameter; the user's index (user_id, window_start) serves both.
+USER_SESSIONS = f"""
+SELECT {", ".join(SESSION_COLUMNS)}
+FROM session_metrics
+WHERE user_id = %(user_id)s
+  AND (%(from)s::timestamptz IS NULL OR window_start >= %(from)s)
+  AND (%(to)s::timestamptz IS NULL OR window_start < %(to)s)
+ORDER BY window_start, session_id
+LIMIT %(limit)s
+"""
+
+
+def bucket_function(mode: str | None) -> str:
+    """The bucketing expression of the mode: time_bucket on TimescaleDB, else date_bin."""
+    return TIME_BUCKET if mode == TIMESCALE else DATE_BIN
+
+
+def kpi_buckets_sql(mode: str | None) -> str:
+    return KPI_BUCKETS.format(bucket=bucket_function(mode))
+
+
+def as_time(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def as_ms(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(milliseconds=1)
+
+
+def kpi_bucket_params(bucket: str, from_ms: int, to_ms: int) -> dict[str, Any]:
+    return {
+        "width": BUCKETS[bucket],
+        "origin": ORIGIN,
+        "from": as_time(from_ms),
+        "to": as_time(to_ms),
+    }
+
+
+def top_pages_params(from_ms: int, to_ms: int, limit: int) -> dict[str, Any]:
+    return {"from": as_time(from_ms), "to": as_time(to_ms), "limit": limit}
+
+
+def user_sessions_params(
+    user_id: str, from_ms: int | None, to_ms: int | None, limit: int
+) -> dict[str, Any]:
+    """``limit + 1`` rows are asked for: the extra one says the answer was cut."""
+    return {
+        "user_id": user_id,
+        "from": as_time(from_ms) if from_ms is not None else None,
+        "to": as_time(to_ms) if to_ms is not None else None,
+        "limit": limit + 1,
+    }
+
+
+def _cents(amount: Decimal | None) -> int:
+    return int((amount or Decimal(0)) * 100)
+
+
+def kpi_bucket(row: Sequence[Any], width: timedelta) -> dict[str, Any]:
+    """One row of ``KPI_BUCKETS`` as the API shows it."""
+    (
+        start,
+        windows,
+        events,
+        page_views,
+        conversions,
+        purchases,
+        revenue,
+        new_users,
+        total_users,
+        peak_active,
+        active_windows,
+        sessions,
+        duration_ms,
+        bounces,
+        engagement,
+        late,
+    ) = row
+    cents = _cents(revenue)
+    return {
+        "bucket_start": format_ts(as_ms(start)),
+        "bucket_end": format_ts(as_ms(start + width)),
+        "windows": windows,
+        "total_events": events,
+        "total_page_views": page_views,
+        "total_conversions": conversions,
+        "purchases": purchases,
+        "total_revenue": round(cents / 100, 2),
+        "total_revenue_cents": cents,
+        "new_users": new_users,
+        "total_users": total_users,
+        "peak_active_users": peak_active,
+        "active_user_windows": active_windows,
+        "session_windows": sessions,
+        "average_order_value": round(ratio(cents, 100 * purchases), 2),
+        "average_session_duration_seconds": ratio(duration_ms, 1000 * sessions),
+        "bounce_rate_percent": 100 * ratio(bounces, sessions),
+        "average_engagement_score": ratio(engagement, sessions),
+        "conversion_rate_percent": 100 * ratio(conversions, sessions),
+        "conversions_per_session": ratio(conversions, sessions),
+        "late_events_total": late,
+    }
+
+
+def top_page(row: Sequence[Any]) -> dict[str, Any]:
+    """One row of ``TOP_PAGES``, shaped like web/api_queries.top_pages."""
+    page, views, visitors, time_ms = row
+    return {
+        "page": page,
+        "views": views,
+        "visitor_windows": visitors,
+        "total_time_on_page_ms": time_ms,
+        "avg_time_on_page_ms": ratio(time_ms, views),
+    }
+
+
+def closed_session(row: Sequence[Any]) -> dict[str, Any]:
+    """One row of ``USER_SESSIONS``, shaped like the live API's sessions, ``open`` false."""
+    session = dict(zip(SESSION_COLUMNS, row, strict=True))
+    session["window_start"] = format_ts(as_ms(session["window_start"]))
+    session["window_end"] = format_ts(as_ms(session["window_end"]))
+    cents = _cents(session["revenue"])
+    session["revenue"] = round(cents / 100, 2)
+    session["revenue_cents"] = cents
+    session["open"] = False
+    return session

@@ -1,0 +1,584 @@
+"""History endpoints answered from the database (web/history_views.py) on a real worker.
+
+The module's worker runs against a fresh database of its own. The test loads rows straight
+through the sinks' writer (sinks.writers.write_batch, the path every sink row takes): final KPI
+windows over four hours across a UTC midnight, with one live window and one window outside the
+range that must not count, page rows (a 10 KB page among them) and closed sessions. It then
+asks the worker over HTTP and compares with sums computed here from the same records. Another
+worker, whose database (a scratch cluster) the test stops and starts, shows the 503 answers,
+a degraded sink on ``/health`` and the recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from analytics.kpis import ratio
+from analytics.timeutil import format_ts, parse_ts
+from sinks.migrations import migrate_url
+from sinks.schema import TABLES
+from sinks.writers import write_batch
+from tests.integration.test_api import http, poll
+from tests.integration.test_sinks import PG_BIN, ScratchPostgres
+from tests.kafka_helpers import produce
+from tests.worker_process import Services, Worker, WorkerPool
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 8
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+H0 = parse_ts("2025-06-01T22:00:00Z")
+WINDOWS = 240  # 22:00 to 02:00 the next day
+#: windows without events publish nothing (SPEC 4): every 7th is absent
+FINAL = [n for n in range(WINDOWS) if n % 7 != 3]
+LIVE_N = 3  # a live row, in the range: must not count
+HUGE_PAGE = "/" + "".join(chr(0x4E00 + (i * 7919) % 20_000) for i in range(10_239))
+PAGES = ["/a", "/B", "/b", HUGE_PAGE, "/é"]
+
+
+def ts(ms: int) -> str:
+    return format_ts(ms)
+
+
+# --------------------------------------------------------------------------- the rows
+
+
+def kpi_record(n: int, *, is_final: bool = True, scale: int = 1) -> dict[str, Any]:
+    """Window n's KPI record; its session figures are averages of integer sums, as the
+    combiner computes them."""
+    start = H0 + n * MINUTE
+    events = (10 + n % 13) * scale
+    purchases = n % 2
+    cents = purchases * (1234 + n) * scale
+    active = 2 + n % 4
+    sessions = 1 + n % 3
+    duration_ms = sessions * 1000 * (n % 17) + n
+    bounces = n % (sessions + 1)
+    engagement = 10.5 * sessions + n % 7
+    conversions = n % 3
+    return {
+        "window_start": ts(start),
+        "window_end": ts(start + MINUTE),
+        "total_users": 5 + sum(m % 3 for m in range(n + 1)),
+        "active_users": active,
+        "new_users": n % 3,
+        "total_sessions": sessions,
+        "total_page_views": 5 + n % 5,
+        "total_events": events,
+        "total_revenue": cents / 100,
+        "total_revenue_cents": cents,
+        "total_conversions": conversions,
+        "purchases": purchases,
+        "average_order_value": round(ratio(cents, 100 * purchases), 2),
+        "revenue_per_user": round(ratio(cents, 100 * active), 2),
+        "average_session_duration_seconds": duration_ms / (1000 * sessions),
+        "bounce_rate_percent": 100 * bounces / sessions,
+        "average_engagement_score": engagement / sessions,
+        "conversion_rate_percent": 100 * conversions / sessions,
+        "conversions_per_session": conversions / sessions,
+        "trends": {},
+        "late_events_total": n // 10,
+        "is_final": is_final,
+    }
+
+
+def page_records() -> list[dict[str, Any]]:
+    """Pages in a few windows; '/B' and '/b' tie on views (code point order: '/B' first)."""
+    records = []
+    for n in (0, 1, 70, 130, 200):
+        for index, page in enumerate(PAGES):
+            views = {"/a": 5, "/B": 3, "/b": 3, HUGE_PAGE: 4, "/é": 1}[page] + (n == 200)
+            records.append(
+                {
+                    "window_start": ts(H0 + n * MINUTE),
+                    "window_end": ts(H0 + (n + 1) * MINUTE),
+                    "page": page,
+                    "views": views,
+                    "unique_visitors": 1 + index % 2,
+                    "total_time_on_page_ms": 100 * views + index,
+                    "avg_time_on_page_ms": (100 * views + index) / views,
+                }
+            )
+    return records
+
+
+def session_record(user: str, session: str, start_ms: int, revenue_cents: int) -> dict[str, Any]:
+    return {
+        "user_id": user,
+        "session_id": session,
+        "window_start": ts(start_ms),
+        "window_end": ts(start_ms + 9000),
+        "duration_seconds": 9.0,
+        "total_events": 3,
+        "actions": {"page_view": 2, "purchase": 1},
+        "pages": {"/a": 2},
+        "unique_pages": 1,
+        "total_duration_ms": 4000,
+        "average_duration_ms": 4000 / 3,
+        "device_type": "mobile",
+        "country": "DE",
+        "is_bounce": False,
+        "conversions": 1,
+        "revenue": revenue_cents / 100,
+        "revenue_cents": revenue_cents,
+        "engagement_score": 24.4,
+    }
+
+
+def kpi_records() -> list[dict[str, Any]]:
+    outside = dict(kpi_record(0, scale=1000), window_start=ts(H0 - MINUTE), window_end=ts(H0))
+    live = kpi_record(LIVE_N, is_final=False, scale=1000)
+    return [kpi_record(n) for n in FINAL] + [live, outside]
+
+
+def session_records(users: list[str]) -> list[dict[str, Any]]:
+    u1, u2 = users
+    return [
+        session_record(u1, "s1", H0 + 1000, 2550),
+        session_record(u1, "s2", H0 + HOUR, 0),
+        session_record(u1, "", H0 + 2 * HOUR, 199),
+        session_record(u2, "s1", H0 + 1000, 100),
+    ]
+
+
+async def load(url: str, users: list[str]) -> None:
+    await migrate_url(url)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for table, records in (
+            ("kpi_metrics", kpi_records()),
+            ("page_view_stats", page_records()),
+            ("session_metrics", session_records(users)),
+        ):
+            result = await write_batch(conn, TABLES[table], records)
+            assert (result.written, result.rejected) == (len(records), []), table
+
+
+# --------------------------------------------------------------------------- expected
+
+
+def expected_buckets(width_ms: int, from_ms: int, to_ms: int) -> list[dict[str, Any]]:
+    """The final windows starting in [from, to), summed per UTC bucket of ``width_ms``."""
+    groups: dict[int, list[int]] = {}
+    for n in FINAL:
+        start = H0 + n * MINUTE
+        if from_ms <= start < to_ms:
+            groups.setdefault(start // width_ms * width_ms, []).append(n)
+    buckets = []
+    for bucket, ns in sorted(groups.items()):
+        records = [kpi_record(n) for n in ns]
+
+        def total(name: str, records: list[dict[str, Any]] = records) -> Any:
+            return sum(r[name] for r in records)
+
+        sessions = total("total_sessions")
+        cents = total("total_revenue_cents")
+        duration_ms = sum(
+            round(r["average_session_duration_seconds"] * r["total_sessions"] * 1000)
+            for r in records
+        )
+        bounces = sum(round(r["bounce_rate_percent"] * r["total_sessions"] / 100) for r in records)
+        engagement = sum(r["average_engagement_score"] * r["total_sessions"] for r in records)
+        buckets.append(
+            {
+                "bucket_start": ts(bucket),
+                "bucket_end": ts(bucket + width_ms),
+                "windows": len(records),
+                "total_events": total("total_events"),
+                "total_page_views": total("total_page_views"),
+                "total_conversions": total("total_conversions"),
+                "purchases": total("purchases"),
+                "total_revenue": round(cents / 100, 2),
+                "total_revenue_cents": cents,
+                "new_users": total("new_users"),
+                "total_users": max(r["total_users"] for r in records),
+                "peak_active_users": max(r["active_users"] for r in records),
+                "active_user_windows": total("active_users"),
+                "session_windows": sessions,
+                "average_order_value": round(ratio(cents, 100 * total("purchases")), 2),
+                "average_session_duration_seconds": pytest.approx(duration_ms / 1000 / sessions),
+                "bounce_rate_percent": pytest.approx(100 * bounces / sessions),
+                "average_engagement_score": pytest.approx(engagement / sessions),
+                "conversion_rate_percent": pytest.approx(
+                    100 * total("total_conversions") / sessions
+                ),
+                "conversions_per_session": pytest.approx(total("total_conversions") / sessions),
+                "late_events_total": max(r["late_events_total"] for r in records),
+            }
+        )
+    return buckets
+
+
+def expected_pages(from_ms: int, to_ms: int, limit: int) -> list[dict[str, Any]]:
+    totals: dict[str, list[int]] = {}
+    for r in page_records():
+        if from_ms <= parse_ts(r["window_start"]) < to_ms:
+            cell = totals.setdefault(r["page"], [0, 0, 0])
+            cell[0] += r["views"]
+            cell[1] += r["unique_visitors"]
+            cell[2] += r["total_time_on_page_ms"]
+    ranked = sorted(totals.items(), key=lambda item: (-item[1][0], item[0]))[:limit]
+    return [
+        {
+            "page": page,
+            "views": views,
+            "visitor_windows": visitors,
+            "total_time_on_page_ms": time_ms,
+            "avg_time_on_page_ms": pytest.approx(time_ms / views),
+        }
+        for page, (views, visitors, time_ms) in ranked
+    ]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _admin(server_url: str, statement: str) -> None:
+    with psycopg.connect(make_conninfo(server_url, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(statement.encode())
+
+
+@dataclass
+class Loaded:
+    worker: Worker
+    database: str
+    users: list[str]
+    prefix: str
+    bootstrap: str
+
+
+@pytest.fixture(scope="module")
+def loaded(services: Services, module_worker_factory: WorkerPool) -> Iterator[Loaded]:
+    if not services.database_url:
+        pytest.skip("no PostgreSQL (DATABASE_URL)")
+    name = f"history_{uuid.uuid4().hex[:10]}"
+    _admin(services.database_url, f'CREATE DATABASE "{name}"')
+    database = urllib.parse.urlsplit(services.database_url)._replace(path=f"/{name}").geturl()
+    try:
+        prefix = f"t{uuid.uuid4().hex[:8]}-"
+        worker = module_worker_factory(
+            prefix, f"g{uuid.uuid4().hex[:8]}", extra_env={"DATABASE_URL": database}
+        )
+        worker.wait_ready(PARTITIONS, timeout=120)
+        users = [f"user-{uuid.uuid4().hex[:6]}-{n}" for n in (1, 2)]
+        asyncio.run(load(database, users))
+        yield Loaded(worker, database, users, prefix, services.kafka_bootstrap)
+    finally:
+        module_worker_factory.stop_all()
+        _admin(services.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _get(worker: Worker, path: str, **params: Any) -> tuple[int, Any]:
+    return http(worker, f"{path}?{urllib.parse.urlencode(params)}")
+
+
+# --------------------------------------------------------------------------- KPIs
+
+
+@pytest.mark.parametrize(
+    ("bucket", "width", "from_ms", "to_ms", "count"),
+    [
+        ("1h", HOUR, H0, H0 + 4 * HOUR, 4),
+        ("1d", 24 * HOUR, H0, H0 + 4 * HOUR, 2),  # across the UTC midnight
+        ("1m", MINUTE, H0, H0 + 30 * MINUTE, 26),  # one window each: absent windows absent
+        ("1h", HOUR, H0 + 30 * MINUTE, H0 + 90 * MINUTE, 2),  # off the grid: partial buckets
+    ],
+)
+def test_bucketed_kpis_are_sums_of_the_final_windows(
+    loaded: Loaded, bucket: str, width: int, from_ms: int, to_ms: int, count: int
+) -> None:
+    status, body = _get(loaded.worker, "/api/kpis", bucket=bucket, **{"from": ts(from_ms)},
+                        to=ts(to_ms))  # fmt: skip
+    assert status == 200, body
+    assert (body["source"], body["bucket"], body["from"], body["to"]) == (
+        "database",
+        bucket,
+        ts(from_ms),
+        ts(to_ms),
+    )
+    assert len(body["buckets"]) == count
+    assert body["buckets"] == expected_buckets(width, from_ms, to_ms)
+
+
+def test_a_one_minute_bucket_is_its_window(loaded: Loaded) -> None:
+    n = 11
+    assert n in FINAL
+    status, body = _get(loaded.worker, "/api/kpis", bucket="1m", **{"from": ts(H0 + n * MINUTE)},
+                        to=ts(H0 + (n + 1) * MINUTE))  # fmt: skip
+    assert status == 200
+    [bucket] = body["buckets"]
+    window = kpi_record(n)
+    for name in (
+        "total_events",
+        "total_revenue_cents",
+        "average_order_value",
+        "bounce_rate_percent",
+        "average_session_duration_seconds",
+        "average_engagement_score",
+        "conversion_rate_percent",
+    ):
+        assert bucket[name] == pytest.approx(window[name]), name
+    assert (bucket["session_windows"], bucket["active_user_windows"]) == (
+        window["total_sessions"],
+        window["active_users"],
+    )
+
+
+def test_live_rows_and_windows_outside_the_range_do_not_count(loaded: Loaded) -> None:
+    # the live row (scaled by 1000) is window 3 of the first hour, the outside one at 21:59
+    status, body = _get(loaded.worker, "/api/kpis", bucket="1h", **{"from": ts(H0 - HOUR)},
+                        to=ts(H0 + HOUR))  # fmt: skip
+    assert status == 200
+    assert [b["bucket_start"] for b in body["buckets"]] == [ts(H0 - HOUR), ts(H0)]
+    before, first = body["buckets"]
+    assert before["windows"] == 1 and before["total_events"] == kpi_record(0)["total_events"] * 1000
+    assert first["total_events"] == sum(kpi_record(n)["total_events"] for n in FINAL if n < 60)
+    assert first["windows"] == len([n for n in FINAL if n < 60])
+
+
+def test_kpis_without_a_bucket_still_read_the_live_state(loaded: Loaded) -> None:
+    # no event went through this worker's pipeline: the live state is empty, the table is not
+    status, body = _get(loaded.worker, "/api/kpis", **{"from": ts(H0)}, to=ts(H0 + HOUR))
+    assert (status, body["source"], body["windows"]) == (200, "live", [])
+    status, body = _get(loaded.worker, "/api/kpis", **{"from": ts(H0)}, bucket="")
+    assert (status, body["source"]) == (200, "live")
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def test_top_pages_over_a_range_come_from_the_database(loaded: Loaded) -> None:
+    status, body = _get(loaded.worker, "/api/pages/top", **{"from": ts(H0)},
+                        to=ts(H0 + 4 * HOUR), limit=10)  # fmt: skip
+    assert status == 200
+    assert (body["source"], body["limit"]) == ("database", 10)
+    assert body["pages"] == expected_pages(H0, H0 + 4 * HOUR, 10)
+    # the 10 KB page is whole, and '/B' comes before '/b' (code points, as the live API)
+    assert [p["page"] for p in body["pages"]] == ["/a", HUGE_PAGE, "/B", "/b", "/é"]
+
+    status, body = _get(loaded.worker, "/api/pages/top", **{"from": ts(H0 + HOUR)},
+                        to=ts(H0 + 4 * HOUR), limit=2)  # fmt: skip
+    assert status == 200
+    assert body["pages"] == expected_pages(H0 + HOUR, H0 + 4 * HOUR, 2)
+    assert body["pages"][0]["views"] == 5 + 5 + 6  # windows 70, 130, 200
+
+    status, body = _get(loaded.worker, "/api/pages/top", minutes=60)
+    assert (status, body["source"], body["pages"]) == (200, "live", [])
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def test_sessions_of_a_user_from_the_database(loaded: Loaded) -> None:
+    u1, u2 = loaded.users
+    status, body = _get(loaded.worker, "/api/sessions", user_id=u1)
+    assert status == 200
+    assert (body["source"], body["user_id"], body["truncated"]) == ("database", u1, False)
+    assert [(s["session_id"], s["window_start"]) for s in body["sessions"]] == [
+        ("s1", ts(H0 + 1000)),
+        ("s2", ts(H0 + HOUR)),
+        ("", ts(H0 + 2 * HOUR)),
+    ]
+    first = body["sessions"][0]
+    assert first == {
+        **session_record(u1, "s1", H0 + 1000, 2550),
+        "average_duration_ms": pytest.approx(4000 / 3),
+        "open": False,
+    }
+
+    status, body = _get(loaded.worker, "/api/sessions", user_id=u1, **{"from": ts(H0 + HOUR)},
+                        to=ts(H0 + 2 * HOUR))  # fmt: skip
+    assert [s["session_id"] for s in body["sessions"]] == ["s2"]
+    status, body = _get(loaded.worker, "/api/sessions", user_id=u1, limit=2)
+    assert (body["truncated"], len(body["sessions"])) == (True, 2)
+    status, body = _get(loaded.worker, "/api/sessions", user_id=u2)
+    assert [(s["user_id"], s["revenue_cents"]) for s in body["sessions"]] == [(u2, 100)]
+    status, body = _get(loaded.worker, "/api/sessions", user_id="nobody-" + u1)
+    assert (status, body["sessions"], body["truncated"]) == (200, [], False)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("/api/kpis?bucket=2h&from=2025-06-01T00:00:00Z&to=2025-06-02T00:00:00Z",
+         "bucket: must be one of 1m, 1h, 1d, got '2h'"),
+        ("/api/kpis?bucket=1h&to=2025-06-02T00:00:00Z", "from: required with bucket"),
+        ("/api/kpis?bucket=1h&from=2025-06-02T00:00:00Z&to=2025-06-01T00:00:00Z",
+         "to: must be later than from"),
+        ("/api/kpis?bucket=1m&from=2025-01-01T00:00:00Z&to=2025-06-01T00:00:00Z",
+         "bucket: from-to spans 217440 buckets of 1m, at most 10080"),
+        ("/api/kpis?bucket=1h&from=2025-06-01T00:00:00Z&to=2025-06-02T00:00:00Z&minutes=5",
+         "minutes: unknown parameter"),
+        ("/api/pages/top?from=2025-06-01T00:00:00Z&minutes=60",
+         "minutes: cannot be combined with from/to"),
+        ("/api/pages/top?from=2025-06-01T00:00:00Z", "to: required with from or to"),
+        ("/api/pages/top?from=x&to=2025-06-01T00:00:00Z", "from: must be an RFC 3339 timestamp"),
+        ("/api/pages/top?from=2025-06-01T00:00:00Z&to=2025-06-02T00:00:00Z&limit=0",
+         "limit: must be a whole number from 1 to 100"),
+        ("/api/sessions", "user_id: required"),
+        ("/api/sessions?user_id=" + "x" * 129, "user_id: must be 1 to 128 characters"),
+        ("/api/sessions?user_id=u&limit=5000", "limit: must be a whole number from 1 to 1000"),
+        ("/api/sessions?user_id=u&page=2", "page: unknown parameter"),
+    ],
+)  # fmt: skip
+def test_bad_parameters_are_400_naming_the_parameter(loaded: Loaded, path: str, error: str) -> None:
+    status, body = http(loaded.worker, path)
+    assert status == 400
+    assert list(body) == ["error"]
+    assert body["error"].startswith(error)
+
+
+def test_openapi_documents_the_history_endpoints(loaded: Loaded) -> None:
+    status, body = http(loaded.worker, "/openapi.json")
+    assert status == 200
+    kpis = {p["name"] for p in body["paths"]["/api/kpis"]["get"]["parameters"]}
+    pages = {p["name"] for p in body["paths"]["/api/pages/top"]["get"]["parameters"]}
+    sessions = {p["name"] for p in body["paths"]["/api/sessions"]["get"]["parameters"]}
+    assert (kpis, pages, sessions) == (
+        {"from", "to", "bucket"},
+        {"minutes", "from", "to", "limit"},
+        {"user_id", "from", "to", "limit"},
+    )
+    assert "503" in body["paths"]["/api/sessions"]["get"]["responses"]
+    assert "sinks" in body["components"]["schemas"]["Health"]["properties"]
+
+
+# --------------------------------------------------------------------------- health
+
+
+def test_health_shows_the_sinks(loaded: Loaded) -> None:
+    status, body = http(loaded.worker, "/health")
+    assert status == 200
+    sinks = body["sinks"]
+    assert set(sinks["sinks"]) == set(TABLES)
+    assert sinks["database"]["mode"] == "postgresql"
+    assert "history_" in sinks["database"]["url"]
+
+    record = {
+        "window_start": ts(H0),
+        "window_end": ts(H0 + MINUTE),
+        "dimension": "device",
+        "value": "mobile",
+        "events": 3,
+        "users": 2,
+        "page_views": 1,
+        "revenue": 1.0,
+        "revenue_cents": 100,
+    }
+    asyncio.run(
+        produce(loaded.bootstrap, f"{loaded.prefix}traffic-stats", [(b"k", orjson.dumps(record))])
+    )
+    status, body = poll(
+        lambda: http(loaded.worker, "/health"),
+        lambda answer: answer[1]["sinks"]["sinks"]["dimension_stats"]["status"] == "ok",
+        60,
+        "the dimension_stats sink writing",
+    )
+    entry = body["sinks"]["sinks"]["dimension_stats"]
+    assert (status, body["status"]) == (200, "ok")
+    assert (entry["rows_written"], entry["rows_waiting"], entry["last_error"]) == (1, 0, None)
+    assert entry["last_write"] is not None
+
+
+# --------------------------------------------------------------------------- database down
+
+
+@pytest.fixture
+def scratch_postgres() -> Iterator[ScratchPostgres]:
+    """A PostgreSQL cluster of this test alone, which it stops and starts."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("PostgreSQL server binaries (initdb) not found")
+    cluster = ScratchPostgres(Path(tempfile.mkdtemp(prefix="history-pg-")))
+    try:
+        cluster.init()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_a_database_outage_gives_503_and_a_degraded_sink(
+    scratch_postgres: ScratchPostgres,
+    worker_factory: WorkerPool,
+    services: Services,
+    topic_prefix: str,
+    group_id: str,
+) -> None:
+    """While the database is down the worker keeps running (its sinks wait): the history
+    endpoints answer 503 with the reason at once, and /health stays 200 but says degraded.
+    Once the database is back, the sink writes and both answer normally again."""
+    worker = worker_factory(
+        topic_prefix, group_id, extra_env={"DATABASE_URL": scratch_postgres.url}
+    )
+    worker.wait_ready(PARTITIONS, timeout=120)
+    kpis = f"/api/kpis?bucket=1h&from={ts(H0)}&to={ts(H0 + HOUR)}"
+    assert http(worker, kpis) == (
+        200,
+        {"source": "database", "from": ts(H0), "to": ts(H0 + HOUR), "bucket": "1h",
+         "buckets": []},
+    )  # fmt: skip
+
+    scratch_postgres.stop("immediate")
+    for path in (
+        kpis,
+        f"/api/pages/top?from={ts(H0)}&to={ts(H0 + HOUR)}",
+        "/api/sessions?user_id=someone",
+    ):
+        started = time.monotonic()
+        status, body = http(worker, path)
+        assert time.monotonic() - started < 10, path
+        assert status == 503, (path, body)
+        assert body["source"] == "database"
+        assert body["error"].startswith("database unavailable: OperationalError: ")
+        assert "refused" in body["error"], body
+    assert http(worker, "/api/sessions")[0] == 400  # parameters are still checked first
+    status, body = http(worker, "/health")
+    assert (status, body["status"], body["sinks"]["status"]) == (200, "ok", "starting")
+
+    record = kpi_record(0)
+    asyncio.run(
+        produce(
+            services.kafka_bootstrap, f"{topic_prefix}live-kpis", [(b"w", orjson.dumps(record))]
+        )
+    )
+    status, body = poll(
+        lambda: http(worker, "/health"),
+        lambda answer: answer[1]["sinks"]["status"] == "degraded",
+        60,
+        "the kpi_metrics sink degraded",
+    )
+    assert (status, body["status"], body["kafka"]["connected"]) == (200, "degraded", True)
+    entry = body["sinks"]["sinks"]["kpi_metrics"]
+    assert entry["status"] == "degraded" and entry["rows_waiting"] == 1
+    assert entry["failed_attempts"] >= 1 and "OperationalError" in entry["last_error"]
+    assert entry["degraded_since"] is not None and worker.alive
+
+    scratch_postgres.start()
+    status, body = poll(
+        lambda: http(worker, "/health"),
+        lambda answer: answer[1]["sinks"]["sinks"]["kpi_metrics"]["status"] == "ok",
+        60,
+        "the kpi_metrics sink writing again",
+    )
+    assert (status, body["status"]) == (200, "ok")
+    assert body["sinks"]["sinks"]["kpi_metrics"]["rows_written"] == 1
+    status, body = http(worker, kpis)
+    assert status == 200
+    assert [(b["bucket_start"], b["total_events"]) for b in body["buckets"]] == [
+        (ts(H0), record["total_events"])
+    ]

@@ -1,0 +1,329 @@
+"""History endpoints: which source answers (web/history_params.py), their parameters, the SQL
+of both database modes and the answers built from rows (sinks/queries.py), and the bounded
+waiting of sinks/reader.py (against local sockets, no database)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from analytics.timeutil import parse_ts
+from sinks import health, queries, reader
+from sinks.migrations import PLAIN, TIMESCALE
+from web.api_params import BadParameter
+from web.history_params import (
+    DATABASE,
+    LIVE,
+    MAX_BUCKETS,
+    KpiBucketsQuery,
+    PageRangeQuery,
+    SessionsQuery,
+    kpis_source,
+    top_pages_source,
+)
+
+T0 = parse_ts("2026-01-01T00:00:00Z")
+MINUTE = 60_000
+DAY = 1440 * MINUTE
+FROM = ("from", "2026-01-01T00:00:00Z")
+TO = ("to", "2026-01-01T01:00:00Z")
+
+
+def _error(call: Any, *args: Any) -> str:
+    with pytest.raises(BadParameter) as caught:
+        call(*args)
+    return str(caught.value)
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def test_kpis_with_a_bucket_read_the_database() -> None:
+    assert kpis_source([FROM, TO, ("bucket", "1h")]) == (DATABASE, [FROM, TO, ("bucket", "1h")])
+    assert kpis_source([FROM, TO]) == (LIVE, [FROM, TO])
+    # an empty bucket counts as absent, and the live parser does not see it
+    assert kpis_source([FROM, ("bucket", "")]) == (LIVE, [FROM])
+    assert kpis_source([]) == (LIVE, [])
+
+
+def test_top_pages_with_a_range_read_the_database() -> None:
+    assert top_pages_source([FROM, TO, ("limit", "3")]) == (DATABASE, [FROM, TO, ("limit", "3")])
+    assert top_pages_source([FROM])[0] == DATABASE
+    assert top_pages_source([("to", "2026-01-01T00:00:00Z")])[0] == DATABASE
+    assert top_pages_source([("minutes", "5")]) == (LIVE, [("minutes", "5")])
+    assert top_pages_source([]) == (LIVE, [])
+    assert top_pages_source([("from", ""), ("minutes", "5")]) == (LIVE, [("minutes", "5")])
+    assert top_pages_source([FROM, TO, ("minutes", "")]) == (DATABASE, [FROM, TO])
+
+
+def test_minutes_with_a_range_is_a_conflict() -> None:
+    message = _error(top_pages_source, [FROM, ("minutes", "5")])
+    assert message.startswith("minutes: cannot be combined with from/to")
+    assert "live state" in message and "database" in message
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_bucketed_kpis_need_a_known_bucket_and_both_bounds() -> None:
+    query = KpiBucketsQuery.parse([FROM, TO, ("bucket", "1m")])
+    assert query == KpiBucketsQuery("1m", T0, T0 + 60 * MINUTE)
+    assert query.width == timedelta(minutes=1)
+    assert KpiBucketsQuery.parse([FROM, TO, ("bucket", "1d")]).width == timedelta(days=1)
+    assert _error(KpiBucketsQuery.parse, [FROM, TO, ("bucket", "2m")]) == (
+        "bucket: must be one of 1m, 1h, 1d, got '2m'"
+    )
+    assert _error(KpiBucketsQuery.parse, [TO, ("bucket", "1h")]) == ("from: required with bucket")
+    assert _error(KpiBucketsQuery.parse, [FROM, ("bucket", "1h")]) == "to: required with bucket"
+    assert _error(KpiBucketsQuery.parse, [FROM, ("to", FROM[1]), ("bucket", "1h")]) == (
+        "to: must be later than from"
+    )
+    assert _error(KpiBucketsQuery.parse, [("from", "soon"), TO, ("bucket", "1h")]).startswith(
+        "from: must be an RFC 3339 timestamp"
+    )
+    assert _error(KpiBucketsQuery.parse, [FROM, TO, ("bucket", "1h"), ("minutes", "5")]).startswith(
+        "minutes: unknown parameter (this endpoint takes: from, to, bucket)"
+    )
+
+
+def test_the_number_of_buckets_is_capped_on_the_utc_grid() -> None:
+    week = 7 * DAY
+    assert week // MINUTE == MAX_BUCKETS
+    ok = [("from", "2026-01-01T00:00:00Z"), ("to", "2026-01-08T00:00:00Z"), ("bucket", "1m")]
+    assert KpiBucketsQuery.parse(ok).to_ms - KpiBucketsQuery.parse(ok).from_ms == week
+    # the same length off the grid touches one bucket more
+    off = [("from", "2026-01-01T00:00:30Z"), ("to", "2026-01-08T00:00:30Z"), ("bucket", "1m")]
+    assert _error(KpiBucketsQuery.parse, off) == (
+        f"bucket: from-to spans {MAX_BUCKETS + 1} buckets of 1m, at most {MAX_BUCKETS}: "
+        "use a wider bucket or a shorter range"
+    )
+    wide = [("from", "2000-01-01T00:00:00Z"), ("to", "2026-01-01T00:00:00Z"), ("bucket", "1d")]
+    assert KpiBucketsQuery.parse(wide).bucket == "1d"
+
+
+def test_a_page_range_needs_both_bounds_and_a_limit_in_range() -> None:
+    assert PageRangeQuery.parse([FROM, TO]) == PageRangeQuery(T0, T0 + 60 * MINUTE, 10)
+    assert PageRangeQuery.parse([FROM, TO, ("limit", "100")]).limit == 100
+    assert _error(PageRangeQuery.parse, [FROM]).startswith("to: required with from or to")
+    assert _error(PageRangeQuery.parse, [FROM, TO, ("limit", "0")]) == (
+        "limit: must be a whole number from 1 to 100, got '0'"
+    )
+    assert _error(PageRangeQuery.parse, [FROM, TO, ("limit", "1"), ("limit", "2")]) == (
+        "limit: given more than once"
+    )
+
+
+def test_sessions_need_a_user_and_take_open_bounds() -> None:
+    assert SessionsQuery.parse([("user_id", "u1")]) == SessionsQuery("u1", None, None, 100)
+    assert SessionsQuery.parse([("user_id", "u1"), FROM, ("limit", "1000")]) == SessionsQuery(
+        "u1", T0, None, 1000
+    )
+    assert _error(SessionsQuery.parse, []) == "user_id: required"
+    assert _error(SessionsQuery.parse, [("user_id", "")]) == "user_id: required"
+    assert _error(SessionsQuery.parse, [("user_id", "x" * 129)]) == (
+        "user_id: must be 1 to 128 characters, got 129"
+    )
+    assert _error(SessionsQuery.parse, [("user_id", "u"), ("limit", "1001")]) == (
+        "limit: must be a whole number from 1 to 1000, got '1001'"
+    )
+    assert _error(SessionsQuery.parse, [("user_id", "u"), TO, ("from", TO[1])]) == (
+        "to: must be later than from"
+    )
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+def test_timescaledb_buckets_with_time_bucket_and_postgresql_with_date_bin() -> None:
+    timescale = queries.kpi_buckets_sql(TIMESCALE)
+    plain = queries.kpi_buckets_sql(PLAIN)
+    assert "SELECT time_bucket(%(width)s::interval, window_start) AS bucket_start" in timescale
+    assert "date_bin" not in timescale
+    assert (
+        "SELECT date_bin(%(width)s::interval, window_start, %(origin)s::timestamptz) "
+        "AS bucket_start" in plain
+    )
+    assert "time_bucket" not in plain
+    assert queries.kpi_buckets_sql(None) == plain  # mode unknown: date_bin works everywhere
+    for sql in (timescale, plain):
+        assert "WHERE is_final AND window_start >= %(from)s AND window_start < %(to)s" in sql
+        assert "GROUP BY 1\nORDER BY 1" in sql
+        assert "{" not in sql and "sum(total_events)::bigint" in sql
+
+
+def test_parameters_are_bound_never_formatted_into_the_sql() -> None:
+    params = queries.kpi_bucket_params("1h", T0, T0 + DAY)
+    assert params == {
+        "width": timedelta(hours=1),
+        "origin": datetime(2000, 1, 1, tzinfo=UTC),
+        "from": datetime(2026, 1, 1, tzinfo=UTC),
+        "to": datetime(2026, 1, 2, tzinfo=UTC),
+    }
+    assert queries.top_pages_params(T0, T0 + MINUTE, 5)["limit"] == 5
+    assert "LIMIT %(limit)s" in queries.TOP_PAGES
+    assert 'ORDER BY views DESC, page COLLATE "C"' in queries.TOP_PAGES
+    sessions = queries.user_sessions_params("u'1", None, T0, 10)
+    assert sessions == {"user_id": "u'1", "from": None, "to": datetime(2026, 1, 1, tzinfo=UTC),
+                        "limit": 11}  # fmt: skip
+    assert "user_id = %(user_id)s" in queries.USER_SESSIONS
+    assert "%(from)s::timestamptz IS NULL OR window_start >= %(from)s" in queries.USER_SESSIONS
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def _bucket_row(**changes: Any) -> tuple[Any, ...]:
+    row: dict[str, Any] = {
+        "start": datetime(2026, 1, 1, 1, tzinfo=UTC),
+        "windows": 3,
+        "events": 40,
+        "page_views": 20,
+        "conversions": 3,
+        "purchases": 2,
+        "revenue": Decimal("30.10"),
+        "new_users": 5,
+        "total_users": 12,
+        "peak_active": 6,
+        "active_windows": 15,
+        "sessions": 8,
+        "duration_ms": 96_000,
+        "bounces": 2,
+        "engagement": 320.0,
+        "late": 4,
+    }
+    row.update(changes)
+    return tuple(row.values())
+
+
+def test_a_bucket_sums_and_recomputes_ratios_from_the_sums() -> None:
+    bucket = queries.kpi_bucket(_bucket_row(), timedelta(hours=1))
+    assert bucket == {
+        "bucket_start": "2026-01-01T01:00:00.000Z",
+        "bucket_end": "2026-01-01T02:00:00.000Z",
+        "windows": 3,
+        "total_events": 40,
+        "total_page_views": 20,
+        "total_conversions": 3,
+        "purchases": 2,
+        "total_revenue": 30.1,
+        "total_revenue_cents": 3010,
+        "new_users": 5,
+        "total_users": 12,
+        "peak_active_users": 6,
+        "active_user_windows": 15,
+        "session_windows": 8,
+        "average_order_value": 15.05,
+        "average_session_duration_seconds": 12.0,
+        "bounce_rate_percent": 25.0,
+        "average_engagement_score": 40.0,
+        "conversion_rate_percent": 37.5,
+        "conversions_per_session": 0.375,
+        "late_events_total": 4,
+    }
+    assert "revenue_per_user" not in bucket
+
+
+def test_a_bucket_without_sessions_or_purchases_divides_to_zero() -> None:
+    row = _bucket_row(purchases=0, sessions=0, duration_ms=0, bounces=0, engagement=0.0)
+    bucket = queries.kpi_bucket(row, timedelta(minutes=1))
+    assert bucket["bucket_end"] == "2026-01-01T01:01:00.000Z"
+    for name in (
+        "average_order_value",
+        "average_session_duration_seconds",
+        "bounce_rate_percent",
+        "average_engagement_score",
+        "conversion_rate_percent",
+        "conversions_per_session",
+    ):
+        assert bucket[name] == 0, name
+
+
+def test_pages_and_sessions_are_shaped_like_the_live_answers() -> None:
+    assert queries.top_page(("/a", 3, 2, 900)) == {
+        "page": "/a",
+        "views": 3,
+        "visitor_windows": 2,
+        "total_time_on_page_ms": 900,
+        "avg_time_on_page_ms": 300.0,
+    }
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    end = start + timedelta(seconds=9)
+    values = ["u1", "s1", start, end, 9.0, 3, {"page_view": 2}, {"/a": 2}, 1, 4000, 1333.3,
+              "mobile", "DE", False, 1, Decimal("25.50"), 24.4]  # fmt: skip
+    session = queries.closed_session(values)
+    assert session["window_start"] == "2026-01-01T00:00:00.000Z"
+    assert session["window_end"] == "2026-01-01T00:00:09.000Z"
+    assert (session["revenue"], session["revenue_cents"]) == (25.5, 2550)
+    assert session["open"] is False and session["actions"] == {"page_view": 2}
+    assert list(session)[: len(queries.SESSION_COLUMNS)] == list(queries.SESSION_COLUMNS)
+
+
+# --------------------------------------------------------------------------- reader
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and never answers (a stuck database)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_database_that_never_answers_is_unavailable_within_the_timeout(
+    silent_server: int,
+) -> None:
+    url = f"postgresql://analytics@127.0.0.1:{silent_server}/analytics"
+    started = time.monotonic()
+    with pytest.raises(reader.DatabaseUnavailable) as caught:
+        await reader.fetch(url, "SELECT 1", {}, timeout=timedelta(milliseconds=500))
+    elapsed = time.monotonic() - started
+    assert 0.4 < elapsed < 3, elapsed
+    assert str(caught.value) == "no answer within 0.5 s"
+
+
+async def test_a_refused_connection_is_unavailable_with_the_reason() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        url = f"postgresql://analytics@127.0.0.1:{port}/analytics"
+        with pytest.raises(reader.DatabaseUnavailable) as caught:
+            await reader.fetch(url, "SELECT 1", {})
+    assert str(caught.value).startswith("OperationalError: ")
+    assert "refused" in str(caught.value)
+
+
+def test_the_connection_is_bounded_and_in_utc() -> None:
+    info = reader.conninfo("postgresql://a@h:5/d", timedelta(seconds=5))
+    assert "connect_timeout=3" in info
+    assert "statement_timeout=5000" in info and "TimeZone=UTC" in info
+
+
+async def test_the_mode_is_the_sinks_when_they_know_it() -> None:
+    class NoQueries:
+        async def execute(self, *args: Any) -> None:
+            raise AssertionError("the mode was known")
+
+    health.reset()
+    try:
+        health.set_database("postgresql://a@h/d", TIMESCALE)
+        assert await reader.mode_of(NoQueries(), "postgresql://a@h/d") == TIMESCALE  # type: ignore[arg-type]
+    finally:
+        health.reset()

@@ -1,0 +1,110 @@
+"""History answers read from the sink tables (sinks/queries.py through sinks/reader.py).
+
+No Faust table routing: the database holds the whole history, so the worker that is asked
+answers. ``/api/sessions`` is a view of its own; the database halves of ``/api/kpis`` and
+``/api/pages/top`` are called by their views in web/api.py (web/history_params.py decides).
+Answers carry ``"source": "database"``; a database that cannot answer gives 503 with the
+reason, within sinks.reader.QUERY_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from aiohttp import web as aiohttp_web
+from faust import web
+
+from analytics.timeutil import format_ts
+from app import app
+from sinks import queries
+from sinks.reader import DatabaseUnavailable, Query, fetch
+from web.api_params import BadParameter
+from web.history_params import DATABASE, KpiBucketsQuery, PageRangeQuery, SessionsQuery
+
+DATABASE_URL = app.analytics_settings.sinks.timescaledb.connection_string
+
+
+def _ts(ms: int | None) -> str | None:
+    return format_ts(ms) if ms is not None else None
+
+
+def bad_parameter(view: web.View, problem: BadParameter) -> web.Response:
+    return view.json({"error": str(problem)}, status=400)
+
+
+async def _answer(
+    view: web.View,
+    sql: Query,
+    params: Mapping[str, Any],
+    build: Callable[[list[tuple[Any, ...]]], dict[str, Any]],
+) -> web.Response:
+    try:
+        rows = await fetch(DATABASE_URL, sql, params)
+    except DatabaseUnavailable as exc:
+        return view.json({"error": f"database unavailable: {exc}", "source": DATABASE}, status=503)
+    return view.json({"source": DATABASE, **build(rows)})
+
+
+async def kpi_buckets(view: web.View, query: list[tuple[str, str]]) -> web.Response:
+    """``GET /api/kpis?from=&to=&bucket=``."""
+    try:
+        selected = KpiBucketsQuery.parse(query)
+    except BadParameter as problem:
+        return bad_parameter(view, problem)
+
+    def build(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+        return {
+            "from": _ts(selected.from_ms),
+            "to": _ts(selected.to_ms),
+            "bucket": selected.bucket,
+            "buckets": [queries.kpi_bucket(row, selected.width) for row in rows],
+        }
+
+    params = queries.kpi_bucket_params(selected.bucket, selected.from_ms, selected.to_ms)
+    return await _answer(view, queries.kpi_buckets_sql, params, build)
+
+
+async def top_pages(view: web.View, query: list[tuple[str, str]]) -> web.Response:
+    """``GET /api/pages/top?from=&to=&limit=``."""
+    try:
+        selected = PageRangeQuery.parse(query)
+    except BadParameter as problem:
+        return bad_parameter(view, problem)
+
+    def build(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+        return {
+            "from": _ts(selected.from_ms),
+            "to": _ts(selected.to_ms),
+            "limit": selected.limit,
+            "pages": [queries.top_page(row) for row in rows],
+        }
+
+    params = queries.top_pages_params(selected.from_ms, selected.to_ms, selected.limit)
+    return await _answer(view, queries.TOP_PAGES, params, build)
+
+
+@app.page("/api/sessions")
+class SessionHistoryView(web.View):
+    """A user's closed sessions, from the session_metrics table."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        try:
+            selected = SessionsQuery.parse(cast(aiohttp_web.Request, request).query.items())
+        except BadParameter as problem:
+            return bad_parameter(self, problem)
+
+        def build(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+            return {
+                "user_id": selected.user_id,
+                "from": _ts(selected.from_ms),
+                "to": _ts(selected.to_ms),
+                "limit": selected.limit,
+                "truncated": len(rows) > selected.limit,
+                "sessions": [queries.closed_session(row) for row in rows[: selected.limit]],
+            }
+
+        params = queries.user_sessions_params(
+            selected.user_id, selected.from_ms, selected.to_ms, selected.limit
+        )
+        return await _answer(self, queries.USER_SESSIONS, params, build)
