@@ -19,12 +19,6 @@ from analytics.kpis import kpi_figures, trends
 from analytics.traffic import add_dimensions, add_pages, dimension_rows, page_rows
 
 CombinerState = dict[str, Any]
-SESSION_TRENDS = (
-    "total_sessions",
-    "conversion_rate_percent",
-    "bounce_rate_percent",
-    "average_session_duration_seconds",
-)
 KEEP_FINALS = 3
 
 
@@ -105,17 +99,12 @@ def _figures(
     state: CombinerState, start: int, rules: CombinerRules, sums: Counter[str]
 ) -> dict[str, Any]:
     """The KPI record of window ``start`` from its summed counters."""
-    partials = state["windows"].get(str(start), {}).values()
-    sessions_known = all(partial["final"] for partial in partials)
-    figures = kpi_figures(start, rules.window_ms, sums, sessions_known=sessions_known)
+    figures = kpi_figures(start, rules.window_ms, sums)
     previous_start = start - rules.window_ms
     previous = state["finals"].get(str(previous_start))
     if previous is None and str(previous_start) in state["windows"]:
         previous = dict(_sums(state, previous_start, rules)[0])
     figures["trends"] = trends(sums, previous)
-    if not sessions_known:
-        for metric in SESSION_TRENDS:
-            figures["trends"][metric] = None
     figures["late_events_total"] = sum(p["late"] for p in state["progress"].values())
     return figures
 

@@ -28,30 +28,8 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
-SESSION_KPIS = (
-    "total_sessions",
-    "average_session_duration_seconds",
-    "bounce_rate_percent",
-    "average_engagement_score",
-    "conversion_rate_percent",
-    "conversions_per_session",
-)
-
-
-def kpi_figures(
-    start: int, window_ms: int, sums: Mapping[str, int], *, sessions_known: bool = True
-) -> dict[str, Any]:
-    """Every KPI of SPEC section 4 (without trends) from the summed counters of a window.
-
-    Before a window is final its session figures are not known yet (they are a snapshot as
-    of the window's end); they are then ``None``."""
-    figures = _kpi_figures(start, window_ms, sums)
-    if not sessions_known:
-        figures.update(dict.fromkeys(SESSION_KPIS))
-    return figures
-
-
-def _kpi_figures(start: int, window_ms: int, sums: Mapping[str, int]) -> dict[str, Any]:
+def kpi_figures(start: int, window_ms: int, sums: Mapping[str, int]) -> dict[str, Any]:
+    """Every KPI of SPEC section 4 (without trends) from the summed counters of a window."""
     sessions = sums.get("sessions", 0)
     purchases = sums.get("purchases", 0)
     active = sums.get("active_users", 0)

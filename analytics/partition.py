@@ -215,14 +215,7 @@ def window_partial(
         seen_dims: set[tuple[str, str]] = set()
         seen_pages: set[str] = set()
         for _, rows in _user_rows(user):
-            for session in split_sessions((r for r in rows if r.ts < end), rules.gap_ms):
-                if not any(start <= r.ts for r in session):
-                    continue
-                figures = session_figures(user_id, session)
-                kpi["sessions"] += 1
-                kpi["session_duration_ms"] += session[-1].ts - session[0].ts
-                kpi["bounces"] += figures["is_bounce"]
-                kpi["engagement_x10000"] += round(figures["engagement_score"] * 10_000)
+            _count_sessions(kpi, user_id, rows, start, end, rules)
             for row in rows:
                 if not start <= row.ts < end:
                     continue
@@ -255,6 +248,20 @@ def window_partial(
     kpi["active_users"] = len(user_ids)
     kpi["users_total"] = users_before + kpi["new_users"]
     return {"window_start": start, "kpi": dict(kpi), "pages": pages, "dims": dims}
+
+
+def _count_sessions(
+    kpi: Counter[str], user_id: str, rows: list[Row], start: int, end: int, rules: PartitionRules
+) -> None:
+    """Add one session key's sessions active in [start, end), as of ``end`` (SPEC 4)."""
+    for session in split_sessions((r for r in rows if r.ts < end), rules.gap_ms):
+        if not any(start <= r.ts for r in session):
+            continue
+        figures = session_figures(user_id, session)
+        kpi["sessions"] += 1
+        kpi["session_duration_ms"] += session[-1].ts - session[0].ts
+        kpi["bounces"] += figures["is_bounce"]
+        kpi["engagement_x10000"] += round(figures["engagement_score"] * 10_000)
 
 
 def apply_batch(
@@ -321,15 +328,26 @@ def _count_live(clock: Clock, start: int, row: Row) -> None:
         live[name] = live.get(name, 0) + amount
 
 
-def live_partial(clock: Clock, start: int, users_before: int) -> dict[str, Any]:
-    """An open window's share so far: event and user counts only. Session figures need the
-    window's sessions as of its end, so they are published once the window is final."""
+def live_partial(
+    state: PartitionState, start: int, rules: PartitionRules, users_before: int
+) -> dict[str, Any]:
+    """An open window's share so far: event counters from the clock, and the window's
+    sessions as of the events seen until now (the final partial takes them as of its end).
+    Pages and dimensions are published only when the window is final."""
+    clock = state.clock
+    end = start + rules.window_ms
     new_users = sum(1 for window in clock["newcomers"].values() if window == start)
-    kpi = dict(clock["live"].get(str(start), {}))
-    kpi["active_users"] = len(clock["windows"].get(str(start), {}))
+    kpi = Counter[str](clock["live"].get(str(start), {}))
+    user_ids = clock["windows"].get(str(start), {})
+    for user_id in user_ids:
+        user = state.user(user_id)
+        if user is not None:
+            for _, rows in _user_rows(user):
+                _count_sessions(kpi, user_id, rows, start, end, rules)
+    kpi["active_users"] = len(user_ids)
     kpi["new_users"] = new_users
     kpi["users_total"] = users_before + new_users
-    return {"window_start": start, "kpi": kpi, "pages": {}, "dims": {}}
+    return {"window_start": start, "kpi": dict(kpi), "pages": {}, "dims": {}}
 
 
 def _advance_idle(clock: Clock, now_ms: int, rules: PartitionRules) -> None:
@@ -359,7 +377,7 @@ def _finalise_windows(
             for user_id in [u for u, w in clock["newcomers"].items() if w == start]:
                 del clock["newcomers"][user_id]
         else:
-            partial = live_partial(clock, start, users_before)
+            partial = live_partial(state, start, rules, users_before)
         partial["final"] = final
         out.partials.append(partial)
         users_before = partial["kpi"]["users_total"]

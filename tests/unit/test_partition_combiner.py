@@ -286,6 +286,29 @@ def test_live_partials_are_not_final_and_the_final_one_replaces_them() -> None:
     assert result.kpis == [] and result.ignored_partials == 1
 
 
+def test_live_records_carry_the_sessions_seen_so_far() -> None:
+    rules = CombinerRules(partitions=2, window_ms=W)
+    cs = new_state()
+    p0, p1 = Part(0), Part(1)
+    _, m0 = p0.send(
+        event("a", T0 + 1_000, duration=20_000),
+        event("a", T0 + 4_000, action="purchase", page="", revenue_cents=5_000),
+        live=True,
+    )
+    combine(cs, m0, rules, live=True)
+    _, m1 = p1.send(event("b", T0 + 2_000), live=True)
+    (live,) = combine(cs, m1, rules, live=True).kpis
+    assert live["is_final"] is False
+    # a: one session of 2 events over 3 s with a purchase; b: a bounce
+    assert live["total_sessions"] == 2
+    assert live["bounce_rate_percent"] == 50.0
+    assert live["average_session_duration_seconds"] == 1.5
+    assert live["conversion_rate_percent"] == 50.0
+    a_score = 4 + 4 + 2.1 + 10  # 2 events, 1 page, 21 s on pages, 2 actions
+    assert live["average_engagement_score"] == pytest.approx((a_score + 2 + 4 + 0.1 + 5) / 2)
+    assert live["trends"]["total_sessions"] == {"change_percent": 0.0, "trend": "stable"}
+
+
 def test_replayed_live_partial_does_not_replace_a_final_one() -> None:
     rules = CombinerRules(partitions=2, window_ms=W)
     cs = new_state()
