@@ -36,6 +36,7 @@ done
 cat >&2 <<INFO
 
   Pipeline running.  Kafka $KAFKA_BOOTSTRAP   PostgreSQL $DATABASE_URL
+  Live dashboard:    $url/dashboard   (open it in a browser)
   Ingest:            curl -X POST $url/ingest -d '{"user_id":"u1","action":"page_view","page":"/home"}'
   Health:            curl $url/health
   Enriched events:   .venv/bin/faust -A app tail user-behavior-enriched --follow

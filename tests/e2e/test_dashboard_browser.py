@@ -1,0 +1,311 @@
+"""The built-in dashboard (``GET /dashboard``) in headless Chromium against a real worker.
+
+Debian's Chromium (scripts/browser.sh installs it; scripts/test.sh runs that first) is driven
+by Python playwright, whose wheel carries its own driver: no browser is downloaded. A missing
+Chromium fails the test with the command to run, it is not skipped.
+
+The page is opened before any traffic, so everything it shows arrives over its Server-Sent
+Events stream. Then a quarter of an hour of back-dated traffic (final windows for the charts
+and breakdowns) and live traffic flow; the tiles must equal ``/api/kpis/current`` while the
+window is live, and again once the traffic has stopped and the window is final. The desktop
+screenshot, taken while the traffic flows, is saved for the README (``SAVE_SCREENSHOT=1``
+writes docs/images/, otherwise only the test's temporary folder), and a phone viewport must
+render without horizontal scrolling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from generator.cli import restamp, send_to_kafka
+from generator.traffic import Event, Kind, TrafficProfile, generate_labelled
+from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PARTITIONS = 8
+MINUTE_MS = 60_000
+BACKFILL_MINUTES = 15
+LIVE_RATE = 40  # events/s
+IMAGES = REPO_ROOT / "docs" / "images"
+# tile -> how the page formats it (web/static/dashboard.js)
+TILE_KINDS = {
+    "active_users": "int",
+    "total_events": "int",
+    "total_page_views": "int",
+    "total_revenue": "money",
+    "total_conversions": "int",
+    "revenue_per_user": "money",
+    "total_sessions": "int",
+    "average_session_duration_seconds": "seconds",
+    "bounce_rate_percent": "percent",
+    "conversion_rate_percent": "percent",
+    "new_users": "int",
+    "total_users": "int",
+}
+SESSION_TILES = (
+    "total_sessions",
+    "average_session_duration_seconds",
+    "bounce_rate_percent",
+    "conversion_rate_percent",
+)
+
+
+def shown_text(value: Any, kind: str) -> str:
+    """What the page shows for a figure: JavaScript's toFixed rounds the exact binary value
+    half up, as Decimal does here."""
+    if value is None:
+        return "—"
+    exact = Decimal(value)
+    if kind == "money":
+        return f"{exact.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
+    if kind == "percent":
+        return f"{exact.quantize(Decimal('0.1'), ROUND_HALF_UP)}%"
+    if kind == "seconds":
+        return f"{exact.quantize(Decimal('0.1'), ROUND_HALF_UP)} s"
+    return f"{round(value):,}"
+
+
+def get_json(worker: Worker, path: str) -> Any:
+    with urllib.request.urlopen(worker.url + path, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Call ``check`` until it returns something truthy; fail with its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not reached after {timeout:.0f} s")
+        time.sleep(0.25)  # polling interval, bounded by the deadline
+
+
+class Traffic:
+    """Back-dated traffic, then live traffic until ``stop()``, produced from a thread of its
+    own (playwright's sync API owns the test's thread)."""
+
+    def __init__(self, services: Services, topic: str) -> None:
+        self.services = services
+        self.topic = topic
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dashboard-traffic", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the traffic thread did not stop"
+        if self.error is not None:
+            raise self.error
+
+    def _live(self) -> Iterator[tuple[Event | bytes, Kind]]:
+        profile = TrafficProfile(
+            seed=11, users=200, start_ms=int(time.time() * 1000), span_ms=3_600_000, events=10**6
+        )
+        for item in generate_labelled(profile):
+            if self._stop.is_set():
+                return
+            yield item
+
+    def _run(self) -> None:
+        now = int(time.time() * 1000)
+        start = (now // MINUTE_MS - BACKFILL_MINUTES) * MINUTE_MS
+        backfill = TrafficProfile(
+            seed=7, users=200, start_ms=start, span_ms=now - start - 5_000, events=4_000
+        )
+        bootstrap = self.services.kafka_bootstrap
+        try:
+            past = (event for event, _ in generate_labelled(backfill))
+            self.sent += asyncio.run(send_to_kafka(past, bootstrap, self.topic, 0, False))
+            live = (event for event, _ in restamp(self._live()))
+            began = time.monotonic()
+            sent = asyncio.run(send_to_kafka(live, bootstrap, self.topic, LIVE_RATE, False))
+            self.sent += sent
+            print(f"live traffic: {sent} events in {time.monotonic() - began:.1f} s")
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+
+def tiles(page: Page) -> dict[str, dict[str, Any]]:
+    """Every tile as shown: its raw figure (data-value), text and trend."""
+    rows = page.eval_on_selector_all(
+        "#tiles .tile",
+        """tiles => tiles.map(t => [t.dataset.kpi, t.dataset.value,
+            t.querySelector('.value').textContent, t.dataset.trend || null])""",
+    )
+    return {
+        key: {"value": json.loads(value), "text": text, "trend": trend}
+        for key, value, text, trend in rows
+    }
+
+
+def shown_window(page: Page) -> tuple[str | None, str | None]:
+    body = page.eval_on_selector("body", "b => [b.dataset.windowStart || null, b.dataset.final]")
+    return body[0], body[1]
+
+
+Shown = tuple[dict[str, Any], dict[str, dict[str, Any]]]
+
+
+def same_as_api(page: Page, worker: Worker) -> Shown | None:
+    """The API's current record and the tiles, when the page shows exactly that record
+    (window and every tile's figure)."""
+    kpi = get_json(worker, "/api/kpis/current")["kpi"]
+    if kpi is None or shown_window(page) != (kpi["window_start"], str(kpi["is_final"]).lower()):
+        return None
+    shown = tiles(page)
+    if any(shown[key]["value"] != kpi[key] for key in TILE_KINDS):
+        return None
+    return kpi, shown
+
+
+def assert_tiles_show(kpi: dict[str, Any], shown: dict[str, dict[str, Any]]) -> None:
+    assert set(shown) == set(TILE_KINDS)
+    for key, kind in TILE_KINDS.items():
+        assert shown[key]["value"] == kpi[key], key
+        assert shown[key]["text"] == shown_text(kpi[key], kind), key
+        trend = kpi["trends"].get(key)
+        assert shown[key]["trend"] == (trend["trend"] if trend else None), key
+
+
+def save(path: Path, name: str) -> Path:
+    """Copy a screenshot into docs/images when SAVE_SCREENSHOT=1."""
+    if os.environ.get("SAVE_SCREENSHOT") == "1":
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, IMAGES / name)
+        return IMAGES / name
+    return path
+
+
+def test_dashboard_shows_the_api_figures_live(
+    worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/browser.sh (apt-get install chromium)")
+    worker = worker_factory(topic_prefix, group_id, {"ANALYTICS__ENGINE__GRACE": "3s"})
+    worker.wait_ready(PARTITIONS)
+    traffic = Traffic(services, topic_prefix + "user-events")
+    requested: list[str] = []
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.on("request", lambda request: requested.append(request.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(worker.url + "/dashboard")
+            page.wait_for_function("() => document.body.dataset.snapshots >= 1", timeout=30_000)
+            assert shown_window(page)[0] is None  # nothing yet: all that follows is pushed
+
+            traffic.start()
+            # filled: a current window, the back-dated windows final in the chart, top pages
+            page.wait_for_function(
+                """minutes => document.body.dataset.windowStart
+                    && document.querySelectorAll('#chart-events rect.bar:not(.live)').length
+                        >= minutes - 1
+                    && document.querySelectorAll('#pages td.page').length > 0""",
+                arg=BACKFILL_MINUTES,
+                timeout=90_000,
+            )
+            assert int(page.eval_on_selector("body", "b => b.dataset.updates")) >= 1
+
+            def live_and_shown() -> Shown | None:
+                # half a window into the live traffic: a representative screenshot
+                if time.time() * 1000 % MINUTE_MS < MINUTE_MS / 2:
+                    return None
+                answer = same_as_api(page, worker)
+                return answer if answer is not None and not answer[0]["is_final"] else None
+
+            live, shown = poll(live_and_shown, 90, "live window on the page and in the API")
+            assert_tiles_show(live, shown)
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)  # while the traffic flows
+            print(f"dashboard screenshot: {save(shot, 'dashboard.png')}")
+
+            traffic.stop()
+            assert traffic.sent > 4_000
+
+            def final_and_shown() -> Shown | None:
+                answer = same_as_api(page, worker)
+                return answer if answer is not None and answer[0]["is_final"] else None
+
+            final, shown = poll(final_and_shown, 120, "final window on the page and in the API")
+            assert_tiles_show(final, shown)
+            assert all(final[key] is not None for key in SESSION_TILES)
+
+            # the breakdowns follow the final window: the same pages as the API
+            def pages_match() -> bool:
+                top = get_json(worker, "/api/pages/top?minutes=60&limit=10")["pages"]
+                rows = page.eval_on_selector_all(
+                    "#pages tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+                )
+                return [[p["page"], shown_text(p["views"], "int")] for p in top] == [
+                    row[:2] for row in rows
+                ]
+
+            poll(pages_match, 30, "top pages equal to the API")
+
+            phone = browser.new_page(
+                viewport={"width": 390, "height": 844},
+                device_scale_factor=2,
+                is_mobile=True,
+                has_touch=True,
+            )
+            phone.on("request", lambda request: requested.append(request.url))
+            phone.goto(worker.url + "/dashboard")
+            phone.wait_for_function(
+                "() => document.querySelectorAll('#pages td.page').length > 0", timeout=30_000
+            )
+            assert shown_window(phone) == shown_window(page)
+            widths = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            assert widths[0] <= widths[1], f"horizontal scroll on a phone: {widths}"
+            phone_shot = tmp_path / "dashboard-phone.png"
+            phone.screenshot(path=str(phone_shot))
+            save(phone_shot, "dashboard-phone.png")
+            assert errors == []
+        finally:
+            if traffic.running:
+                traffic.stop()
+            browser.close()
+
+    outside = [url for url in requested if not url.startswith((worker.url + "/", "data:"))]
+    assert outside == [], "the page must load nothing from elsewhere"
+    assert worker.log_path.read_text().count("dashboard feed: following") == 1, (
+        "one live-kpis consumer per worker, however many pages are open"
+    )
