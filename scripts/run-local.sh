@@ -12,7 +12,12 @@ source "$ENV_FILE"
 export ANALYTICS__SOURCES__HTTP__LISTEN_ADDR="127.0.0.1:${WEB_PORT:-6066}"
 url="http://127.0.0.1:${WEB_PORT:-6066}"
 worker_log="$SCRATCH/worker.log"
-data_dir="$SCRATCH/worker-data"
+# the worker's RocksDB state belongs to one Kafka cluster: scripts/kafka.sh formats a new one at
+# every start, and state ahead of its changelogs stops Faust (ConsistencyError)
+cluster_id="$(sed -n 's/^cluster.id=//p' "$SCRATCH/kafka/data/meta.properties" 2>/dev/null || true)"
+data_dir="$SCRATCH/worker-data/${cluster_id:-external}"
+find "$SCRATCH/worker-data" -mindepth 1 -maxdepth 1 ! -name "${cluster_id:-external}" \
+  -exec rm -rf {} + 2>/dev/null || true
 
 .venv/bin/faust -A app --datadir "$data_dir" worker -l info >"$worker_log" 2>&1 &
 worker=$!
