@@ -34,6 +34,7 @@ from typing import Any
 from analytics.kpis import ratio
 from analytics.timeutil import format_ts
 from sinks.migrations import TIMESCALE
+from sinks.schema import SESSION_METRICS
 
 BUCKETS: dict[str, timedelta] = {
     "1m": timedelta(minutes=1),
@@ -85,25 +86,7 @@ ORDER BY views DESC, page COLLATE "C"
 LIMIT %(limit)s
 """
 
-SESSION_COLUMNS = (
-    "user_id",
-    "session_id",
-    "window_start",
-    "window_end",
-    "duration_seconds",
-    "total_events",
-    "actions",
-    "pages",
-    "unique_pages",
-    "total_duration_ms",
-    "average_duration_ms",
-    "device_type",
-    "country",
-    "is_bounce",
-    "conversions",
-    "revenue",
-    "engagement_score",
-)
+SESSION_COLUMNS = SESSION_METRICS.columns  # every column the sink writes, in its order
 # An absent bound is a NULL parameter; the user's index (user_id, window_start) serves both.
 USER_SESSIONS = f"""
 SELECT {", ".join(SESSION_COLUMNS)}

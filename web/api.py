@@ -229,35 +229,37 @@ class TrafficView(web.View):
         return self.json(body)
 
 
+async def _user_answer(
+    view: web.View,
+    request: web.Request,
+    user_id: str,
+    answer: Callable[[str, dict[str, Any], int], dict[str, Any]],
+) -> web.Response:
+    """Validate, load the user from this worker's partition state, and answer (or 404)."""
+    try:
+        no_parameters(_query(request))
+        parse_user_id(user_id)
+    except BadParameter as problem:
+        return _bad(view, problem)
+    user = load_user(user_id)
+    if user is None:
+        return _unknown_user(view, user_id)
+    return view.json(answer(user_id, user, GAP_MS))
+
+
 @app.page("/api/users/{user_id}")
 class UserView(web.View):
     """A user's profile counters."""
 
     @routed(partition_state, match_info="user_id")
     async def get(self, request: web.Request, user_id: str) -> web.Response:
-        try:
-            no_parameters(_query(request))
-            parse_user_id(user_id)
-        except BadParameter as problem:
-            return _bad(self, problem)
-        user = load_user(user_id)
-        if user is None:
-            return _unknown_user(self, user_id)
-        return self.json(user_profile(user_id, user, GAP_MS))
+        return await _user_answer(self, request, user_id, user_profile)
 
 
 @app.page("/api/sessions/{user_id}")
 class UserSessionsView(web.View):
-    """A user's open sessions, with the profile counters."""
+    """A user's open sessions, the last closed ones, and the profile counters."""
 
     @routed(partition_state, match_info="user_id")
     async def get(self, request: web.Request, user_id: str) -> web.Response:
-        try:
-            no_parameters(_query(request))
-            parse_user_id(user_id)
-        except BadParameter as problem:
-            return _bad(self, problem)
-        user = load_user(user_id)
-        if user is None:
-            return _unknown_user(self, user_id)
-        return self.json(user_sessions(user_id, user, GAP_MS))
+        return await _user_answer(self, request, user_id, user_sessions)
