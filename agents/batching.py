@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from faust.streams import _current_event
 
 
@@ -92,6 +93,26 @@ async def run_in_batches(
             for event in events if handled is None else handled.ack:
                 await stream.ack(event)
             if handled is not None and handled.seek_to is not None:
-                await stream.app.consumer.seek(events[0].message.tp, handled.seek_to)
+                await seek_back(stream.app.consumer, events[0].message.tp, handled.seek_to)
     except asyncio.CancelledError:
         return
+
+
+async def seek_back(consumer: Any, tp: Any, offset: int) -> None:
+    """``Consumer.seek``, with the part that touches aiokafka run on the consumer's thread.
+
+    Faust's threaded consumer calls aiokafka's ``seek`` from the caller's thread; it deletes
+    the partition's fetched records while the consumer thread may be iterating them, and the
+    worker crashed with a KeyError in aiokafka's ``fetched_records`` (seen right after a worker
+    was killed, when several partitions sought back at once). A partition revoked meanwhile
+    needs no seek: its next owner starts from the committed offset."""
+    thread = getattr(consumer, "_thread", None)
+    if thread is None:  # a consumer without its own thread
+        await consumer.seek(tp, offset)
+        return
+    try:
+        await thread.call_thread(thread.seek, tp, offset)
+    except IllegalStateError:
+        return
+    # what Consumer.seek does after its fetcher seek: messages from ``offset`` on are read again
+    consumer._read_offset[tp] = offset or None
