@@ -22,7 +22,7 @@ import shutil
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from generator.cli import restamp, send_to_kafka
 from generator.traffic import Event, Kind, TrafficProfile, generate_labelled
+from tests.polling import poll
 from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
@@ -93,18 +94,6 @@ def shown_text(value: Any, kind: str) -> str:
 def get_json(worker: Worker, path: str) -> Any:
     with urllib.request.urlopen(worker.url + path, timeout=30) as response:
         return json.loads(response.read())
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Call ``check`` until it returns something truthy; fail with its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not reached after {timeout:.0f} s")
-        time.sleep(0.25)  # polling interval, bounded by the deadline
 
 
 class Traffic:
@@ -252,7 +241,7 @@ def test_dashboard_shows_the_api_figures_live(
                 answer = same_as_api(page, worker)
                 return answer if answer is not None and not answer[0]["is_final"] else None
 
-            live, shown = poll(live_and_shown, 90, "live window on the page and in the API")
+            live, shown = poll(live_and_shown, bool, 90, "live window on the page and in the API")
             assert_tiles_show(live, shown)
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)  # while the traffic flows
@@ -265,7 +254,9 @@ def test_dashboard_shows_the_api_figures_live(
                 answer = same_as_api(page, worker)
                 return answer if answer is not None and answer[0]["is_final"] else None
 
-            final, shown = poll(final_and_shown, 120, "final window on the page and in the API")
+            final, shown = poll(
+                final_and_shown, bool, 120, "final window on the page and in the API"
+            )
             assert_tiles_show(final, shown)
             assert all(final[key] is not None for key in SESSION_TILES)
 
@@ -279,7 +270,7 @@ def test_dashboard_shows_the_api_figures_live(
                     row[:2] for row in rows
                 ]
 
-            poll(pages_match, 30, "top pages equal to the API")
+            poll(pages_match, bool, 30, "top pages equal to the API")
 
             phone = browser.new_page(
                 viewport={"width": 390, "height": 844},

@@ -11,12 +11,11 @@ the same things: each must answer like the other (Faust table routing).
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 
 from analytics.timeutil import format_ts, parse_ts
 from tests.kafka_helpers import partition_for, sentinel_user_ids
+from tests.polling import poll
 from tests.worker_process import Worker, WorkerPool, new_group_id, new_topic_prefix
 
 pytestmark = pytest.mark.integration
@@ -62,18 +62,6 @@ def http(worker: Worker, path: str, body: Any = None) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-def poll(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str) -> Any:
-    """Call ``fetch`` until ``done(result)``; fail with the last result at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fetch()
-        if done(result):
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached after {timeout:.0f} s; last: {result}")
-        time.sleep(0.25)  # polling interval, bounded by the deadline
 
 
 def user_path(kind: str, user_id: str) -> str:

@@ -31,9 +31,10 @@ from analytics.timeutil import format_ts, parse_ts
 from sinks.migrations import migrate_url
 from sinks.schema import TABLES
 from sinks.writers import write_batch
-from tests.integration.test_api import http, poll
+from tests.integration.test_api import http
 from tests.integration.test_sinks import PG_BIN, ScratchPostgres
 from tests.kafka_helpers import produce
+from tests.polling import poll
 from tests.worker_process import Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from analytics.timeutil import format_ts, now_ms
 from tests.kafka_helpers import produce
+from tests.polling import poll
 from tests.worker_process import Services, Worker, WorkerPool, free_port
 
 pytestmark = pytest.mark.integration
@@ -66,17 +65,6 @@ def total(samples: list[Samples], name: str, **labels: str) -> float:
     )
 
 
-def poll(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fetch()
-        if done(result):
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached after {timeout:.0f} s; last: {result}")
-        time.sleep(0.5)  # polling interval, bounded by the deadline
-
-
 def metrics_port(worker: Worker) -> int:
     answer = worker.health()
     assert answer is not None and answer[0] == 200, answer
@@ -110,7 +98,7 @@ def test_two_workers_count_known_events(
             found.append(match.group(0) if match else "")
         return found
 
-    lines = poll(ready_lines, all, 120, "start-up lines")
+    lines = poll(ready_lines, all, 120, "start-up lines", interval=0.5)
     for worker, port, line in zip(workers, ports, lines, strict=True):
         assert re.fullmatch(
             rf"analytics worker ready: broker={re.escape(services.kafka_bootstrap)} "
@@ -158,7 +146,7 @@ def test_two_workers_count_known_events(
         scraped = [scrape(f"http://127.0.0.1:{port}/metrics") for port in ports]
         return {key: total(scraped, key[0], **dict(key[1])) for key in expected}
 
-    poll(figures, lambda now: now == expected, 90, f"metrics {expected}")
+    poll(figures, lambda now: now == expected, 90, f"metrics {expected}", interval=0.5)
 
     # the sinks: healthy, measured, and writing the live KPI windows
     def sinks() -> list[Samples]:
@@ -174,7 +162,7 @@ def test_two_workers_count_known_events(
         batches = total(scraped, f"{NS}_sink_batch_size_rows_count", table="kpi_metrics")
         return per_table and written > 0 and batches > 0
 
-    scraped = poll(sinks, sinks_done, 90, "sink metrics")
+    scraped = poll(sinks, sinks_done, 90, "sink metrics", interval=0.5)
     assert total(scraped, f"{NS}_sink_errors_total", kind="retry") == 0
     latency = total(scraped, f"{NS}_processing_latency_seconds_sum")
     assert 0 < latency < 5 * 60, latency
