@@ -9,7 +9,7 @@ error rather than silently ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from analytics.timeutil import parse_ts
@@ -76,14 +76,30 @@ def parse_time(value: str | None, name: str) -> int | None:
         ) from None
 
 
-def parse_dimension(value: str | None) -> str:
-    """One of ``device``, ``country``, ``browser``; required."""
-    choices = ", ".join(DIMENSIONS)
+def parse_choice(value: str | None, name: str, choices: Collection[str]) -> str:
+    """One of ``choices``; required."""
+    listed = ", ".join(choices)
     if value is None:
-        raise BadParameter("dimension", f"required, one of {choices}")
-    if value not in DIMENSIONS:
-        raise BadParameter("dimension", f"must be one of {choices}, got {value!r}")
+        raise BadParameter(name, f"required, one of {listed}")
+    if value not in choices:
+        raise BadParameter(name, f"must be one of {listed}, got {value!r}")
     return value
+
+
+def parse_range(
+    values: dict[str, str], required_because: str | None = None
+) -> tuple[int | None, int | None]:
+    """``from`` and ``to`` (RFC 3339), ``from`` before ``to``; either may be absent unless a
+    reason to require both is given."""
+    from_ms = parse_time(values.get("from"), "from")
+    to_ms = parse_time(values.get("to"), "to")
+    if required_because is not None:
+        for name, value in (("from", from_ms), ("to", to_ms)):
+            if value is None:
+                raise BadParameter(name, f"required {required_because}")
+    if from_ms is not None and to_ms is not None and from_ms >= to_ms:
+        raise BadParameter("to", "must be later than from")
+    return from_ms, to_ms
 
 
 def parse_user_id(value: str) -> str:
@@ -104,12 +120,7 @@ class KpiRange:
 
     @classmethod
     def parse(cls, query: Query) -> KpiRange:
-        values = query_values(query, ("from", "to"))
-        from_ms = parse_time(values.get("from"), "from")
-        to_ms = parse_time(values.get("to"), "to")
-        if from_ms is not None and to_ms is not None and from_ms >= to_ms:
-            raise BadParameter("to", "must be later than from")
-        return cls(from_ms, to_ms)
+        return cls(*parse_range(query_values(query, ("from", "to"))))
 
     def contains(self, start_ms: int) -> bool:
         return (self.from_ms is None or start_ms >= self.from_ms) and (
@@ -144,7 +155,7 @@ class TrafficQuery:
     def parse(cls, query: Query) -> TrafficQuery:
         values = query_values(query, ("dimension", "minutes"))
         return cls(
-            dimension=parse_dimension(values.get("dimension")),
+            dimension=parse_choice(values.get("dimension"), "dimension", DIMENSIONS),
             minutes=parse_int(values.get("minutes"), "minutes", DEFAULT_MINUTES, 1, MAX_MINUTES),
         )
 

@@ -21,8 +21,9 @@ from web.api_params import (
     MAX_LIMIT,
     BadParameter,
     Query,
+    parse_choice,
     parse_int,
-    parse_time,
+    parse_range,
     parse_user_id,
     query_values,
 )
@@ -67,27 +68,6 @@ def top_pages_source(query: Query) -> tuple[str, list[tuple[str, str]]]:
     return LIVE, _without_empty(items, "from", "to")
 
 
-def _bounds(values: dict[str, str], required: bool, why: str) -> tuple[int | None, int | None]:
-    from_ms = parse_time(values.get("from"), "from")
-    to_ms = parse_time(values.get("to"), "to")
-    if required:
-        for name, value in (("from", from_ms), ("to", to_ms)):
-            if value is None:
-                raise BadParameter(name, f"required {why}")
-    if from_ms is not None and to_ms is not None and from_ms >= to_ms:
-        raise BadParameter("to", "must be later than from")
-    return from_ms, to_ms
-
-
-def parse_bucket(value: str | None) -> str:
-    choices = ", ".join(BUCKETS)
-    if value is None:
-        raise BadParameter("bucket", f"required, one of {choices}")
-    if value not in BUCKETS:
-        raise BadParameter("bucket", f"must be one of {choices}, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class KpiBucketsQuery:
     """``GET /api/kpis?from=&to=&bucket=``: final windows starting in [from, to), by bucket."""
@@ -99,8 +79,8 @@ class KpiBucketsQuery:
     @classmethod
     def parse(cls, query: Query) -> KpiBucketsQuery:
         values = query_values(query, ("from", "to", "bucket"))
-        bucket = parse_bucket(values.get("bucket"))
-        from_ms, to_ms = _bounds(values, True, "with bucket")
+        bucket = parse_choice(values.get("bucket"), "bucket", BUCKETS)
+        from_ms, to_ms = parse_range(values, "with bucket")
         assert from_ms is not None and to_ms is not None
         width_ms = BUCKETS[bucket] // timedelta(milliseconds=1)
         # buckets lie on the UTC grid of the epoch (as the SQL origin does)
@@ -129,7 +109,7 @@ class PageRangeQuery:
     @classmethod
     def parse(cls, query: Query) -> PageRangeQuery:
         values = query_values(query, ("from", "to", "limit"))
-        from_ms, to_ms = _bounds(values, True, "with from or to (the database is asked)")
+        from_ms, to_ms = parse_range(values, "with from or to (the database is asked)")
         assert from_ms is not None and to_ms is not None
         limit = parse_int(values.get("limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         return cls(from_ms, to_ms, limit)
@@ -152,6 +132,6 @@ class SessionsQuery:
         if user_id is None:
             raise BadParameter("user_id", "required")
         parse_user_id(user_id)
-        from_ms, to_ms = _bounds(values, False, "")
+        from_ms, to_ms = parse_range(values)
         limit = parse_int(values.get("limit"), "limit", DEFAULT_SESSIONS, 1, MAX_SESSIONS)
         return cls(user_id, from_ms, to_ms, limit)
