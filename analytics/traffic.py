@@ -12,7 +12,8 @@ DIMENSIONS = ("device", "country", "browser")
 
 
 def add_pages(total: dict[str, list[int]], part: Mapping[str, list[int]]) -> None:
-    """Add one partition's {page: [views, visitors, time_ms]}; users are disjoint by partition."""
+    """Add {page: [views, visitors, time_ms]} of one partition (users are disjoint by
+    partition) or of one window (the web API's visitor_windows)."""
     for page, (views, visitors, time_ms) in part.items():
         cell = total.setdefault(page, [0, 0, 0])
         cell[0] += views

@@ -19,6 +19,7 @@ from analytics.kpis import ratio
 from analytics.rows import Row
 from analytics.sessions import session_figures, split_sessions
 from analytics.timeutil import format_ts
+from analytics.traffic import add_dimensions, add_pages
 from web.api_params import KpiRange
 
 MINUTE_MS = 60_000
@@ -142,11 +143,7 @@ def top_pages(windows: Iterable[Mapping[str, list[int]]], limit: int) -> list[di
     """Pages over several windows: views descending, then page ascending (SPEC section 5)."""
     totals: dict[str, list[int]] = {}
     for pages in windows:
-        for page, (views, visitors, time_ms) in pages.items():
-            cell = totals.setdefault(page, [0, 0, 0])
-            cell[0] += views
-            cell[1] += visitors
-            cell[2] += time_ms
+        add_pages(totals, pages)
     ranked = sorted(totals.items(), key=lambda item: (-item[1][0], item[0]))
     return [
         {
@@ -164,12 +161,10 @@ def traffic_values(
     windows: Iterable[Mapping[str, Mapping[str, list[int]]]], dimension: str
 ) -> list[dict[str, Any]]:
     """One dimension's values over several windows: events descending, then value."""
-    totals: dict[str, list[int]] = {}
+    summed: dict[str, dict[str, list[int]]] = {dimension: {}}
     for dims in windows:
-        for value, cells in dims.get(dimension, {}).items():
-            cell = totals.setdefault(value, [0, 0, 0, 0])
-            for index, amount in enumerate(cells):
-                cell[index] += amount
+        add_dimensions(summed, {dimension: dims.get(dimension, {})})
+    totals = summed[dimension]
     ranked = sorted(totals.items(), key=lambda item: (-item[1][0], item[0]))
     return [
         {
