@@ -54,17 +54,6 @@ PARTITION_RULES = PartitionRules(
 user_events_topic = app.topic(TOPICS.user_events, partitions=_engine.topic_partitions)
 
 
-class TrackerCounters:
-    """Running totals of this worker, for /health and the metrics."""
-
-    enriched = 0
-    dead_letters = 0
-    duplicates = 0
-    rekeyed = 0
-    late = 0
-    sessions_closed = 0
-
-
 def _lookup(key: bytes) -> SeenEvent | None:
     stored = seen_events.get(key)
     return SeenEvent.decode(stored) if stored is not None else None
@@ -168,12 +157,6 @@ async def handle_batch(events: list[Any]) -> Handled:
     await state_table.save(partition, state.users, state.dirty_users, state.clock)
     metrics.partition_clock(partition, state.clock)
 
-    TrackerCounters.enriched += sum(isinstance(i, Arrival) for i in tracked.timeline)
-    TrackerCounters.dead_letters += len(tracked.dead_letters)
-    TrackerCounters.duplicates += tracked.duplicates
-    TrackerCounters.rekeyed += len(tracked.rekeyed)
-    TrackerCounters.late += analysed.late_events
-    TrackerCounters.sessions_closed += len(analysed.sessions)
     return Handled(done + fresh, seek_to)
 
 
