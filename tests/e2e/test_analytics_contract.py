@@ -140,11 +140,8 @@ async def test_final_figures_equal_the_batch_definition(
             ),
             timeout=240,
         )
-    traffic_users = {
-        e["user_id"]
-        for e, kind in generate_labelled(PROFILE)
-        if kind == "valid" and isinstance(e, dict)
-    }
+    valid = [e for e, kind in generate_labelled(PROFILE) if kind == "valid" and isinstance(e, dict)]
+    traffic_users = {e["user_id"] for e in valid}
     # every traffic event is processed once the last window is final; every traffic session
     # ends long before the closing events, so each is written one batch later at the latest
     async with TopicReader(bootstrap, f"{topic_prefix}user-behavior-enriched") as reader:
@@ -179,12 +176,7 @@ async def test_final_figures_equal_the_batch_definition(
             contents[name] = _values(await reader.read_to_end())
 
     enriched = _unique(contents["user-behavior-enriched"], lambda e: e["event_id"])
-    sent = {
-        e["event_id"]
-        for e, kind in generate_labelled(PROFILE)
-        if kind == "valid" and isinstance(e, dict)
-    }
-    missing = sent - {e["event_id"] for e in enriched}
+    missing = {e["event_id"] for e in valid} - {e["event_id"] for e in enriched}
     assert not missing, f"{len(missing)} valid events never enriched, e.g. {sorted(missing)[:3]}"
     if not scenario.endswith("-and-restarted"):
         assert len(enriched) == len(contents["user-behavior-enriched"]), "an event enriched twice"
