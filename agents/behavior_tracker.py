@@ -1,37 +1,62 @@
-"""One actor per ``user-events`` partition: the behaviour tracker, then the partition's analytics.
+"""The hot path: every ``user-events`` partition this worker owns, tracked and analysed.
 
 Tracker (SPEC 1-2): validate, drop repeats, enrich → ``user-behavior-enriched``; rejects →
 ``user-events-dlq``; wrongly keyed events are produced again keyed by user_id.
-Analytics (SPEC 3-6): the same batch's enriched events and ticks update this partition's users,
-sessions and windows; closed sessions → ``session-metrics``; window partials and the watermark →
-``kpi-partials`` for the combiner.
+Analytics (SPEC 3-6): the same batch's enriched events and ticks update the partition's users,
+sessions and windows (analytics.partition); closed sessions → ``session-metrics``; window
+partials and the watermark → ``kpi-partials`` for the combiner.
 
-Both run in the same actor because they need the same partition of users and the same batch:
-one Faust pass per event instead of two (Faust's per-event cost dominates, FACTS.md).
+Faust owns the consumer group: ``user-events`` is co-partitioned with the tables, and the
+partitions of ``partition-state`` that Faust's assignor makes active here, once recovered,
+are the ones this service reads (with agents/kafka_io.py, not a Faust stream: see there why).
+A rebalance stops the loop at a round's end before anything is handed over.
+
+One round, over whatever the partitions have ready (the commit order):
+
+1. compute: track and analyse each partition's messages (pure functions, state in memory);
+2. produce the outputs and the dedup records, and wait for the broker's acknowledgements;
+3. produce the state's changelog records, and wait;
+4. write both to the local RocksDB, with the changelog offsets they reach;
+5. commit the input positions (for lag tools only: the state's clock is what a restart
+   resumes from).
+
+State is durable only after its outputs, and the dedup records before the state, so a crash
+anywhere re-delivers a batch, never loses one (docs/architecture.md, "Exactness"). A round
+that fails (the broker refuses a record, a bug) resets the partitions it touched to their
+durable state and reads them again from there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from agents.batching import Handled, contiguous, run_in_batches
-from agents.outputs import Record, publish
+import orjson
+from confluent_kafka import Message
+from mode import Service
+
+from agents.kafka_io import InputReader, Outbox
 from analytics.enrichment import EnrichmentRules
-from analytics.partition import PartitionRules, PartitionState, apply_batch
+from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
 from analytics.rows import Arrival
 from analytics.timeutil import format_ts
-from analytics.tracking import RawMessage, SeenEvent, TrackerRules, track_batch
+from analytics.tracking import RawMessage, SeenEvent, TrackedBatch, TrackerRules, track_batch
 from app import app, metrics
-from tables import partition_state as state_table
+from app.kafka_clients import librdkafka_config
+from tables.partition_state import partition_state
+from tables.rocksdb_store import RocksStore
 from tables.seen_events import seen_events
-from tables.write_through import write_through
 
 log = logging.getLogger(__name__)
 TOPICS = app.topic_names
 TICK_HEADER = "x-analytics-tick"
 LIVE_INTERVAL_S = 1.0
+STOP_TIMEOUT_S = 30.0
+ROUND_RETRY_S = 1.0
 
 _settings = app.analytics_settings
 _engine = _settings.engine
@@ -51,32 +76,6 @@ PARTITION_RULES = PartitionRules(
     idle_ms=int(_engine.idle_timeout.total_seconds() * 1000),
 )
 
-user_events_topic = app.topic(TOPICS.user_events, partitions=_engine.topic_partitions)
-
-
-def _lookup(key: bytes) -> SeenEvent | None:
-    stored = seen_events.get(key)
-    return SeenEvent.decode(stored) if stored is not None else None
-
-
-def _is_tick(headers: Any) -> bool:
-    if not headers:
-        return False
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    return any(key == TICK_HEADER for key, _ in pairs)
-
-
-def _to_raw(event: Any) -> RawMessage:
-    message = event.message
-    return RawMessage(
-        key=message.key,
-        value=message.value or b"",
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=round(message.timestamp * 1000),
-        tick=_is_tick(message.headers),
-    )
-
 
 def session_record(figures: dict[str, Any]) -> dict[str, Any]:
     """A closed session as published: times in RFC 3339, money in currency units."""
@@ -87,83 +86,274 @@ def session_record(figures: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-class _LiveThrottle:
-    """Open windows are published at most once a second per partition."""
+def _is_tick(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    return bool(headers) and any(key == TICK_HEADER for key, _ in headers or ())
 
-    def __init__(self) -> None:
-        self.last: dict[int, float] = {}
 
-    def due(self, partition: int) -> bool:
+def raw_message(message: Message) -> RawMessage:
+    return RawMessage(
+        key=message.key(),
+        value=message.value() or b"",
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        timestamp_ms=message.timestamp()[1],
+        tick=_is_tick(message.headers()),
+    )
+
+
+@dataclass
+class PartitionTask:
+    """One partition this worker owns: its state in memory and its table partitions."""
+
+    partition: int
+    state: PartitionState
+    state_store: RocksStore
+    seen_store: RocksStore
+    live_at: float = 0.0
+
+    @classmethod
+    def open(cls, partition: int) -> PartitionTask:
+        state_store = RocksStore.of(partition_state, partition)
+        return cls(
+            partition,
+            PartitionState(state_store, PARTITION_RULES, _engine.max_cached_users),
+            state_store,
+            RocksStore.of(seen_events, partition),
+        )
+
+    @property
+    def position(self) -> int | None:
+        """The next offset to read: after the last one the durable state applied."""
+        applied = self.state.clock.applied
+        return applied + 1 if applied >= 0 else None
+
+    def live_due(self) -> bool:
         now = time.monotonic()
-        if now - self.last.get(partition, 0.0) >= LIVE_INTERVAL_S:
-            self.last[partition] = now
+        if now - self.live_at >= LIVE_INTERVAL_S:
+            self.live_at = now
             return True
         return False
 
 
-_live = _LiveThrottle()
+@dataclass
+class PartitionRound:
+    """What one round computed for one partition, until it is written."""
+
+    task: PartitionTask
+    tracked: TrackedBatch
+    analysed: PartitionOutput
+    arrived_ms: int
+    state_writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+
+    @property
+    def seen_writes(self) -> list[tuple[bytes, bytes | None]]:
+        return [(key, seen.encode()) for key, seen in self.tracked.seen.items()]
 
 
-async def handle_batch(events: list[Any]) -> Handled:
-    """One partition's batch: track, analyse, publish, then save state."""
-    partition = events[0].message.partition
-    clock = state_table.load_clock()
-    done, fresh, seek_to = contiguous(events, None if clock is None else clock["applied"])
-    if seek_to is not None:
-        log.info("partition %d: offsets jump before %d; seeking back", partition, seek_to)
-    if not fresh:
-        return Handled(done, seek_to)
-    events = fresh
-    tracked = track_batch(
-        (_to_raw(event) for event in events),
-        topic=TOPICS.user_events,
-        lookup=_lookup,
-        rules=TRACKER_RULES,
-    )
-    state = PartitionState(clock, state_table.load_user)
-    with metrics.partition_analytics():
-        analysed = apply_batch(state, tracked.timeline, PARTITION_RULES, live=_live.due(partition))
+@app.service
+class BehaviorTracker(Service):
+    """Reads the owned ``user-events`` partitions in rounds (module docstring)."""
 
-    records: list[Record] = []
-    for item in tracked.timeline:
-        if isinstance(item, Arrival):
-            key = item.event["user_id"].encode()
-            records.append((TOPICS.enriched, key, item.event, partition))
-    records += [(TOPICS.dead_letters, None, dead, None) for dead in tracked.dead_letters]
-    for session in analysed.sessions:
-        key = session["user_id"].encode()
-        records.append((TOPICS.session_metrics, key, session_record(session), partition))
-    for partial in analysed.partials:
-        message = {"type": "partial", "partition": partition, **partial}
-        records.append((TOPICS.kpi_partials, None, message, 0))
-    progress = {
-        "type": "progress",
-        "partition": partition,
-        "wm": state.clock["wm"],
-        "late": state.clock["late"],
-        "arrived": max(round(event.message.timestamp * 1000) for event in events),
-    }
-    records.append((TOPICS.kpi_partials, None, progress, 0))
-    await publish(records)
-    metrics.tracker_batch(tracked, analysed)
-    for moved in tracked.rekeyed:
-        await publish(
-            [(TOPICS.user_events, moved.key, moved.value, None)], moved.timestamp_ms / 1000
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        config = librdkafka_config(_settings)
+        self.reader = InputReader(config, f"{app.conf.id}-user-events")
+        self.outbox = Outbox(config)
+        self.tasks: dict[int, PartitionTask] = {}
+        self._round = asyncio.Lock()
+        self._assigned = asyncio.Event()
+        self._state_changelog = partition_state.changelog_topic.get_topic_name()
+        self._seen_changelog = seen_events.changelog_topic.get_topic_name()
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        app.on_rebalance_complete.connect(self._on_recovered)  # type: ignore[arg-type]
+        global tracker
+        tracker = self
+
+    async def on_started(self) -> None:
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        if not app.rebalancing and recovery.completed.is_set():
+            await self._on_recovered(app)
+
+    async def on_stop(self) -> None:
+        await self._stop_partitions()
+        self.outbox.close()
+        self.reader.close()
+
+    # ------------------------------------------------------------------ assignment
+
+    def owned_partitions(self) -> list[int]:
+        return sorted(self.tasks)
+
+    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        await self._stop_partitions()
+
+    async def _stop_partitions(self) -> None:
+        """Let the running round finish, then forget every partition (their next owner, this
+        worker or another, starts from the durable state)."""
+        self._assigned.clear()
+        try:
+            await asyncio.wait_for(self._round.acquire(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "a round did not finish in %.0f s; its batch will be read again", STOP_TIMEOUT_S
+            )
+            self._round = asyncio.Lock()
+            await self._round.acquire()
+        try:
+            self.reader.unassign(TOPICS.user_events, list(self.tasks))
+            self.tasks.clear()
+            metrics.keep_partitions([])
+        finally:
+            self._round.release()
+
+    async def _on_recovered(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """Tables are recovered: start the partitions whose state is active here."""
+        actives = {
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic == self._state_changelog
+        }
+        async with self._round:
+            new = {p: PartitionTask.open(p) for p in sorted(actives - set(self.tasks))}
+            self.tasks.update(new)
+            self.reader.assign(TOPICS.user_events, {p: t.position for p, t in new.items()})
+            metrics.keep_partitions(self.tasks)
+            if self.tasks:
+                self._assigned.set()
+        if new:
+            log.info("tracking user-events partitions %s", sorted(new))
+
+    # ------------------------------------------------------------------ rounds
+
+    @Service.task
+    async def _run(self) -> None:
+        wait_s = _engine.batch_within.total_seconds()
+        while not self.should_stop:
+            await self._assigned.wait()
+            async with self._round:
+                if not self.tasks:
+                    continue
+                messages = await self.reader.poll(_engine.batch_size, wait_s)
+                if messages:
+                    await self._process(messages)
+
+    async def _process(self, messages: list[Message]) -> None:
+        by_partition: dict[int, list[Message]] = {}
+        for message in messages:
+            by_partition.setdefault(message.partition() or 0, []).append(message)
+        rounds = []
+        for partition, batch in by_partition.items():
+            task = self.tasks.get(partition)
+            if task is not None:
+                rounds.append(self._compute(task, batch))
+        try:
+            await self._publish(rounds)
+        except Exception:
+            log.exception("a round failed; its partitions restart from their durable state")
+            for done in rounds:
+                self._reset(done.task)
+            await asyncio.sleep(ROUND_RETRY_S)
+
+    def _compute(self, task: PartitionTask, batch: list[Message]) -> PartitionRound:
+        tracked = track_batch(
+            (raw_message(message) for message in batch),
+            topic=TOPICS.user_events,
+            lookup=lambda key: _seen(task.seen_store, key),
+            rules=TRACKER_RULES,
         )
+        with metrics.partition_analytics():
+            analysed = apply_batch(
+                task.state, tracked.timeline, PARTITION_RULES, live=task.live_due()
+            )
+        arrived = max(message.timestamp()[1] for message in batch)
+        done = PartitionRound(task, tracked, analysed, arrived)
+        done.state_writes = task.state.take_writes()
+        return done
 
-    seen = [(key, value.encode()) for key, value in tracked.seen.items()]
-    await write_through(seen_events, partition, seen)
-    state.clock["applied"] = max(state.clock["applied"], events[-1].message.offset)
-    await state_table.save(partition, state.users, state.dirty_users, state.clock)
-    metrics.partition_clock(partition, state.clock)
+    async def _publish(self, rounds: list[PartitionRound]) -> None:
+        outbox = self.outbox
+        for done in rounds:
+            self._send_outputs(done)
+        await outbox.flush()
+        acked_s = time.time()
+        for done in rounds:
+            for key, value in done.state_writes:
+                outbox.send(self._state_changelog, key, value, done.task.partition)
+        await outbox.flush()
+        positions = {}
+        for done in rounds:
+            task = done.task
+            if done.tracked.seen:
+                offset = outbox.offsets[(self._seen_changelog, task.partition)]
+                task.seen_store.write(done.seen_writes, offset)
+            if done.state_writes:
+                offset = outbox.offsets[(self._state_changelog, task.partition)]
+                task.state_store.write(done.state_writes, offset)
+            metrics.tracker_batch(done.tracked, done.analysed, acked_s)
+            metrics.partition_gauges(
+                task.partition, task.state.clock.users_total, task.state.open_users
+            )
+            positions[task.partition] = task.state.clock.applied + 1
+        self.reader.commit(TOPICS.user_events, positions)
 
-    return Handled(done + fresh, seek_to)
+    def _send_outputs(self, done: PartitionRound) -> None:
+        """The enriched events, dead letters, re-keyed events, closed sessions, partials and
+        progress of one partition's batch, plus its dedup records."""
+        send = self.outbox.send
+        partition = done.task.partition
+        tracked, analysed = done.tracked, done.analysed
+        for item in tracked.timeline:
+            if isinstance(item, Arrival):
+                send(TOPICS.enriched, item.user_id.encode(), item.payload, partition)
+        for dead in tracked.dead_letters:
+            send(TOPICS.dead_letters, None, _json(dead))
+        for moved in tracked.rekeyed:
+            send(TOPICS.user_events, moved.key, moved.value, None, moved.timestamp_ms)
+        for session in analysed.sessions:
+            record = session_record(session)
+            send(TOPICS.session_metrics, session["user_id"].encode(), _json(record), partition)
+        for partial in analysed.partials:
+            send(
+                TOPICS.kpi_partials,
+                None,
+                _json({"type": "partial", "partition": partition, **partial}),
+                0,
+            )
+        clock = done.task.state.clock
+        progress = {
+            "type": "progress",
+            "partition": partition,
+            "wm": clock.wm,
+            "late": clock.late,
+            "arrived": done.arrived_ms,
+        }
+        send(TOPICS.kpi_partials, None, _json(progress), 0)
+        for key, value in done.seen_writes:
+            send(self._seen_changelog, key, value, partition)
+
+    def _reset(self, task: PartitionTask) -> None:
+        """Forget what the partition computed past its durable state, and read from there."""
+        fresh = PartitionTask.open(task.partition)
+        self.tasks[task.partition] = fresh
+        self.reader.seek(TOPICS.user_events, task.partition, fresh.position)
 
 
-@app.agent(user_events_topic, isolated_partitions=True, name="behavior-tracker")
-async def behavior_tracker(stream: Any) -> None:
-    """Consume raw events one partition batch at a time."""
-    await run_in_batches(stream, _engine.batch_size, _engine.batch_within, handle_batch)
+def _seen(store: RocksStore, key: bytes) -> SeenEvent | None:
+    stored = store.get(key)
+    return SeenEvent.decode(stored) if stored is not None else None
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+tracker: BehaviorTracker | None = None
+"""The running service (set when the worker starts it)."""
+
+
+def owned_partitions() -> list[int]:
+    """The user-events partitions this worker is tracking now (for /health and metrics)."""
+    return tracker.owned_partitions() if tracker is not None else []
 
 
 @app.timer(interval=_engine.watermark_interval.total_seconds(), on_leader=True)  # type: ignore[untyped-decorator]

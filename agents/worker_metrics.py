@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from agents.behavior_tracker import owned_partitions
 from app import app, metrics
 from tables.sizes import table_keys
 
@@ -18,9 +19,7 @@ INTERVAL_S = 15.0
 @app.timer(interval=INTERVAL_S)  # type: ignore[untyped-decorator]
 async def update_worker_gauges() -> None:
     """Table sizes, and per-partition gauges limited to the partitions still owned."""
-    actives = app.assignor.assigned_actives()
-    user_events = app.topic_names.user_events
-    metrics.keep_partitions(tp.partition for tp in actives if tp.topic == user_events)
+    metrics.keep_partitions(owned_partitions())
     for name, table in app.tables.items():
         try:
             metrics.table_keys(name, table_keys(table))

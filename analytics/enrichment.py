@@ -124,15 +124,19 @@ def parse_user_agent(ua: str) -> tuple[str, str, str]:
     return _device_of(ua, device_family, brand, os), browser, os
 
 
-def enrich(event: dict[str, Any], rules: EnrichmentRules = DEFAULT_RULES) -> dict[str, Any]:
-    """Return a new dict: the normalised ``event`` plus the SPEC section 2 fields."""
+def enrich(
+    event: dict[str, Any], rules: EnrichmentRules = DEFAULT_RULES, ts_ms: int | None = None
+) -> dict[str, Any]:
+    """Return a new dict: the normalised ``event`` plus the SPEC section 2 fields.
+    ``ts_ms`` is the event's time when the caller has it already (else it is parsed)."""
     action = event["action"]
     cents = 0
     if action == "purchase":
         amount = event["metadata"].get("amount")
         if amount is not None:
             cents = amount_to_cents(amount)
-    ts_ms = parse_ts(event["timestamp"])
+    if ts_ms is None:
+        ts_ms = parse_ts(event["timestamp"])
     ua = event.get("user_agent")
     if ua:
         derived, browser, os = parse_user_agent(ua)

@@ -4,40 +4,50 @@ Input: the partition's enriched events in offset order, plus *ticks* (timer mess
 the wall-clock time through the same partition). Output: partial window figures, closed
 session rows and the partition's watermark, for the combiner (analytics.combiner) to add up.
 
-State, all keyed inside the partition (see tables/partition_state.py):
-- one value per user: profile figures and the events of the user's not-yet-closed sessions;
-- one clock: max event time, watermark, last arrival, open windows and their users, the
-  running count of users, late events, and which users have sessions waiting to close.
-
 Time (SPEC section 6). watermark = max ts seen - grace, never decreasing. When no event has
 arrived for ``idle_ms`` (judged by tick message timestamps), event time moves on with the wall
 clock: watermark = max ts - grace + (tick time - last arrival). An event whose window has
-already closed (window end <= watermark) is late: counted, and left out of all state.
+already closed (window end <= watermark) is late: counted, and left out of all state. Every
+window that ends at or before the watermark is finalised at the end of each batch, so
+``finalized_through`` (the end of the last final window) bounds the ts of every event that
+can still be accepted from below.
 
-Closing. A window is final once the watermark reaches its end. A session is written once the
-watermark *at the start of a batch* passes its last event + session_gap + kpi_window: by then
-no event that could still join it can be on time, and every window it touched is final, so a
-re-delivered batch never finds a window's sessions already gone.
+State whose size does not grow with a session's length. A user keeps, per session key, the
+*summaries* of its sessions (analytics.sessions.SessionSummary: counts, sums, distinct pages
+and actions) for its events older than ``folded_until``, and the events at or after it as
+*pending* rows, sorted. No accepted event can be older than ``finalized_through``, so rows
+before it can be folded into summaries. A KPI window's session figures "as of its end" are a
+summary plus the pending rows before the end (analytics.sessions.SessionPreview), computed
+without changing either.
 
-Exactness under re-delivery: every user value records the highest offset applied to it and
-the clock records the highest offset it has seen; events at or below those are skipped. The
-agent writes user values before the clock, into one changelog partition, so a restored state
-is always a prefix of the writes and a replay repairs exactly what is missing.
+Folding is deferred to a later batch than the one that finalised the windows: a user is only
+folded up to the ``finalized_through`` that the clock had when the batch *started*, which is
+already durable. A re-delivered batch (after a crash between writes) therefore finds every
+row of the windows it finalises again still pending, and computes the same partials.
+Sessions close the same way: once the watermark at the start of a batch passes their last
+event + session_gap + kpi_window, when no on-time event can still join them and every window
+they touched is final.
+
+Everything lives in memory between batches (``PartitionState``), loaded lazily from the
+partition's table, and each batch's changes come out of ``take_writes`` as key/value writes in
+an order that makes any prefix of them safe to restore: users, windows, the close index, the
+clock, and last the deletion of windows the clock says are final. Every user and window value
+records the highest offset applied to it and the clock the highest offset seen; events at or
+below those are skipped, so a restored prefix is repaired exactly by re-delivery.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from analytics.rows import Arrival, Row, Tick, order_key, row_of
-from analytics.sessions import session_figures, split_sessions
+from analytics import partition_codec as codec
+from analytics.rows import Arrival, Row, Tick, row_of
+from analytics.sessions import SessionPreview, SessionSummary
 from analytics.windows import window_end, window_start
-
-UserState = dict[str, Any]
-Clock = dict[str, Any]
 
 RECENT_SESSIONS = 10
 """Closed sessions a user value keeps as summaries, newest first, for the web API."""
@@ -66,117 +76,196 @@ class PartitionOutput:
     late_events: int = 0
 
 
-def new_clock() -> Clock:
-    return {
-        "max_ts": None,
-        "wm": None,
-        "last_arrival": None,
-        "applied": -1,
-        "users_total": 0,
-        "late": 0,
-        "windows": {},
-        "live": {},
-        "newcomers": {},
-        "closing": {},
-    }
+class StateStore(Protocol):
+    """Where a partition's state is read from: its table partition (RocksDB), or a dict."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(self, start: bytes, stop: bytes) -> Iterable[tuple[bytes, bytes]]:
+        """Items with ``start <= key < stop``, in key order."""
+        ...
 
 
-def new_user() -> UserState:
-    return {
-        "first_seen": None,
-        "last_seen": None,
-        "events": 0,
-        "revenue_cents": 0,
-        "devices": [],
-        "countries": [],
-        "closed_sessions": 0,
-        "recent": [],
-        "applied": -1,
-        "open": {},
-    }
+Write = tuple[bytes, bytes | None]
+"""A key and its new value; None deletes the key."""
 
 
-class PartitionState:
-    """One batch's view of a partition's state: loads users lazily, remembers what changed."""
+class SessionKey:
+    """One (user, session_id): summaries of sessions not yet closed, oldest first, and the
+    pending rows, in (ts, event_id) order."""
 
-    def __init__(self, clock: Clock | None, load_user: Callable[[str], UserState | None]) -> None:
-        # fields added by later versions start empty in state written by older ones
-        self.clock: Clock = {**new_clock(), **clock} if clock is not None else new_clock()
-        self._load_user = load_user
-        self.users: dict[str, UserState] = {}
-        self.dirty_users: set[str] = set()
+    __slots__ = ("pending", "summaries")
 
-    def user(self, user_id: str) -> UserState | None:
-        if user_id not in self.users:
-            loaded = self._load_user(user_id)
-            if loaded is None:
-                return None
-            self.users[user_id] = {**new_user(), **loaded}
-        return self.users[user_id]
+    def __init__(self) -> None:
+        self.summaries: list[SessionSummary] = []
+        self.pending: list[Row] = []
 
-    def user_for_update(self, user_id: str) -> UserState:
-        state = self.user(user_id)
-        if state is None:
-            state = self.users[user_id] = new_user()
-        self.dirty_users.add(user_id)
-        return state
-
-
-def _user_rows(user: UserState) -> Iterable[tuple[str, list[Row]]]:
-    for session_id, encoded in user["open"].items():
-        yield session_id, [Row.decode(item) for item in encoded]
-
-
-def _apply_to_user(user: UserState, row: Row) -> None:
-    if user["first_seen"] is None or row.ts < user["first_seen"]:
-        user["first_seen"] = row.ts
-    if user["last_seen"] is None or row.ts > user["last_seen"]:
-        user["last_seen"] = row.ts
-    user["events"] += 1
-    user["revenue_cents"] += row.revenue_cents
-    if row.device and row.device not in user["devices"]:
-        user["devices"] = sorted([*user["devices"], row.device])
-    if row.country and row.country not in user["countries"]:
-        user["countries"] = sorted([*user["countries"], row.country])
-    user["open"].setdefault(row.session_id, []).append(row.encode())
-
-
-def _close_deadline(user: UserState, rules: PartitionRules) -> int | None:
-    """The earliest watermark at which one of the user's open sessions can be written."""
-    deadlines = [
-        session[-1].ts + rules.close_after_ms
-        for _, rows in _user_rows(user)
-        for session in split_sessions(rows, rules.gap_ms)
-    ]
-    return min(deadlines) if deadlines else None
-
-
-def _close_sessions(
-    user_id: str, user: UserState, watermark: int, rules: PartitionRules
-) -> list[dict[str, Any]]:
-    """Write out and forget the user's sessions that can no longer change."""
-    closed: list[dict[str, Any]] = []
-    for session_id, rows in list(_user_rows(user)):
-        keep: list[Row] = []
-        for session in split_sessions(rows, rules.gap_ms):
-            if session[-1].ts + rules.close_after_ms <= watermark:
-                closed.append(session_figures(user_id, session))
-            else:
-                keep.extend(session)
-        if keep:
-            user["open"][session_id] = [row.encode() for row in sorted(keep, key=order_key)]
+    def add(self, row: Row) -> None:
+        pending = self.pending
+        if not pending or row >= pending[-1]:
+            pending.append(row)
         else:
-            del user["open"][session_id]
-    user["closed_sessions"] += len(closed)
-    if closed:
-        summaries = [session_summary(figures) for figures in closed]
-        newest_first = sorted(
-            [*summaries, *user["recent"]],
-            key=lambda s: (s["end_ms"], s["session_id"]),
-            reverse=True,
-        )
-        user["recent"] = newest_first[:RECENT_SESSIONS]
-    return closed
+            bisect.insort(pending, row)
+
+    def fold(self, limit: int, gap_ms: int) -> None:
+        """Move the pending rows older than ``limit`` into the summaries."""
+        pending = self.pending
+        cut = bisect.bisect_left(pending, limit, key=_ts)
+        if not cut:
+            return
+        summaries = self.summaries
+        current = summaries[-1] if summaries else None
+        for row in pending[:cut]:
+            if current is None or row.ts - current.end > gap_ms:
+                current = SessionSummary(row)
+                summaries.append(current)
+            else:
+                current.add(row)
+        del pending[:cut]
+
+    def first_session_end(self, gap_ms: int) -> int | None:
+        """Last ts of the oldest session (summaries and pending rows taken together)."""
+        summaries, rows = self.summaries, self.pending
+        if len(summaries) > 1:
+            return summaries[0].end
+        if summaries:
+            end = summaries[0].end
+        elif rows:
+            end, rows = rows[0].ts, rows[1:]
+        else:
+            return None
+        for row in rows:
+            if row.ts - end > gap_ms:
+                break
+            end = row.ts
+        return end
+
+    def previews(self, start: int, end: int, gap_ms: int) -> Iterator[SessionPreview]:
+        """The sessions with an event in [start, end), as of ``end`` (SPEC section 4)."""
+        base = self.summaries[-1] if self.summaries else None
+        current = SessionPreview(base) if base is not None else None
+        active = False
+        for row in self.pending:
+            ts = row.ts
+            if ts >= end:
+                break
+            if current is None or ts - current.end > gap_ms:
+                if current is not None and active:
+                    yield current
+                current = SessionPreview(None, row)
+                active = ts >= start
+            else:
+                current.add(row)
+                if ts >= start:
+                    active = True
+        if current is not None and active:
+            yield current
+
+
+def _ts(row: Row) -> int:
+    return row.ts
+
+
+class UserState:
+    """One user: profile counters, open sessions by session key, and bookkeeping."""
+
+    __slots__ = (
+        "applied",
+        "closed_sessions",
+        "countries",
+        "devices",
+        "events",
+        "first_seen",
+        "folded_until",
+        "index_at",
+        "keys",
+        "last_seen",
+        "recent",
+        "revenue_cents",
+    )
+
+    def __init__(self) -> None:
+        self.first_seen: int | None = None
+        self.last_seen: int | None = None
+        self.events = 0
+        self.revenue_cents = 0
+        self.devices: list[str] = []
+        self.countries: list[str] = []
+        self.closed_sessions = 0
+        self.recent: list[dict[str, Any]] = []
+        self.applied = -1
+        self.folded_until: int | None = None
+        self.index_at: int | None = None
+        self.keys: dict[str, SessionKey] = {}
+
+    def add(self, row: Row) -> None:
+        """Count an on-time event in the profile and keep it as a pending row."""
+        if self.first_seen is None or row.ts < self.first_seen:
+            self.first_seen = row.ts
+        if self.last_seen is None or row.ts > self.last_seen:
+            self.last_seen = row.ts
+        self.events += 1
+        self.revenue_cents += row.revenue_cents
+        if row.device and row.device not in self.devices:
+            self.devices = sorted([*self.devices, row.device])
+        if row.country and row.country not in self.countries:
+            self.countries = sorted([*self.countries, row.country])
+        key = self.keys.get(row.session_id)
+        if key is None:
+            key = self.keys[row.session_id] = SessionKey()
+        key.add(row)
+
+    def fold(self, limit: int | None, gap_ms: int) -> None:
+        if limit is None or (self.folded_until is not None and self.folded_until >= limit):
+            return
+        for key in self.keys.values():
+            key.fold(limit, gap_ms)
+        self.folded_until = limit
+
+    def close_deadline(self, rules: PartitionRules) -> int | None:
+        """The earliest watermark at which one of the user's sessions can be written."""
+        ends = [key.first_session_end(rules.gap_ms) for key in self.keys.values()]
+        known = [end for end in ends if end is not None]
+        return min(known) + rules.close_after_ms if known else None
+
+    def close_sessions(self, user_id: str, watermark: int, rules: PartitionRules) -> list[Any]:
+        """Write out and forget the folded sessions that can no longer change."""
+        closed: list[dict[str, Any]] = []
+        for session_id, key in list(self.keys.items()):
+            summaries = key.summaries
+            while summaries and summaries[0].end + rules.close_after_ms <= watermark:
+                if len(summaries) == 1 and key.pending:
+                    first = key.pending[0].ts
+                    if first - summaries[0].end <= rules.gap_ms:
+                        break  # still growing: cannot happen once folded, kept as a guard
+                closed.append(summaries.pop(0).figures(user_id))
+            if not summaries and not key.pending:
+                del self.keys[session_id]
+        if closed:
+            self.closed_sessions += len(closed)
+            summaries_ = [session_summary(figures) for figures in closed]
+            newest_first = sorted(
+                [*summaries_, *self.recent],
+                key=lambda s: (s["end_ms"], s["session_id"]),
+                reverse=True,
+            )
+            self.recent = newest_first[:RECENT_SESSIONS]
+        return closed
+
+    def open_sessions(self, user_id: str, gap_ms: int) -> list[dict[str, Any]]:
+        """Every session not yet written out, with its SPEC section 3 figures so far."""
+        sessions: list[dict[str, Any]] = []
+        for key in self.keys.values():
+            summaries = [SessionSummary.decode(s.encode()) for s in key.summaries]
+            current = summaries[-1] if summaries else None
+            for row in key.pending:
+                if current is None or row.ts - current.end > gap_ms:
+                    current = SessionSummary(row)
+                    summaries.append(current)
+                else:
+                    current.add(row)
+            sessions += [summary.figures(user_id) for summary in summaries]
+        return sessions
 
 
 def session_summary(figures: dict[str, Any]) -> dict[str, Any]:
@@ -197,71 +286,229 @@ def session_summary(figures: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def window_partial(
-    state: PartitionState, start: int, rules: PartitionRules, users_before: int
-) -> dict[str, Any]:
-    """This partition's share of window ``start``: summable figures (SPEC sections 4 and 5)."""
-    end = start + rules.window_ms
-    kpi = Counter[str]()
-    pages: dict[str, list[Any]] = {}
-    dims: dict[str, dict[str, list[Any]]] = {"device": {}, "country": {}, "browser": {}}
-    user_ids = state.clock["windows"].get(str(start), [])
-    for user_id in user_ids:
-        user = state.user(user_id)
-        if user is None:
-            continue
-        if user["first_seen"] is not None and start <= user["first_seen"] < end:
-            kpi["new_users"] += 1
-        seen_dims: set[tuple[str, str]] = set()
-        seen_pages: set[str] = set()
-        for _, rows in _user_rows(user):
-            _count_sessions(kpi, user_id, rows, start, end, rules)
-            for row in rows:
-                if not start <= row.ts < end:
-                    continue
-                is_view = row.action == "page_view"
-                kpi["events"] += 1
-                kpi["page_views"] += is_view
-                kpi["conversions"] += row.conversion
-                kpi["revenue_cents"] += row.revenue_cents
-                kpi["purchases"] += row.action == "purchase"
-                if is_view:
-                    stats = pages.setdefault(row.page, [0, 0, 0])
-                    stats[0] += 1
-                    stats[2] += row.duration
-                    if row.page not in seen_pages:
-                        seen_pages.add(row.page)
-                        stats[1] += 1
-                for dim, value in (
-                    ("device", row.device),
-                    ("country", row.country),
-                    ("browser", row.browser),
-                ):
-                    value = value or "unknown"
-                    cell = dims[dim].setdefault(value, [0, 0, 0, 0])
-                    cell[0] += 1
-                    cell[2] += is_view
-                    cell[3] += row.revenue_cents
-                    if (dim, value) not in seen_dims:
-                        seen_dims.add((dim, value))
-                        cell[1] += 1
-    kpi["active_users"] = len(user_ids)
-    kpi["users_total"] = users_before + kpi["new_users"]
-    return {"window_start": start, "kpi": dict(kpi), "pages": pages, "dims": dims}
+class WindowState:
+    """An open window of this partition: its users, and running event counters for live
+    figures (the final figures are computed from the users' rows)."""
+
+    __slots__ = ("applied", "dirty", "live", "new_users", "persisted", "start", "users")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.users: set[str] = set()
+        self.live: Counter[str] = Counter()
+        self.applied = -1
+        self.new_users: list[str] = []  # members added since the last write
+        self.dirty = False  # live counters changed since the last write
+        self.persisted = False  # its value was written (or loaded)
+
+    def count(self, user_id: str, row: Row) -> None:
+        if user_id not in self.users:
+            self.users.add(user_id)
+            self.new_users.append(user_id)
+        live = self.live
+        live["events"] += 1
+        live["page_views"] += row.action == "page_view"
+        live["conversions"] += row.conversion
+        live["revenue_cents"] += row.revenue_cents
+        live["purchases"] += row.action == "purchase"
+        self.dirty = True
 
 
-def _count_sessions(
-    kpi: Counter[str], user_id: str, rows: list[Row], start: int, end: int, rules: PartitionRules
-) -> None:
-    """Add one session key's sessions active in [start, end), as of ``end`` (SPEC 4)."""
-    for session in split_sessions((r for r in rows if r.ts < end), rules.gap_ms):
-        if not any(start <= r.ts for r in session):
-            continue
-        figures = session_figures(user_id, session)
-        kpi["sessions"] += 1
-        kpi["session_duration_ms"] += session[-1].ts - session[0].ts
-        kpi["bounces"] += figures["is_bounce"]
-        kpi["engagement_x10000"] += round(figures["engagement_score"] * 10_000)
+@dataclass(slots=True)
+class Clock:
+    """The partition's time and counters, one value written last in every batch."""
+
+    max_ts: int | None = None
+    wm: int | None = None
+    last_arrival: int | None = None
+    applied: int = -1
+    users_total: int = 0
+    late: int = 0
+    finalized_through: int | None = None
+
+
+class PartitionState:
+    """A partition's state in memory: users loaded on first use, open windows, the clock.
+
+    Lives from one batch to the next while the partition is assigned; ``take_writes`` hands
+    out what changed. ``max_users`` bounds the users kept decoded in memory (least recently
+    used clean users are dropped after a write; they are read again when needed).
+    """
+
+    def __init__(self, store: StateStore, rules: PartitionRules, max_users: int = 0) -> None:
+        self.store = store
+        self.rules = rules
+        self.max_users = max_users
+        stored = store.get(codec.CLOCK_KEY)
+        self.clock = codec.decode_clock(stored) if stored is not None else Clock()
+        self.users: dict[str, UserState] = {}
+        self.dirty_users: set[str] = set()
+        self.windows: dict[int, WindowState] = {}
+        self._stale_windows: list[WindowState] = []
+        self._finalized: list[WindowState] = []
+        self._index_puts: list[Write] = []
+        self._index_deletes: list[bytes] = []
+        self.fold_limit = self.clock.finalized_through
+        self.wm_at_start = self.clock.wm
+        self.open_users = codec.count_index(store)
+        """Users filed in the close index: those with open sessions (a gauge, not state)."""
+        self._load_windows()
+        if stored is not None:
+            self._load_legacy(stored)
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_windows(self) -> None:
+        loaded: dict[int, WindowState] = {}
+        for start, value in codec.scan_windows(self.store):
+            window = loaded[start] = WindowState(start)
+            window.applied, live = value
+            window.live.update(live)
+            window.persisted = True
+        for start, user_id in codec.scan_members(self.store):
+            member_of = loaded.get(start)
+            if member_of is None:
+                member_of = loaded[start] = WindowState(start)
+            member_of.users.add(user_id)
+        through = self.clock.finalized_through
+        for start, window in loaded.items():
+            if through is not None and start < through:
+                self._stale_windows.append(window)  # final already: its deletion was lost
+            else:
+                self.windows[start] = window
+
+    def _load_legacy(self, stored_clock: bytes) -> None:
+        """Take over the windows and the close list that the previous version kept inside
+        its clock; the next batch writes them in the current layout."""
+        windows, live, closing = codec.legacy_clock(stored_clock)
+        for start, users in windows.items():
+            window = self.window_for_update(start)
+            window.users.update(users)
+            window.new_users = list(users)
+            window.live.update(live.get(start, {}))
+            window.dirty = True
+        for user_id in closing:
+            if self.user(user_id) is not None:
+                self.user_for_update(user_id)  # filed in the close index by take_writes
+
+    def user(self, user_id: str) -> UserState | None:
+        """The user's state, from memory or the store; None for a user never seen."""
+        state = self.users.get(user_id)
+        if state is None:
+            stored = self.store.get(user_id.encode())
+            if stored is None:
+                return None
+            state = self.users[user_id] = codec.decode_user(stored)
+        elif self.max_users:  # least recently used last out: move to the end
+            del self.users[user_id]
+            self.users[user_id] = state
+        return state
+
+    def user_for_update(self, user_id: str) -> UserState:
+        state = self.user(user_id)
+        if state is None:
+            state = self.users[user_id] = UserState()
+        if user_id not in self.dirty_users:
+            self.dirty_users.add(user_id)
+            state.fold(self.fold_limit, self.rules.gap_ms)
+        return state
+
+    def window_for_update(self, start: int) -> WindowState:
+        window = self.windows.get(start)
+        if window is None:
+            window = self.windows[start] = WindowState(start)
+        return window
+
+    # ------------------------------------------------------------------ writing
+
+    def take_writes(self) -> list[Write]:
+        """This batch's changes, in the order a restore may cut anywhere (module docstring),
+        and the start of the next batch."""
+        users: list[Write] = []
+        for user_id in self.dirty_users:
+            user = self.users[user_id]
+            self._index(user_id, user)
+            users.append((user_id.encode(), codec.encode_user(user)))
+        # new index entries before the users that refer to them, old ones deleted only after
+        # the clock: any prefix of these writes leaves every stored user's entry in place
+        writes = self._index_puts + users
+        for window in self.windows.values():
+            if window.new_users:
+                writes += [(codec.member_key(window.start, u), b"") for u in window.new_users]
+                window.new_users = []
+            if window.dirty:
+                writes.append((codec.window_key(window.start), codec.encode_window(window)))
+                window.dirty = False
+                window.persisted = True
+        writes.append((codec.CLOCK_KEY, codec.encode_clock(self.clock)))
+        filed = {key for key, _ in self._index_puts}
+        writes += [(key, None) for key in self._index_deletes if key not in filed]
+        for window in self._finalized + self._stale_windows:
+            if window.persisted:
+                writes.append((codec.window_key(window.start), None))
+            unwritten = set(window.new_users)
+            writes += [
+                (codec.member_key(window.start, u), None)
+                for u in window.users
+                if u not in unwritten
+            ]
+        self._finalized, self._stale_windows = [], []
+        self._index_puts, self._index_deletes = [], []
+        self.dirty_users = set()
+        self.fold_limit = self.clock.finalized_through
+        self.wm_at_start = self.clock.wm
+        self._evict()
+        return writes
+
+    def _index(self, user_id: str, user: UserState) -> None:
+        """Keep one close index entry per user with open sessions, at or before its next
+        deadline.
+
+        An entry may be early: when it comes due and the user is not, it moves to the real
+        deadline. So a session that keeps growing costs no index write per event, only one
+        per ``close_after`` of event time."""
+        deadline = user.close_deadline(self.rules)
+        filed = user.index_at
+        if filed is not None and (deadline is None or deadline < filed):
+            self._index_deletes.append(codec.close_key(filed, user_id))
+            user.index_at = filed = None
+            self.open_users -= 1
+        if deadline is not None and filed is None:
+            self._index_puts.append((codec.close_key(deadline, user_id), b""))
+            user.index_at = deadline
+            self.open_users += 1
+
+    def _evict(self) -> None:
+        excess = len(self.users) - self.max_users
+        if self.max_users and excess > 0:
+            for user_id in list(self.users)[:excess]:
+                del self.users[user_id]
+
+    # ------------------------------------------------------------------ closing sessions
+
+    def close_due_sessions(self, out: PartitionOutput) -> None:
+        """Close the sessions due by the watermark at the start of this batch.
+
+        Every due entry is taken out of the index and its user looked at: a user that is due
+        has its sessions written; one that is not is filed again at its real deadline (after
+        a crash between writes an entry and the user's record of it may disagree, so the
+        entry is trusted only as a hint)."""
+        watermark = self.wm_at_start
+        if watermark is None:
+            return
+        for key, due_at, user_id in codec.scan_due(self.store, watermark):
+            self._index_deletes.append(key)
+            if self.user(user_id) is None:
+                continue
+            user = self.user_for_update(user_id)
+            filed = user.index_at
+            if filed is not None and (filed == due_at or filed <= watermark):
+                user.index_at = None  # its entry is this one, or one already taken out
+                self.open_users -= 1
+            deadline = user.close_deadline(self.rules)
+            if deadline is not None and deadline <= watermark:
+                out.sessions.extend(user.close_sessions(user_id, watermark, self.rules))
+            # take_writes files the user again under its next deadline, if it has one
 
 
 def apply_batch(
@@ -274,124 +521,159 @@ def apply_batch(
     """Apply one batch (offset order) and return what it finalises, or shows live."""
     clock = state.clock
     out = PartitionOutput()
-    watermark_before = clock["wm"]
-    touched: set[str] = set()
+    state.close_due_sessions(out)
     for item in items:
-        if item.offset <= clock["applied"]:
+        if item.offset <= clock.applied:
             continue
-        clock["applied"] = item.offset
+        clock.applied = item.offset
         if isinstance(item, Tick):
             _advance_idle(clock, item.timestamp_ms, rules)
             continue
-        row = row_of(item.event)
-        if clock["wm"] is not None and window_end(row.ts, rules.window_ms) <= clock["wm"]:
-            clock["late"] += 1
+        row = item.row if item.row is not None else row_of(item.event)
+        ts = row.ts
+        if clock.wm is not None and window_end(ts, rules.window_ms) <= clock.wm:
+            clock.late += 1
             out.late_events += 1
             continue
-        user_id: str = item.event["user_id"]
+        user_id: str = item.user_id
         user = state.user_for_update(user_id)
-        if item.offset > user["applied"]:
-            _apply_to_user(user, row)
-            user["applied"] = item.offset
-        start = window_start(row.ts, rules.window_ms)
-        clock["windows"].setdefault(str(start), {})[user_id] = 1
-        _count_live(clock, start, row)
-        first_window = window_start(user["first_seen"], rules.window_ms)
-        if str(first_window) in clock["windows"]:
-            clock["newcomers"][user_id] = first_window
-        clock["max_ts"] = row.ts if clock["max_ts"] is None else max(clock["max_ts"], row.ts)
-        candidate = clock["max_ts"] - rules.grace_ms
-        clock["wm"] = candidate if clock["wm"] is None else max(clock["wm"], candidate)
-        if clock["last_arrival"] is None or item.arrived_ms > clock["last_arrival"]:
-            clock["last_arrival"] = item.arrived_ms
-        touched.add(user_id)
-    for user_id in touched:
-        deadline = _close_deadline(state.users[user_id], rules)
-        if deadline is not None:
-            clock["closing"][user_id] = deadline
+        if item.offset > user.applied:
+            user.add(row)
+            user.applied = item.offset
+        window = state.window_for_update(window_start(ts, rules.window_ms))
+        if item.offset > window.applied:
+            window.count(user_id, row)
+            window.applied = item.offset
+        if clock.max_ts is None or ts > clock.max_ts:
+            clock.max_ts = ts
+            candidate = ts - rules.grace_ms
+            if clock.wm is None or candidate > clock.wm:
+                clock.wm = candidate
+        if clock.last_arrival is None or item.arrived_ms > clock.last_arrival:
+            clock.last_arrival = item.arrived_ms
     _finalise_windows(state, rules, out, live=live)
-    if watermark_before is not None:
-        _close_due_sessions(state, watermark_before, rules, out)
     return out
 
 
-def _count_live(clock: Clock, start: int, row: Row) -> None:
-    """Running event counters of an open window: live figures without touching any user."""
-    live = clock["live"].setdefault(str(start), {})
-    for name, amount in (
-        ("events", 1),
-        ("page_views", row.action == "page_view"),
-        ("conversions", row.conversion),
-        ("revenue_cents", row.revenue_cents),
-        ("purchases", row.action == "purchase"),
-    ):
-        live[name] = live.get(name, 0) + amount
-
-
-def live_partial(
-    state: PartitionState, start: int, rules: PartitionRules, users_before: int
-) -> dict[str, Any]:
-    """An open window's share so far: event counters from the clock, and the window's
-    sessions as of the events seen until now (the final partial takes them as of its end).
-    Pages and dimensions are published only when the window is final."""
-    clock = state.clock
-    end = start + rules.window_ms
-    new_users = sum(1 for window in clock["newcomers"].values() if window == start)
-    kpi = Counter[str](clock["live"].get(str(start), {}))
-    user_ids = clock["windows"].get(str(start), {})
-    for user_id in user_ids:
-        user = state.user(user_id)
-        if user is not None:
-            for _, rows in _user_rows(user):
-                _count_sessions(kpi, user_id, rows, start, end, rules)
-    kpi["active_users"] = len(user_ids)
-    kpi["new_users"] = new_users
-    kpi["users_total"] = users_before + new_users
-    return {"window_start": start, "kpi": dict(kpi), "pages": {}, "dims": {}}
-
-
 def _advance_idle(clock: Clock, now_ms: int, rules: PartitionRules) -> None:
-    if clock["max_ts"] is None or clock["last_arrival"] is None:
+    if clock.max_ts is None or clock.last_arrival is None or clock.wm is None:
         return
-    idle = now_ms - clock["last_arrival"]
+    idle = now_ms - clock.last_arrival
     if idle >= rules.idle_ms:
-        candidate = clock["max_ts"] - rules.grace_ms + idle
-        clock["wm"] = max(clock["wm"], candidate)
+        clock.wm = max(clock.wm, clock.max_ts - rules.grace_ms + idle)
 
 
 def _finalise_windows(
     state: PartitionState, rules: PartitionRules, out: PartitionOutput, *, live: bool
 ) -> None:
     clock = state.clock
-    watermark = clock["wm"]
-    users_before = clock["users_total"]
-    for start in sorted(int(key) for key in clock["windows"]):
+    watermark = clock.wm
+    users_before = clock.users_total
+    for start in sorted(state.windows):
         final = watermark is not None and start + rules.window_ms <= watermark
         if not final and not live:
-            continue
+            break
+        window = state.windows[start]
+        partial = window_partial(state, window, rules, users_before, final=final)
         if final:
-            partial = window_partial(state, start, rules, users_before)
-            clock["users_total"] = partial["kpi"]["users_total"]
-            del clock["windows"][str(start)]
-            clock["live"].pop(str(start), None)
-            for user_id in [u for u, w in clock["newcomers"].items() if w == start]:
-                del clock["newcomers"][user_id]
-        else:
-            partial = live_partial(state, start, rules, users_before)
+            clock.users_total = partial["kpi"]["users_total"]
+            clock.finalized_through = start + rules.window_ms
+            del state.windows[start]
+            state._finalized.append(window)
         partial["final"] = final
         out.partials.append(partial)
         users_before = partial["kpi"]["users_total"]
 
 
-def _close_due_sessions(
-    state: PartitionState, watermark: int, rules: PartitionRules, out: PartitionOutput
+def window_partial(
+    state: PartitionState,
+    window: WindowState,
+    rules: PartitionRules,
+    users_before: int,
+    *,
+    final: bool,
+) -> dict[str, Any]:
+    """This partition's share of a window: summable figures (SPEC sections 4 and 5).
+
+    A final share counts the users' rows in the window; a live one takes the running event
+    counters and leaves pages and dimensions out (they are published once final). Both take
+    the sessions active in the window as of its end from the rows seen so far."""
+    start = window.start
+    end = start + rules.window_ms
+    gap = rules.gap_ms
+    kpi = Counter[str]() if final else Counter[str](window.live)
+    pages: dict[str, list[int]] = {}
+    dims: dict[str, dict[str, list[int]]] = {"device": {}, "country": {}, "browser": {}}
+    new_users = 0
+    sessions = duration = bounces = engagement = 0
+    for user_id in window.users:
+        user = state.user(user_id)
+        if user is None:
+            continue
+        if user.first_seen is not None and start <= user.first_seen < end:
+            new_users += 1
+        seen_pages: set[str] = set()
+        seen_dims: set[tuple[str, str]] = set()
+        for key in user.keys.values():
+            for preview in key.previews(start, end, gap):
+                sessions += 1
+                duration += preview.end - preview.start
+                bounces += preview.events == 1
+                engagement += round(preview.engagement() * 10_000)
+            if not final:
+                continue
+            pending = key.pending
+            for index in range(bisect.bisect_left(pending, start, key=_ts), len(pending)):
+                row = pending[index]
+                if row.ts >= end:
+                    break
+                _count_final(kpi, pages, dims, seen_pages, seen_dims, row)
+    kpi["sessions"] = sessions
+    kpi["session_duration_ms"] = duration
+    kpi["bounces"] = bounces
+    kpi["engagement_x10000"] = engagement
+    kpi["active_users"] = len(window.users)
+    kpi["new_users"] = new_users
+    kpi["users_total"] = users_before + new_users
+    return {
+        "window_start": start,
+        "kpi": dict(kpi),
+        "pages": pages if final else {},
+        "dims": dims if final else {},
+    }
+
+
+def _count_final(
+    kpi: Counter[str],
+    pages: dict[str, list[int]],
+    dims: dict[str, dict[str, list[int]]],
+    seen_pages: set[str],
+    seen_dims: set[tuple[str, str]],
+    row: Row,
 ) -> None:
-    closing = state.clock["closing"]
-    for user_id in [u for u, deadline in closing.items() if deadline <= watermark]:
-        user = state.user_for_update(user_id)
-        out.sessions.extend(_close_sessions(user_id, user, watermark, rules))
-        deadline = _close_deadline(user, rules)
-        if deadline is None:
-            del closing[user_id]
-        else:
-            closing[user_id] = deadline
+    is_view = row.action == "page_view"
+    kpi["events"] += 1
+    kpi["page_views"] += is_view
+    kpi["conversions"] += row.conversion
+    kpi["revenue_cents"] += row.revenue_cents
+    kpi["purchases"] += row.action == "purchase"
+    if is_view:
+        stats = pages.get(row.page)
+        if stats is None:
+            stats = pages[row.page] = [0, 0, 0]
+        stats[0] += 1
+        stats[2] += row.duration
+        if row.page not in seen_pages:
+            seen_pages.add(row.page)
+            stats[1] += 1
+    for dim, value in (("device", row.device), ("country", row.country), ("browser", row.browser)):
+        value = value or "unknown"
+        cell = dims[dim].get(value)
+        if cell is None:
+            cell = dims[dim][value] = [0, 0, 0, 0]
+        cell[0] += 1
+        cell[2] += is_view
+        cell[3] += row.revenue_cents
+        if (dim, value) not in seen_dims:
+            seen_dims.add((dim, value))
+            cell[1] += 1

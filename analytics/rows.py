@@ -5,7 +5,6 @@ State holds many events, so each is a short JSON list rather than the full enric
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from analytics.timeutil import parse_ts
@@ -34,10 +33,11 @@ class Row(NamedTuple):
         return cls(*data)
 
 
-def row_of(enriched: dict[str, Any]) -> Row:
-    """Reduce an enriched event (SPEC section 2) to a Row."""
+def row_of(enriched: dict[str, Any], ts_ms: int | None = None) -> Row:
+    """Reduce an enriched event (SPEC section 2) to a Row; ``ts_ms`` is its time when the
+    caller has it already (else it is parsed from the event)."""
     return Row(
-        ts=parse_ts(enriched["timestamp"]),
+        ts=parse_ts(enriched["timestamp"]) if ts_ms is None else ts_ms,
         event_id=enriched["event_id"],
         session_id=enriched["session_id"] or "",
         action=enriched["action"],
@@ -56,17 +56,25 @@ def order_key(row: Row) -> tuple[int, str]:
     return (row.ts, row.event_id)
 
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    """One enriched event, where it sits in its partition and when it arrived."""
+class Arrival(NamedTuple):
+    """One enriched event, where it sits in its partition and when it arrived. ``row`` is
+    its compact form when the tracker has built it already (else it is derived from
+    ``event``)."""
 
     offset: int
     arrived_ms: int
     event: dict[str, Any]
+    row: Row | None = None
+    payload: bytes = b""
+    """The enriched event as JSON, as the tracker publishes it."""
+
+    @property
+    def user_id(self) -> str:
+        user_id: str = self.event["user_id"]
+        return user_id
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(NamedTuple):
     """A timer message: it carries the wall-clock time (its message timestamp) into a partition."""
 
     offset: int

@@ -45,6 +45,20 @@ def format_ts(ms: int) -> str:
     return f"{head}.{millis:03d}Z"
 
 
+@functools.lru_cache(maxsize=4096)
+def _second_ms(head: str) -> int | None:
+    """Epoch ms of ``YYYY-MM-DDTHH:MM:SS`` (UTC), None when it is not a real date and time;
+    cached, as nearby events share seconds."""
+    try:
+        return (datetime.fromisoformat(head + "+00:00") - _EPOCH) // _ONE_MS
+    except ValueError:
+        return None
+
+
+_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9]\.[0-9]{3}Z")
+"""What format_ts writes and most clients send: parsed without building a datetime."""
+
+
 def parse_ts(text: str) -> int:
     """RFC 3339 text -> epoch milliseconds; no offset means UTC.
 
@@ -55,6 +69,10 @@ def parse_ts(text: str) -> int:
     """
     if type(text) is not str:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    if len(text) == 24 and _CANONICAL.fullmatch(text):
+        second = _second_ms(text[:19])
+        if second is not None and _MIN_MS <= second <= _MAX_MS:
+            return second + int(text[20:23])
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")

@@ -23,26 +23,25 @@ import base64
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from analytics.enrichment import DEFAULT_RULES, EnrichmentRules, enrich
-from analytics.rows import Arrival, Tick
+from analytics.rows import Arrival, Tick, row_of
 from analytics.timeutil import format_ts
 from analytics.validation import (
     MAX_EVENT_BYTES,
     EventRejected,
     FieldError,
     decode_json,
-    validate_event,
+    validate_event_at,
 )
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c4a52-3b0e-4c8e-9a57-0d8c2f6e5b11")
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
+class RawMessage(NamedTuple):
     """One Kafka message as the tracker needs it."""
 
     key: bytes | None
@@ -53,8 +52,7 @@ class RawMessage:
     tick: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class SeenEvent:
+class SeenEvent(NamedTuple):
     """The dedup record of an event's first arrival."""
 
     received_ms: int
@@ -148,10 +146,10 @@ def track_batch(
                     [FieldError("event", f"{len(message.value)} bytes, over {MAX_EVENT_BYTES}")]
                 )
             obj = decode_json(message.value)
-            event = validate_event(
+            event, ts_ms = validate_event_at(
                 obj,
                 received_at_ms=message.timestamp_ms,
-                default_event_id=fallback_event_id(topic, message.partition, message.offset),
+                default_event_id="",  # never valid input: replaced below
                 future_tolerance_ms=rules.future_tolerance_ms,
             )
         except EventRejected as rejected:
@@ -165,6 +163,8 @@ def track_batch(
                 )
             )
             continue
+        if not event["event_id"]:
+            event["event_id"] = fallback_event_id(topic, message.partition, message.offset)
         user_id: str = event["user_id"]
         if message.key != user_id.encode():
             fixed = {**obj, "event_id": event["event_id"], "timestamp": event["timestamp"]}
@@ -187,8 +187,23 @@ def track_batch(
         ):
             out.duplicates += 1
             continue
+        enriched = enrich(event, rules.enrichment, ts_ms)
+        try:
+            payload = orjson.dumps(enriched)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            error = FieldError("event", f"cannot be encoded as JSON: {exc}")
+            out.dead_letters.append(
+                dead_letter(
+                    message.value,
+                    [error],
+                    source="topic",
+                    received_ms=message.timestamp_ms,
+                    **where,
+                )
+            )
+            continue
         if seen is None or seen.offset != message.offset:
             out.seen[key] = SeenEvent(message.timestamp_ms, message.offset)
-        enriched = enrich(event, rules.enrichment)
-        out.timeline.append(Arrival(message.offset, message.timestamp_ms, enriched))
+        row = row_of(enriched, ts_ms)
+        out.timeline.append(Arrival(message.offset, message.timestamp_ms, enriched, row, payload))
     return out

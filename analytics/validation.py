@@ -59,6 +59,7 @@ __all__ = [
     "decode_json",
     "validate_batch_body",
     "validate_event",
+    "validate_event_at",
 ]
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -252,6 +253,22 @@ def validate_event(
     ``timestamp_clamped`` and ``received_at``. Raises ``EventRejected`` listing every problem.
     ``obj`` is not modified.
     """
+    return validate_event_at(
+        obj,
+        received_at_ms=received_at_ms,
+        default_event_id=default_event_id,
+        future_tolerance_ms=future_tolerance_ms,
+    )[0]
+
+
+def validate_event_at(
+    obj: Any,
+    *,
+    received_at_ms: int,
+    default_event_id: str,
+    future_tolerance_ms: int = 600_000,
+) -> tuple[dict[str, Any], int]:
+    """``validate_event``, plus the event time in epoch ms (the hot path needs both)."""
     if type(obj) is not dict:
         raise EventRejected([FieldError("event", f"must be a JSON object, got {_show(obj)}")])
     errors: list[FieldError] = []
@@ -361,7 +378,7 @@ def validate_event(
 
     if errors:
         raise EventRejected(errors)
-    return {
+    normalised = {
         "event_id": event_id if event_id is not None else default_event_id,
         "user_id": user_id,
         "session_id": session_id or "",
@@ -377,6 +394,7 @@ def validate_event(
         "country": country,
         "device": device,
     }
+    return normalised, ts_ms
 
 
 def decode_json(payload: bytes | bytearray | memoryview | str) -> Any:

@@ -223,12 +223,11 @@ class Metrics:
         self.events_rekeyed.inc(len(tracked.rekeyed))
         self.sessions_closed.inc(len(analysed.sessions))
 
-    def partition_clock(self, partition: int, clock: dict[str, Any]) -> None:
-        """Users and open sessions of a partition, from its clock (analytics.partition):
-        users counted so far plus newcomers of open windows; users with a session to close."""
-        users = int(clock.get("users_total", 0)) + len(clock.get("newcomers", {}))
+    def partition_gauges(self, partition: int, users: int, open_sessions: int) -> None:
+        """Users of a partition (those first seen in its final windows) and its users with
+        open sessions (analytics.partition.PartitionState.open_users)."""
         self._users[partition] = users
-        self._sessions[partition] = len(clock.get("closing", {}))
+        self._sessions[partition] = open_sessions
         self._update_partition_gauges()
 
     def keep_partitions(self, owned: Iterable[int]) -> None:
@@ -339,12 +338,13 @@ def exporter() -> Exporter | None:
 # One-line hooks for agents and views ------------------------------------------------------
 
 
-def tracker_batch(tracked: TrackedBatch, analysed: PartitionOutput) -> None:
-    worker_metrics.tracker_batch(tracked, analysed, time.time())
+def tracker_batch(tracked: TrackedBatch, analysed: PartitionOutput, acked_s: float) -> None:
+    """A tracker batch whose outputs the broker acknowledged at ``acked_s`` (epoch s)."""
+    worker_metrics.tracker_batch(tracked, analysed, acked_s)
 
 
-def partition_clock(partition: int, clock: dict[str, Any]) -> None:
-    worker_metrics.partition_clock(partition, clock)
+def partition_gauges(partition: int, users: int, open_sessions: int) -> None:
+    worker_metrics.partition_gauges(partition, users, open_sessions)
 
 
 def keep_partitions(owned: Iterable[int]) -> None:

@@ -76,6 +76,8 @@ class EngineSettings(BaseModel):
     idle_timeout: Duration = timedelta(seconds=5)
     store: str = "rocksdb://"
     rocksdb_block_cache_mib: int = Field(8, ge=1, le=4096)
+    rocksdb_write_buffer_mib: int = Field(8, ge=1, le=1024)
+    max_cached_users: int = Field(200_000, ge=0)
     processing_guarantee: str = "at_least_once"
     session_timeout: Duration = timedelta(seconds=60)
     heartbeat_interval: Duration = timedelta(seconds=3)

@@ -1,22 +1,19 @@
-"""Per-partition analytics state (analytics.partition): one value per user plus the clock.
+"""Per-partition analytics state (analytics.partition), laid out by analytics.partition_codec.
 
 User values are keyed by the bare user_id, so Faust's table routing (which hashes the key like
-the default partitioner hashes user-events keys) finds the worker that owns a user. The clock's
-key starts with the byte 0xFF, which never occurs in UTF-8, so no user_id can collide with it.
+the default partitioner hashes user-events keys) finds the worker that owns a user. The hot
+path (agents/behavior_tracker.py) reads and writes the partition databases directly
+(tables/rocksdb_store.py); the web API reads users through Faust's table.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from analytics.partition import Clock, UserState
+from analytics import partition_codec
+from analytics.partition import UserState
 from app import app
 from tables.rocksdb_options import rocksdb_options
-from tables.write_through import write_through
-
-CLOCK_KEY = b"\xff\xffclock"
 
 _settings = app.analytics_settings
 
@@ -25,23 +22,13 @@ partition_state: Any = app.Table(
     partitions=_settings.engine.topic_partitions,
     key_type=bytes,
     value_type=bytes,
-    help="users' profiles and open sessions, and each partition's clock",
+    help="users' profiles and open sessions, open windows and each partition's clock",
     options=rocksdb_options(_settings),
+    extra_topic_configs={"max.message.bytes": str(16 * 1024 * 1024)},
 )
 
 
 def load_user(user_id: str) -> UserState | None:
+    """A user of a partition this worker holds, as last written (at most a batch behind)."""
     stored = partition_state.get(user_id.encode())
-    return orjson.loads(stored) if stored is not None else None
-
-
-def load_clock() -> Clock | None:
-    stored = partition_state.get(CLOCK_KEY)
-    return orjson.loads(stored) if stored is not None else None
-
-
-async def save(partition: int, users: dict[str, UserState], dirty: set[str], clock: Clock) -> None:
-    """Users first, the clock last: a restored state is then always a prefix of the writes."""
-    items = [(user_id.encode(), orjson.dumps(users[user_id])) for user_id in dirty]
-    items.append((CLOCK_KEY, orjson.dumps(clock)))
-    await write_through(partition_state, partition, items)
+    return partition_codec.decode_user(stored) if stored is not None else None

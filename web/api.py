@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 from faust import web
 from faust.web.exceptions import ServiceUnavailable
 
+from analytics.partition import UserState
 from analytics.timeutil import format_ts, parse_ts
 from app import app
 from tables import combiner_state
@@ -233,7 +234,7 @@ async def _user_answer(
     view: web.View,
     request: web.Request,
     user_id: str,
-    answer: Callable[[str, dict[str, Any], int], dict[str, Any]],
+    answer: Callable[[str, UserState, int], dict[str, Any]],
 ) -> web.Response:
     """Validate, load the user from this worker's partition state, and answer (or 404)."""
     try:

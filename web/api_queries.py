@@ -16,8 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from analytics.kpis import ratio
-from analytics.rows import Row
-from analytics.sessions import session_figures, split_sessions
+from analytics.partition import UserState
 from analytics.timeutil import format_ts
 from analytics.traffic import add_dimensions, add_pages
 from web.api_params import KpiRange
@@ -33,29 +32,25 @@ def _ts(ms: int | None) -> str | None:
     return format_ts(ms) if ms is not None else None
 
 
-def user_profile(user_id: str, user: Mapping[str, Any], gap_ms: int) -> dict[str, Any]:
-    """``GET /api/users/{user_id}``: the profile counters of analytics.partition.new_user."""
+def user_profile(user_id: str, user: UserState, gap_ms: int) -> dict[str, Any]:
+    """``GET /api/users/{user_id}``: the profile counters of analytics.partition.UserState."""
     return {
         "user_id": user_id,
-        "first_seen": _ts(user["first_seen"]),
-        "last_seen": _ts(user["last_seen"]),
-        "events": user["events"],
-        "revenue": _money(user["revenue_cents"]),
-        "revenue_cents": user["revenue_cents"],
-        "devices": list(user["devices"]),
-        "countries": list(user["countries"]),
-        "closed_sessions": user["closed_sessions"],
+        "first_seen": _ts(user.first_seen),
+        "last_seen": _ts(user.last_seen),
+        "events": user.events,
+        "revenue": _money(user.revenue_cents),
+        "revenue_cents": user.revenue_cents,
+        "devices": list(user.devices),
+        "countries": list(user.countries),
+        "closed_sessions": user.closed_sessions,
         "open_sessions": len(open_sessions(user_id, user, gap_ms)),
     }
 
 
-def open_sessions(user_id: str, user: Mapping[str, Any], gap_ms: int) -> list[dict[str, Any]]:
+def open_sessions(user_id: str, user: UserState, gap_ms: int) -> list[dict[str, Any]]:
     """The user's sessions not yet written out (SPEC section 3 figures), oldest first."""
-    sessions: list[dict[str, Any]] = []
-    for encoded in user["open"].values():
-        rows = [Row.decode(item) for item in encoded]
-        for session in split_sessions(rows, gap_ms):
-            sessions.append(session_view(session_figures(user_id, session)))
+    sessions = [session_view(figures) for figures in user.open_sessions(user_id, gap_ms)]
     return sorted(sessions, key=lambda s: (s["window_start"], s["session_id"]))
 
 
@@ -69,7 +64,7 @@ def session_view(figures: Mapping[str, Any]) -> dict[str, Any]:
     return view
 
 
-def recent_sessions(user_id: str, user: Mapping[str, Any]) -> list[dict[str, Any]]:
+def recent_sessions(user_id: str, user: UserState) -> list[dict[str, Any]]:
     """The user's last closed sessions (analytics.partition.RECENT_SESSIONS), newest first."""
     return [
         {
@@ -90,11 +85,11 @@ def recent_sessions(user_id: str, user: Mapping[str, Any]) -> list[dict[str, Any
             "engagement_score": summary["engagement_score"],
             "open": False,
         }
-        for summary in user.get("recent", [])
+        for summary in user.recent
     ]
 
 
-def user_sessions(user_id: str, user: Mapping[str, Any], gap_ms: int) -> dict[str, Any]:
+def user_sessions(user_id: str, user: UserState, gap_ms: int) -> dict[str, Any]:
     """``GET /api/sessions/{user_id}``: open sessions, the last closed ones, the profile."""
     return {
         "user_id": user_id,

@@ -10,6 +10,7 @@ from aiohttp import web as aiohttp_web
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents.behavior_tracker import owned_partitions
 from analytics.timeutil import now_ms
 from analytics.validation import MAX_BATCH_BYTES, MAX_EVENT_BYTES
 from app import app, metrics
@@ -143,9 +144,7 @@ class HealthView(web.View):
         sinks = sink_health()
         healthy = kafka["connected"] and sinks["status"] != DEGRADED
         status = "ok" if healthy else "degraded"
-        source = {
-            tp.partition for tp in app.consumer.assignment() if tp.topic == TOPICS.user_events
-        }
+        source = owned_partitions()
         body = {
             "status": status,
             "kafka": kafka,

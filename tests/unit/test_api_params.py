@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from analytics.partition import new_user
+from analytics.partition import SessionKey, UserState
 from analytics.rows import Row
 from analytics.timeutil import parse_ts
 from web.api_params import (
@@ -150,18 +150,16 @@ def _row(ts: int, event_id: str, session_id: str, action: str, **extra: Any) -> 
     return Row(ts=ts, event_id=event_id, session_id=session_id, action=action, **fields).encode()
 
 
-def _user() -> dict[str, Any]:
-    user = new_user()
-    user.update(
-        first_seen=T0 + 1000,
-        last_seen=T0 + 3 * 3_600_000,
-        events=4,
-        revenue_cents=2550,
-        devices=["mobile"],
-        countries=["DE"],
-        closed_sessions=2,
-    )
-    user["open"] = {
+def _user() -> UserState:
+    user = UserState()
+    user.first_seen = T0 + 1000
+    user.last_seen = T0 + 3 * 3_600_000
+    user.events = 4
+    user.revenue_cents = 2550
+    user.devices = ["mobile"]
+    user.countries = ["DE"]
+    user.closed_sessions = 2
+    rows = {
         "s1": [
             _row(T0 + 1000, "e1", "s1", "page_view", page="/home", duration=1000),
             _row(T0 + 10_000, "e3", "s1", "purchase", conversion=True, revenue_cents=2550),
@@ -173,6 +171,12 @@ def _user() -> dict[str, Any]:
             _row(T0 + 3 * 3_600_000, "e5", "", "click"),
         ],
     }
+    for session_id, encoded in rows.items():
+        key = user.keys[session_id] = SessionKey()
+        for row in encoded:
+            key.add(Row.decode(row))
+    # the first event of s1 already folded into a summary: the API shows both parts as one
+    user.keys["s1"].fold(T0 + 2000, 1_800_000)
     return user
 
 
@@ -228,7 +232,7 @@ def test_open_sessions_follow_spec_section_3() -> None:
 
 def test_recent_sessions_are_shown_closed_newest_first() -> None:
     user = _user()
-    user["recent"] = [
+    user.recent = [
         {
             "session_id": "old",
             "start_ms": T0 - 600_000,

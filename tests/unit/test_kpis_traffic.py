@@ -17,6 +17,7 @@ from analytics.partition import PartitionRules, PartitionState, apply_batch
 from analytics.rows import Arrival
 from analytics.timeutil import format_ts
 from analytics.traffic import add_dimensions, add_pages, dimension_rows, page_rows
+from tables.memory_store import MemoryStore
 from tests.reference import batch as reference
 
 MINUTE = 60_000
@@ -385,9 +386,10 @@ def test_missing_dimension_values_are_reported_as_unknown() -> None:
         _event("u3", T0 + 4_000, 4, device="", action="click"),
         _event("u9", T0 + MINUTE + 20_000, 9),  # moves the watermark past the window
     ]
-    state = PartitionState(None, lambda _user: None)
+    rules = PartitionRules(window_ms=MINUTE)
+    state = PartitionState(MemoryStore(), rules)
     items = [Arrival(i, T0, e) for i, e in enumerate(events)]
-    out = apply_batch(state, items, PartitionRules(window_ms=MINUTE), live=False)
+    out = apply_batch(state, items, rules, live=False)
     (partial,) = out.partials
     assert partial["final"] is True
     rows = {

@@ -183,9 +183,9 @@ def test_http_ingest_counts_accepted_and_dead_letters(fresh: Metrics) -> None:
 
 
 def test_partition_gauges_sum_the_owned_partitions(fresh: Metrics) -> None:
-    fresh.partition_clock(0, {"users_total": 5, "newcomers": {"a": 0, "b": 0}, "closing": {}})
-    fresh.partition_clock(3, {"users_total": 1, "newcomers": {}, "closing": {"x": 1, "y": 2}})
-    fresh.partition_clock(0, {"users_total": 6, "newcomers": {"b": 0}, "closing": {"a": 9}})
+    fresh.partition_gauges(0, users=5, open_sessions=0)
+    fresh.partition_gauges(3, users=1, open_sessions=2)
+    fresh.partition_gauges(0, users=7, open_sessions=1)
     r = fresh.registry
     assert value(r, f"{NS}_user_count") == 8
     assert value(r, f"{NS}_session_count") == 3

@@ -9,9 +9,11 @@ batch sizes, disorder within the grace, partitions consumed at different speeds,
 combiner fed at random moments. All final KPI windows, closed sessions, page statistics and
 dimension statistics must equal the batch reference (tests/reference/batch.py). Then the same
 with simulated crashes: persistence is modelled like the agent's changelog (after each batch,
-dirty users then the clock; a crash keeps only a prefix of that write sequence, so a restored
-state may hold users newer than its clock), the partition is re-delivered from the restored
-clock's offset, and its outputs are published again.
+the writes ``PartitionState.take_writes`` hands out, in their order; a crash keeps only a
+prefix of that write sequence, so a restored state may hold users newer than its clock), the
+partition is re-delivered from the restored clock's offset, and its outputs are published
+again. Between crashes a partition keeps its state in memory, as the agent does, and now and
+then reads it back from its table instead, so both paths are exercised.
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from typing import Any
 import orjson
 import pytest
 
+from analytics import partition_codec as codec
 from analytics.combiner import CombinerRules, CombinerState, combine, new_state
 from analytics.enrichment import enrich
 from analytics.partition import (
     RECENT_SESSIONS,
+    Clock,
     PartitionOutput,
     PartitionRules,
     PartitionState,
+    UserState,
+    Write,
     apply_batch,
 )
 from analytics.rows import Arrival, Tick, row_of
@@ -41,6 +47,7 @@ from analytics.sessions import session_figures, split_sessions
 from analytics.timeutil import format_ts, parse_ts
 from analytics.validation import validate_event
 from generator.traffic import TrafficProfile, generate_labelled
+from tables.memory_store import MemoryStore
 from tests import contract
 from tests.reference import batch as reference
 
@@ -51,7 +58,6 @@ IDLE = 5_000
 RULES = PartitionRules(window_ms=W, gap_ms=GAP, grace_ms=GRACE, idle_ms=IDLE)
 CLOSE_AFTER = GAP + W
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00.000Z, a window start
-CLOCK_KEY = "\xff\xffclock"
 
 
 def event(
@@ -93,16 +99,33 @@ def _json(value: Any) -> Any:
 # =========================================================================== Part A
 
 
+def clock_of(store: MemoryStore) -> Clock:
+    stored = store.get(codec.CLOCK_KEY)
+    assert stored is not None
+    return codec.decode_clock(stored)
+
+
+def closing_of(store: MemoryStore) -> dict[str, int]:
+    """The close index: user -> when it is due (the latest entry of each user)."""
+    return {user: at for _, at, user in codec.scan_due(store, 2**62)}
+
+
+def windows_of(store: MemoryStore) -> list[int]:
+    """Starts of the windows stored as open (values or members)."""
+    starts = {start for start, _ in codec.scan_windows(store)}
+    return sorted(starts | {start for start, _ in codec.scan_members(store)})
+
+
 @dataclass
 class Part:
-    """One partition with durable state between batches (JSON, like the agent's table)."""
+    """One partition with durable state between batches (its table, like the agent's)."""
 
     index: int
     rules: PartitionRules = RULES
-    clock: bytes | None = None
-    users: dict[str, bytes] = field(default_factory=dict)
+    store: MemoryStore = field(default_factory=MemoryStore)
     offset: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
+    last_writes: list[Write] = field(default_factory=list)
 
     def arrival(self, ev: dict[str, Any], arrived_ms: int | None = None) -> Arrival:
         self.offset += 1
@@ -118,14 +141,11 @@ class Part:
     def run(
         self, items: Sequence[Arrival | Tick], *, live: bool = False
     ) -> tuple[PartitionOutput, list[dict[str, Any]]]:
-        state = PartitionState(
-            orjson.loads(self.clock) if self.clock is not None else None,
-            lambda user: orjson.loads(self.users[user]) if user in self.users else None,
-        )
+        """One batch on state read back from the table (the codec is part of every run)."""
+        state = PartitionState(self.store, self.rules)
         out = apply_batch(state, items, self.rules, live=live)
-        for user in state.dirty_users:
-            self.users[user] = orjson.dumps(state.users[user])
-        self.clock = orjson.dumps(state.clock)
+        self.last_writes = state.take_writes()
+        self.store.apply(self.last_writes)
         return out, messages(self.index, out, state.clock, items)
 
     def send(
@@ -134,10 +154,15 @@ class Part:
         return self.run([self.arrival(ev) for ev in events], live=live)
 
     @property
-    def state(self) -> dict[str, Any]:
-        assert self.clock is not None
-        clock: dict[str, Any] = orjson.loads(self.clock)
-        return clock
+    def clock(self) -> Clock:
+        return clock_of(self.store)
+
+    def user(self, user_id: str) -> UserState | None:
+        stored = self.store.get(user_id.encode())
+        return codec.decode_user(stored) if stored is not None else None
+
+    def closing(self) -> dict[str, int]:
+        return closing_of(self.store)
 
 
 def appended_at(item: Arrival | Tick) -> int:
@@ -146,12 +171,12 @@ def appended_at(item: Arrival | Tick) -> int:
 
 
 def messages(
-    index: int, out: PartitionOutput, clock: dict[str, Any], items: Sequence[Arrival | Tick]
+    index: int, out: PartitionOutput, clock: Clock, items: Sequence[Arrival | Tick]
 ) -> list[dict[str, Any]]:
     """What the agent publishes to kpi-partials after a batch: partials, then progress
     (watermark, late count, and the latest append time among the batch's messages)."""
     msgs = [{"type": "partial", "partition": index, **partial} for partial in out.partials]
-    progress = {"type": "progress", "partition": index, "wm": clock["wm"], "late": clock["late"]}
+    progress = {"type": "progress", "partition": index, "wm": clock.wm, "late": clock.late}
     progress["arrived"] = max(appended_at(item) for item in items)
     msgs.append(progress)
     return _json(msgs)  # type: ignore[no-any-return]
@@ -176,7 +201,7 @@ def test_window_is_final_only_when_every_partition_passes_its_end() -> None:
 
     # p0's watermark reaches W0's end exactly (ts - grace == end): final there
     out, m = p0.send(event("a", T0 + W + GRACE))
-    assert p0.state["wm"] == T0 + W
+    assert p0.clock.wm == T0 + W
     assert [(p["window_start"], p["final"], p["kpi"]["events"]) for p in out.partials] == [
         (T0, True, 2)
     ]
@@ -217,7 +242,7 @@ def test_partition_without_events_does_not_block_but_an_unreported_one_does() ->
     assert not finals(combine(cs, m, rules).kpis), "p1 never reported: it must hold W0 back"
 
     out, m = p1.run([p1.tick(T0 + 3 * W)])  # a tick only: no event, no watermark
-    assert out.partials == [] and p1.state["wm"] is None
+    assert out.partials == [] and p1.clock.wm is None
     assert m == [{"type": "progress", "partition": 1, "wm": None, "late": 0, "arrived": T0 + 3 * W}]
     published = finals(combine(cs, m, rules).kpis)
     assert list(published) == [T0]
@@ -321,7 +346,7 @@ def test_replayed_live_partial_does_not_replace_a_final_one() -> None:
 
     # p0 crashes before its state write survives; Kafka re-delivers from offset 1 and the
     # first re-delivered batch happens to be shorter and live
-    p0.clock, p0.users = None, {}
+    p0.store = MemoryStore()
     combine(cs, p0.run([first], live=True)[1], rules)
     result = combine(cs, p1.send(event("b", T0 + W + GRACE))[1], rules)  # p1 passes W0
     published = finals(result.kpis)
@@ -379,12 +404,12 @@ def test_late_event_is_counted_and_left_out() -> None:
     # W0 is closed (end <= watermark): late, counted, no state, no partial
     out, m = p0.send(event("late-user", T0 + W - 1))
     assert out.late_events == 1 and out.partials == [] and out.sessions == []
-    assert p0.state["late"] == 1
-    assert "late-user" not in p0.users
+    assert p0.clock.late == 1
+    assert p0.user("late-user") is None
     # older than the watermark but its window W1 is still open: on time
     out, m2 = p0.send(event("a", T0 + W, event_id="on-time"))
     assert out.late_events == 0
-    assert p0.state["late"] == 1
+    assert p0.clock.late == 1
 
     out, m3 = p0.send(event("a", T0 + 2 * W + GRACE))
     assert [(p["window_start"], p["kpi"]["events"]) for p in out.partials] == [(T0 + W, 2)]
@@ -405,7 +430,7 @@ def test_tick_after_idle_advances_the_watermark_of_a_quiet_partition() -> None:
     last_ts, arrived = T0 + 5_000, T0 + 5_050
     _, m = p0.run([p0.arrival(event("quiet", last_ts), arrived_ms=arrived)])
     combine(cs, m, rules)
-    assert p0.state["wm"] == last_ts - GRACE
+    assert p0.clock.wm == last_ts - GRACE
     _, m = p1.send(event("busy", T0 + 2 * W + GRACE))  # p1 is far ahead
     assert not finals(combine(cs, m, rules).kpis)
 
@@ -414,14 +439,14 @@ def test_tick_after_idle_advances_the_watermark_of_a_quiet_partition() -> None:
         return arrived + wm - (last_ts - GRACE)
 
     p0.run([p0.tick(arrived + IDLE - 1)])  # not idle long enough: no change
-    assert p0.state["wm"] == last_ts - GRACE
+    assert p0.clock.wm == last_ts - GRACE
     p0.run([p0.tick(arrived + IDLE)])
-    assert p0.state["wm"] == last_ts - GRACE + IDLE
+    assert p0.clock.wm == last_ts - GRACE + IDLE
 
     out, m = p0.run([p0.tick(wall_for(T0 + W) - 1)])
     assert out.partials == [] and not finals(combine(cs, m, rules).kpis)
     out, m = p0.run([p0.tick(wall_for(T0 + W))])
-    assert p0.state["wm"] == T0 + W
+    assert p0.clock.wm == T0 + W
     assert [(p["window_start"], p["final"]) for p in out.partials] == [(T0, True)]
     published = finals(combine(cs, m, rules).kpis)
     assert list(published) == [T0]
@@ -429,7 +454,7 @@ def test_tick_after_idle_advances_the_watermark_of_a_quiet_partition() -> None:
 
     # an older tick does not move the watermark back
     p0.run([p0.tick(arrived + IDLE)])
-    assert p0.state["wm"] == T0 + W
+    assert p0.clock.wm == T0 + W
 
     # the quiet user's session closes once a batch *starts* with wm >= last + gap + window
     deadline = last_ts + CLOSE_AFTER
@@ -445,8 +470,9 @@ def test_tick_after_idle_advances_the_watermark_of_a_quiet_partition() -> None:
         1,
     )
     assert closed["is_bounce"] is True
-    assert orjson.loads(p0.users["quiet"])["open"] == {}
-    assert p0.state["closing"] == {}
+    quiet = p0.user("quiet")
+    assert quiet is not None and quiet.keys == {}
+    assert p0.closing() == {}
     out, _ = p0.run([p0.tick(wall_for(deadline + W))])
     assert out.sessions == [], "a session is written once"
 
@@ -455,7 +481,7 @@ def test_ticks_before_any_event_change_nothing() -> None:
     p0 = Part(0)
     out, m = p0.run([p0.tick(T0), p0.tick(T0 + 10 * IDLE)])
     assert out.partials == [] and out.sessions == []
-    assert p0.state["wm"] is None and p0.state["max_ts"] is None
+    assert p0.clock.wm is None and p0.clock.max_ts is None
     assert m[-1]["wm"] is None
 
 
@@ -467,11 +493,10 @@ def test_session_closes_when_the_watermark_passes_last_event_plus_gap_plus_windo
         event("u", T0 + 1_000 + GAP, session="s1", page="/products"),  # exactly one gap later
     ]
     p0.send(*user_events)
-    assert p0.state["late"] == 0
+    assert p0.clock.late == 0
     last = T0 + 1_000 + GAP
     deadline = last + CLOSE_AFTER
-    clock = p0.state["closing"]
-    assert clock == {"u": T0 + 2_000 + CLOSE_AFTER}  # the earliest of the user's sessions
+    assert p0.closing() == {"u": T0 + 2_000 + CLOSE_AFTER}  # the earliest of u's sessions
 
     out, _ = p0.send(event("other", deadline - 1 + GRACE))  # wm = deadline - 1
     out, _ = p0.send(event("other", deadline - 1 + GRACE))
@@ -484,10 +509,11 @@ def test_session_closes_when_the_watermark_passes_last_event_plus_gap_plus_windo
     assert closed["session_id"] == "s1" and closed["total_events"] == 2
     rows = [row_of(e) for e in (user_events[0], user_events[2])]
     assert closed == session_figures("u", split_sessions(rows, GAP)[0])
-    assert "u" not in p0.state["closing"]
+    assert "u" not in p0.closing()
     # "other" keeps its open session: its last event is far from due
-    assert "other" in p0.state["closing"]
-    assert orjson.loads(p0.users["other"])["open"]
+    assert "other" in p0.closing()
+    other = p0.user("other")
+    assert other is not None and other.keys
 
 
 def test_an_event_joining_a_session_postpones_its_closing() -> None:
@@ -512,10 +538,11 @@ def test_closed_sessions_are_kept_as_recent_summaries_newest_first() -> None:
         start = T0 + n * (CLOSE_AFTER + GRACE + W)
         p0.send(event("u", start, session=f"s{n}"), event("u", start + 5_000, session=f"s{n}"))
         p0.run([p0.tick(0)])
-    user = orjson.loads(p0.users["u"])
-    closed = user["closed_sessions"]
+    user = p0.user("u")
+    assert user is not None
+    closed = user.closed_sessions
     assert closed == sessions - 1  # the last one is still open
-    recent = user["recent"]
+    recent = user.recent
     assert [s["session_id"] for s in recent] == [
         f"s{n}" for n in range(closed - 1, closed - 1 - RECENT_SESSIONS, -1)
     ]
@@ -544,43 +571,64 @@ def test_replaying_a_batch_changes_nothing() -> None:
         p0.arrival(event("a", T0 + W + GRACE + 1)),
     ]
     first, m1 = p0.run(items)
-    snapshot = (p0.clock, dict(p0.users))
+    snapshot = dict(p0.store.data)
     again, m2 = p0.run(items)
     assert first.partials and again.partials == [] and again.sessions == []
-    assert (p0.clock, p0.users) == snapshot
+    assert p0.store.data == snapshot
     assert m2[-1] == m1[-1]  # the same progress report
 
 
-def test_replay_with_users_newer_than_the_clock_repeats_the_same_outputs() -> None:
-    """The agent writes users, then the clock: a crash in between keeps the users only."""
+def test_replay_from_any_prefix_of_a_batchs_writes_repeats_the_same_outputs() -> None:
+    """A crash can cut a batch's writes anywhere: users newer than the clock, windows half
+    written, the clock written but not the deletion of the windows it finalised. Replaying
+    the batch from every such prefix gives the same partials and sessions (none once the
+    clock survived: the batch was complete, its outputs published before any write), and
+    ends in the same state."""
     p0 = Part(0)
-    p0.send(event("a", T0 + 1_000), event("b", T0 + 2_000))
-    clock_before, users_before = p0.clock, dict(p0.users)
+    p0.send(event("a", T0 + 1_000), event("b", T0 + 2_000, session="x"))
+    p0.send(event("b", T0 + W + 5_000, session="x"))  # b's session spans two windows
+    before = dict(p0.store.data)
     batch = [
         p0.arrival(event("a", T0 + 3_000, action="purchase", revenue_cents=1_250)),
         p0.arrival(event("c", T0 + 4_000)),
-        p0.arrival(event("b", T0 + W + GRACE + 1)),
+        p0.arrival(event("b", T0 + 2 * W + GRACE + 1, session="x")),
     ]
     original, _ = p0.run(batch)
-    clock_after, users_after = p0.state, dict(p0.users)
+    writes = p0.last_writes
+    after = dict(p0.store.data)
+    assert [p["window_start"] for p in original.partials] == [T0, T0 + W]
+    assert original.partials[0]["kpi"]["events"] == 4
+    assert original.partials[0]["kpi"]["revenue_cents"] == 1_250
+    assert len(writes) > 5
+    clock_at = [key for key, _ in writes].index(codec.CLOCK_KEY)
+    assert clock_at < len(writes) - 1, "windows are deleted after the clock"
+    for cut in range(len(writes) + 1):
+        p0.store = MemoryStore(before)
+        p0.store.apply(writes[:cut])
+        replayed, _ = p0.run(batch)
+        if cut <= clock_at:
+            assert _json(replayed.partials) == _json(original.partials), cut
+            assert _json(replayed.sessions) == _json(original.sessions), cut
+        else:
+            assert replayed.partials == [] and replayed.sessions == [], cut
+        assert p0.store.data == after, cut
 
-    # restore: every user written by the batch survived, the clock did not
-    p0.clock = clock_before
-    replayed, _ = p0.run(batch)
-    assert _json(replayed.partials) == _json(original.partials)
-    assert replayed.partials[0]["kpi"]["events"] == 4
-    assert replayed.partials[0]["kpi"]["revenue_cents"] == 1_250
-    assert p0.state == clock_after
-    assert p0.users == users_after
 
-    # restore: only user "a" survived
-    p0.clock, p0.users = clock_before, {**users_before, "a": users_after["a"]}
-    replayed, _ = p0.run(batch)
-    assert _json(replayed.partials) == _json(original.partials)
-    assert p0.state == clock_after
-    assert {u: orjson.loads(v) for u, v in p0.users.items()} == {
-        u: orjson.loads(v) for u, v in users_after.items()
-    }
+def test_a_long_session_keeps_only_the_rows_inside_the_grace() -> None:
+    """Rows older than the last final window are folded into the session's summary in the
+    batch after: a user's value does not grow with the length of its session."""
+    p0 = Part(0)
+    sizes = []
+    for n in range(600):
+        p0.send(event("long", T0 + n * 1_000, page=f"/p{n % 7}"))
+        sizes.append(len(p0.store.get(b"long") or b""))
+    user = p0.user("long")
+    assert user is not None
+    (key,) = user.keys.values()
+    assert len(key.summaries) == 1 and key.summaries[0].events > 500
+    newest = T0 + 599 * 1_000
+    assert all(row.ts >= newest - GRACE - 2 * W for row in key.pending)
+    assert max(sizes[300:]) <= max(sizes[100:200]) + 16, "the value must not grow"
 
 
 # =========================================================================== Part B
@@ -645,8 +693,9 @@ class Node:
         self.index = index
         self.log = log
         self.rng = rng
-        self.table: dict[str, bytes] = {}
-        self.changelog: list[tuple[str, bytes]] = []
+        self.table = MemoryStore()
+        self.state: PartitionState | None = None  # in memory between batches, like the agent
+        self.changelog: list[Write] = []
         self.batch_writes: list[int] = []  # changelog length when each batch began writing
         self.position = 0
         self.crashes = 0
@@ -661,24 +710,16 @@ class Node:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """One batch: apply, return (kpi-partials messages, closed sessions), write state."""
         items = self.log[self.position : self.position + size]
-        stored_clock = self.table.get(CLOCK_KEY)
-        state = PartitionState(
-            orjson.loads(stored_clock) if stored_clock is not None else None,
-            lambda user: orjson.loads(self.table[user]) if user in self.table else None,
-        )
+        if self.state is None or self.rng.random() < 0.2:  # now and then read back
+            self.state = PartitionState(self.table, RULES, max_users=self.rng.choice([0, 3]))
+        state = self.state
         out = apply_batch(state, items, RULES, live=live)
         self.position += len(items)
         self.batch_writes.append(len(self.changelog))
-        dirty = sorted(state.dirty_users)
-        self.rng.shuffle(dirty)  # a set: any order
-        for user in dirty:
-            self._write(user, orjson.dumps(state.users[user]))
-        self._write(CLOCK_KEY, orjson.dumps(state.clock))
+        writes = state.take_writes()
+        self.changelog += writes
+        self.table.apply(writes)
         return messages(self.index, out, state.clock, items), _json(out.sessions)
-
-    def _write(self, key: str, value: bytes) -> None:
-        self.changelog.append((key, value))
-        self.table[key] = value
 
     def crash(self, batches: int, *, during_last_publish: bool) -> None:
         """Lose the changelog's suffix from somewhere in the last ``batches`` batches, rebuild
@@ -690,13 +731,17 @@ class Node:
         cut = self.rng.randint(min(lowest, highest), highest)
         self.changelog = self.changelog[:cut]
         self.batch_writes = [b for b in self.batch_writes if b < cut]
-        self.table = dict(self.changelog)
+        self.table = MemoryStore()
+        self.table.apply(self.changelog)
+        self.state = None
         self.crashes += 1
-        clock_at = max((i for i, (k, _) in enumerate(self.changelog) if k == CLOCK_KEY), default=-1)
+        clock_at = max(
+            (i for i, (k, _) in enumerate(self.changelog) if k == codec.CLOCK_KEY), default=-1
+        )
         if clock_at < len(self.changelog) - 1:
             self.users_newer_than_clock += 1
-        stored_clock = self.table.get(CLOCK_KEY)
-        resume = orjson.loads(stored_clock)["applied"] + 1 if stored_clock is not None else 0
+        stored_clock = self.table.get(codec.CLOCK_KEY)
+        resume = codec.decode_clock(stored_clock).applied + 1 if stored_clock is not None else 0
         self.position = self.rng.randint(max(0, resume - 3), resume)
 
 
@@ -825,10 +870,10 @@ def exact_trends(expected: dict[int, dict[str, Any]]) -> int:
 def check_against_reference(data: Traffic, result: Published, nodes: list[Node]) -> None:
     assert result.problems == []
     for node in nodes:
-        clock = orjson.loads(node.table[CLOCK_KEY])
-        assert clock["late"] == 0, "disorder within grace: nothing may be late"
-        assert clock["windows"] == {}, "every window of the traffic is final"
-        assert clock["closing"] == {}, "every session of the traffic is closed"
+        assert clock_of(node.table).late == 0, "disorder within grace: nothing may be late"
+        assert windows_of(node.table) == [], "every window of the traffic is final"
+        assert closing_of(node.table) == {}, "every session of the traffic is closed"
+        assert codec.count_index(node.table) == 0
     assert all(k["late_events_total"] == 0 for k in result.kpis.values())
 
     expected = reference.kpi_windows(data.events, W, GAP)

@@ -1,0 +1,187 @@
+"""Kafka input and output of the hot path, through librdkafka (confluent-kafka).
+
+Faust's stream path costs about 200 µs a message here (a task per message in its consumer's
+drain loop, an Event and a queue hand-over each), and aiokafka's producer about 26 µs a
+message of Python. librdkafka fetches, decodes and batches in its own threads: one Python
+call hands over thousands of consumed messages, and a produce call costs about 2 µs
+(bench/compare.py). Faust still owns the consumer group, the tables and their recovery; these
+clients only move the messages of the partitions Faust assigned (agents/behavior_tracker.py).
+
+Output records are acknowledged in rounds: ``Outbox.send`` any number of them, then
+``await Outbox.flush()`` returns once the broker holds every one (or raises
+``DeliveryFailed`` naming what it refused). The producer is idempotent, so retries inside
+librdkafka neither duplicate nor reorder records of a partition; a broker that is down makes
+``flush`` wait (and log), never drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryFailed(RuntimeError):
+    """The broker refused records; ``errors`` holds (topic, partition, error) for each."""
+
+    def __init__(self, errors: list[tuple[str, int, str]]) -> None:
+        self.errors = errors
+        shown = "; ".join(f"{t}[{p}]: {e}" for t, p, e in errors[:5])
+        super().__init__(f"{len(errors)} records not delivered: {shown}")
+
+
+class Outbox:
+    """An idempotent librdkafka producer that is flushed in rounds."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._producer = Producer(
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+                "message.max.bytes": 16 * 1024 * 1024,
+                "message.timeout.ms": 0,  # never give up on a record: wait for the broker
+                "partitioner": "murmur2_random",  # Kafka's default for keyed records
+                **config,
+                "on_delivery": self._delivered,
+            }
+        )
+        self.pending = 0
+        self.failed: list[tuple[str, int, str]] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+        """The highest offset the broker gave a record, per (topic, partition)."""
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        self.pending -= 1
+        topic, partition = message.topic() or "", message.partition() or 0
+        if error is not None:
+            self.failed.append((topic, partition, str(error)))
+            return
+        key = (topic, partition)
+        offset = message.offset() or 0
+        if offset > self.offsets.get(key, -1):
+            self.offsets[key] = offset
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        timestamp_ms: int = 0,
+    ) -> None:
+        """Queue one record; ``partition`` None lets the key choose (murmur2, as Kafka);
+        ``timestamp_ms`` 0 stamps it with the time of sending."""
+        while True:
+            try:
+                if partition is None:
+                    self._producer.produce(topic, value, key, timestamp=timestamp_ms)
+                else:
+                    self._producer.produce(topic, value, key, partition, timestamp=timestamp_ms)
+                break
+            except BufferError:  # librdkafka's queue is full: let it drain
+                self._producer.poll(0.05)
+        self.pending += 1
+
+    async def flush(self, warn_after_s: float = 10.0) -> None:
+        """Wait until every queued record is acknowledged; raise DeliveryFailed if the broker
+        refused any. Waits in a thread, so the event loop (web, heartbeats) runs on."""
+        started = time.monotonic()
+        warned = False
+        while self.pending > 0:
+            self._producer.poll(0)
+            if self.pending > 0:
+                await asyncio.to_thread(self._producer.flush, 1.0)
+            if self.pending > 0 and not warned and time.monotonic() - started > warn_after_s:
+                log.warning("waiting for the broker to take %d records", self.pending)
+                warned = True
+        if warned:
+            log.info("the broker took the records after %.1f s", time.monotonic() - started)
+        if self.failed:
+            failed, self.failed = self.failed, []
+            raise DeliveryFailed(failed)
+
+    def close(self) -> None:
+        self._producer.flush(5.0)
+
+
+class InputReader:
+    """A librdkafka consumer of assigned partitions (no group membership: Faust's group
+    assigns them; positions come from the state). Offsets are committed under
+    ``group_id`` only so that lag tools see progress."""
+
+    def __init__(self, config: dict[str, Any], group_id: str) -> None:
+        self._consumer = Consumer(
+            {
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "queued.max.messages.kbytes": 16_384,
+                "fetch.wait.max.ms": 10,
+                "enable.partition.eof": False,
+                **config,
+            }
+        )
+
+    def assign(self, topic: str, positions: dict[int, int | None]) -> None:
+        """Start reading ``topic`` partitions at the given offsets (None: the beginning)."""
+        self._consumer.incremental_assign(
+            [
+                KafkaTopicPartition(topic, partition, OFFSET_BEGINNING if at is None else at)
+                for partition, at in positions.items()
+            ]
+        )
+
+    def unassign(self, topic: str, partitions: Sequence[int]) -> None:
+        if partitions:
+            self._consumer.incremental_unassign(
+                [KafkaTopicPartition(topic, partition) for partition in partitions]
+            )
+
+    async def poll(self, max_messages: int, wait_s: float) -> list[Message]:
+        """What is fetched already, up to ``max_messages``; when nothing is, wait up to
+        ``wait_s`` (in a thread) for the first message and take what came with it."""
+        consumer = self._consumer
+        messages: list[Message] = consumer.consume(max_messages, 0)
+        if not messages:
+            messages = await asyncio.to_thread(consumer.consume, 1, wait_s)
+            if messages:
+                messages += consumer.consume(max_messages - 1, 0)
+        good = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif not error.retriable() and error.fatal():
+                raise RuntimeError(f"input consumer failed: {error}")
+            else:
+                log.warning("input consumer: %s", error)
+        return good
+
+    def seek(self, topic: str, partition: int, at: int | None) -> None:
+        """Read ``partition`` again from offset ``at`` (None: the beginning)."""
+        self._consumer.seek(
+            KafkaTopicPartition(topic, partition, OFFSET_BEGINNING if at is None else at)
+        )
+
+    def commit(self, topic: str, positions: dict[int, int]) -> None:
+        """Record the next offset to read per partition (for lag monitoring only)."""
+        if positions:
+            self._consumer.commit(
+                offsets=[KafkaTopicPartition(topic, p, at) for p, at in positions.items()],
+                asynchronous=True,
+            )
+
+    def close(self) -> None:
+        self._consumer.close()

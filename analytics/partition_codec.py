@@ -1,0 +1,203 @@
+"""How a partition's state (analytics.partition) is laid out as keys and values in its table.
+
+Keys (bytes; user ids are UTF-8, which never contains 0xFF, so nothing collides with them):
+
+=================================  ===========================================================
+``<user_id>``                      a user (bare, so Faust's table routing finds its owner)
+``FF FF "clock"``                  the partition's clock
+``FF FD "W" <start>``              an open window's applied offset and live counters
+``FF FD "M" <start> <user_id>``    a user active in an open window (empty value)
+``FF FD "C" <deadline> <user_id>`` the close index: the user may have a session to close then
+=================================  ===========================================================
+
+Times in keys are 8 bytes big-endian, offset by 2**63, so byte order is time order (also
+before 1970) and range scans find windows and due deadlines without reading anything else.
+Values are JSON (orjson). State written by the previous version (users with their open
+sessions' rows, windows and the close list inside the clock) is read too: see
+``decode_user`` and ``legacy_clock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from analytics.rows import Row
+from analytics.sessions import SessionSummary
+
+if TYPE_CHECKING:
+    from analytics.partition import Clock, StateStore, UserState, WindowState
+
+CLOCK_KEY = b"\xff\xffclock"
+WINDOW = b"\xff\xfdW"
+MEMBER = b"\xff\xfdM"
+CLOSE = b"\xff\xfdC"
+_OFFSET = 2**63
+VERSION = 2
+
+
+def _time(ms: int) -> bytes:
+    return (ms + _OFFSET).to_bytes(8, "big")
+
+
+def _ms(data: bytes) -> int:
+    return int.from_bytes(data[:8], "big") - _OFFSET
+
+
+def window_key(start: int) -> bytes:
+    return WINDOW + _time(start)
+
+
+def member_key(start: int, user_id: str) -> bytes:
+    return MEMBER + _time(start) + user_id.encode()
+
+
+def close_key(deadline: int, user_id: str) -> bytes:
+    return CLOSE + _time(deadline) + user_id.encode()
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def scan_windows(store: StateStore) -> Iterator[tuple[int, list[Any]]]:
+    """(start, [applied, live counters]) of every stored window."""
+    for key, value in store.scan(WINDOW, _prefix_end(WINDOW)):
+        yield _ms(key[len(WINDOW) :]), orjson.loads(value)
+
+
+def scan_members(store: StateStore) -> Iterator[tuple[int, str]]:
+    """(window start, user_id) of every stored window member."""
+    for key, _ in store.scan(MEMBER, _prefix_end(MEMBER)):
+        rest = key[len(MEMBER) :]
+        yield _ms(rest), rest[8:].decode()
+
+
+def scan_due(store: StateStore, watermark: int) -> Iterator[tuple[bytes, int, str]]:
+    """(key, time, user_id) of the close index entries at or before ``watermark``."""
+    for key, _ in list(store.scan(CLOSE, CLOSE + _time(watermark + 1))):
+        rest = key[len(CLOSE) :]
+        yield key, _ms(rest), rest[8:].decode()
+
+
+def count_index(store: StateStore) -> int:
+    """Entries in the close index: one per user with open sessions."""
+    return sum(1 for _ in store.scan(CLOSE, _prefix_end(CLOSE)))
+
+
+# ---------------------------------------------------------------------- users
+
+
+def encode_user(user: UserState) -> bytes:
+    keys = {
+        session_id: [[s.encode() for s in key.summaries], [list(row) for row in key.pending]]
+        for session_id, key in user.keys.items()
+    }
+    return orjson.dumps(
+        [
+            VERSION,
+            user.first_seen,
+            user.last_seen,
+            user.events,
+            user.revenue_cents,
+            user.devices,
+            user.countries,
+            user.closed_sessions,
+            user.recent,
+            user.applied,
+            user.folded_until,
+            user.index_at,
+            keys,
+        ]
+    )
+
+
+def decode_user(data: bytes) -> UserState:
+    from analytics.partition import SessionKey, UserState
+
+    value = orjson.loads(data)
+    if isinstance(value, dict):
+        return _legacy_user(value)
+    user = UserState()
+    (
+        _,
+        user.first_seen,
+        user.last_seen,
+        user.events,
+        user.revenue_cents,
+        user.devices,
+        user.countries,
+        user.closed_sessions,
+        user.recent,
+        user.applied,
+        user.folded_until,
+        user.index_at,
+        keys,
+    ) = value
+    for session_id, (summaries, rows) in keys.items():
+        key = user.keys[session_id] = SessionKey()
+        key.summaries = [SessionSummary.decode(s) for s in summaries]
+        key.pending = [Row(*row) for row in rows]
+    return user
+
+
+def _legacy_user(value: dict[str, Any]) -> UserState:
+    """A user written by the previous version: every open row becomes a pending row."""
+    from analytics.partition import SessionKey, UserState
+
+    user = UserState()
+    user.first_seen = value.get("first_seen")
+    user.last_seen = value.get("last_seen")
+    user.events = value.get("events", 0)
+    user.revenue_cents = value.get("revenue_cents", 0)
+    user.devices = list(value.get("devices", []))
+    user.countries = list(value.get("countries", []))
+    user.closed_sessions = value.get("closed_sessions", 0)
+    user.recent = list(value.get("recent", []))
+    user.applied = value.get("applied", -1)
+    for session_id, rows in value.get("open", {}).items():
+        key = user.keys[session_id] = SessionKey()
+        key.pending = sorted(Row(*row) for row in rows)
+    return user
+
+
+# ---------------------------------------------------------------------- windows and clock
+
+
+def encode_window(window: WindowState) -> bytes:
+    return orjson.dumps([window.applied, dict(window.live)])
+
+
+_CLOCK_FIELDS = (
+    "max_ts",
+    "wm",
+    "last_arrival",
+    "applied",
+    "users_total",
+    "late",
+    "finalized_through",
+)
+
+
+def encode_clock(clock: Clock) -> bytes:
+    return orjson.dumps({"v": VERSION, **{name: getattr(clock, name) for name in _CLOCK_FIELDS}})
+
+
+def decode_clock(data: bytes) -> Clock:
+    from analytics.partition import Clock
+
+    value = orjson.loads(data)
+    return Clock(**{name: value[name] for name in _CLOCK_FIELDS if name in value})
+
+
+def legacy_clock(data: bytes) -> tuple[dict[int, list[str]], dict[int, dict[str, int]], list[str]]:
+    """What the previous version kept inside its clock: open windows' users and live
+    counters, and the users with sessions to close. Empty for a current clock."""
+    value = orjson.loads(data)
+    if value.get("v") == VERSION:
+        return {}, {}, []
+    windows = {int(start): list(users) for start, users in value.get("windows", {}).items()}
+    live = {int(start): dict(counters) for start, counters in value.get("live", {}).items()}
+    return windows, live, list(value.get("closing", {}))
