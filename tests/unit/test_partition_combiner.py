@@ -942,3 +942,52 @@ def test_final_figures_survive_crashes_with_live_partials() -> None:
         except AssertionError as exc:
             problems.append(f"seed {seed}: {str(exc)[:300]}")
     assert problems == []
+
+
+def test_state_written_by_the_previous_version_is_taken_over() -> None:
+    """The previous layout kept each user's open rows and, inside the clock, the open
+    windows, their live counters and the users with sessions to close. A worker upgraded
+    with such state finishes the open window and closes the session exactly."""
+    a1 = event("a", T0 + 1_000, page="/home")
+    a2 = event("a", T0 + 20_000, page="/products")
+    legacy_rows = [list(row_of(e)) for e in (a1, a2)]
+    user = {
+        "first_seen": T0 + 1_000,
+        "last_seen": T0 + 20_000,
+        "events": 2,
+        "revenue_cents": 0,
+        "devices": ["mobile"],
+        "countries": ["US"],
+        "closed_sessions": 0,
+        "recent": [],
+        "applied": 2,
+        "open": {"s1": legacy_rows},
+    }
+    clock = {
+        "max_ts": T0 + 20_000,
+        "wm": T0 + 10_000,
+        "last_arrival": T0 + 20_000,
+        "applied": 2,
+        "users_total": 0,
+        "late": 0,
+        "windows": {str(T0): {"a": 1}},
+        "live": {str(T0): {"events": 2, "page_views": 2}},
+        "newcomers": {"a": T0},
+        "closing": {"a": T0 + 20_000 + CLOSE_AFTER},
+    }
+    p0 = Part(
+        0, store=MemoryStore({b"a": orjson.dumps(user), codec.CLOCK_KEY: orjson.dumps(clock)})
+    )
+    p0.offset = 2
+    p0.events += [a1, a2]
+    out, _ = p0.send(event("b", T0 + W + GRACE))
+    (partial,) = out.partials
+    assert (partial["window_start"], partial["final"]) == (T0, True)
+    assert partial["kpi"]["events"] == 2 and partial["kpi"]["new_users"] == 1
+    assert partial["kpi"]["sessions"] == 1 and partial["kpi"]["users_total"] == 1
+    assert windows_of(p0.store) == [T0 + W]
+    assert p0.closing()["a"] == T0 + 20_000 + CLOSE_AFTER
+    p0.send(event("b", T0 + 20_000 + CLOSE_AFTER + GRACE))
+    out, _ = p0.run([p0.tick(0)])
+    (closed,) = [s for s in out.sessions if s["user_id"] == "a"]
+    assert closed == session_figures("a", split_sessions([row_of(a1), row_of(a2)], GAP)[0])
