@@ -11,6 +11,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 
@@ -27,6 +28,7 @@ from analytics.live_trends import (
     with_checkpoint,
 )
 from analytics.timeutil import parse_ts
+from web.openapi import OPENAPI
 
 W = 60_000
 GRACE = 10_000
@@ -286,3 +288,26 @@ def test_checkpoints_are_kept_for_the_open_windows_and_the_last_final_only() -> 
         assert set(kept) <= {str(start - W), str(start)}
         assert str(start) in kept
         assert all(len(points) <= CHECKPOINTS_PER_WINDOW + 1 for points in kept.values())
+
+
+# --------------------------------------------------------------------------- the API description
+
+
+def test_the_openapi_document_describes_live_and_final_records() -> None:
+    """/api/kpis/current and /api/kpis answer these records as published: every field is
+    described in the OpenAPI document, and both kinds validate against it."""
+    feed = Feed({T0: 1, T0 + W: 1})
+    records = feed.run(T0, T0 + W + GRACE + 20_000)
+    final = only(records, T0, final=True)
+    live = only(feed.at(T0 + W + 25_000), T0 + W, final=False)
+    schema = OPENAPI["components"]["schemas"]["KpiRecord"]
+    validator = jsonschema.Draft202012Validator(
+        {**OPENAPI, "$ref": "#/components/schemas/KpiRecord"}
+    )
+    for record in (live, final):
+        assert set(record) <= set(schema["properties"])
+        validator.validate(orjson.loads(orjson.dumps(record)))
+    assert set(live) >= PROVISIONAL_FIELDS
+    assert not PROVISIONAL_FIELDS & set(schema["required"])
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({**live, "trends_provisional": False})
