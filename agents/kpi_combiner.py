@@ -18,7 +18,9 @@ from tables.history import HistoryWriter
 TOPICS = app.topic_names
 _engine = app.analytics_settings.engine
 RULES = CombinerRules(
-    partitions=_engine.topic_partitions, window_ms=int(_engine.kpi_window.total_seconds() * 1000)
+    partitions=_engine.topic_partitions,
+    window_ms=int(_engine.kpi_window.total_seconds() * 1000),
+    grace_ms=int(_engine.grace.total_seconds() * 1000),
 )
 
 partials_topic = app.topic(TOPICS.kpi_partials, partitions=1)

@@ -6,6 +6,11 @@ from its last final partial. A window is final once every partition has reported
 at or past its end; a partition that has never seen an event holds it back only until it has
 caught up (see ``_ready``). Partials are overwrites, not increments, so re-delivered ones
 change nothing; a partial for a window already published as final is counted and ignored.
+
+Trends: a final record's compare it with the whole previous window (SPEC 4); a live record's
+compare the window so far with the previous window at the same elapsed point of event time,
+marked ``trends_provisional`` (analytics.live_trends, which also says why). For that the state
+keeps each open window's counters as it was published live (``checkpoints``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analytics.kpis import kpi_figures, trends
+from analytics.live_trends import (
+    Checkpoint,
+    checkpoint,
+    elapsed_ms,
+    event_time_now,
+    provisional_trends,
+    with_checkpoint,
+)
 from analytics.traffic import add_dimensions, add_pages, dimension_rows, page_rows
 
 CombinerState = dict[str, Any]
@@ -26,6 +39,7 @@ KEEP_FINALS = 3
 class CombinerRules:
     partitions: int
     window_ms: int = 60_000
+    grace_ms: int = 10_000
 
 
 @dataclass(slots=True)
@@ -44,6 +58,7 @@ def new_state() -> CombinerState:
         "finals": {},
         "ready_since": {},
         "published_through": None,
+        "checkpoints": {},
     }
 
 
@@ -98,14 +113,52 @@ def _ready(state: CombinerState, start: int, rules: CombinerRules) -> bool:
 def _figures(
     state: CombinerState, start: int, rules: CombinerRules, sums: Counter[str]
 ) -> dict[str, Any]:
-    """The KPI record of window ``start`` from its summed counters."""
+    """The final KPI record of window ``start`` from its summed counters (SPEC 4 trends)."""
     figures = kpi_figures(start, rules.window_ms, sums)
     previous_start = start - rules.window_ms
     previous = state["finals"].get(str(previous_start))
     if previous is None and str(previous_start) in state["windows"]:
         previous = dict(_sums(state, previous_start, rules)[0])
     figures["trends"] = trends(sums, previous)
-    figures["late_events_total"] = sum(p["late"] for p in state["progress"].values())
+    figures["late_events_total"] = _late(state)
+    return figures
+
+
+def _late(state: CombinerState) -> int:
+    return sum(p["late"] for p in state["progress"].values())
+
+
+def _previous_checkpoints(
+    state: CombinerState, start: int, rules: CombinerRules
+) -> list[Checkpoint]:
+    """The checkpoints of the window before ``start``, ending in its final counters or, while
+    it is still open, its latest ones (event time is past its end once ``start`` has events)."""
+    previous = start - rules.window_ms
+    points: list[Checkpoint] = state["checkpoints"].get(str(previous), [])
+    final = state["finals"].get(str(previous))
+    if final is None and str(previous) in state["windows"]:
+        final = _sums(state, previous, rules)[0]
+    if final is None:
+        return points
+    return with_checkpoint(points, checkpoint(rules.window_ms, final), rules.window_ms)
+
+
+def _live_figures(
+    state: CombinerState, start: int, rules: CombinerRules, now: int | None
+) -> dict[str, Any]:
+    """The live KPI record of window ``start``, with provisional trends; remembers its
+    counters at this elapsed point for the next window's trends."""
+    sums = _sums(state, start, rules)[0]
+    elapsed = elapsed_ms(start, rules.window_ms, now)
+    figures = kpi_figures(start, rules.window_ms, sums)
+    previous = _previous_checkpoints(state, start, rules)
+    figures.update(provisional_trends(sums, elapsed, previous))
+    figures["late_events_total"] = _late(state)
+    figures["is_final"] = False
+    own = state["checkpoints"].get(str(start), [])
+    state["checkpoints"][str(start)] = with_checkpoint(
+        own, checkpoint(elapsed, sums), rules.window_ms
+    )
     return figures
 
 
@@ -154,10 +207,9 @@ def combine(
         _publish_final(state, start, rules, out)
         touched.discard(start)
     if live:
+        now = event_time_now((p["wm"] for p in state["progress"].values()), rules.grace_ms)
         for start in sorted(touched):
-            figures = _figures(state, start, rules, _sums(state, start, rules)[0])
-            figures["is_final"] = False
-            out.kpis.append(figures)
+            out.kpis.append(_live_figures(state, start, rules, now))
     return out
 
 
@@ -173,6 +225,8 @@ def _publish_final(
     out.traffic.extend(dimension_rows(start, rules.window_ms, dims))
     for old in sorted(int(key) for key in state["finals"])[:-KEEP_FINALS]:
         del state["finals"][str(old)]
+    for old in [key for key in state["checkpoints"] if int(key) < start]:
+        del state["checkpoints"][old]
     del state["windows"][str(start)]
     state["ready_since"].pop(str(start), None)
     state["published_through"] = start

@@ -60,13 +60,18 @@ def kpi_figures(start: int, window_ms: int, sums: Mapping[str, int]) -> dict[str
     }
 
 
-def _exact(numerator: int, denominator: int) -> Fraction:
+Counters = Mapping[str, int | Fraction]
+"""A window's summed counters: integers, or exact fractions where they are interpolated
+between two moments (analytics.live_trends)."""
+
+
+def _exact(numerator: int | Fraction, denominator: int | Fraction) -> Fraction:
     return Fraction(numerator, denominator) if denominator else Fraction(0)
 
 
-def trend_values(sums: Mapping[str, int]) -> dict[str, Fraction]:
-    """The ten trend metrics as exact fractions of the window's integer counters, so a change
-    of exactly ±5 % is classified the same however the ratios would round in floating point."""
+def trend_values(sums: Counters) -> dict[str, Fraction]:
+    """The ten trend metrics as exact fractions of the window's counters, so a change of
+    exactly ±5 % is classified the same however the ratios would round in floating point."""
     sessions = sums.get("sessions", 0)
     return {
         "active_users": Fraction(sums.get("active_users", 0)),
@@ -96,7 +101,7 @@ def trend(current: Fraction, previous: Fraction) -> dict[str, Any]:
     return {"change_percent": float(change), "trend": direction}
 
 
-def trends(current: Mapping[str, int], previous: Mapping[str, int] | None) -> dict[str, Any]:
+def trends(current: Counters, previous: Counters | None) -> dict[str, Any]:
     """Trends of the ten SPEC metrics from two windows' counters; a previous window with no
     events counts as all zero."""
     now, before = trend_values(current), trend_values(previous or {})

@@ -106,41 +106,71 @@ TREND = _obj(
     {
         "change_percent": {
             **NUMBER,
-            "description": "100 * (current - previous) / previous; 0 when previous is 0",
+            "description": (
+                "100 * (current - previous) / previous; 0 when previous is 0. previous is the "
+                "window before; on a live record (trends_provisional), the window before as "
+                "it was at the same elapsed point"
+            ),
         },
         "trend": {"type": "string", "enum": ["up", "down", "stable"]},
     }
 )
 
-KPI_RECORD = _obj(
-    {
-        "window_start": TIMESTAMP,
-        "window_end": TIMESTAMP,
-        "total_users": INTEGER,
-        "active_users": INTEGER,
-        "new_users": INTEGER,
-        "total_sessions": INTEGER,
-        "total_page_views": INTEGER,
-        "total_events": INTEGER,
-        "total_revenue": MONEY,
-        "total_revenue_cents": CENTS,
-        "total_conversions": INTEGER,
-        "purchases": INTEGER,
-        "average_order_value": MONEY,
-        "revenue_per_user": MONEY,
-        "average_session_duration_seconds": NUMBER,
-        "bounce_rate_percent": NUMBER,
-        "average_engagement_score": NUMBER,
-        "conversion_rate_percent": NUMBER,
-        "conversions_per_session": NUMBER,
-        "trends": {"type": "object", "additionalProperties": _ref("Trend")},
-        "late_events_total": INTEGER,
-        "is_final": {
-            **BOOLEAN,
-            "description": "false while the watermark has not passed window_end (SPEC 6)",
-        },
-    }
-)
+KPI_PROPERTIES: dict[str, Any] = {
+    "window_start": TIMESTAMP,
+    "window_end": TIMESTAMP,
+    "total_users": INTEGER,
+    "active_users": INTEGER,
+    "new_users": INTEGER,
+    "total_sessions": INTEGER,
+    "total_page_views": INTEGER,
+    "total_events": INTEGER,
+    "total_revenue": MONEY,
+    "total_revenue_cents": CENTS,
+    "total_conversions": INTEGER,
+    "purchases": INTEGER,
+    "average_order_value": MONEY,
+    "revenue_per_user": MONEY,
+    "average_session_duration_seconds": NUMBER,
+    "bounce_rate_percent": NUMBER,
+    "average_engagement_score": NUMBER,
+    "conversion_rate_percent": NUMBER,
+    "conversions_per_session": NUMBER,
+    "trends": {
+        "type": "object",
+        "additionalProperties": _ref("Trend"),
+        "description": (
+            "SPEC 4: each figure against the window before (absent: all zero). Final "
+            "records compare whole windows; live records compare this window so far "
+            "with the window before at the same elapsed point (trends_provisional)"
+        ),
+    },
+    "trends_provisional": {
+        "type": "boolean",
+        "const": True,
+        "description": (
+            "Live records only (absent from final ones): the trends are provisional, "
+            "this window so far against the window before at the same elapsed point "
+            "of event time, its counts and sums interpolated between the moments it "
+            "was published live and ratios recomputed from them"
+        ),
+    },
+    "trends_elapsed_seconds": {
+        **NUMBER,
+        "description": (
+            "Live records only: the elapsed point both windows are compared at, seconds "
+            "into the window (0 to its length): the latest event time seen (greatest "
+            "partition watermark + grace) minus window_start"
+        ),
+    },
+    "late_events_total": INTEGER,
+    "is_final": {
+        **BOOLEAN,
+        "description": "false while the watermark has not passed window_end (SPEC 6)",
+    },
+}
+LIVE_ONLY = ("trends_provisional", "trends_elapsed_seconds")
+KPI_RECORD = _obj(KPI_PROPERTIES, [name for name in KPI_PROPERTIES if name not in LIVE_ONLY])
 
 SESSION = _obj(
     {
@@ -405,7 +435,11 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _json(
                         _obj({"kpi": {"oneOf": [_ref("KpiRecord"), {"type": "null"}]}}),
-                        "kpi is null before the first window has events.",
+                        (
+                            "kpi is null before the first window has events. A live record "
+                            "(is_final false) has provisional trends: trends_provisional, "
+                            "trends_elapsed_seconds."
+                        ),
                     ),
                     "400": BAD_PARAMETER,
                     "503": UNAVAILABLE,

@@ -7,10 +7,10 @@ Chromium fails the test with the command to run, it is not skipped.
 The page is opened before any traffic, so everything it shows arrives over its Server-Sent
 Events stream. Then a quarter of an hour of back-dated traffic (final windows for the charts
 and breakdowns) and live traffic flow; the tiles must equal ``/api/kpis/current`` while the
-window is live, and again once the traffic has stopped and the window is final. The desktop
-screenshot, taken while the traffic flows, is saved for the README (``SAVE_SCREENSHOT=1``
-writes docs/images/, otherwise only the test's temporary folder), and a phone viewport must
-render without horizontal scrolling.
+window is live (its trends marked provisional), and again once the traffic has stopped and the
+window is final (its trends not). The desktop screenshot, taken while the traffic flows, is
+saved for the README (``SAVE_SCREENSHOT=1`` writes docs/images/, otherwise only the test's
+temporary folder), and a phone viewport must render without horizontal scrolling.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from analytics.timeutil import parse_ts
 from generator.cli import restamp, send_to_kafka
 from generator.traffic import Event, Kind, TrafficProfile, generate_labelled
 from tests.polling import poll
@@ -104,6 +105,7 @@ class Traffic:
         self.services = services
         self.topic = topic
         self.sent = 0
+        self.live_since_ms: int | None = None  # when the live traffic began (its event time)
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-traffic", daemon=True)
@@ -143,6 +145,7 @@ class Traffic:
             self.sent += asyncio.run(send_to_kafka(past, bootstrap, self.topic, 0, False))
             live = (event for event, _ in restamp(self._live()))
             began = time.monotonic()
+            self.live_since_ms = int(time.time() * 1000)
             sent = asyncio.run(send_to_kafka(live, bootstrap, self.topic, LIVE_RATE, False))
             self.sent += sent
             print(f"live traffic: {sent} events in {time.monotonic() - began:.1f} s")
@@ -151,15 +154,23 @@ class Traffic:
 
 
 def tiles(page: Page) -> dict[str, dict[str, Any]]:
-    """Every tile as shown: its raw figure (data-value), text and trend."""
+    """Every tile as shown: its raw figure (data-value), text, trend, the trend's text and
+    whether it is marked provisional (data-provisional)."""
     rows = page.eval_on_selector_all(
         "#tiles .tile",
         """tiles => tiles.map(t => [t.dataset.kpi, t.dataset.value,
-            t.querySelector('.value').textContent, t.dataset.trend || null])""",
+            t.querySelector('.value').textContent, t.dataset.trend || null,
+            t.querySelector('.trend').textContent, t.dataset.provisional === 'true'])""",
     )
     return {
-        key: {"value": json.loads(value), "text": text, "trend": trend}
-        for key, value, text, trend in rows
+        key: {
+            "value": json.loads(value),
+            "text": text,
+            "trend": trend,
+            "trend_text": trend_text,
+            "provisional": provisional,
+        }
+        for key, value, text, trend, trend_text, provisional in rows
     }
 
 
@@ -184,12 +195,29 @@ def same_as_api(page: Page, worker: Worker) -> Shown | None:
 
 
 def assert_tiles_show(kpi: dict[str, Any], shown: dict[str, dict[str, Any]]) -> None:
+    """The tiles show the record's figures and trends; a live record's trends are marked
+    provisional (hollow arrows, "so far"), a final record's are not."""
     assert set(shown) == set(TILE_KINDS)
+    provisional = kpi.get("trends_provisional", False)
+    assert provisional is not kpi["is_final"]
     for key, kind in TILE_KINDS.items():
         assert shown[key]["value"] == kpi[key], key
         assert shown[key]["text"] == shown_text(kpi[key], kind), key
         trend = kpi["trends"].get(key)
         assert shown[key]["trend"] == (trend["trend"] if trend else None), key
+        assert shown[key]["provisional"] is provisional, key
+        if trend:
+            arrows = "△▽→" if provisional else "▲▼→"
+            assert shown[key]["trend_text"][0] in arrows, key
+            assert shown[key]["trend_text"].endswith(" so far") is provisional, key
+
+
+def trend_basis(page: Page) -> str | None:
+    """The header's note on what the trends compare (live windows only)."""
+    basis: str | None = page.eval_on_selector(
+        "#window", "w => w.querySelector('.basis')?.textContent ?? null"
+    )
+    return basis
 
 
 def save(path: Path, name: str) -> Path:
@@ -235,14 +263,21 @@ def test_dashboard_shows_the_api_figures_live(
             assert int(page.eval_on_selector("body", "b => b.dataset.updates")) >= 1
 
             def live_and_shown() -> Shown | None:
-                # half a window into the live traffic: a representative screenshot
+                # half a window into the live traffic, the window before it all live traffic
+                # too: a representative screenshot (trends compare like with like)
                 if time.time() * 1000 % MINUTE_MS < MINUTE_MS / 2:
                     return None
                 answer = same_as_api(page, worker)
-                return answer if answer is not None and not answer[0]["is_final"] else None
+                if answer is None or answer[0]["is_final"] or traffic.live_since_ms is None:
+                    return None
+                previous_start = parse_ts(answer[0]["window_start"]) - MINUTE_MS
+                return answer if previous_start >= traffic.live_since_ms else None
 
-            live, shown = poll(live_and_shown, bool, 90, "live window on the page and in the API")
+            live, shown = poll(live_and_shown, bool, 180, "live window on the page and in the API")
             assert_tiles_show(live, shown)
+            assert live["trends_provisional"] is True
+            assert 0 < live["trends_elapsed_seconds"] <= MINUTE_MS / 1000
+            assert (trend_basis(page) or "").startswith("trends so far"), trend_basis(page)
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)  # while the traffic flows
             print(f"dashboard screenshot: {save(shot, 'dashboard.png')}")
@@ -259,6 +294,7 @@ def test_dashboard_shows_the_api_figures_live(
             )
             assert_tiles_show(final, shown)
             assert all(final[key] is not None for key in SESSION_TILES)
+            assert "trends_provisional" not in final and trend_basis(page) is None
 
             # the breakdowns follow the final window: the same pages as the API
             def pages_match() -> bool:

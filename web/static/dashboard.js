@@ -1,7 +1,8 @@
 // The live dashboard (docs/dashboard.md). No framework and no build step: the page keeps the
 // KPI windows pushed over Server-Sent Events by /dashboard/stream and redraws tiles, inline SVG
 // charts and lists from them. The body's data-* attributes (window-start, final, updates,
-// snapshots) and each tile's data-value say what is shown, for the browser test.
+// snapshots) and each tile's data-value, data-trend and data-provisional say what is shown,
+// for the browser test.
 "use strict";
 
 (() => {
@@ -23,6 +24,9 @@
     ["total_users", "Users so far", "int"],
   ];
   const ARROWS = { up: "▲", down: "▼", stable: "→" };
+  // a live window's trends are provisional (its figures so far against the window before at
+  // the same elapsed point): hollow arrows and "so far", so they never pass for final ones
+  const PROVISIONAL_ARROWS = { up: "△", down: "▽", stable: "→" };
 
   const state = { windows: new Map(), current: null, breakdowns: null };
   const counters = { updates: 0, snapshots: 0 };
@@ -48,6 +52,20 @@
 
   function clock(ms) {
     return new Date(ms).toISOString().slice(11, 16);
+  }
+
+  // a span of seconds as m:ss
+  function minutes(seconds) {
+    const whole = Math.floor(seconds);
+    return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
+  }
+
+  // what a record's trends compare, for the header and the arrows' tooltips
+  function trendBasis(record) {
+    if (!record.trends_provisional) return "against the whole window before";
+    const length = (Date.parse(record.window_end) - startOf(record)) / 1000;
+    const at = minutes(record.trends_elapsed_seconds);
+    return `provisional: this window's first ${at} of ${minutes(length)} against the window before at the same point`;
   }
 
   function el(tag, className, text) {
@@ -107,6 +125,7 @@
   }
 
   function renderTiles(record) {
+    const provisional = Boolean(record && record.trends_provisional);
     for (const [key, { tile, value, trend, kind }] of tiles) {
       const figure = record ? record[key] : null;
       tile.dataset.value = JSON.stringify(figure === undefined ? null : figure);
@@ -114,13 +133,18 @@
       const change = record && record.trends ? record.trends[key] : null;
       if (change) {
         const sign = change.change_percent > 0 ? "+" : "";
+        const arrow = (provisional ? PROVISIONAL_ARROWS : ARROWS)[change.trend] || "";
+        const text = `${arrow} ${sign}${change.change_percent.toFixed(1)}%`;
         tile.dataset.trend = change.trend;
-        trend.textContent = `${ARROWS[change.trend] || ""} ${sign}${change.change_percent.toFixed(1)}%`;
-        trend.title = "against the window before";
+        trend.textContent = provisional ? `${text} so far` : text;
+        trend.title = trendBasis(record);
       } else {
         delete tile.dataset.trend;
         trend.textContent = record && key in (record.trends || {}) ? "—" : " ";
+        trend.title = "";
       }
+      if (provisional) tile.dataset.provisional = "true";
+      else delete tile.dataset.provisional;
     }
   }
 
@@ -252,6 +276,11 @@
       el("span", "", `Window ${clock(start)}–${clock(end)} UTC `),
       el("span", current.is_final ? "badge final" : "badge live", current.is_final ? "final" : "live"),
     );
+    if (current.trends_provisional) {
+      const basis = el("span", "basis", `trends so far: first ${minutes(current.trends_elapsed_seconds)} against the window before`);
+      basis.title = trendBasis(current);
+      label.append(basis);
+    }
     document.getElementById("updates").textContent = String(counters.updates);
   }
 
