@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sinks.db import Connection
+import psycopg
+
+from sinks.db import Connection, describe
 
 PRELOAD = "shared_preload_libraries"
 WORKER_PROCESSES = "max_worker_processes"
@@ -72,9 +74,13 @@ def worker_setting_problems(settings: Mapping[str, str], jobs: int) -> list[str]
 
 
 async def check_worker_settings(conn: Connection) -> list[str]:
-    """``worker_setting_problems`` of the server ``conn`` is on (TimescaleDB installed)."""
-    cursor = await conn.execute(READ_SETTINGS, (list(SETTINGS),))
-    settings = {str(name): str(value) for name, value in await cursor.fetchall()}
-    cursor = await conn.execute(COUNT_JOBS)
-    row = await cursor.fetchone()
+    """``worker_setting_problems`` of the server ``conn`` is on (TimescaleDB installed). The
+    check only advises: if it cannot be made, that is the one warning."""
+    try:
+        cursor = await conn.execute(READ_SETTINGS, (list(SETTINGS),))
+        settings = {str(name): str(value) for name, value in await cursor.fetchall()}
+        cursor = await conn.execute(COUNT_JOBS)
+        row = await cursor.fetchone()
+    except psycopg.Error as exc:
+        return [f"cannot check the settings TimescaleDB's jobs need: {describe(exc)}"]
     return worker_setting_problems(settings, int(row[0]) if row else 0)

@@ -326,6 +326,20 @@ async def test_the_settings_check_reads_pg_settings_and_the_jobs() -> None:
     assert problem.startswith("timescaledb.max_background_workers is 2: set it to at least 7 ")
 
 
+async def test_a_settings_check_that_fails_is_a_warning_not_a_stop() -> None:
+    class NoJobsView(TimescaleServer):
+        async def execute(self, query: str | bytes, params: Any = None) -> Cursor:
+            if "timescaledb_information.jobs WHERE scheduled" in str(query):
+                raise psycopg.errors.InsufficientPrivilege("permission denied for view jobs")
+            return await super().execute(query, params)
+
+    problems = await check_worker_settings(NoJobsView(GOOD))  # type: ignore[arg-type]
+    assert problems == [
+        "cannot check the settings TimescaleDB's jobs need: InsufficientPrivilege: "
+        "permission denied for view jobs"
+    ]
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [
