@@ -8,6 +8,7 @@ test; ``stop()`` ends it. Readiness is polled on ``/-/ready`` against a deadline
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -79,6 +80,12 @@ class Prometheus:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        atexit.register(self._kill)  # an interrupted test run leaves no server behind
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
 
     def _get(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
         try:
