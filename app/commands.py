@@ -79,3 +79,5 @@ async def migrate(self: object) -> None:
         print(f"migrate: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     print(report.summary())
+    for warning in report.warnings:
+        print(f"warning: TimescaleDB: {warning}", file=sys.stderr)

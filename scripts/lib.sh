@@ -39,3 +39,34 @@ set_env() {
   printf 'export %s=%q\n' "$1" "$2" >> "$ENV_FILE.tmp"
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
+
+# apt_install PACKAGE: Debian's PACKAGE with apt-get (no recommends), as root or through sudo;
+# apt's output goes to $SCRATCH/apt-PACKAGE.log, shown on failure; logs how long it took. A
+# service the package ships is neither started (policy-rc.d, unless the machine has its own
+# policy) nor left enabled at boot: the tests start what they need themselves.
+apt_install() {
+  local package="$1" sudo="" policy=/usr/sbin/policy-rc.d own_policy=0 status=0
+  local apt_log="$SCRATCH/apt-$1.log" started=$SECONDS
+  command -v apt-get >/dev/null || die "$package is missing and apt-get is not available: install it by hand"
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || die "$package is missing; installing it needs root (apt-get install $package)"
+    sudo="sudo -n"
+  fi
+  log "installing Debian's $package (apt-get)"
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod 755 "$policy"
+    own_policy=1
+  fi
+  # through env: sudo does not pass the caller's environment on
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q >"$apt_log" 2>&1 || status=$?
+  if [ "$status" = 0 ]; then
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      "$package" >>"$apt_log" 2>&1 || status=$?
+  fi
+  if [ "$own_policy" = 1 ]; then $sudo rm -f "$policy"; fi
+  if [ "$status" = 0 ] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now "$package.service" >>"$apt_log" 2>&1 || true
+  fi
+  [ "$status" = 0 ] || { tail -n 20 "$apt_log" >&2; die "apt-get install $package failed (exit $status; log $apt_log)"; }
+  log "$package installed in $((SECONDS - started)) s"
+}

@@ -17,4 +17,5 @@ log "ruff"; .venv/bin/ruff format --check . && .venv/bin/ruff check .
 log "mypy"; .venv/bin/mypy .
 # headless Chromium for tests/e2e/test_dashboard_browser.py; without it that test fails and says why
 scripts/browser.sh || log "warning: no Chromium: the dashboard browser test will fail"
+scripts/prometheus.sh || log "warning: no Prometheus: the dashboard PromQL test will fail"
 log "pytest"; .venv/bin/python -m pytest -p no:cacheprovider "$@"

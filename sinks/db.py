@@ -9,6 +9,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
+from sinks.chunks import name_hypertable
+
 Connection = psycopg.AsyncConnection[TupleRow]
 
 #: Socket keepalives notice a database host that vanished without closing the connection.
@@ -85,7 +87,9 @@ def worth_waiting(exc: BaseException) -> bool:
     return not any(sign in message for sign in unparsable)
 
 
-def describe(exc: BaseException) -> str:
-    """One line: the error class and its first message line."""
+def describe(exc: BaseException, table: str | None = None) -> str:
+    """One line: the error class and its first message line; given the ``table`` the error is
+    about, TimescaleDB's chunk names in it become that table's (sinks.chunks)."""
     message = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {message[0] if message else ''}".rstrip(": ")
+    line = f"{type(exc).__name__}: {message[0] if message else ''}".rstrip(": ")
+    return line if table is None else name_hypertable(line, table)

@@ -9,8 +9,9 @@ Two modes, decided by what the server offers:
 
 * **timescaledb** (the extension is available and preloaded, or already created): the tables
   become hypertables on their time column, with a compression and a retention policy
-  (``sinks.timescaledb.compress_after`` / ``retention``, reconciled on every run) and the
-  continuous aggregate ``kpi_hourly`` of final KPI windows.
+  (``sinks.timescaledb.compress_after`` / ``retention``, reconciled on every run). The server
+  settings the policy jobs need are checked on every run (sinks.timescale_settings), with a
+  warning naming each one that is too low.
 * **postgresql** (no TimescaleDB): the same tables in plain PostgreSQL, with BRIN indexes on the
   time columns; no compression and no retention (rows are kept).
 
@@ -30,6 +31,7 @@ from datetime import timedelta
 import psycopg
 
 from sinks.db import Connection, DatabaseStartupError, connect, describe, redact_url, worth_waiting
+from sinks.timescale_settings import check_worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +244,20 @@ COMMENT ON COLUMN page_view_stats.page_hash IS
     'sha256 of the page''s UTF-8 form: the key, so that pages of any length fit its index';
 """
 
+# Migration 3's continuous aggregate kpi_hourly was read by nothing (the history API sums the
+# final windows of kpi_metrics itself, with figures kpi_hourly lacks) and, materialized only
+# up to an hour ago, lagged 1 to 1.25 h: dropped, with its refresh policy. create_hypertable
+# (migration 3) added a (window_start DESC) index to each table without a one-column index
+# on window_start; where the primary key starts with window_start it serves the same scans:
+# dropped too. session_metrics keeps its one: its key starts with user_id. Migration 3 itself
+# stays as applied; on a new database this one follows it at once.
+TIMESCALE_CLEANUP = """
+DROP MATERIALIZED VIEW IF EXISTS kpi_hourly;
+DROP INDEX IF EXISTS kpi_metrics_window_start_idx;
+DROP INDEX IF EXISTS page_view_stats_window_start_idx;
+DROP INDEX IF EXISTS dimension_stats_window_start_idx;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sink tables and their natural keys", ANY, CREATE_TABLES),
     Migration(2, "BRIN indexes on the time columns", PLAIN, BRIN_TIME_INDEXES),
@@ -249,6 +265,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         3, "hypertables, compression, hourly KPI aggregate", TIMESCALE, TIMESCALE_HYPERTABLES
     ),
     Migration(4, "page_view_stats keyed on a hash of the page", ANY, PAGE_HASH_KEY),
+    Migration(
+        5, "no kpi_hourly, no time index repeating a primary key", TIMESCALE, TIMESCALE_CLEANUP
+    ),
 )
 HYPERTABLES = ("kpi_metrics", "session_metrics", "page_view_stats", "dimension_stats")
 
@@ -280,6 +299,8 @@ class MigrationReport:
     mode: str
     applied: list[Migration] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: server settings TimescaleDB needs and lacks (sinks.timescale_settings), logged as warnings
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         done = ", ".join(f"{m.version} ({m.name})" for m in self.applied) or "none (up to date)"
@@ -333,6 +354,7 @@ async def migrate(conn: Connection, options: MigrationOptions | None = None) -> 
             report.applied.append(migration)
         if mode == TIMESCALE:
             report.notes.extend(await reconcile_policies(conn, options))
+            report.warnings.extend(await check_worker_settings(conn))
         else:
             report.notes.append(
                 "no TimescaleDB: plain tables, BRIN indexes on time, "
@@ -341,6 +363,8 @@ async def migrate(conn: Connection, options: MigrationOptions | None = None) -> 
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     log.info("%s", report.summary())
+    for warning in report.warnings:
+        log.warning("TimescaleDB: %s", warning)
     return report
 
 
@@ -383,8 +407,21 @@ async def reconcile_policies(conn: Connection, options: MigrationOptions) -> lis
                 await conn.execute(remove.encode(), (table,))
                 if target:
                     await conn.execute(add.encode(), (table, wanted))
-        notes.append(f"{setting} {wanted if wanted > timedelta(0) else 'off'}")
+        notes.append(f"{setting} {duration_text(wanted) if wanted > timedelta(0) else 'off'}")
     return notes
+
+
+_UNITS = (("d", timedelta(days=1)), ("h", timedelta(hours=1)), ("m", timedelta(minutes=1)),
+          ("s", timedelta(seconds=1)), ("ms", timedelta(milliseconds=1)))  # fmt: skip
+
+
+def duration_text(value: timedelta) -> str:
+    """A duration as the settings write it (``7d``, ``36h``, ``90s``, ``500ms``): a whole
+    number of the largest unit that divides it."""
+    for unit, size in _UNITS:
+        if value % size == timedelta(0):
+            return f"{value // size}{unit}"
+    return f"{value.total_seconds():g}s"
 
 
 async def migrate_url(

@@ -132,7 +132,7 @@ class TableSink:
 
     def _on_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        error = describe(exc) if exc is not None else "unknown error"
+        error = describe(exc, self.name) if exc is not None else "unknown error"
         first = health.failed(self.name, error)
         metrics.sink_retried(self.name)
         if first or state.attempt_number % LOG_EVERY_ATTEMPTS == 0:

@@ -84,7 +84,9 @@ async def write_one_by_one(
                 async with conn.transaction():
                     await conn.execute(statement, row)
             except ROW_ERRORS as exc:
-                bad.append(Rejected(index, f"{spec.name}: {describe(exc)}", exc.sqlstate))
+                bad.append(
+                    Rejected(index, f"{spec.name}: {describe(exc, spec.name)}", exc.sqlstate)
+                )
     return bad
 
 

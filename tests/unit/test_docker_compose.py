@@ -24,6 +24,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from app.settings import Settings, load_settings
 from generator.cli import build_parser
+from sinks import migrations
+from sinks.timescale_settings import WORKER_PROCESSES, worker_setting_problems
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER = REPO_ROOT / "docker"
@@ -161,6 +163,24 @@ def test_the_stack_has_its_services_and_images() -> None:
     assert found["timescaledb"]["image"] == "timescale/timescaledb:latest-pg15"
     assert found["prometheus"]["image"].startswith("prom/prometheus")
     assert found["grafana"]["image"].startswith("grafana/grafana")
+
+
+def server_settings(service: dict[str, Any]) -> dict[str, str]:
+    """The ``-c name=value`` settings of a PostgreSQL service's command."""
+    command = as_list(service.get("command"))
+    assert command[:1] == ["postgres"], command
+    pairs = [command[i + 1] for i, word in enumerate(command) if word == "-c"]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_timescaledb_has_the_workers_its_policy_jobs_need() -> None:
+    settings = server_settings(services()["timescaledb"])
+    # the migrations' policies (compression and retention per hypertable) and TimescaleDB's
+    # own jobs (telemetry, job history retention), with one to spare
+    jobs = 2 * len(migrations.HYPERTABLES) + 3
+    assert worker_setting_problems(settings, jobs) == []
+    # the same stack at PostgreSQL's default pool size is what failed (issue 9)
+    assert worker_setting_problems({**settings, WORKER_PROCESSES: "8"}, jobs) != []
 
 
 def test_kafka_runs_in_kraft_mode_advertised_inside_the_network() -> None:

@@ -326,6 +326,8 @@ def test_migrations_are_numbered_in_order_and_idempotent_sql() -> None:
                 ("CREATE TABLE", "CREATE INDEX", "CREATE MATERIALIZED", "CREATE EXT")
             ):
                 assert "IF NOT EXISTS" in head, head[:80]
+            if head.startswith("DROP "):
+                assert "IF EXISTS" in head, head[:80]
             adds_policy = "ADD_" in head and "POLICY(" in head  # removing one may be if_exists
             if head.startswith("SELECT CREATE_HYPERTABLE") or adds_policy:
                 assert "IF_NOT_EXISTS => TRUE" in head, head[:80]
@@ -334,10 +336,10 @@ def test_migrations_are_numbered_in_order_and_idempotent_sql() -> None:
 def test_pending_migrations_depend_on_the_mode() -> None:
     plain = [m.version for m in migrations.pending(set(), migrations.PLAIN)]
     timescale = [m.version for m in migrations.pending(set(), migrations.TIMESCALE)]
-    assert plain == [1, 2, 4] and timescale == [1, 3, 4]
+    assert plain == [1, 2, 4] and timescale == [1, 3, 4, 5]
     assert migrations.pending({1, 2, 4}, migrations.PLAIN) == []
-    # a server that gains TimescaleDB later gets its migration on the next run
-    assert [m.version for m in migrations.pending({1, 2, 4}, migrations.TIMESCALE)] == [3]
+    # a server that gains TimescaleDB later gets its migrations on the next run
+    assert [m.version for m in migrations.pending({1, 2, 4}, migrations.TIMESCALE)] == [3, 5]
 
 
 def test_pages_are_keyed_on_a_generated_hash_in_both_modes() -> None:
@@ -358,7 +360,8 @@ def test_plain_mode_indexes_time_with_brin() -> None:
         assert f"ON {table} USING brin (window_start)" in migrations.BRIN_TIME_INDEXES
 
 
-def test_timescale_mode_creates_hypertables_compression_and_hourly_kpis() -> None:
+def test_timescale_mode_creates_hypertables_and_compression() -> None:
+    """Migration 3 as applied (its kpi_hourly is dropped again by migration 5)."""
     sql = migrations.TIMESCALE_HYPERTABLES
     assert "CREATE EXTENSION IF NOT EXISTS timescaledb" in sql
     for table in migrations.HYPERTABLES:
