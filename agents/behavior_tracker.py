@@ -29,6 +29,7 @@ durable state and reads them again from there.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from confluent_kafka import Message
 from mode import Service
 
 from agents.kafka_io import InputReader, Outbox
-from analytics.enrichment import EnrichmentRules
+from analytics.enrichment import EnrichmentRules, parse_user_agent
 from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
 from analytics.rows import Arrival
 from analytics.timeutil import format_ts
@@ -52,9 +53,26 @@ from tables.rocksdb_store import RocksStore
 from tables.seen_events import seen_events
 
 log = logging.getLogger(__name__)
+STATS = dict.fromkeys(
+    [
+        "at",
+        "n",
+        "rounds",
+        "poll",
+        "compute",
+        "compute_cpu",
+        "send1",
+        "flush1",
+        "send2",
+        "flush2",
+        "rest",
+    ],
+    0.0,
+)
 TOPICS = app.topic_names
 TICK_HEADER = "x-analytics-tick"
 LIVE_INTERVAL_S = 1.0
+WARM_UP_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
 STOP_TIMEOUT_S = 30.0
 ROUND_RETRY_S = 1.0
 
@@ -144,10 +162,7 @@ class PartitionRound:
     analysed: PartitionOutput
     arrived_ms: int
     state_writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
-
-    @property
-    def seen_writes(self) -> list[tuple[bytes, bytes | None]]:
-        return [(key, seen.encode()) for key, seen in self.tracked.seen.items()]
+    seen_writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
 
 
 @app.service
@@ -170,6 +185,8 @@ class BehaviorTracker(Service):
         tracker = self
 
     async def on_started(self) -> None:
+        tune_garbage_collector(_engine.gc_threshold)
+        parse_user_agent(WARM_UP_USER_AGENT)  # builds ua-parser's matchers now, not mid-batch
         recovery = app.tables.recovery  # type: ignore[attr-defined]
         if not app.rebalancing and recovery.completed.is_set():
             await self._on_recovered(app)
@@ -233,19 +250,30 @@ class BehaviorTracker(Service):
             async with self._round:
                 if not self.tasks:
                     continue
+                t0 = time.perf_counter()
                 messages = await self.reader.poll(_engine.batch_size, wait_s)
+                STATS["poll"] += time.perf_counter() - t0
                 if messages:
                     await self._process(messages)
+                    STATS["n"] += len(messages)
+                    STATS["rounds"] += 1
+                if time.monotonic() - STATS["at"] > 5:
+                    log.warning("STATS %s", {k: round(v, 3) for k, v in STATS.items()})
+                    STATS["at"] = time.monotonic()
 
     async def _process(self, messages: list[Message]) -> None:
         by_partition: dict[int, list[Message]] = {}
         for message in messages:
             by_partition.setdefault(message.partition() or 0, []).append(message)
         rounds = []
+        t0 = time.perf_counter()
+        c0 = time.thread_time()
         for partition, batch in by_partition.items():
             task = self.tasks.get(partition)
             if task is not None:
                 rounds.append(self._compute(task, batch))
+        STATS["compute"] += time.perf_counter() - t0
+        STATS["compute_cpu"] += time.thread_time() - c0
         try:
             await self._publish(rounds)
         except Exception:
@@ -266,24 +294,34 @@ class BehaviorTracker(Service):
                 task.state, tracked.timeline, PARTITION_RULES, live=task.live_due()
             )
         arrived = max(message.timestamp()[1] for message in batch)
-        done = PartitionRound(task, tracked, analysed, arrived)
-        done.state_writes = task.state.take_writes()
-        return done
+        seen: list[tuple[bytes, bytes | None]] = [
+            (key, value.encode()) for key, value in tracked.seen.items()
+        ]
+        return PartitionRound(task, tracked, analysed, arrived, task.state.take_writes(), seen)
 
     async def _publish(self, rounds: list[PartitionRound]) -> None:
         outbox = self.outbox
+        t0 = time.perf_counter()
         for done in rounds:
             self._send_outputs(done)
+        t1 = time.perf_counter()
         await outbox.flush()
+        t2 = time.perf_counter()
         acked_s = time.time()
         for done in rounds:
             for key, value in done.state_writes:
                 outbox.send(self._state_changelog, key, value, done.task.partition)
+        t3 = time.perf_counter()
         await outbox.flush()
+        t4 = time.perf_counter()
+        STATS["send1"] += t1 - t0
+        STATS["flush1"] += t2 - t1
+        STATS["send2"] += t3 - t2
+        STATS["flush2"] += t4 - t3
         positions = {}
         for done in rounds:
             task = done.task
-            if done.tracked.seen:
+            if done.seen_writes:
                 offset = outbox.offsets[(self._seen_changelog, task.partition)]
                 task.seen_store.write(done.seen_writes, offset)
             if done.state_writes:
@@ -295,6 +333,7 @@ class BehaviorTracker(Service):
             )
             positions[task.partition] = task.state.clock.applied + 1
         self.reader.commit(TOPICS.user_events, positions)
+        STATS["rest"] += time.perf_counter() - t4
 
     def _send_outputs(self, done: PartitionRound) -> None:
         """The enriched events, dead letters, re-keyed events, closed sessions, partials and
@@ -303,8 +342,8 @@ class BehaviorTracker(Service):
         partition = done.task.partition
         tracked, analysed = done.tracked, done.analysed
         for item in tracked.timeline:
-            if isinstance(item, Arrival):
-                send(TOPICS.enriched, item.user_id.encode(), item.payload, partition)
+            if type(item) is Arrival:
+                send(TOPICS.enriched, item.user.encode(), item.payload, partition)
         for dead in tracked.dead_letters:
             send(TOPICS.dead_letters, None, _json(dead))
         for moved in tracked.rekeyed:
@@ -336,6 +375,18 @@ class BehaviorTracker(Service):
         fresh = PartitionTask.open(task.partition)
         self.tasks[task.partition] = fresh
         self.reader.seek(TOPICS.user_events, task.partition, fresh.position)
+
+
+def tune_garbage_collector(threshold: int) -> None:
+    """Fewer collections of the young generation, and none of what start-up created.
+
+    Every event allocates a few short-lived dicts; with Python's default threshold (700) the
+    collector ran thousands of times a second and, as the decoded state grew, each older
+    generation pass walked all of it: about a quarter of the hot path's time on the compare
+    workload (docs/performance.md). The state holds no reference cycles to wait for."""
+    gc.freeze()
+    if threshold > 0:
+        gc.set_threshold(threshold, 50, 1000)
 
 
 def _seen(store: RocksStore, key: bytes) -> SeenEvent | None:

@@ -39,7 +39,6 @@ below those are skipped, so a restored prefix is repaired exactly by re-delivery
 from __future__ import annotations
 
 import bisect
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +47,9 @@ from analytics import partition_codec as codec
 from analytics.rows import Arrival, Row, Tick, row_of
 from analytics.sessions import SessionPreview, SessionSummary
 from analytics.windows import window_end, window_start
+
+LIVE_COUNTERS = ("events", "page_views", "conversions", "revenue_cents", "purchases")
+"""The event counters of an open window that need no user: its live figures."""
 
 RECENT_SESSIONS = 10
 """Closed sessions a user value keeps as summaries, newest first, for the web API."""
@@ -94,11 +96,14 @@ class SessionKey:
     """One (user, session_id): summaries of sessions not yet closed, oldest first, and the
     pending rows, in (ts, event_id) order."""
 
-    __slots__ = ("pending", "summaries")
+    __slots__ = ("encoded", "pending", "summaries")
 
     def __init__(self) -> None:
         self.summaries: list[SessionSummary] = []
         self.pending: list[Row] = []
+        self.encoded: Any = None
+        """Its JSON while unchanged (analytics.partition_codec): most of a user's session
+        keys wait unchanged for their sessions to close, and are not encoded again."""
 
     def add(self, row: Row) -> None:
         pending = self.pending
@@ -106,6 +111,7 @@ class SessionKey:
             pending.append(row)
         else:
             bisect.insort(pending, row)
+        self.encoded = None
 
     def fold(self, limit: int, gap_ms: int) -> None:
         """Move the pending rows older than ``limit`` into the summaries."""
@@ -122,6 +128,7 @@ class SessionKey:
             else:
                 current.add(row)
         del pending[:cut]
+        self.encoded = None
 
     def first_session_end(self, gap_ms: int) -> int | None:
         """Last ts of the oldest session (summaries and pending rows taken together)."""
@@ -140,25 +147,33 @@ class SessionKey:
             end = row.ts
         return end
 
-    def previews(self, start: int, end: int, gap_ms: int) -> Iterator[SessionPreview]:
-        """The sessions with an event in [start, end), as of ``end`` (SPEC section 4)."""
-        base = self.summaries[-1] if self.summaries else None
-        current = SessionPreview(base) if base is not None else None
-        active = False
-        for row in self.pending:
-            ts = row.ts
-            if ts >= end:
-                break
-            if current is None or ts - current.end > gap_ms:
-                if current is not None and active:
+    def window_rows(self, start: int, end: int) -> tuple[int, int]:
+        """The index range of the pending rows with ts in [start, end)."""
+        pending = self.pending
+        return bisect.bisect_left(pending, start, key=_ts), bisect.bisect_left(
+            pending, end, key=_ts
+        )
+
+    def previews(self, lo: int, hi: int, gap_ms: int) -> Iterator[SessionPreview]:
+        """The sessions with a row among ``pending[lo:hi]`` (a window's rows), as of
+        ``pending[hi]``: those a KPI window counts (SPEC section 4)."""
+        rows = self.pending
+        first = lo
+        while first > 0 and rows[first].ts - rows[first - 1].ts <= gap_ms:
+            first -= 1
+        summaries = self.summaries
+        current = None
+        if first == 0 and summaries and rows[0].ts - summaries[-1].end <= gap_ms:
+            current = SessionPreview(summaries[-1])
+        for index in range(first, hi):
+            row = rows[index]
+            if current is None or row.ts - current.end > gap_ms:
+                if current is not None:
                     yield current
                 current = SessionPreview(None, row)
-                active = ts >= start
             else:
                 current.add(row)
-                if ts >= start:
-                    active = True
-        if current is not None and active:
+        if current is not None:
             yield current
 
 
@@ -239,6 +254,7 @@ class UserState:
                     if first - summaries[0].end <= rules.gap_ms:
                         break  # still growing: cannot happen once folded, kept as a guard
                 closed.append(summaries.pop(0).figures(user_id))
+                key.encoded = None
             if not summaries and not key.pending:
                 del self.keys[session_id]
         if closed:
@@ -295,7 +311,7 @@ class WindowState:
     def __init__(self, start: int) -> None:
         self.start = start
         self.users: set[str] = set()
-        self.live: Counter[str] = Counter()
+        self.live = [0] * len(LIVE_COUNTERS)  # running counters, in LIVE_COUNTERS order
         self.applied = -1
         self.new_users: list[str] = []  # members added since the last write
         self.dirty = False  # live counters changed since the last write
@@ -306,12 +322,15 @@ class WindowState:
             self.users.add(user_id)
             self.new_users.append(user_id)
         live = self.live
-        live["events"] += 1
-        live["page_views"] += row.action == "page_view"
-        live["conversions"] += row.conversion
-        live["revenue_cents"] += row.revenue_cents
-        live["purchases"] += row.action == "purchase"
+        live[0] += 1
+        live[1] += row.action == "page_view"
+        live[2] += row.conversion
+        live[3] += row.revenue_cents
+        live[4] += row.action == "purchase"
         self.dirty = True
+
+    def live_figures(self) -> dict[str, int]:
+        return dict(zip(LIVE_COUNTERS, self.live, strict=True))
 
 
 @dataclass(slots=True)
@@ -363,7 +382,7 @@ class PartitionState:
         for start, value in codec.scan_windows(self.store):
             window = loaded[start] = WindowState(start)
             window.applied, live = value
-            window.live.update(live)
+            window.live = [live.get(name, 0) for name in LIVE_COUNTERS]
             window.persisted = True
         for start, user_id in codec.scan_members(self.store):
             member_of = loaded.get(start)
@@ -385,7 +404,8 @@ class PartitionState:
             window = self.window_for_update(start)
             window.users.update(users)
             window.new_users = list(users)
-            window.live.update(live.get(start, {}))
+            counters = live.get(start, {})
+            window.live = [counters.get(name, 0) for name in LIVE_COUNTERS]
             window.dirty = True
         for user_id in closing:
             if self.user(user_id) is not None:
@@ -535,7 +555,7 @@ def apply_batch(
             clock.late += 1
             out.late_events += 1
             continue
-        user_id: str = item.user_id
+        user_id: str = item.user or item.event["user_id"]
         user = state.user_for_update(user_id)
         if item.offset > user.applied:
             user.add(row)
@@ -601,79 +621,108 @@ def window_partial(
     start = window.start
     end = start + rules.window_ms
     gap = rules.gap_ms
-    kpi = Counter[str]() if final else Counter[str](window.live)
-    pages: dict[str, list[int]] = {}
-    dims: dict[str, dict[str, list[int]]] = {"device": {}, "country": {}, "browser": {}}
-    new_users = 0
-    sessions = duration = bounces = engagement = 0
+    tally = _Tally()
+    new_users = sessions = duration = bounces = engagement = 0
     for user_id in window.users:
         user = state.user(user_id)
         if user is None:
             continue
         if user.first_seen is not None and start <= user.first_seen < end:
             new_users += 1
-        seen_pages: set[str] = set()
-        seen_dims: set[tuple[str, str]] = set()
         for key in user.keys.values():
-            for preview in key.previews(start, end, gap):
+            lo, hi = key.window_rows(start, end)
+            if lo == hi:
+                continue
+            for preview in key.previews(lo, hi, gap):
                 sessions += 1
                 duration += preview.end - preview.start
                 bounces += preview.events == 1
                 engagement += round(preview.engagement() * 10_000)
-            if not final:
-                continue
-            pending = key.pending
-            for index in range(bisect.bisect_left(pending, start, key=_ts), len(pending)):
-                row = pending[index]
-                if row.ts >= end:
-                    break
-                _count_final(kpi, pages, dims, seen_pages, seen_dims, row)
-    kpi["sessions"] = sessions
-    kpi["session_duration_ms"] = duration
-    kpi["bounces"] = bounces
-    kpi["engagement_x10000"] = engagement
-    kpi["active_users"] = len(window.users)
-    kpi["new_users"] = new_users
-    kpi["users_total"] = users_before + new_users
+            if final:
+                tally.rows(key.pending[lo:hi])
+        if final:
+            tally.end_user()
+    kpi = tally.kpi() if final else window.live_figures()
+    kpi.update(
+        sessions=sessions,
+        session_duration_ms=duration,
+        bounces=bounces,
+        engagement_x10000=engagement,
+        active_users=len(window.users),
+        new_users=new_users,
+        users_total=users_before + new_users,
+    )
     return {
         "window_start": start,
-        "kpi": dict(kpi),
-        "pages": pages if final else {},
-        "dims": dims if final else {},
+        "kpi": kpi,
+        "pages": tally.pages if final else {},
+        "dims": tally.dims() if final else {},
     }
 
 
-def _count_final(
-    kpi: Counter[str],
-    pages: dict[str, list[int]],
-    dims: dict[str, dict[str, list[int]]],
-    seen_pages: set[str],
-    seen_dims: set[tuple[str, str]],
-    row: Row,
-) -> None:
-    is_view = row.action == "page_view"
-    kpi["events"] += 1
-    kpi["page_views"] += is_view
-    kpi["conversions"] += row.conversion
-    kpi["revenue_cents"] += row.revenue_cents
-    kpi["purchases"] += row.action == "purchase"
-    if is_view:
-        stats = pages.get(row.page)
-        if stats is None:
-            stats = pages[row.page] = [0, 0, 0]
-        stats[0] += 1
-        stats[2] += row.duration
-        if row.page not in seen_pages:
-            seen_pages.add(row.page)
-            stats[1] += 1
-    for dim, value in (("device", row.device), ("country", row.country), ("browser", row.browser)):
-        value = value or "unknown"
-        cell = dims[dim].get(value)
-        if cell is None:
-            cell = dims[dim][value] = [0, 0, 0, 0]
-        cell[0] += 1
-        cell[2] += is_view
-        cell[3] += row.revenue_cents
-        if (dim, value) not in seen_dims:
-            seen_dims.add((dim, value))
-            cell[1] += 1
+class _Tally:
+    """Event, page and dimension figures of a window's rows, user by user (distinct users
+    per page and dimension value)."""
+
+    def __init__(self) -> None:
+        self.events = self.page_views = self.conversions = self.revenue = self.purchases = 0
+        self.pages: dict[str, list[int]] = {}  # views, visitors, time on page
+        self.by_dim: tuple[dict[str, list[int]], ...] = ({}, {}, {})  # device, country, browser
+        self._user_pages: set[str] = set()
+        self._user_values: tuple[set[str], set[str], set[str]] = (set(), set(), set())
+
+    def rows(self, rows: list[Row]) -> None:
+        pages, by_dim, user_pages, user_values = (
+            self.pages,
+            self.by_dim,
+            self._user_pages,
+            self._user_values,
+        )
+        for row in rows:
+            is_view = row.action == "page_view"
+            cents = row.revenue_cents
+            self.events += 1
+            self.page_views += is_view
+            self.conversions += row.conversion
+            self.revenue += cents
+            self.purchases += row.action == "purchase"
+            if is_view:
+                stats = pages.get(row.page)
+                if stats is None:
+                    stats = pages[row.page] = [0, 0, 0]
+                stats[0] += 1
+                stats[2] += row.duration
+                user_pages.add(row.page)
+            for cells, seen, value in zip(
+                by_dim, user_values, (row.device, row.country, row.browser), strict=True
+            ):
+                value = value or "unknown"
+                cell = cells.get(value)
+                if cell is None:
+                    cell = cells[value] = [0, 0, 0, 0]  # events, users, page views, revenue
+                cell[0] += 1
+                cell[2] += is_view
+                cell[3] += cents
+                seen.add(value)
+
+    def end_user(self) -> None:
+        """Count the user once for every page and dimension value it had in the window."""
+        for page in self._user_pages:
+            self.pages[page][1] += 1
+        self._user_pages.clear()
+        for cells, seen in zip(self.by_dim, self._user_values, strict=True):
+            for value in seen:
+                cells[value][1] += 1
+            seen.clear()
+
+    def kpi(self) -> dict[str, int]:
+        return {
+            "events": self.events,
+            "page_views": self.page_views,
+            "conversions": self.conversions,
+            "revenue_cents": self.revenue,
+            "purchases": self.purchases,
+        }
+
+    def dims(self) -> dict[str, dict[str, list[int]]]:
+        return dict(zip(("device", "country", "browser"), self.by_dim, strict=True))

@@ -28,7 +28,7 @@ from analytics.rows import Row
 from analytics.sessions import SessionSummary
 
 if TYPE_CHECKING:
-    from analytics.partition import Clock, StateStore, UserState, WindowState
+    from analytics.partition import Clock, SessionKey, StateStore, UserState, WindowState
 
 CLOCK_KEY = b"\xff\xffclock"
 WINDOW = b"\xff\xfdW"
@@ -90,11 +90,17 @@ def count_index(store: StateStore) -> int:
 # ---------------------------------------------------------------------- users
 
 
+def _encode_key(key: SessionKey) -> orjson.Fragment:
+    if key.encoded is None:
+        key.encoded = orjson.Fragment(
+            orjson.dumps([[s.encode() for s in key.summaries], [list(r) for r in key.pending]])
+        )
+    fragment: orjson.Fragment = key.encoded
+    return fragment
+
+
 def encode_user(user: UserState) -> bytes:
-    keys = {
-        session_id: [[s.encode() for s in key.summaries], [list(row) for row in key.pending]]
-        for session_id, key in user.keys.items()
-    }
+    keys = {session_id: _encode_key(key) for session_id, key in user.keys.items()}
     return orjson.dumps(
         [
             VERSION,
@@ -167,7 +173,7 @@ def _legacy_user(value: dict[str, Any]) -> UserState:
 
 
 def encode_window(window: WindowState) -> bytes:
-    return orjson.dumps([window.applied, dict(window.live)])
+    return orjson.dumps([window.applied, window.live_figures()])
 
 
 _CLOCK_FIELDS = (

@@ -67,10 +67,12 @@ class Arrival(NamedTuple):
     row: Row | None = None
     payload: bytes = b""
     """The enriched event as JSON, as the tracker publishes it."""
+    user: str = ""
+    """Its user_id, when the tracker has read it already."""
 
     @property
     def user_id(self) -> str:
-        user_id: str = self.event["user_id"]
+        user_id: str = self.user or self.event["user_id"]
         return user_id
 
 

@@ -59,7 +59,7 @@ class SeenEvent(NamedTuple):
     offset: int
 
     def encode(self) -> bytes:
-        return f"{self.received_ms}:{self.offset}".encode()
+        return b"%d:%d" % (self.received_ms, self.offset)
 
     @classmethod
     def decode(cls, data: bytes) -> SeenEvent:
@@ -89,6 +89,8 @@ class TrackedBatch:
     rekeyed: list[RawMessage] = field(default_factory=list)
     seen: dict[bytes, SeenEvent] = field(default_factory=dict)
     duplicates: int = 0
+    failures: int = 0
+    """Events the tracker failed on unexpectedly (dead-lettered with the error)."""
 
 
 def dedup_key(user_id: str, event_id: str) -> bytes:
@@ -133,77 +135,87 @@ def track_batch(
     lookup: Callable[[bytes], SeenEvent | None],
     rules: TrackerRules,
 ) -> TrackedBatch:
-    """Validate, drop repeats and enrich a batch of messages from one partition."""
+    """Validate, drop repeats and enrich a batch of messages from one partition.
+
+    No message can stop the batch: one that fails validation, cannot be encoded, or makes
+    the tracker fail in a way nobody foresaw goes to the dead letters with its error."""
     out = TrackedBatch()
+    timeline = out.timeline
     for message in messages:
         if message.tick:
-            out.timeline.append(Tick(message.offset, message.timestamp_ms))
+            timeline.append(Tick(message.offset, message.timestamp_ms))
             continue
-        where = {"topic": topic, "partition": message.partition, "offset": message.offset}
         try:
-            if len(message.value) > MAX_EVENT_BYTES:
-                raise EventRejected(
-                    [FieldError("event", f"{len(message.value)} bytes, over {MAX_EVENT_BYTES}")]
-                )
-            obj = decode_json(message.value)
-            event, ts_ms = validate_event_at(
-                obj,
-                received_at_ms=message.timestamp_ms,
-                default_event_id="",  # never valid input: replaced below
-                future_tolerance_ms=rules.future_tolerance_ms,
-            )
+            _track(message, out, topic, lookup, rules)
         except EventRejected as rejected:
-            out.dead_letters.append(
-                dead_letter(
-                    message.value,
-                    rejected.errors,
-                    source="topic",
-                    received_ms=message.timestamp_ms,
-                    **where,
-                )
+            errors = rejected.errors
+        except Exception as exc:  # a bug must not stop the partition: the event is kept
+            errors = [FieldError("event", f"could not be processed: {exc!r}")]
+            out.failures += 1
+        else:
+            continue
+        out.dead_letters.append(
+            dead_letter(
+                message.value,
+                errors,
+                source="topic",
+                received_ms=message.timestamp_ms,
+                topic=topic,
+                partition=message.partition,
+                offset=message.offset,
             )
-            continue
-        if not event["event_id"]:
-            event["event_id"] = fallback_event_id(topic, message.partition, message.offset)
-        user_id: str = event["user_id"]
-        if message.key != user_id.encode():
-            fixed = {**obj, "event_id": event["event_id"], "timestamp": event["timestamp"]}
-            out.rekeyed.append(
-                RawMessage(
-                    key=user_id.encode(),
-                    value=orjson.dumps(fixed),
-                    partition=-1,
-                    offset=-1,
-                    timestamp_ms=message.timestamp_ms,
-                )
-            )
-            continue
-        key = dedup_key(user_id, event["event_id"])
-        seen = out.seen.get(key) or lookup(key)
-        if (
-            seen is not None
-            and seen.offset != message.offset
-            and message.timestamp_ms - seen.received_ms <= rules.dedup_window_ms
-        ):
-            out.duplicates += 1
-            continue
-        enriched = enrich(event, rules.enrichment, ts_ms)
-        try:
-            payload = orjson.dumps(enriched)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            error = FieldError("event", f"cannot be encoded as JSON: {exc}")
-            out.dead_letters.append(
-                dead_letter(
-                    message.value,
-                    [error],
-                    source="topic",
-                    received_ms=message.timestamp_ms,
-                    **where,
-                )
-            )
-            continue
-        if seen is None or seen.offset != message.offset:
-            out.seen[key] = SeenEvent(message.timestamp_ms, message.offset)
-        row = row_of(enriched, ts_ms)
-        out.timeline.append(Arrival(message.offset, message.timestamp_ms, enriched, row, payload))
+        )
     return out
+
+
+def _track(
+    message: RawMessage,
+    out: TrackedBatch,
+    topic: str,
+    lookup: Callable[[bytes], SeenEvent | None],
+    rules: TrackerRules,
+) -> None:
+    """One event message: appended to ``out`` only once everything about it succeeded."""
+    value = message.value
+    if len(value) > MAX_EVENT_BYTES:
+        raise EventRejected([FieldError("event", f"{len(value)} bytes, over {MAX_EVENT_BYTES}")])
+    obj = decode_json(value)
+    event, ts_ms = validate_event_at(
+        obj,
+        received_at_ms=message.timestamp_ms,
+        default_event_id="",  # never valid input: replaced below
+        future_tolerance_ms=rules.future_tolerance_ms,
+    )
+    if not event["event_id"]:
+        event["event_id"] = fallback_event_id(topic, message.partition, message.offset)
+    user_id: str = event["user_id"]
+    user_key = user_id.encode()
+    if message.key != user_key:
+        fixed = {**obj, "event_id": event["event_id"], "timestamp": event["timestamp"]}
+        moved = RawMessage(user_key, _encode(fixed), -1, -1, message.timestamp_ms)
+        out.rekeyed.append(moved)
+        return
+    key = dedup_key(user_id, event["event_id"])
+    seen = out.seen.get(key) or lookup(key)
+    if (
+        seen is not None
+        and seen.offset != message.offset
+        and message.timestamp_ms - seen.received_ms <= rules.dedup_window_ms
+    ):
+        out.duplicates += 1
+        return
+    enriched = enrich(event, rules.enrichment, ts_ms)
+    payload = _encode(enriched)
+    row = row_of(enriched, ts_ms)
+    if seen is None or seen.offset != message.offset:
+        out.seen[key] = SeenEvent(message.timestamp_ms, message.offset)
+    out.timeline.append(
+        Arrival(message.offset, message.timestamp_ms, enriched, row, payload, user_id)
+    )
+
+
+def _encode(value: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise EventRejected([FieldError("event", f"cannot be encoded as JSON: {exc}")]) from exc

@@ -65,7 +65,7 @@ class ApplicationSettings(BaseModel):
 class EngineSettings(BaseModel):
     topic_partitions: int = Field(8, ge=1, le=1024)
     topic_prefix: str = ""
-    batch_size: int = Field(2000, ge=1, le=100_000)
+    batch_size: int = Field(10_000, ge=1, le=100_000)
     batch_within: Duration = timedelta(milliseconds=200)
     grace: Duration = timedelta(seconds=10)
     session_gap: Duration = timedelta(minutes=30)
@@ -78,6 +78,7 @@ class EngineSettings(BaseModel):
     rocksdb_block_cache_mib: int = Field(8, ge=1, le=4096)
     rocksdb_write_buffer_mib: int = Field(8, ge=1, le=1024)
     max_cached_users: int = Field(200_000, ge=0)
+    gc_threshold: int = Field(100_000, ge=0)
     processing_guarantee: str = "at_least_once"
     session_timeout: Duration = timedelta(seconds=60)
     heartbeat_interval: Duration = timedelta(seconds=3)

@@ -173,6 +173,7 @@ def pipeline(
     workers: int,
     timeout: float,
     profile: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Run:
     """Start the workers on the filled ``<prefix>user-events`` and wait for every event.
     With ``profile``, py-spy samples the first worker into that file (collapsed stacks)."""
@@ -183,7 +184,7 @@ def pipeline(
     spy: subprocess.Popen[bytes] | None = None
     try:
         group = new_group_id()
-        started = [pool.start(prefix, group) for _ in range(workers)]
+        started = [pool.start(prefix, group, env) for _ in range(workers)]
         if profile is not None:
             spy = subprocess.Popen(
                 [
@@ -237,6 +238,7 @@ def compare(
     workers: int,
     only: set[str],
     profile: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[Run]:
     prefix = new_topic_prefix()
     topic = f"{prefix}user-events"
@@ -257,7 +259,7 @@ def compare(
             peer("quix_pipeline.py", services.kafka_bootstrap, topic, workload.events, timeout)
         )
     if "pipeline" in only:
-        runs.append(pipeline(services, prefix, workload.events, workers, timeout, profile))
+        runs.append(pipeline(services, prefix, workload.events, workers, timeout, profile, env))
     return runs
 
 
@@ -294,7 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=Path, help="py-spy the first worker into this file (collapsed stacks)"
     )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment setting for the workers, e.g. ANALYTICS__ENGINE__BATCH_SIZE=5000",
+    )
     args = parser.parse_args(argv)
+    env = dict(item.split("=", 1) for item in args.worker_env)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
     services = (
         Services(bootstrap, os.environ.get("DATABASE_URL", ""))
@@ -310,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             events_per_second=args.events_per_second,
             seed=args.seed,
         )
-        runs = compare(services, workload, args.workers, only, args.profile)
+        runs = compare(services, workload, args.workers, only, args.profile, env)
         print(report(workload, runs), flush=True)
     return 0
 

@@ -28,8 +28,9 @@ from tables.memory_store import MemoryStore
 
 
 def run(workload: Workload, batch: int) -> dict[str, float]:
-    messages = [
-        RawMessage(key, value, 0, offset, workload.start_ms + offset * 10)
+    step_ms = 1000 / workload.events_per_second
+    messages = [  # each arrives 50 ms after its event time
+        RawMessage(key, value, 0, offset, workload.start_ms + int(offset * step_ms) + 50)
         for offset, (key, value) in enumerate(events(workload))
     ]
     seen_store = MemoryStore()
