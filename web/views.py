@@ -23,6 +23,8 @@ from web.ingestion import (
 )
 
 TOPICS = app.topic_names
+#: sources.http.path: POST it with one event, POST it + "/batch" with up to 1,000
+INGEST_PATH = app.analytics_settings.sources.http.path
 
 
 async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
@@ -83,7 +85,7 @@ class _IngestView(web.View):
         return self.json(outcome.body, status=outcome.status)
 
 
-@app.page("/ingest")
+@app.page(INGEST_PATH)
 class IngestView(_IngestView):
     """POST one event."""
 
@@ -91,7 +93,7 @@ class IngestView(_IngestView):
         return ingest_single(body, received_ms)
 
 
-@app.page("/ingest/batch")
+@app.page(INGEST_PATH + "/batch")
 class IngestBatchView(_IngestView):
     """POST {"events": [...]} with up to 1,000 events."""
 
@@ -146,8 +148,10 @@ class HealthView(web.View):
         source = {
             tp.partition for tp in app.consumer.assignment() if tp.topic == TOPICS.user_events
         }
+        application = app.analytics_settings.application
         body = {
             "status": status,
+            "application": {"name": application.name, "environment": application.environment},
             "kafka": kafka,
             "worker": {
                 "rebalancing": bool(app.rebalancing),
