@@ -191,8 +191,11 @@ class HttpTlsSettings(Section):
         return self
 
 
-#: paths of the other endpoints, which the ingestion path must leave alone
-RESERVED_PATHS = ("/api", "/dashboard", "/health", "/metrics", "/openapi.json")
+#: paths of the other endpoints, ours and Faust's, which the ingestion path must leave alone
+RESERVED_PATHS = (
+    *("/api", "/dashboard", "/health", "/metrics", "/openapi.json"),
+    *("/router", "/table", "/graph", "/performance", "/assignment"),
+)
 _URL_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 
 

@@ -178,6 +178,7 @@ def test_the_ingest_path_takes_plain_paths(config: Path, path: str) -> None:
         ("/api/ingest", "would shadow the endpoint /api"),
         ("/health", "would shadow the endpoint /health"),
         ("/dashboard/in", "would shadow the endpoint /dashboard"),
+        ("/router", "would shadow the endpoint /router"),
     ],
 )
 def test_an_ingest_path_that_cannot_work_is_refused(config: Path, path: str, problem: str) -> None:
