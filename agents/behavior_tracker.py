@@ -47,7 +47,7 @@ from analytics.rows import Arrival
 from analytics.timeutil import format_ts
 from analytics.tracking import RawMessage, SeenEvent, TrackedBatch, TrackerRules, track_batch
 from app import app, metrics
-from app.kafka_clients import librdkafka_config
+from app.kafka_security import librdkafka_config
 from tables.partition_state import partition_state
 from tables.rocksdb_store import RocksStore
 from tables.seen_events import seen_events

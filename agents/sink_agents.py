@@ -41,6 +41,7 @@ from agents.outputs import Record, publish
 from agents.sink_lag import watch_lag
 from analytics.timeutil import format_ts, now_ms
 from app import app, metrics, startup
+from app.kafka_security import aiokafka_kwargs
 from sinks.db import DatabaseStartupError
 from sinks.migrations import MigrationOptions
 from sinks.retry import RetryPolicy
@@ -59,7 +60,7 @@ _database = _settings.sinks.timescaledb
 MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
 
 schema = SchemaGate(
-    _database.connection_string,
+    _database.url,
     MigrationOptions(compress_after=_database.compress_after, retention=_database.retention),
 )
 _policy = RetryPolicy(initial=_database.retry_initial, maximum=_database.retry_max)
@@ -150,7 +151,7 @@ class SinkConsumer:
     def consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             self.topic,
-            bootstrap_servers=",".join(_settings.brokers),
+            **aiokafka_kwargs(_settings),
             group_id=self.group_id,
             client_id=self.group_id,
             enable_auto_commit=False,
@@ -209,7 +210,7 @@ class SinkConsumer:
 
 def _sink(spec: TableSpec) -> SinkConsumer:
     topic = getattr(TOPICS, spec.topic_field)
-    sink = TableSink(spec, topic, _database.connection_string, schema, _policy)
+    sink = TableSink(spec, topic, _database.url, schema, _policy)
     return SinkConsumer(spec, topic, sink, f"{app.conf.id}-sink-{spec.name}")
 
 

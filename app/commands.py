@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.cli import argument, option
 
 from app import app
+from app.kafka_security import aiokafka_kwargs
 
 
 @app.command(
@@ -20,9 +21,7 @@ from app import app
 async def tail(self: object, topic: str, last: int, follow: bool) -> None:
     """Print the newest records of a topic (prefix added), one JSON value a line."""
     full = app.analytics_settings.engine.topic_prefix + topic
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=",".join(app.analytics_settings.brokers), enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**aiokafka_kwargs(app.analytics_settings), enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = await _partitions(full)
@@ -54,7 +53,7 @@ async def _at_end(
 
 
 async def _partitions(topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=",".join(app.analytics_settings.brokers))
+    admin = AIOKafkaAdminClient(**aiokafka_kwargs(app.analytics_settings))
     await admin.start()
     try:
         (meta,) = await admin.describe_topics([topic])
@@ -72,9 +71,7 @@ async def migrate(self: object) -> None:
     database = app.analytics_settings.sinks.timescaledb
     options = MigrationOptions(compress_after=database.compress_after, retention=database.retention)
     try:
-        report = await migrate_url(
-            database.connection_string, options, wait=database.startup_timeout
-        )
+        report = await migrate_url(database.url, options, wait=database.startup_timeout)
     except DatabaseStartupError as exc:
         print(f"migrate: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -8,8 +8,10 @@ from typing import Any
 import faust
 
 from app import metrics
+from app.kafka_security import aiokafka_kwargs, faust_credentials
 from app.settings import Settings, get_settings
 from app.topics import TopicNames, ensure_topics
+from app.web_tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,9 @@ class AnalyticsApp(faust.App):
 
     async def on_first_start(self) -> None:
         settings = self.analytics_settings
-        await ensure_topics(settings.brokers, self.topic_names, settings.engine.topic_partitions)
+        await ensure_topics(
+            aiokafka_kwargs(settings), self.topic_names, settings.engine.topic_partitions
+        )
         if settings.metrics.enabled:  # the port rule is in app/metrics.py
             metrics.start(self.conf.web_bind, settings.metrics.port)
         await super().on_first_start()
@@ -35,6 +39,7 @@ def create_app(settings: Settings | None = None) -> AnalyticsApp:
     http = settings.sources.http
     options: dict[str, Any] = dict(
         broker=[f"kafka://{broker}" for broker in settings.brokers],
+        broker_credentials=faust_credentials(settings),
         store=engine.store,
         topic_partitions=engine.topic_partitions,
         topic_allow_declare=True,
@@ -49,12 +54,14 @@ def create_app(settings: Settings | None = None) -> AnalyticsApp:
         web_bind=http.host,
         web_host=http.host,
         web_port=http.port,
+        web_ssl_context=server_context(http),
+        canonical_url=f"{http.scheme}://{http.host}:{http.port}",  # Faust's default says http
         web_in_thread=False,
         autodiscover=["agents", "web"],
         origin="app",
         logging_config=None,
     )
-    app = AnalyticsApp(settings.sources.kafka.group_id, **options)
+    app = AnalyticsApp(settings.app_id, **options)
     app.analytics_settings = settings
     app.topic_names = TopicNames.with_prefix(settings.engine.topic_prefix)
     return app

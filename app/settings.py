@@ -13,9 +13,20 @@ from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -57,12 +68,21 @@ def _split_brokers(value: Any) -> Any:
 Brokers = Annotated[list[str], BeforeValidator(_split_brokers), Field(min_length=1)]
 
 
-class ApplicationSettings(BaseModel):
-    name: str = "analytics-dashboard"
+class Section(BaseModel):
+    """A block of the YAML file: a key it does not declare is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApplicationSettings(Section):
+    """``name`` is the Faust app id (consumer group, changelog topic prefix) unless
+    ``sources.kafka.group_id`` is set; both are shown in /health and the ready line."""
+
+    name: str = Field("analytics-dashboard", min_length=1)
     environment: str = "development"
 
 
-class EngineSettings(BaseModel):
+class EngineSettings(Section):
     topic_partitions: int = Field(8, ge=1, le=1024)
     topic_prefix: str = ""
     batch_size: int = Field(10_000, ge=1, le=100_000)
@@ -98,16 +118,98 @@ class EngineSettings(BaseModel):
         return value
 
 
-class KafkaSourceSettings(BaseModel):
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaTlsSettings(Section):
+    """TLS towards the brokers (security_protocol SSL or SASL_SSL); files are PEM."""
+
+    ca_file: FilePath | None = None  # CAs the broker certificates are checked against
+    cert_file: FilePath | None = None  # client certificate, for brokers that ask for one
+    key_file: FilePath | None = None  # its private key
+    key_password: SecretStr | None = None  # when the key file is encrypted
+
+    @model_validator(mode="after")
+    def _pairs(self) -> KafkaTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if self.key_password is not None and self.key_file is None:
+            raise ValueError("key_password is set but key_file is not")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return any(v is not None for v in (self.ca_file, self.cert_file, self.key_file))
+
+
+class KafkaSaslSettings(Section):
+    """SASL authentication (security_protocol SASL_PLAINTEXT or SASL_SSL)."""
+
+    mechanism: SaslMechanism = "PLAIN"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.username or self.password.get_secret_value())
+
+
+class KafkaSourceSettings(Section):
+    """The Kafka cluster of the whole pipeline: its input, output and changelog topics."""
+
     brokers: Brokers = ["127.0.0.1:9092"]
-    topics: list[str] = ["user-events"]
-    group_id: str = "analytics-dashboard"
+    group_id: str | None = Field(None, min_length=1)  # default: application.name
+    security_protocol: KafkaProtocol = "PLAINTEXT"
+    tls: KafkaTlsSettings = KafkaTlsSettings()
+    sasl: KafkaSaslSettings = KafkaSaslSettings()
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaSourceSettings:
+        protocol = self.security_protocol
+        uses_tls = protocol in ("SSL", "SASL_SSL")
+        uses_sasl = protocol.startswith("SASL_")
+        if self.tls.configured and not uses_tls:
+            raise ValueError(f"tls files are set but security_protocol {protocol} does not use TLS")
+        if self.sasl.configured and not uses_sasl:
+            raise ValueError(f"sasl is set but security_protocol {protocol} does not use SASL")
+        if uses_sasl and not (self.sasl.username and self.sasl.password.get_secret_value()):
+            raise ValueError(f"security_protocol {protocol} needs sasl.username and sasl.password")
+        return self
 
 
-class HttpSourceSettings(BaseModel):
+class HttpTlsSettings(Section):
+    """HTTPS for the web server (ingestion, API, dashboard, /health)."""
+
+    enabled: bool = False
+    cert_file: FilePath | None = None  # PEM certificate chain, the server's first
+    key_file: FilePath | None = None  # its PEM private key (unencrypted)
+
+    @model_validator(mode="after")
+    def _files(self) -> HttpTlsSettings:
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("enabled needs cert_file and key_file")
+        if not self.enabled and (self.cert_file or self.key_file):
+            raise ValueError("cert_file/key_file are set but enabled is false")
+        return self
+
+
+#: paths of the other endpoints, ours and Faust's, which the ingestion path must leave alone
+RESERVED_PATHS = (
+    *("/api", "/dashboard", "/health", "/metrics", "/openapi.json"),
+    *("/router", "/table", "/graph", "/performance", "/assignment"),
+)
+_URL_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+
+
+class HttpSourceSettings(Section):
     listen_addr: str = "127.0.0.1:6066"
-    path: str = "/ingest"
-    tls_enabled: bool = False
+    path: str = "/ingest"  # POST <path> takes one event, POST <path>/batch a batch
+    tls: HttpTlsSettings = HttpTlsSettings()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls.enabled else "http"
 
     @property
     def host(self) -> str:
@@ -126,18 +228,58 @@ class HttpSourceSettings(BaseModel):
             raise ValueError(f"listen_addr {value!r} needs a port, like 127.0.0.1:6066")
         return value
 
+    @field_validator("path")
+    @classmethod
+    def _ingest_path(cls, value: str) -> str:
+        if not _URL_PATH.match(value):
+            raise ValueError(
+                f"path {value!r} must look like /ingest: segments of letters, digits and ._~- "
+                "after a slash each, no trailing slash"
+            )
+        for reserved in RESERVED_PATHS:
+            if value == reserved or value.startswith(reserved + "/"):
+                raise ValueError(f"path {value!r} would shadow the endpoint {reserved}")
+        return value
 
-class SourcesSettings(BaseModel):
+
+class SourcesSettings(Section):
     kafka: KafkaSourceSettings = KafkaSourceSettings()
     http: HttpSourceSettings = HttpSourceSettings()
 
 
-class KafkaSinkSettings(BaseModel):
-    brokers: Brokers = ["127.0.0.1:9092"]
-    topics: dict[str, dict[str, Any]] = {}
+PostgresSslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 
-class DatabaseSinkSettings(BaseModel):
+class DatabaseTlsSettings(Section):
+    """TLS towards PostgreSQL: libpq's sslmode, sslrootcert, sslcert and sslkey.
+
+    Unset values leave libpq's own (and the connection string's) in force."""
+
+    mode: PostgresSslMode | None = None
+    ca_file: FilePath | None = None  # sslrootcert: CAs for verify-ca / verify-full
+    cert_file: FilePath | None = None  # sslcert: client certificate
+    key_file: FilePath | None = None  # sslkey: its private key (unencrypted)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> DatabaseTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if self.mode == "disable" and any((self.ca_file, self.cert_file)):
+            raise ValueError("tls files are set but mode is disable")
+        return self
+
+    def libpq_parameters(self) -> dict[str, str]:
+        """The connection parameters these settings stand for."""
+        values = {
+            "sslmode": self.mode,
+            "sslrootcert": self.ca_file,
+            "sslcert": self.cert_file,
+            "sslkey": self.key_file,
+        }
+        return {name: str(value) for name, value in values.items() if value is not None}
+
+
+class DatabaseSinkSettings(Section):
     connection_string: str = "postgresql://analytics@127.0.0.1:5432/analytics"
     tables: list[str] = ["session_metrics", "page_view_stats", "kpi_metrics", "dimension_stats"]
     batch_size: int = Field(100, ge=1, le=100_000)
@@ -147,6 +289,27 @@ class DatabaseSinkSettings(BaseModel):
     startup_timeout: Duration = timedelta(seconds=30)
     compress_after: Duration = timedelta(days=7)
     retention: Duration = timedelta(days=90)
+    tls: DatabaseTlsSettings = DatabaseTlsSettings()
+
+    @property
+    def url(self) -> str:
+        """``connection_string`` with the ``tls`` parameters added to its query."""
+        extra = self.tls.libpq_parameters()
+        if not extra:
+            return self.connection_string
+        parts = urlsplit(self.connection_string)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        return urlunsplit(parts._replace(query=urlencode([*query, *extra.items()], safe="/")))
+
+    @model_validator(mode="after")
+    def _tls_not_twice(self) -> DatabaseSinkSettings:
+        in_url = {name for name, _ in parse_qsl(urlsplit(self.connection_string).query)}
+        if twice := sorted(in_url & set(self.tls.libpq_parameters())):
+            raise ValueError(
+                f"connection_string already sets {', '.join(twice)}; "
+                "set TLS either there or in tls, not both"
+            )
+        return self
 
     @field_validator("connection_string")
     @classmethod
@@ -164,19 +327,18 @@ class DatabaseSinkSettings(BaseModel):
         return value
 
 
-class SinksSettings(BaseModel):
-    kafka: KafkaSinkSettings = KafkaSinkSettings()
+class SinksSettings(Section):
     timescaledb: DatabaseSinkSettings = DatabaseSinkSettings()
 
 
-class AnalyticsSettings(BaseModel):
+class AnalyticsSettings(Section):
     conversion_actions: list[str] = ["purchase", "signup", "subscribe", "download", "submit_form"]
     high_value_revenue: Decimal = Decimal("100.00")
     high_value_duration_ms: int = Field(30_000, ge=0)
     future_tolerance: Duration = timedelta(minutes=10)
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(Section):
     enabled: bool = True
     port: int = Field(9091, ge=0, lt=65536)
     namespace: str = "analytics_dashboard"
@@ -220,8 +382,14 @@ class Settings(BaseSettings):
         return self.sources.kafka.brokers
 
     @property
+    def app_id(self) -> str:
+        """The Faust app id: the consumer group and the prefix of the changelog topics."""
+        return self.sources.kafka.group_id or self.application.name
+
+    @property
     def database_url(self) -> str:
-        return self.sinks.timescaledb.connection_string
+        """The database's URL, TLS parameters included (sinks.timescaledb.tls)."""
+        return self.sinks.timescaledb.url
 
 
 class _ShortcutSource(PydanticBaseSettingsSource):
@@ -235,7 +403,6 @@ class _ShortcutSource(PydanticBaseSettingsSource):
         brokers = os.environ.get("KAFKA_BOOTSTRAP")
         if brokers:
             values["sources"] = {"kafka": {"brokers": brokers}}
-            values["sinks"] = {"kafka": {"brokers": brokers}}
         database_url = os.environ.get("DATABASE_URL")
         if database_url:
             values.setdefault("sinks", {})["timescaledb"] = {"connection_string": database_url}
@@ -246,16 +413,36 @@ class ConfigurationError(RuntimeError):
     """The configuration cannot be used; the message says which setting and why."""
 
 
+#: keys that configured nothing and were removed, and what to use instead
+RETIRED_KEYS = {
+    "sources.kafka.topics": "the input topic is always <engine.topic_prefix>user-events",
+    "sinks.kafka": (
+        "every output topic goes to the cluster of sources.kafka under a fixed name "
+        "(README, Topics); engine.topic_prefix renames them all"
+    ),
+    "sources.http.tls_enabled": "use sources.http.tls.enabled, tls.cert_file and tls.key_file",
+}
+
+
+def _problem(error: Any) -> str:
+    """One validation error as ``dotted.key: what is wrong``."""
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        for retired, instead in RETIRED_KEYS.items():
+            if key == retired or key.startswith(retired + "."):
+                return f"{retired}: no longer a setting ({instead})"
+        return f"{key}: unknown setting"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{key}: {message}" if key else message
+
+
 def load_settings() -> Settings:
     """Read and validate the configuration, turning pydantic's report into one clear error."""
     try:
         return Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigurationError(f"invalid configuration: {problems}") from exc
+        problems = "; ".join(dict.fromkeys(_problem(error) for error in exc.errors()))
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
 
 
 @lru_cache(maxsize=1)

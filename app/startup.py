@@ -1,4 +1,5 @@
-"""The one line a worker logs once it is ready: broker, database mode, partitions, ports.
+"""The one line a worker logs once it is ready: broker, database mode, partitions, addresses,
+and which application and environment it belongs to.
 
 Logged after the sink migrations (agents/sink_agents.py), the first moment the database mode
 is known, so the line never guesses it. Operators find every port of a worker in one place.
@@ -10,6 +11,7 @@ import logging
 from typing import Any
 
 from app import metrics
+from app.settings import ApplicationSettings
 from sinks import health
 
 log = logging.getLogger(__name__)
@@ -28,23 +30,32 @@ def describe_database(mode: str | None) -> str:
 
 
 def ready_line(
-    brokers: list[str], database_mode: str | None, partitions: int, web: str, metrics_at: str
+    brokers: list[str],
+    database_mode: str | None,
+    partitions: int,
+    web: str,
+    metrics_at: str,
+    application: ApplicationSettings,
 ) -> str:
+    """``web`` is the web server's URL (``http://`` or ``https://``)."""
     return (
         f"analytics worker ready: broker={','.join(brokers)} "
         f"database={describe_database(database_mode)} partitions={partitions} "
-        f"web={web} metrics={metrics_at}"
+        f"web={web} metrics={metrics_at} "
+        f"application={application.name} environment={application.environment}"
     )
 
 
 def announce(app: Any) -> None:
     """Log the ready line of ``app`` (an AnalyticsApp) with the database mode as migrated."""
     exporter = metrics.exporter()
+    settings = app.analytics_settings
     line = ready_line(
-        app.analytics_settings.brokers,
+        settings.brokers,
         health.sink_health()["database"]["mode"],
-        app.analytics_settings.engine.topic_partitions,
-        f"{app.conf.web_bind}:{app.conf.web_port}",
+        settings.engine.topic_partitions,
+        f"{settings.sources.http.scheme}://{app.conf.web_bind}:{app.conf.web_port}",
         exporter.address if exporter is not None else "off",
+        settings.application,
     )
     log.info("%s", line)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, fields
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +58,18 @@ class TopicLayoutError(RuntimeError):
     """An existing topic has a partition count the pipeline cannot work with."""
 
 
-async def ensure_topics(brokers: list[str], names: TopicNames, partitions: int) -> None:
-    """Create the pipeline's topics when missing and check the partition counts of those present."""
+async def ensure_topics(client: dict[str, Any], names: TopicNames, partitions: int) -> None:
+    """Create the pipeline's topics when missing and check the partition counts of those present.
+
+    ``client`` holds the admin client's connection options (app.kafka_security.aiokafka_kwargs).
+    """
     wanted = names.partition_counts(partitions)
-    admin = AIOKafkaAdminClient(bootstrap_servers=",".join(brokers), request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(**client, request_timeout_ms=15_000)
     try:
         await admin.start()
-    except KafkaConnectionError as exc:
-        raise KafkaConnectionError(f"cannot reach Kafka at {','.join(brokers)}: {exc}") from exc
+    except (KafkaError, OSError) as exc:
+        where = f"{client['bootstrap_servers']} ({client.get('security_protocol', 'PLAINTEXT')})"
+        raise KafkaConnectionError(f"cannot reach Kafka at {where}: {exc}") from exc
     try:
         present = set(await admin.list_topics()) & set(wanted)
         # describing a missing topic would auto-create it on brokers that allow that

@@ -3,7 +3,8 @@
 The events come from ``generator.traffic`` (seeded, so a run can be replayed exactly). By
 default event times are the wall clock at send time, so a live dashboard fills up;
 ``--start``/``--span`` replays a fixed stretch of event time instead. ``send_to_kafka`` and
-``send_over_http`` are reusable from tests and benchmarks.
+``send_over_http`` are reusable from tests and benchmarks. Straight to Kafka, the producer
+connects with the security settings of the workers' configuration (``sources.kafka``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -156,15 +157,17 @@ async def send_to_kafka(
     progress: bool,
     *,
     total: int | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> int:
     """Produce ``events`` to ``topic`` at ``rate`` events/s (0: as fast as possible).
 
     Returns how many the broker acknowledged. Raises ``KafkaConnectionError`` when the
     broker is unreachable and ``DeliveryError`` when some sends failed. Events are pulled
     from the iterable only when their send slot comes, so ``restamp`` sees send time.
+    ``security``: the producer's security options (app.kafka_security.aiokafka_security).
     """
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, client_id=_PROG, acks="all"
+        bootstrap_servers=bootstrap, linger_ms=20, client_id=_PROG, acks="all", **(security or {})
     )
     try:
         await producer.start()
@@ -236,18 +239,20 @@ async def send_over_http(
     total: int | None = None,
     concurrency: int = 1,
     linger_s: float = 0.2,
+    path: str = "/ingest",
 ) -> HttpResult:
-    """POST ``events`` to ``{url}/ingest/batch`` in batches of ``batch`` at ``rate`` events/s.
+    """POST ``events`` to ``{url}{path}/batch`` in batches of ``batch`` at ``rate`` events/s.
 
     A batch goes out when full, over the size limit, or ``linger_s`` after its first event,
     so slow rates still show up promptly. Raw bytes (the bad-JSON case) cannot sit in a JSON
-    batch and are posted alone to ``/ingest``. ``concurrency`` > 1 keeps several requests in
+    batch and are posted alone to ``{path}``. ``concurrency`` > 1 keeps several requests in
     flight, at the price of the server seeing batches out of order. Raises
     ``aiohttp.ClientConnectorError`` when the server is unreachable.
     """
     if not 1 <= batch <= _MAX_BATCH_EVENTS:
         raise ValueError(f"batch must be within 1..{_MAX_BATCH_EVENTS}, got {batch}")
     base = url.rstrip("/")
+    single, batched = path, path + "/batch"
     result = HttpResult()
     bucket = TokenBucket(rate)
     slots = asyncio.Semaphore(max(1, concurrency))
@@ -267,7 +272,7 @@ async def send_over_http(
                 result.sent += count
                 bar.update(count)
                 if 200 <= status < 300:
-                    if path == "/ingest":
+                    if path == single:
                         result.accepted += count
                         return
                     try:
@@ -304,7 +309,7 @@ async def send_over_http(
                     body = b'{"events":[' + b",".join(parts) + b"]}"
                     count = len(parts)
                     parts, size = [], 0
-                    await submit("/ingest/batch", body, count)
+                    await submit(batched, body, count)
 
             it = iter(events)
             try:
@@ -315,7 +320,7 @@ async def send_over_http(
                         break
                     if isinstance(event, bytes):
                         await flush()
-                        await submit("/ingest", event, 1)
+                        await submit(single, event, 1)
                         continue
                     data = orjson.dumps(event)
                     if parts and size + len(data) > _MAX_BATCH_BYTES:
@@ -359,7 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Kafka HOST:PORT (default: $KAFKA_BOOTSTRAP or 127.0.0.1:9092)",
     )
     p.add_argument("--topic", default="user-events")
-    p.add_argument("--url", default="http://127.0.0.1:6066", help="ingest API base URL")
+    p.add_argument(
+        "--url",
+        default="http://127.0.0.1:6066",
+        help="the worker's base URL; https:// checks its certificate against the system's CAs "
+        "or $SSL_CERT_FILE",
+    )
+    p.add_argument(
+        "--path", default="/ingest", help="the worker's sources.http.path (default /ingest)"
+    )
     p.add_argument("--batch", type=int, default=200, help="events per POST /ingest/batch")
     p.add_argument(
         "--concurrency", type=int, default=1, help="HTTP requests in flight (>1 reorders)"
@@ -426,6 +439,15 @@ def profile_from_args(args: argparse.Namespace, now_ms: int | None = None) -> Tr
     )
 
 
+def _kafka_security() -> dict[str, Any]:
+    """The producer's security options from the configuration (``sources.kafka``), which the
+    generator shares with the workers: ``ANALYTICS_CONFIG`` and ``ANALYTICS__...`` variables."""
+    from app.kafka_security import aiokafka_security  # importing app/ builds the Faust app
+    from app.settings import load_settings
+
+    return aiokafka_security(load_settings())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 when the target cannot be reached)."""
     parser = build_parser()
@@ -451,9 +473,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     http: HttpResult | None = None
     try:
         if args.target == "kafka":
+            try:
+                security = _kafka_security()
+            except RuntimeError as exc:  # app.settings.ConfigurationError, named in the message
+                print(f"{_PROG}: {exc}", file=sys.stderr)
+                return 2
             sent = asyncio.run(
                 send_to_kafka(
-                    counted(), args.bootstrap, args.topic, args.rate, progress, total=total
+                    counted(),
+                    args.bootstrap,
+                    args.topic,
+                    args.rate,
+                    progress,
+                    total=total,
+                    security=security,
                 )
             )
         else:
@@ -466,6 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     batch=args.batch,
                     total=total,
                     concurrency=args.concurrency,
+                    path=args.path,
                 )
             )
             sent = http.sent

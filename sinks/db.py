@@ -24,6 +24,21 @@ _CONNECT_OPTIONS: dict[str, str | int | None] = {
 _PASSWORD_IN_NETLOC = re.compile(r"(://[^:/@]*):[^@/]*@")
 
 
+#: libpq messages of a connection that cannot work as configured (URL, sinks.timescaledb.tls)
+_SETTING_ERRORS = (
+    "connection is bad",
+    "connection option",
+    "invalid URI",
+    'missing "="',
+    "does not support SSL",
+    "certificate verify failed",
+    "does not match host name",
+    "certificate file",
+    "private key file",
+    "invalid sslmode value",
+)
+
+
 class DatabaseStartupError(RuntimeError):
     """The database cannot be used at start: wrong URL, credentials, database or privileges."""
 
@@ -82,9 +97,9 @@ def worth_waiting(exc: BaseException) -> bool:
     message = str(exc)
     if "FATAL:" in message:  # the server answered and refused
         return any(reason in message for reason in _WAITABLE_REFUSALS)
-    # a URL libpq cannot parse, else refused, unreachable, timed out or an unresolved host
-    unparsable = ("connection is bad", "connection option", "invalid URI", 'missing "="')
-    return not any(sign in message for sign in unparsable)
+    # a URL libpq cannot parse or a TLS setting the server or its certificate does not meet,
+    # else refused, unreachable, timed out or an unresolved host
+    return not any(sign in message for sign in _SETTING_ERRORS)
 
 
 def describe(exc: BaseException, table: str | None = None) -> str:

@@ -448,13 +448,14 @@ async def migrate_url(
             if not worth_waiting(exc):
                 raise DatabaseStartupError(
                     f"cannot use the database at {where}: {describe(exc)} "
-                    "(check DATABASE_URL / sinks.timescaledb.connection_string)"
+                    "(check DATABASE_URL / sinks.timescaledb.connection_string and .tls)"
                 ) from None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DatabaseStartupError(
                     f"the database at {where} is not reachable after {wait.total_seconds():g} s: "
-                    f"{describe(exc)} (check DATABASE_URL / sinks.timescaledb.connection_string)"
+                    f"{describe(exc)} "
+                    "(check DATABASE_URL / sinks.timescaledb.connection_string and .tls)"
                 ) from None
             if attempt == 0:
                 log.warning("waiting for the database at %s: %s", where, describe(exc))

@@ -21,6 +21,10 @@ else did. To assert exact contents, tests put a **barrier** behind the events un
 
 ``TopicReader`` keeps one consumer open (no group, nothing committed) and accumulates records,
 so a test can read a topic incrementally from a snapshot of its end offsets.
+
+Every client connects with the security settings of the configuration (``sources.kafka``,
+app/kafka_security.py), like the workers the tests start: the suite can run against a secured
+cluster by exporting the same ``ANALYTICS__SOURCES__KAFKA__...`` variables.
 """
 
 from __future__ import annotations
@@ -30,12 +34,23 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from types import TracebackType
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
+
+from app.kafka_security import aiokafka_security
+from app.settings import load_settings
+
+
+@cache
+def security() -> dict[str, Any]:
+    """The clients' security options, from the configuration (as the workers read it)."""
+    return aiokafka_security(load_settings())
+
 
 SENTINEL_PREFIX = "__sentinel-"
 SENTINEL_ACTION = "sentinel"
@@ -103,7 +118,9 @@ async def produce(
     linger_ms: int = 0,
 ) -> list[Produced]:
     """Produce messages in order and wait until the broker has acknowledged every one."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, acks="all", **security()
+    )
     await producer.start()
     try:
         futures = []
@@ -167,6 +184,7 @@ class TopicReader:
             bootstrap_servers=self.bootstrap,
             group_id=None,
             enable_auto_commit=False,
+            **security(),
             auto_offset_reset="earliest",
         )
         await consumer.start()
@@ -273,7 +291,7 @@ async def _topic_partitions(
 
 async def partition_count(bootstrap: str, topic: str, timeout: float = 30) -> int:
     """How many partitions the topic has, waiting until it exists."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **security())
     await consumer.start()
     try:
         return len(await _topic_partitions(consumer, topic, timeout))

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.tls_files import TlsFiles
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POLL_INTERVAL_S = 0.2
@@ -128,13 +131,16 @@ class Worker:
         port: int,
         log_path: Path,
         proc: subprocess.Popen[bytes],
+        tls: TlsFiles | None = None,
     ) -> None:
         self.pool = pool
         self.name = name
         self.group_id = group_id
         self.topic_prefix = topic_prefix
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        #: for urllib and aiohttp: trusts the CA of the worker's certificate (HTTPS workers)
+        self.ssl_context = ssl.create_default_context(cafile=str(tls.ca)) if tls else None
         self.log_path = log_path
         self.proc = proc
 
@@ -156,7 +162,9 @@ class Worker:
     def health(self, timeout: float = 5.0) -> tuple[int, dict[str, Any]] | None:
         """``(status, body)`` of ``GET /health``; None when the server does not answer."""
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as response:
+            with urllib.request.urlopen(
+                f"{self.url}/health", timeout=timeout, context=self.ssl_context
+            ) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:
@@ -266,8 +274,11 @@ class WorkerPool:
         topic_prefix: str,
         group_id: str,
         extra_env: dict[str, str] | None = None,
+        tls: TlsFiles | None = None,
     ) -> Worker:
-        """Launch ``python -m faust -A app worker``; call ``wait_ready`` before using it."""
+        """Launch ``python -m faust -A app worker``; call ``wait_ready`` before using it.
+
+        With ``tls`` (a certificate for 127.0.0.1) the worker serves HTTPS only."""
         index = len(self.workers) + 1
         name = f"w{index}"
         port = free_port()
@@ -293,6 +304,14 @@ class WorkerPool:
         )
         if not self.services.database_url:
             del env["DATABASE_URL"]
+        if tls is not None:
+            env.update(
+                {
+                    "ANALYTICS__SOURCES__HTTP__TLS__ENABLED": "true",
+                    "ANALYTICS__SOURCES__HTTP__TLS__CERT_FILE": str(tls.cert),
+                    "ANALYTICS__SOURCES__HTTP__TLS__KEY_FILE": str(tls.key),
+                }
+            )
         env.update(extra_env or {})
         command = [
             sys.executable,
@@ -319,7 +338,7 @@ class WorkerPool:
                 start_new_session=True,  # a Ctrl-C of the test run reaches it only through us
             )
         _LIVE[proc.pid] = proc
-        worker = Worker(self, name, group_id, topic_prefix, port, log_path, proc)
+        worker = Worker(self, name, group_id, topic_prefix, port, log_path, proc, tls)
         self.workers.append(worker)
         return worker
 

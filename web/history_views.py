@@ -22,7 +22,7 @@ from sinks.reader import DatabaseUnavailable, Query, fetch
 from web.api_params import BadParameter
 from web.history_params import DATABASE, KpiBucketsQuery, PageRangeQuery, SessionsQuery
 
-DATABASE_URL = app.analytics_settings.sinks.timescaledb.connection_string
+DATABASE_URL = app.analytics_settings.database_url
 
 
 def _ts(ms: int | None) -> str | None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import ssl
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ from aiokafka.errors import KafkaError
 
 from analytics.timeutil import format_ts, parse_ts
 from app import app
+from app.kafka_security import aiokafka_kwargs
+from app.web_tls import own_server_client_context
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +146,18 @@ class LiveFeed:
     def __init__(
         self,
         topic: str,
-        brokers: Sequence[str],
+        kafka: Mapping[str, Any],
         api_url: Callable[[], str],
         client_id: str,
         history_minutes: int = HISTORY_MINUTES,
+        api_tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``kafka``: the consumer's connection options (app.kafka_security.aiokafka_kwargs);
+        ``api_tls``: the client context for an ``https`` ``api_url``."""
         self.topic = topic
-        self.brokers = list(brokers)
+        self.kafka = dict(kafka)
         self.api_url = api_url
+        self.api_tls = api_tls
         self.client_id = client_id
         self.history_minutes = history_minutes
         self.state = DashboardState(history_minutes * MINUTE_MS)
@@ -209,7 +216,7 @@ class LiveFeed:
 
     async def _follow(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=",".join(self.brokers),
+            **self.kafka,
             group_id=None,
             client_id=self.client_id,
             enable_auto_commit=False,
@@ -218,7 +225,10 @@ class LiveFeed:
         await consumer.start()
         self.consumers_started += 1
         log.info("dashboard feed: following %s (consumer %d)", self.topic, self.consumers_started)
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=15),
+            connector=aiohttp.TCPConnector(ssl=self.api_tls if self.api_tls else True),
+        )
         primer: asyncio.Future[None] | None = None
         try:
             partitions = await self._partitions(consumer)
@@ -344,14 +354,15 @@ def _own_api_url() -> str:
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{app.conf.web_port}"
+    return f"{app.analytics_settings.sources.http.scheme}://{host}:{app.conf.web_port}"
 
 
 feed = LiveFeed(
     app.topic_names.live_kpis,
-    app.analytics_settings.brokers,
+    aiokafka_kwargs(app.analytics_settings),
     _own_api_url,
     client_id=f"{app.conf.id}-dashboard",
+    api_tls=own_server_client_context(app.analytics_settings.sources.http),
 )
 
 

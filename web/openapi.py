@@ -21,6 +21,7 @@ from web.api_params import (
     MAX_USER_ID_CHARS,
 )
 from web.history_params import DEFAULT_SESSIONS, MAX_BUCKETS, MAX_SESSIONS
+from web.views import INGEST_PATH
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -375,7 +376,7 @@ OPENAPI: dict[str, Any] = {
         ),
     },
     "paths": {
-        "/ingest": {
+        INGEST_PATH: {
             "post": {
                 "summary": "Ingest one event",
                 "requestBody": {
@@ -392,7 +393,7 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/ingest/batch": {
+        INGEST_PATH + "/batch": {
             "post": {
                 "summary": "Ingest a batch of events, checked one by one",
                 "requestBody": {
@@ -735,6 +736,9 @@ OPENAPI: dict[str, Any] = {
             "Health": _obj(
                 {
                     "status": {"type": "string", "enum": ["ok", "degraded"]},
+                    "application": _obj(
+                        {"name": STRING, "environment": STRING}, ["name", "environment"]
+                    ),
                     "kafka": _obj(
                         {"connected": BOOLEAN, "brokers": INTEGER, "error": STRING},
                         ["connected"],
@@ -754,7 +758,7 @@ OPENAPI: dict[str, Any] = {
                         }
                     ),
                 },
-                ["status", "kafka", "worker", "sinks"],
+                ["status", "application", "kafka", "worker", "sinks"],
             ),
             "SinkHealth": _obj(
                 {

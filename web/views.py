@@ -24,6 +24,8 @@ from web.ingestion import (
 )
 
 TOPICS = app.topic_names
+#: sources.http.path: POST it with one event, POST it + "/batch" with up to 1,000
+INGEST_PATH = app.analytics_settings.sources.http.path
 
 
 async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
@@ -84,7 +86,7 @@ class _IngestView(web.View):
         return self.json(outcome.body, status=outcome.status)
 
 
-@app.page("/ingest")
+@app.page(INGEST_PATH)
 class IngestView(_IngestView):
     """POST one event."""
 
@@ -92,7 +94,7 @@ class IngestView(_IngestView):
         return ingest_single(body, received_ms)
 
 
-@app.page("/ingest/batch")
+@app.page(INGEST_PATH + "/batch")
 class IngestBatchView(_IngestView):
     """POST {"events": [...]} with up to 1,000 events."""
 
@@ -145,8 +147,10 @@ class HealthView(web.View):
         healthy = kafka["connected"] and sinks["status"] != DEGRADED
         status = "ok" if healthy else "degraded"
         source = owned_partitions()
+        application = app.analytics_settings.application
         body = {
             "status": status,
+            "application": {"name": application.name, "environment": application.environment},
             "kafka": kafka,
             "worker": {
                 "rebalancing": bool(app.rebalancing),

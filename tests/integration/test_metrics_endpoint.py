@@ -103,7 +103,8 @@ def test_two_workers_count_known_events(
         assert re.fullmatch(
             rf"analytics worker ready: broker={re.escape(services.kafka_bootstrap)} "
             rf"database=(timescaledb|postgresql \(TimescaleDB absent\)) partitions={PARTITIONS} "
-            rf"web=127\.0\.0\.1:{worker.port} metrics=127\.0\.0\.1:{port}",
+            rf"web=http://127\.0\.0\.1:{worker.port} metrics=127\.0\.0\.1:{port} "
+            r"application=analytics-dashboard environment=development",
             line.strip(),
         ), line
 

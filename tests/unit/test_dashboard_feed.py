@@ -81,7 +81,9 @@ async def test_a_quiet_stream_gets_keepalives() -> None:
 
 
 async def test_every_subscriber_gets_the_snapshot_then_each_changed_window_once() -> None:
-    feed = LiveFeed("live-kpis", ["127.0.0.1:9"], lambda: "http://127.0.0.1:9", "test")
+    feed = LiveFeed(
+        "live-kpis", {"bootstrap_servers": "127.0.0.1:9"}, lambda: "http://127.0.0.1:9", "test"
+    )
     with feed.subscribe() as first, feed.subscribe() as second:
         assert feed.subscribers == 2
         feed.take(

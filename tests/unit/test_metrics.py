@@ -19,6 +19,7 @@ from analytics.rows import Arrival, Tick
 from analytics.tracking import RawMessage, TrackedBatch
 from app import metrics, startup
 from app.metrics import Metrics, candidate_ports, registry, start_exporter
+from app.settings import ApplicationSettings
 from tables import sizes
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -287,12 +288,19 @@ def test_an_address_that_cannot_be_bound_is_an_error(fresh: Metrics) -> None:
 
 
 def test_ready_line_names_broker_database_partitions_and_ports() -> None:
+    application = ApplicationSettings(name="shop-analytics", environment="staging")
     line = startup.ready_line(
-        ["127.0.0.1:9092"], "postgresql", 8, "127.0.0.1:6066", "127.0.0.1:9091"
+        ["127.0.0.1:9092"],
+        "postgresql",
+        8,
+        "https://127.0.0.1:6066",
+        "127.0.0.1:9091",
+        application,
     )
     assert line == (
         "analytics worker ready: broker=127.0.0.1:9092 database=postgresql (TimescaleDB "
-        "absent) partitions=8 web=127.0.0.1:6066 metrics=127.0.0.1:9091"
+        "absent) partitions=8 web=https://127.0.0.1:6066 metrics=127.0.0.1:9091 "
+        "application=shop-analytics environment=staging"
     )
     assert startup.describe_database("timescaledb") == "timescaledb"
     assert startup.describe_database(None) == "none"
@@ -310,7 +318,9 @@ def test_announce_logs_the_line_once_the_mode_is_known(
         startup.announce(app)
     (line,) = [r.getMessage() for r in caplog.records if "worker ready" in r.getMessage()]
     assert " database=timescaledb " in line
-    assert line.endswith(" metrics=off")
+    assert " metrics=off " in line
+    assert f" web=http://{app.conf.web_bind}:{app.conf.web_port} " in line
+    assert line.endswith(f" environment={app.analytics_settings.application.environment}")
     assert f"partitions={app.analytics_settings.engine.topic_partitions} " in line
 
 

@@ -457,6 +457,20 @@ def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
         (psycopg.OperationalError("FATAL:  sorry, too many clients already"), True),
         (psycopg.OperationalError('invalid integer value "x" for connection option "port"'), False),
         (psycopg.ProgrammingError('invalid URI query parameter: "foo"'), False),
+        # TLS settings the server does not meet (messages of libpq 17, as psycopg-binary ships)
+        (
+            psycopg.OperationalError("failed: server does not support SSL, but SSL was required"),
+            False,
+        ),
+        (psycopg.OperationalError("failed: SSL error: certificate verify failed"), False),
+        (
+            psycopg.OperationalError(
+                'failed: server certificate for "127.0.0.1" does not match host name "localhost"'
+            ),
+            False,
+        ),
+        (psycopg.OperationalError('failed: root certificate file "/x" does not exist'), False),
+        (psycopg.OperationalError("failed: SSL SYSCALL error: EOF detected"), True),
         (ConnectionRefusedError(), True),
         (TimeoutError(), True),
         (ValueError("bug"), False),
