@@ -43,6 +43,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from analytics import partition_codec as codec
 from analytics.rows import Arrival, Row, Tick, row_of
 from analytics.sessions import SessionPreview, SessionSummary
@@ -96,7 +98,7 @@ class SessionKey:
     """One (user, session_id): summaries of sessions not yet closed, oldest first, and the
     pending rows, in (ts, event_id) order."""
 
-    __slots__ = ("encoded", "pending", "summaries")
+    __slots__ = ("encoded", "first_end", "pending", "summaries")
 
     def __init__(self) -> None:
         self.summaries: list[SessionSummary] = []
@@ -104,6 +106,8 @@ class SessionKey:
         self.encoded: Any = None
         """Its JSON while unchanged (analytics.partition_codec): most of a user's session
         keys wait unchanged for their sessions to close, and are not encoded again."""
+        self.first_end: int | None = None
+        """``first_session_end`` while unchanged (valid when ``encoded`` is set)."""
 
     def add(self, row: Row) -> None:
         pending = self.pending
@@ -132,6 +136,8 @@ class SessionKey:
 
     def first_session_end(self, gap_ms: int) -> int | None:
         """Last ts of the oldest session (summaries and pending rows taken together)."""
+        if self.encoded is not None:
+            return self.first_end
         summaries, rows = self.summaries, self.pending
         if len(summaries) > 1:
             return summaries[0].end
@@ -196,6 +202,7 @@ class UserState:
         "keys",
         "last_seen",
         "recent",
+        "recent_encoded",
         "revenue_cents",
     )
 
@@ -208,6 +215,7 @@ class UserState:
         self.countries: list[str] = []
         self.closed_sessions = 0
         self.recent: list[dict[str, Any]] = []
+        self.recent_encoded: Any = None
         self.applied = -1
         self.folded_until: int | None = None
         self.index_at: int | None = None
@@ -266,7 +274,14 @@ class UserState:
                 reverse=True,
             )
             self.recent = newest_first[:RECENT_SESSIONS]
+            self.recent_encoded = None
         return closed
+
+    def recent_json(self) -> Any:
+        """``recent`` as JSON (an orjson fragment), kept until it changes."""
+        if self.recent_encoded is None:
+            self.recent_encoded = orjson.Fragment(orjson.dumps(self.recent))
+        return self.recent_encoded
 
     def open_sessions(self, user_id: str, gap_ms: int) -> list[dict[str, Any]]:
         """Every session not yet written out, with its SPEC section 3 figures so far."""
@@ -447,8 +462,9 @@ class PartitionState:
         users: list[Write] = []
         for user_id in self.dirty_users:
             user = self.users[user_id]
+            encoded = codec.encode_user(user, self.rules.gap_ms)
             self._index(user_id, user)
-            users.append((user_id.encode(), codec.encode_user(user)))
+            users.append((user_id.encode(), encoded))
         # new index entries before the users that refer to them, old ones deleted only after
         # the clock: any prefix of these writes leaves every stored user's entry in place
         writes = self._index_puts + users

@@ -90,8 +90,10 @@ def count_index(store: StateStore) -> int:
 # ---------------------------------------------------------------------- users
 
 
-def _encode_key(key: SessionKey) -> orjson.Fragment:
+def _encode_key(key: SessionKey, gap_ms: int) -> orjson.Fragment:
+    """The key's JSON, kept on it (with its first session's end) until it changes."""
     if key.encoded is None:
+        key.first_end = key.first_session_end(gap_ms)
         key.encoded = orjson.Fragment(
             orjson.dumps([[s.encode() for s in key.summaries], [list(r) for r in key.pending]])
         )
@@ -99,8 +101,8 @@ def _encode_key(key: SessionKey) -> orjson.Fragment:
     return fragment
 
 
-def encode_user(user: UserState) -> bytes:
-    keys = {session_id: _encode_key(key) for session_id, key in user.keys.items()}
+def encode_user(user: UserState, gap_ms: int) -> bytes:
+    keys = {session_id: _encode_key(key, gap_ms) for session_id, key in user.keys.items()}
     return orjson.dumps(
         [
             VERSION,
@@ -111,7 +113,7 @@ def encode_user(user: UserState) -> bytes:
             user.devices,
             user.countries,
             user.closed_sessions,
-            user.recent,
+            user.recent_json(),
             user.applied,
             user.folded_until,
             user.index_at,
