@@ -8,6 +8,7 @@ from typing import Any
 import faust
 
 from app import metrics
+from app.log_levels import faust_logging_config
 from app.settings import Settings, get_settings
 from app.topics import TopicNames, ensure_topics
 
@@ -21,6 +22,9 @@ class AnalyticsApp(faust.App):
     topic_names: TopicNames
 
     async def on_first_start(self) -> None:
+        # Faust makes its data directory without parents (`--datadir a/b/c` with no `a/b`
+        # fails in faust.App._create_directories, called by super().on_first_start())
+        self.conf.datadir.mkdir(parents=True, exist_ok=True)
         settings = self.analytics_settings
         await ensure_topics(settings.brokers, self.topic_names, settings.engine.topic_partitions)
         if settings.metrics.enabled:  # the port rule is in app/metrics.py
@@ -52,7 +56,7 @@ def create_app(settings: Settings | None = None) -> AnalyticsApp:
         web_in_thread=False,
         autodiscover=["agents", "web"],
         origin="app",
-        logging_config=None,
+        logging_config=faust_logging_config(),  # library log levels: app/log_levels.py
     )
     app = AnalyticsApp(settings.sources.kafka.group_id, **options)
     app.analytics_settings = settings
