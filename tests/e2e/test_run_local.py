@@ -64,11 +64,13 @@ class LocalRun:
             DURATION=str(DURATION_S),
         )
         self.proc: subprocess.Popen[bytes] | None = None
-        self.output = base / "run-local-0.out"
+        self.runs = 0
+        self.output = base / "run-local.out"
 
     def start(self) -> None:
         """Start the script, as a terminal starts a job: its own process group, Ctrl-C live."""
-        self.output = self.base / f"run-local-{int(self.output.stem[-1]) + 1}.out"
+        self.runs += 1
+        self.output = self.base / f"run-local-{self.runs}.out"
         with self.output.open("wb") as out:
             self.proc = subprocess.Popen(
                 [str(REPO_ROOT / "scripts" / "run-local.sh")],
