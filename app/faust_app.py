@@ -9,6 +9,7 @@ import faust
 
 from app import metrics
 from app.kafka_security import aiokafka_kwargs, faust_credentials
+from app.log_levels import faust_logging_config
 from app.settings import Settings, get_settings
 from app.topics import TopicNames, ensure_topics
 from app.web_tls import server_context
@@ -23,6 +24,9 @@ class AnalyticsApp(faust.App):
     topic_names: TopicNames
 
     async def on_first_start(self) -> None:
+        # Faust makes its data directory without parents (`--datadir a/b/c` with no `a/b`
+        # fails in faust.App._create_directories, called by super().on_first_start())
+        self.conf.datadir.mkdir(parents=True, exist_ok=True)
         settings = self.analytics_settings
         await ensure_topics(
             aiokafka_kwargs(settings), self.topic_names, settings.engine.topic_partitions
@@ -59,7 +63,7 @@ def create_app(settings: Settings | None = None) -> AnalyticsApp:
         web_in_thread=False,
         autodiscover=["agents", "web"],
         origin="app",
-        logging_config=None,
+        logging_config=faust_logging_config(),  # library log levels: app/log_levels.py
     )
     app = AnalyticsApp(settings.app_id, **options)
     app.analytics_settings = settings

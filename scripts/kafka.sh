@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Apache Kafka in KRaft mode, single node on 127.0.0.1, from jars fetched with Maven.
-#   scripts/kafka.sh start|stop|status|logs
+#   scripts/kafka.sh start|stop|status|logs|reset
 # start is idempotent: a running broker is reused. It prints KAFKA_BOOTSTRAP=127.0.0.1:PORT.
+# The broker's data (topics, offsets, changelogs) survives stop and start: the storage is
+# formatted only when empty, and the broker listens on its recorded port again when that is
+# free (KAFKA_PORT, else 9092, the first time). reset stops it and deletes its data.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -11,6 +14,7 @@ DIR="$SCRATCH/kafka"
 PID_FILE="$DIR/kafka.pid"
 LOG_FILE="$DIR/kafka.log"
 PORT_FILE="$DIR/port"
+CONTROLLER_PORT_FILE="$DIR/controller-port"
 
 fetch_jars() {
   [ -f "$LIB_DIR/.complete" ] && return 0
@@ -65,18 +69,22 @@ start() {
   command -v java >/dev/null || die "Java 17 is needed to run Kafka"
   fetch_jars
   local port controller started
-  port="$(free_port "${KAFKA_PORT:-9092}")"
-  controller="$(free_port $((port + 1)))"
+  port="$(free_port "${KAFKA_PORT:-$(port_for "$PORT_FILE" 9092)}")"
+  controller="$(free_port "$(port_for "$CONTROLLER_PORT_FILE" $((port + 1)))")"
+  [ "$controller" = "$port" ] && controller="$(free_port $((port + 1)))"
   write_config "$port" "$controller"
-  rm -rf "$DIR/data"; : > "$LOG_FILE"
-  java -cp "$LIB_DIR/*" -Dlog4j.configuration="file:$DIR/log4j.properties" kafka.tools.StorageTool \
-      format -t "$(java -cp "$LIB_DIR/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)" \
-      -c "$DIR/server.properties" >>"$LOG_FILE" 2>&1 || { cat "$LOG_FILE" >&2; die "kafka storage format failed"; }
+  : > "$LOG_FILE"
+  if [ ! -f "$DIR/data/meta.properties" ]; then
+    log "formatting a new Kafka cluster in $DIR/data"
+    java -cp "$LIB_DIR/*" -Dlog4j.configuration="file:$DIR/log4j.properties" kafka.tools.StorageTool \
+        format -t "$(java -cp "$LIB_DIR/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)" \
+        -c "$DIR/server.properties" >>"$LOG_FILE" 2>&1 || { cat "$LOG_FILE" >&2; die "kafka storage format failed"; }
+  fi
   started=$(date +%s%N)
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
       -Dlog4j.configuration="file:$DIR/log4j.properties" -cp "$LIB_DIR/*" \
       kafka.Kafka "$DIR/server.properties" >>"$LOG_FILE" 2>&1 &
-  echo $! > "$PID_FILE"; echo "$port" > "$PORT_FILE"
+  echo $! > "$PID_FILE"; echo "$port" > "$PORT_FILE"; echo "$controller" > "$CONTROLLER_PORT_FILE"
   local deadline=$((SECONDS + 90))
   until grep -q "Kafka Server started" "$LOG_FILE" && port_open "$port"; do
     if ! pid_alive "$PID_FILE" || [ $SECONDS -ge $deadline ]; then
@@ -100,11 +108,18 @@ stop() {
   rm -f "$PID_FILE"
 }
 
+reset() {
+  stop
+  rm -rf "$DIR"
+  log "Kafka data deleted ($DIR): the next start formats a new cluster"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) if pid_alive "$PID_FILE"; then echo "running on 127.0.0.1:$(cat "$PORT_FILE")"; else echo stopped; exit 1; fi ;;
   logs) cat "$LOG_FILE" ;;
   fetch) fetch_jars ;;
-  *) echo "usage: $0 start|stop|status|logs|fetch" >&2; exit 2 ;;
+  reset) reset ;;
+  *) echo "usage: $0 start|stop|status|logs|fetch|reset" >&2; exit 2 ;;
 esac

@@ -12,11 +12,14 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # free_port PREFERRED: PREFERRED when nothing listens there, else a free port the kernel picks.
+# SO_REUSEADDR as the servers set it: connections of an earlier run in TIME_WAIT on the port do
+# not stop a restarted Kafka or PostgreSQL from listening there again.
 free_port() {
   python3 - "$1" <<'PY'
 import socket, sys
 def free(port):
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -25,6 +28,10 @@ def free(port):
 print(free(int(sys.argv[1])) or free(0))
 PY
 }
+
+# port_for FILE DEFAULT: the port to try first: the one recorded in FILE by an earlier start
+# (a service keeps its address across stop and start), else DEFAULT.
+port_for() { if [ -s "$1" ]; then cat "$1"; else echo "$2"; fi; }
 
 # port_open PORT: true when something accepts TCP connections on 127.0.0.1:PORT.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # A scratch PostgreSQL 15 cluster on a free 127.0.0.1 port, created with initdb.
-#   scripts/postgres.sh start|stop|status|logs
+#   scripts/postgres.sh start|stop|status|logs|reset
 # start is idempotent. It prints DATABASE_URL=postgresql://analytics@127.0.0.1:PORT/analytics.
+# The cluster's data survives stop and start (initdb runs only when there is none), and it
+# listens on its recorded port again when that is free (POSTGRES_PORT, else 5432, the first
+# time). reset stops it and deletes its data.
 # PostgreSQL refuses to run as root, so as root the cluster runs as the "postgres" system user.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -46,7 +49,7 @@ start() {
     return 0
   fi
   local port started
-  port="$(free_port "${POSTGRES_PORT:-5432}")"
+  port="$(free_port "${POSTGRES_PORT:-$(port_for "$PORT_FILE" 5432)}")"
   started=$(date +%s%N)
   if [ ! -f "$DATA/PG_VERSION" ]; then
     as_owner "$BIN/initdb" -D "$DATA" -U analytics --auth=trust --encoding=UTF8 --locale=C.UTF-8 \
@@ -72,10 +75,17 @@ stop() {
   fi
 }
 
+reset() {
+  stop
+  rm -rf "$DIR"
+  log "PostgreSQL data deleted ($DIR): the next start runs initdb"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) if as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then echo "running on 127.0.0.1:$(cat "$PORT_FILE")"; else echo stopped; exit 1; fi ;;
   logs) cat "$LOG_FILE" ;;
-  *) echo "usage: $0 start|stop|status|logs" >&2; exit 2 ;;
+  reset) reset ;;
+  *) echo "usage: $0 start|stop|status|logs|reset" >&2; exit 2 ;;
 esac

@@ -5,13 +5,19 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$PROJECT_ROOT"
 scripts/bootstrap.sh
+# The suite's Kafka and PostgreSQL: this clone's, when `scripts/services.sh start` runs them;
+# else a pair of the suite's own, in a scratch folder of its own that starts empty (services
+# now keep their data across stop and start, and test topics would pile up run after run),
+# stopped at the end. The data of scripts/run-local.sh is never touched.
 started_here=0
 if ! scripts/kafka.sh status >/dev/null 2>&1 || ! scripts/postgres.sh status >/dev/null 2>&1; then
   started_here=1
+  export ANALYTICS_SCRATCH="$SCRATCH-tests"
+  scripts/services.sh reset 2>/dev/null
 fi
 scripts/services.sh start >/dev/null
 [ "$started_here" = 1 ] && trap 'scripts/services.sh stop' EXIT
-source "$ENV_FILE"
+eval "$(scripts/services.sh env)"
 log "Kafka at $KAFKA_BOOTSTRAP, PostgreSQL at $DATABASE_URL"
 log "ruff"; .venv/bin/ruff format --check . && .venv/bin/ruff check .
 log "mypy"; .venv/bin/mypy .

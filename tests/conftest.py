@@ -2,8 +2,10 @@
 
 ``services`` finds a Kafka broker and a PostgreSQL database, in this order: the
 ``KAFKA_BOOTSTRAP`` / ``DATABASE_URL`` environment variables; containers (testcontainers) when
-Docker is usable; ``scripts/services.sh start``. Tests marked ``integration`` are skipped, with
-the reasons, only when none of them works.
+Docker is usable; ``scripts/services.sh start``. When none of them works, tests marked
+``integration`` fail under CI (``CI=true``) and are skipped elsewhere, with the service and the
+reasons named in each test's report and in a "missing services" section at the end of the run
+(tests/missing_services.py).
 
 ``worker_factory`` (and ``module_worker_factory``, for a module sharing one worker) starts
 ``faust -A app worker`` subprocesses (tests/worker_process.py) and stops them all at teardown;
@@ -26,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.missing_services import report_missing, service_missing
 from tests.worker_process import (
     Services,
     WorkerPool,
@@ -35,6 +38,8 @@ from tests.worker_process import (
 )
 
 _POOLS: list[WorkerPool] = []
+
+pytest_plugins = ["pytester"]  # tests/unit/test_missing_services.py runs pytest in pytest
 
 
 # --------------------------------------------------------------------------- services
@@ -107,12 +112,12 @@ def services() -> Iterator[Services]:
     else:
         yield found
         return
-    pytest.skip("no Kafka broker for integration tests: " + "; ".join(problems))
+    service_missing("Kafka", "; ".join(problems))
 
 
 @pytest.fixture(autouse=True)
 def _integration_needs_services(request: pytest.FixtureRequest) -> None:
-    """Tests marked ``integration`` skip (with the reason) when no services can be found."""
+    """Tests marked ``integration`` fail under CI, or skip loudly, when no services are found."""
     if request.node.get_closest_marker("integration") is not None:
         request.getfixturevalue("services")
 
@@ -157,6 +162,11 @@ def topic_prefix() -> str:
 def group_id() -> str:
     """A fresh consumer group (Faust app id) for this test."""
     return new_group_id()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the missing services, and the tests they skipped, at the end of the run."""
+    report_missing(terminalreporter)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -34,6 +34,7 @@ from sinks.writers import write_batch
 from tests.integration.test_api import http
 from tests.integration.test_sinks import PG_BIN, ScratchPostgres
 from tests.kafka_helpers import produce
+from tests.missing_services import service_missing
 from tests.polling import poll
 from tests.worker_process import Services, Worker, WorkerPool
 
@@ -264,7 +265,7 @@ class Loaded:
 @pytest.fixture(scope="module")
 def loaded(services: Services, module_worker_factory: WorkerPool) -> Iterator[Loaded]:
     if not services.database_url:
-        pytest.skip("no PostgreSQL (DATABASE_URL)")
+        service_missing("PostgreSQL", "DATABASE_URL is not set")
     name = f"history_{uuid.uuid4().hex[:10]}"
     _admin(services.database_url, f'CREATE DATABASE "{name}"')
     database = urllib.parse.urlsplit(services.database_url)._replace(path=f"/{name}").geturl()
@@ -512,7 +513,7 @@ def test_health_shows_the_sinks(loaded: Loaded) -> None:
 def scratch_postgres() -> Iterator[ScratchPostgres]:
     """A PostgreSQL cluster of this test alone, which it stops and starts."""
     if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries (initdb) not found")
+        service_missing("PostgreSQL server binaries", f"no initdb in {PG_BIN}")
     cluster = ScratchPostgres(Path(tempfile.mkdtemp(prefix="history-pg-")))
     try:
         cluster.init()

@@ -50,6 +50,7 @@ from tests.kafka_helpers import (
     read_until,
     sentinel_user_ids,
 )
+from tests.missing_services import service_missing
 from tests.reference import batch as reference
 from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool, free_port
 
@@ -115,7 +116,7 @@ async def _fresh_database(server_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def database(services: Services) -> AsyncIterator[str]:
     if not services.database_url:
-        pytest.skip("no PostgreSQL (DATABASE_URL)")
+        service_missing("PostgreSQL", "DATABASE_URL is not set")
     async with _fresh_database(services.database_url) as url:
         yield url
 
@@ -185,7 +186,7 @@ class ScratchPostgres:
 @pytest.fixture
 def scratch_postgres() -> Iterator[ScratchPostgres]:
     if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries (initdb) not found")
+        service_missing("PostgreSQL server binaries", f"no initdb in {PG_BIN}")
     cluster = ScratchPostgres(Path(tempfile.mkdtemp(prefix="sink-pg-")))
     try:
         cluster.init()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -31,6 +30,8 @@ from psycopg.conninfo import make_conninfo
 
 from sinks import migrations
 from sinks.schema import TABLES
+from tests.missing_services import service_missing
+from tests.worker_process import Services
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_FILE = REPO_ROOT / "dashboards" / "analytics-dashboard.json"
@@ -541,10 +542,10 @@ def _scratch_database(server_url: str) -> Iterator[str]:
 
 
 @pytest.mark.integration
-async def test_sql_queries_run_on_the_migrated_database() -> None:
-    server = os.environ.get("DATABASE_URL")
+async def test_sql_queries_run_on_the_migrated_database(services: Services) -> None:
+    server = services.database_url
     if not server:
-        pytest.skip("no PostgreSQL (DATABASE_URL; scripts/services.sh env)")
+        service_missing("PostgreSQL", "DATABASE_URL is not set")
     with _scratch_database(server) as url:
         await migrations.migrate_url(url)
         async with await psycopg.AsyncConnection.connect(url) as conn:
