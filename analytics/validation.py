@@ -50,6 +50,7 @@ __all__ = [
     "DEVICES",
     "FIELDS",
     "MAX_BATCH_BYTES",
+    "MAX_AMOUNT",
     "MAX_BATCH_EVENTS",
     "MAX_EVENT_BYTES",
     "MAX_METADATA_BYTES",
@@ -67,6 +68,8 @@ MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 1000
 MAX_METADATA_BYTES = 32 * 1024
 MAX_DURATION_MS = 86_400_000
+MAX_AMOUNT = 1_000_000_000
+"""Largest metadata.amount (SPEC section 1): sums of cents stay far inside 64 bits."""
 
 DEVICES = frozenset({"mobile", "desktop", "tablet", "bot", "other"})
 FIELDS = frozenset(
@@ -227,16 +230,16 @@ def _metadata(value: Any, errors: list[FieldError]) -> dict[str, Any]:
         return meta
     kind = type(amount)
     if not (
-        (kind is int and amount >= 0) or (kind is float and math.isfinite(amount) and amount >= 0)
+        (kind is int or (kind is float and math.isfinite(amount))) and 0 <= amount <= MAX_AMOUNT
     ):
         errors.append(
-            FieldError("metadata.amount", f"must be a finite number >= 0, got {_show(amount)}")
+            FieldError(
+                "metadata.amount",
+                f"must be a finite number from 0 to {MAX_AMOUNT:,}, got {_show(amount)}",
+            )
         )
         return meta
-    try:
-        meta["amount"] = amount_to_cents(amount) / 100
-    except OverflowError:
-        errors.append(FieldError("metadata.amount", f"is too large, got {_show(amount)}"))
+    meta["amount"] = amount_to_cents(amount) / 100
     return meta
 
 

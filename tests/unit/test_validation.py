@@ -173,6 +173,11 @@ VALID: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("amount half up", {"metadata": {"amount": 10.005}}, {"metadata": {"amount": 10.01}}),
     ("amount round down", {"metadata": {"amount": 10.004}}, {"metadata": {"amount": 10.0}}),
     ("amount 2 decimals", {"metadata": {"amount": 99.99}}, {"metadata": {"amount": 99.99}}),
+    (
+        "amount at the bound",
+        {"metadata": {"amount": 1_000_000_000}},
+        {"metadata": {"amount": 1_000_000_000.0}},
+    ),
     ("amount null", {"metadata": {"amount": None}}, {"metadata": {"amount": None}}),
     (
         "amount on any action",
@@ -280,7 +285,19 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         "amount negative",
         {"metadata": {"amount": -0.01}},
         "metadata.amount",
-        "finite number >= 0, got -0.01",
+        "finite number from 0 to 1,000,000,000, got -0.01",
+    ),
+    (
+        "amount over the bound",
+        {"metadata": {"amount": 1_000_000_000.01}},
+        "metadata.amount",
+        "from 0 to 1,000,000,000, got 1000000000.01",
+    ),
+    (
+        "amount huge (a JSON integer of 31 digits reads as this float)",
+        {"metadata": {"amount": 1e30}},
+        "metadata.amount",
+        "got 1e+30",
     ),
     ("amount string", {"metadata": {"amount": "10.00"}}, "metadata.amount", "got '10.00'"),
     ("amount bool", {"metadata": {"amount": True}}, "metadata.amount", "got true"),
