@@ -32,7 +32,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +41,29 @@ from confluent_kafka import Message
 from mode import Service
 
 from agents.kafka_io import InputReader, Outbox
+from agents.round_clock import RoundClock
 from analytics.enrichment import EnrichmentRules, parse_user_agent
-from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
+from analytics.partition import (
+    PartitionOutput,
+    PartitionRules,
+    PartitionState,
+    Write,
+    apply_batch,
+)
 from analytics.rows import Arrival
 from analytics.timeutil import format_ts
-from analytics.tracking import RawMessage, SeenEvent, TrackedBatch, TrackerRules, track_batch
+from analytics.tracking import (
+    RawMessage,
+    SeenEvent,
+    TrackedBatch,
+    TrackerRules,
+    dead_letter,
+    track_batch,
+)
+from analytics.validation import FieldError
 from app import app, metrics
 from app.kafka_security import librdkafka_config
+from tables.overlay_store import OverlayStore
 from tables.partition_state import partition_state
 from tables.rocksdb_store import RocksStore
 from tables.seen_events import seen_events
@@ -78,7 +94,7 @@ ROUND_RETRY_S = 1.0
 
 _settings = app.analytics_settings
 _engine = _settings.engine
-TRACKER_RULES = TrackerRules(
+TRACKER = TrackerRules(
     enrichment=EnrichmentRules(
         conversion_actions=frozenset(_settings.analytics.conversion_actions),
         high_value_revenue_cents=int(_settings.analytics.high_value_revenue * 100),
@@ -121,27 +137,34 @@ def raw_message(message: Message) -> RawMessage:
 
 @dataclass
 class PartitionTask:
-    """One partition this worker owns: its state in memory and its table partitions."""
+    """One partition this worker owns: its state in memory and its table partitions.
+
+    ``unwritten`` holds the state writes of the last round: produced to the changelog, not
+    yet acknowledged, so not yet in RocksDB; ``state_reads`` shows them to the next round."""
 
     partition: int
     state: PartitionState
     state_store: RocksStore
+    state_reads: OverlayStore
     seen_store: RocksStore
     live_at: float = 0.0
+    unwritten: list[Write] = field(default_factory=list)
 
     @classmethod
     def open(cls, partition: int) -> PartitionTask:
         state_store = RocksStore.of(partition_state, partition)
+        reads = OverlayStore(state_store)
         return cls(
             partition,
-            PartitionState(state_store, PARTITION_RULES, _engine.max_cached_users),
+            PartitionState(reads, PARTITION_RULES, _engine.max_cached_users),
             state_store,
+            reads,
             RocksStore.of(seen_events, partition),
         )
 
     @property
     def position(self) -> int | None:
-        """The next offset to read: after the last one the durable state applied."""
+        """The next offset to read: after the last one the state applied."""
         applied = self.state.clock.applied
         return applied + 1 if applied >= 0 else None
 
@@ -152,6 +175,10 @@ class PartitionTask:
             return True
         return False
 
+    def lookup(self, key: bytes) -> SeenEvent | None:
+        stored = self.seen_store.get(key)
+        return SeenEvent.decode(stored) if stored is not None else None
+
 
 @dataclass
 class PartitionRound:
@@ -161,8 +188,8 @@ class PartitionRound:
     tracked: TrackedBatch
     analysed: PartitionOutput
     arrived_ms: int
-    state_writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
-    seen_writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    state_writes: list[Write]
+    seen_writes: list[Write]
 
 
 @app.service
@@ -175,6 +202,7 @@ class BehaviorTracker(Service):
         self.reader = InputReader(config, f"{app.conf.id}-user-events")
         self.outbox = Outbox(config)
         self.tasks: dict[int, PartitionTask] = {}
+        self.clock = RoundClock()
         self._round = asyncio.Lock()
         self._assigned = asyncio.Event()
         self._state_changelog = partition_state.changelog_topic.get_topic_name()
@@ -205,8 +233,8 @@ class BehaviorTracker(Service):
         await self._stop_partitions()
 
     async def _stop_partitions(self) -> None:
-        """Let the running round finish, then forget every partition (their next owner, this
-        worker or another, starts from the durable state)."""
+        """Let the running round finish and its state reach RocksDB, then forget every
+        partition (their next owner, this worker or another, starts from there)."""
         self._assigned.clear()
         try:
             await asyncio.wait_for(self._round.acquire(), STOP_TIMEOUT_S)
@@ -217,6 +245,10 @@ class BehaviorTracker(Service):
             self._round = asyncio.Lock()
             await self._round.acquire()
         try:
+            try:
+                await self._settle()
+            except Exception:
+                log.exception("the last round's state was not written; it will be read again")
             self.reader.unassign(TOPICS.user_events, list(self.tasks))
             self.tasks.clear()
             metrics.keep_partitions([])
@@ -250,90 +282,131 @@ class BehaviorTracker(Service):
             async with self._round:
                 if not self.tasks:
                     continue
-                t0 = time.perf_counter()
-                messages = await self.reader.poll(_engine.batch_size, wait_s)
-                STATS["poll"] += time.perf_counter() - t0
+                with self.clock.phase("read"):
+                    messages = await self.reader.poll(_engine.batch_size, wait_s)
+                if not messages and any(task.unwritten for task in self.tasks.values()):
+                    await self._guarded(self._settle())  # a quiet moment: write the last round
                 if messages:
-                    await self._process(messages)
-                    STATS["n"] += len(messages)
-                    STATS["rounds"] += 1
-                if time.monotonic() - STATS["at"] > 5:
-                    log.warning("STATS %s", {k: round(v, 3) for k, v in STATS.items()})
-                    STATS["at"] = time.monotonic()
+                    await self._guarded(self._process(messages))
+                    self.clock.events(len(messages))
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        """A round that fails (the broker refuses a record) restarts every partition from
+        its durable state: what it computed past that is read and computed again."""
+        try:
+            await work
+        except Exception:
+            log.exception("a round failed; partitions restart from their durable state")
+            for task in list(self.tasks.values()):
+                self._reset(task)
+            await asyncio.sleep(ROUND_RETRY_S)
 
     async def _process(self, messages: list[Message]) -> None:
+        """One round (module docstring). The previous round's state changes are still on
+        their way to the broker while this one computes: they are written to RocksDB after
+        this round's outputs are acknowledged, in the same wait."""
         by_partition: dict[int, list[Message]] = {}
         for message in messages:
             by_partition.setdefault(message.partition() or 0, []).append(message)
-        rounds = []
-        t0 = time.perf_counter()
-        c0 = time.thread_time()
-        for partition, batch in by_partition.items():
-            task = self.tasks.get(partition)
-            if task is not None:
-                rounds.append(self._compute(task, batch))
-        STATS["compute"] += time.perf_counter() - t0
-        STATS["compute_cpu"] += time.thread_time() - c0
-        try:
-            await self._publish(rounds)
-        except Exception:
-            log.exception("a round failed; its partitions restart from their durable state")
+        with self.clock.phase("compute"):
+            rounds = [
+                await self._compute(self.tasks[partition], batch)
+                for partition, batch in by_partition.items()
+                if partition in self.tasks
+            ]
+        with self.clock.phase("send"):
             for done in rounds:
-                self._reset(done.task)
-            await asyncio.sleep(ROUND_RETRY_S)
+                self._send_outputs(done)
+        await self._settle()
+        acked_s = time.time()
+        with self.clock.phase("store"):
+            for done in rounds:
+                task = done.task
+                if done.seen_writes:
+                    offset = self.outbox.offsets[(self._seen_changelog, task.partition)]
+                    task.seen_store.write(done.seen_writes, offset)
+                metrics.tracker_batch(done.tracked, done.analysed, acked_s)
+                metrics.partition_gauges(
+                    task.partition, task.state.clock.users_total, task.state.open_users
+                )
+        with self.clock.phase("send"):
+            for done in rounds:
+                task = done.task
+                for key, value in done.state_writes:
+                    self.outbox.send(self._state_changelog, key, value, task.partition)
+                task.unwritten = done.state_writes
+                task.state_reads.stage(done.state_writes)
 
-    def _compute(self, task: PartitionTask, batch: list[Message]) -> PartitionRound:
-        tracked = track_batch(
-            (raw_message(message) for message in batch),
-            topic=TOPICS.user_events,
-            lookup=lambda key: _seen(task.seen_store, key),
-            rules=TRACKER_RULES,
-        )
+    async def _settle(self) -> None:
+        """Wait for everything sent to be acknowledged, then write the state changes that
+        were waiting for it to RocksDB, and commit the positions they reach."""
+        with self.clock.phase("wait"):
+            await self.outbox.flush()
+        positions = {}
+        with self.clock.phase("store"):
+            for task in self.tasks.values():
+                if task.unwritten:
+                    offset = self.outbox.offsets[(self._state_changelog, task.partition)]
+                    task.state_store.write(task.unwritten, offset)
+                    task.unwritten = []
+                    task.state_reads.clear()
+                    positions[task.partition] = task.state.clock.applied + 1
+        self.reader.commit(TOPICS.user_events, positions)
+
+    async def _compute(self, task: PartitionTask, batch: list[Message]) -> PartitionRound:
+        """Track and analyse one partition's batch. Should the analysis fail (a bug meeting
+        an input nobody foresaw), the batch is taken again one message at a time from the
+        state it started from: the message it fails on goes to the dead letters with the
+        error, the others are processed, and the partition goes on."""
+        raws = [raw_message(message) for message in batch]
+        try:
+            return self._compute_batch(task, raws)
+        except Exception:
+            log.exception(
+                "partition %d: a batch failed; taking it one message at a time", task.partition
+            )
+        await self._settle()  # what came before the batch is in RocksDB now
+        task = self.tasks[task.partition] = PartitionTask.open(task.partition)
+        results = []
+        for raw in raws:
+            try:
+                done = self._compute_batch(task, [raw])
+            except Exception as exc:
+                log.exception("partition %d: offset %d failed", task.partition, raw.offset)
+                task.state = PartitionState(task.state_reads, PARTITION_RULES)  # before it
+                done = self._failed(task, raw, exc)
+            task.state_reads.stage(done.state_writes)  # the next message reads them
+            results.append(done)
+        return _merge(task, results)
+
+    def _compute_batch(self, task: PartitionTask, raws: list[RawMessage]) -> PartitionRound:
+        tracked = track_batch(raws, topic=TOPICS.user_events, lookup=task.lookup, rules=TRACKER)
         with metrics.partition_analytics():
             analysed = apply_batch(
                 task.state, tracked.timeline, PARTITION_RULES, live=task.live_due()
             )
-        arrived = max(message.timestamp()[1] for message in batch)
-        seen: list[tuple[bytes, bytes | None]] = [
-            (key, value.encode()) for key, value in tracked.seen.items()
-        ]
+        arrived = max(raw.timestamp_ms for raw in raws)
+        seen: list[Write] = [(key, value.encode()) for key, value in tracked.seen.items()]
         return PartitionRound(task, tracked, analysed, arrived, task.state.take_writes(), seen)
 
-    async def _publish(self, rounds: list[PartitionRound]) -> None:
-        outbox = self.outbox
-        t0 = time.perf_counter()
-        for done in rounds:
-            self._send_outputs(done)
-        t1 = time.perf_counter()
-        await outbox.flush()
-        t2 = time.perf_counter()
-        acked_s = time.time()
-        for done in rounds:
-            for key, value in done.state_writes:
-                outbox.send(self._state_changelog, key, value, done.task.partition)
-        t3 = time.perf_counter()
-        await outbox.flush()
-        t4 = time.perf_counter()
-        STATS["send1"] += t1 - t0
-        STATS["flush1"] += t2 - t1
-        STATS["send2"] += t3 - t2
-        STATS["flush2"] += t4 - t3
-        positions = {}
-        for done in rounds:
-            task = done.task
-            if done.seen_writes:
-                offset = outbox.offsets[(self._seen_changelog, task.partition)]
-                task.seen_store.write(done.seen_writes, offset)
-            if done.state_writes:
-                offset = outbox.offsets[(self._state_changelog, task.partition)]
-                task.state_store.write(done.state_writes, offset)
-            metrics.tracker_batch(done.tracked, done.analysed, acked_s)
-            metrics.partition_gauges(
-                task.partition, task.state.clock.users_total, task.state.open_users
+    def _failed(self, task: PartitionTask, raw: RawMessage, exc: Exception) -> PartitionRound:
+        """The round of a message the analysis failed on: a dead letter, and the state's
+        clock moved past it."""
+        tracked = TrackedBatch(failures=1)
+        tracked.dead_letters.append(
+            dead_letter(
+                raw.value,
+                [FieldError("event", f"could not be processed: {exc!r}")],
+                source="topic",
+                received_ms=raw.timestamp_ms,
+                topic=TOPICS.user_events,
+                partition=raw.partition,
+                offset=raw.offset,
             )
-            positions[task.partition] = task.state.clock.applied + 1
-        self.reader.commit(TOPICS.user_events, positions)
-        STATS["rest"] += time.perf_counter() - t4
+        )
+        task.state.clock.applied = max(task.state.clock.applied, raw.offset)
+        writes = task.state.take_writes()
+        return PartitionRound(task, tracked, PartitionOutput(), raw.timestamp_ms, writes, [])
 
     def _send_outputs(self, done: PartitionRound) -> None:
         """The enriched events, dead letters, re-keyed events, closed sessions, partials and
@@ -341,9 +414,10 @@ class BehaviorTracker(Service):
         send = self.outbox.send
         partition = done.task.partition
         tracked, analysed = done.tracked, done.analysed
+        enriched = TOPICS.enriched
         for item in tracked.timeline:
             if type(item) is Arrival:
-                send(TOPICS.enriched, item.user.encode(), item.payload, partition)
+                send(enriched, item.user.encode(), item.payload, partition)
         for dead in tracked.dead_letters:
             send(TOPICS.dead_letters, None, _json(dead))
         for moved in tracked.rekeyed:
@@ -352,12 +426,8 @@ class BehaviorTracker(Service):
             record = session_record(session)
             send(TOPICS.session_metrics, session["user_id"].encode(), _json(record), partition)
         for partial in analysed.partials:
-            send(
-                TOPICS.kpi_partials,
-                None,
-                _json({"type": "partial", "partition": partition, **partial}),
-                0,
-            )
+            message = {"type": "partial", "partition": partition, **partial}
+            send(TOPICS.kpi_partials, None, _json(message), 0)
         clock = done.task.state.clock
         progress = {
             "type": "progress",
@@ -371,10 +441,29 @@ class BehaviorTracker(Service):
             send(self._seen_changelog, key, value, partition)
 
     def _reset(self, task: PartitionTask) -> None:
-        """Forget what the partition computed past its durable state, and read from there."""
-        fresh = PartitionTask.open(task.partition)
-        self.tasks[task.partition] = fresh
+        """Forget what the partition computed past its durable state (RocksDB), and read
+        from there."""
+        fresh = self.tasks[task.partition] = PartitionTask.open(task.partition)
         self.reader.seek(TOPICS.user_events, task.partition, fresh.position)
+
+
+def _merge(task: PartitionTask, rounds: list[PartitionRound]) -> PartitionRound:
+    """Rounds of one partition taken one message at a time, as one round."""
+    merged = PartitionRound(task, TrackedBatch(), PartitionOutput(), 0, [], [])
+    for done in rounds:
+        merged.tracked.timeline += done.tracked.timeline
+        merged.tracked.dead_letters += done.tracked.dead_letters
+        merged.tracked.rekeyed += done.tracked.rekeyed
+        merged.tracked.seen.update(done.tracked.seen)
+        merged.tracked.duplicates += done.tracked.duplicates
+        merged.tracked.failures += done.tracked.failures
+        merged.analysed.partials += done.analysed.partials
+        merged.analysed.sessions += done.analysed.sessions
+        merged.analysed.late_events += done.analysed.late_events
+        merged.arrived_ms = max(merged.arrived_ms, done.arrived_ms)
+        merged.state_writes += done.state_writes
+        merged.seen_writes += done.seen_writes
+    return merged
 
 
 def tune_garbage_collector(threshold: int) -> None:
@@ -387,11 +476,6 @@ def tune_garbage_collector(threshold: int) -> None:
     gc.freeze()
     if threshold > 0:
         gc.set_threshold(threshold, 50, 1000)
-
-
-def _seen(store: RocksStore, key: bytes) -> SeenEvent | None:
-    stored = store.get(key)
-    return SeenEvent.decode(stored) if stored is not None else None
 
 
 def _json(value: Any) -> bytes:

@@ -49,8 +49,8 @@ from analytics.timeutil import format_ts, parse_ts
 __all__ = [
     "DEVICES",
     "FIELDS",
-    "MAX_BATCH_BYTES",
     "MAX_AMOUNT",
+    "MAX_BATCH_BYTES",
     "MAX_BATCH_EVENTS",
     "MAX_EVENT_BYTES",
     "MAX_METADATA_BYTES",

@@ -46,6 +46,7 @@ DEFAULT_NAMESPACE = "analytics_dashboard"
 PORT_ATTEMPTS = 10
 FILTER_REASONS = ("invalid", "duplicate", "late")
 DLQ_SOURCES = ("http", "topic")
+HOT_PATH_PHASES = ("read", "compute", "send", "wait", "store")
 INGEST_ENDPOINTS = ("ingest", "batch")
 SINK_ERROR_KINDS = ("retry", "dead_letter")
 
@@ -133,6 +134,14 @@ class Metrics:
             "Closed sessions published to session-metrics",
             **common,
         )
+        self.hot_path_seconds = Counter(
+            "hot_path_seconds",
+            "Wall time of the hot path (agents/behavior_tracker.py) by phase: read (waiting for "
+            "input), compute, send (handing records to the producer), wait (for the broker's "
+            "acknowledgements), store (RocksDB); rate() is the share of each",
+            ["phase"],
+            **common,
+        )
         self.processing_latency = Histogram(
             "processing_latency_seconds",
             "From the user-events record's timestamp (LogAppendTime) to the acknowledgement of "
@@ -197,6 +206,8 @@ class Metrics:
             **common,
         )
         registry.register(SinkHealthCollector(namespace, sink_health))
+        for phase in HOT_PATH_PHASES:
+            self.hot_path_seconds.labels(phase)
         for reason in FILTER_REASONS:
             self.events_filtered.labels(reason)
         for source in DLQ_SOURCES:
@@ -349,6 +360,10 @@ def partition_gauges(partition: int, users: int, open_sessions: int) -> None:
 
 def keep_partitions(owned: Iterable[int]) -> None:
     worker_metrics.keep_partitions(owned)
+
+
+def hot_path_phase(phase: str, seconds: float) -> None:
+    worker_metrics.hot_path_seconds.labels(phase).inc(seconds)
 
 
 def http_ingest(source: str, accepted: int, rejected: int) -> None:

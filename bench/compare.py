@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,9 +220,16 @@ def pipeline(
                     break
             time.sleep(0.5)  # a benchmark's poll interval, not test synchronisation
         rss = [(worker.peak_rss_kib() or 0) / 1024 for worker in started]
+        phases = _phases(started[0].url)
         run = Run("pipeline", len(ids), (last - first) / 1000, max(rss))
         run.notes.append(f"{produced - len(ids)} enriched records repeated")
         run.notes.append("peak RSS per worker: " + ", ".join(f"{m:,.0f} MiB" for m in rss))
+        if phases:
+            busy = sum(phases.values()) or 1.0
+            run.notes.append(
+                "worker 1's hot path: "
+                + ", ".join(f"{name} {100 * t / busy:.0f}%" for name, t in phases.items())
+            )
         run.notes.append(f"worker logs: {workdir}")
         return run
     finally:
@@ -230,6 +238,21 @@ def pipeline(
             spy.wait(30)
         watcher.close()
         pool.stop_all()
+
+
+def _phases(url: str) -> dict[str, float]:
+    """Seconds per hot-path phase (the ``hot_path_seconds_total`` counter) of a worker."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    phases = {}
+    for line in text.splitlines():
+        if line.startswith("analytics_dashboard_hot_path_seconds_total{"):
+            label, _, value = line.rpartition(" ")
+            phases[label.split('phase="')[1].split('"')[0]] = float(value)
+    return phases
 
 
 def compare(
