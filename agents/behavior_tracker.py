@@ -9,21 +9,26 @@ partials and the watermark → ``kpi-partials`` for the combiner.
 Faust owns the consumer group: ``user-events`` is co-partitioned with the tables, and the
 partitions of ``partition-state`` that Faust's assignor makes active here, once recovered,
 are the ones this service reads (with agents/kafka_io.py, not a Faust stream: see there why).
-A rebalance stops the loop at a round's end before anything is handed over.
+A rebalance stops the loop at a round's end, with everything written, before anything is
+handed over.
 
-One round, over whatever the partitions have ready (the commit order):
+A round, over whatever the partitions have ready; each record goes through these steps in
+this order (the commit order of docs/architecture.md, "Exactness"):
 
 1. compute: track and analyse each partition's messages (pure functions, state in memory);
-2. produce the outputs and the dedup records, and wait for the broker's acknowledgements;
-3. produce the state's changelog records, and wait;
-4. write both to the local RocksDB, with the changelog offsets they reach;
-5. commit the input positions (for lag tools only: the state's clock is what a restart
-   resumes from).
+2. produce the outputs and the dedup records;
+3. once the broker has acknowledged them, write the dedup records to RocksDB and produce the
+   state's changelog records;
+4. once those are acknowledged, write the state to RocksDB with the changelog offset it
+   reaches, and commit the input position (for lag tools only: the state's clock is what a
+   restart resumes from).
 
-State is durable only after its outputs, and the dedup records before the state, so a crash
-anywhere re-delivers a batch, never loses one (docs/architecture.md, "Exactness"). A round
-that fails (the broker refuses a record, a bug) resets the partitions it touched to their
-durable state and reads them again from there.
+Steps 3 and 4 of a round happen in the next rounds, after their compute, in the one wait for
+the broker each round has: the broker works while Python computes
+(agents/partition_task.py keeps what is in flight). State is durable only after its outputs,
+and the dedup records before the state, so a crash anywhere re-delivers a batch, never loses
+one. A round that fails (the broker refuses a record) resets every partition to its durable
+state and reads it again from there.
 """
 
 from __future__ import annotations
@@ -32,8 +37,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -41,53 +45,21 @@ from confluent_kafka import Message
 from mode import Service
 
 from agents.kafka_io import InputReader, Outbox
+from agents.partition_task import TICK_HEADER, PartitionRound, PartitionTask, raw_message
 from agents.round_clock import RoundClock
 from analytics.enrichment import EnrichmentRules, parse_user_agent
-from analytics.partition import (
-    PartitionOutput,
-    PartitionRules,
-    PartitionState,
-    Write,
-    apply_batch,
-)
+from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
 from analytics.rows import Arrival
 from analytics.timeutil import format_ts
-from analytics.tracking import (
-    RawMessage,
-    SeenEvent,
-    TrackedBatch,
-    TrackerRules,
-    dead_letter,
-    track_batch,
-)
+from analytics.tracking import RawMessage, TrackedBatch, TrackerRules, dead_letter, track_batch
 from analytics.validation import FieldError
 from app import app, metrics
 from app.kafka_security import librdkafka_config
-from tables.overlay_store import OverlayStore
 from tables.partition_state import partition_state
-from tables.rocksdb_store import RocksStore
 from tables.seen_events import seen_events
 
 log = logging.getLogger(__name__)
-STATS = dict.fromkeys(
-    [
-        "at",
-        "n",
-        "rounds",
-        "poll",
-        "compute",
-        "compute_cpu",
-        "send1",
-        "flush1",
-        "send2",
-        "flush2",
-        "rest",
-    ],
-    0.0,
-)
 TOPICS = app.topic_names
-TICK_HEADER = "x-analytics-tick"
-LIVE_INTERVAL_S = 1.0
 WARM_UP_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
 STOP_TIMEOUT_S = 30.0
 ROUND_RETRY_S = 1.0
@@ -120,76 +92,8 @@ def session_record(figures: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _is_tick(headers: Sequence[tuple[str, bytes]] | None) -> bool:
-    return bool(headers) and any(key == TICK_HEADER for key, _ in headers or ())
-
-
-def raw_message(message: Message) -> RawMessage:
-    return RawMessage(
-        key=message.key(),
-        value=message.value() or b"",
-        partition=message.partition() or 0,
-        offset=message.offset() or 0,
-        timestamp_ms=message.timestamp()[1],
-        tick=_is_tick(message.headers()),
-    )
-
-
-@dataclass
-class PartitionTask:
-    """One partition this worker owns: its state in memory and its table partitions.
-
-    ``unwritten`` holds the state writes of the last round: produced to the changelog, not
-    yet acknowledged, so not yet in RocksDB; ``state_reads`` shows them to the next round."""
-
-    partition: int
-    state: PartitionState
-    state_store: RocksStore
-    state_reads: OverlayStore
-    seen_store: RocksStore
-    live_at: float = 0.0
-    unwritten: list[Write] = field(default_factory=list)
-
-    @classmethod
-    def open(cls, partition: int) -> PartitionTask:
-        state_store = RocksStore.of(partition_state, partition)
-        reads = OverlayStore(state_store)
-        return cls(
-            partition,
-            PartitionState(reads, PARTITION_RULES, _engine.max_cached_users),
-            state_store,
-            reads,
-            RocksStore.of(seen_events, partition),
-        )
-
-    @property
-    def position(self) -> int | None:
-        """The next offset to read: after the last one the state applied."""
-        applied = self.state.clock.applied
-        return applied + 1 if applied >= 0 else None
-
-    def live_due(self) -> bool:
-        now = time.monotonic()
-        if now - self.live_at >= LIVE_INTERVAL_S:
-            self.live_at = now
-            return True
-        return False
-
-    def lookup(self, key: bytes) -> SeenEvent | None:
-        stored = self.seen_store.get(key)
-        return SeenEvent.decode(stored) if stored is not None else None
-
-
-@dataclass
-class PartitionRound:
-    """What one round computed for one partition, until it is written."""
-
-    task: PartitionTask
-    tracked: TrackedBatch
-    analysed: PartitionOutput
-    arrived_ms: int
-    state_writes: list[Write]
-    seen_writes: list[Write]
+def open_task(partition: int) -> PartitionTask:
+    return PartitionTask.open(partition, PARTITION_RULES, _engine.max_cached_users)
 
 
 @app.service
@@ -233,7 +137,7 @@ class BehaviorTracker(Service):
         await self._stop_partitions()
 
     async def _stop_partitions(self) -> None:
-        """Let the running round finish and its state reach RocksDB, then forget every
+        """Let the running round finish and everything reach RocksDB, then forget every
         partition (their next owner, this worker or another, starts from there)."""
         self._assigned.clear()
         try:
@@ -248,7 +152,7 @@ class BehaviorTracker(Service):
             try:
                 await self._settle()
             except Exception:
-                log.exception("the last round's state was not written; it will be read again")
+                log.exception("the last rounds were not written; they will be read again")
             self.reader.unassign(TOPICS.user_events, list(self.tasks))
             self.tasks.clear()
             metrics.keep_partitions([])
@@ -263,7 +167,7 @@ class BehaviorTracker(Service):
             if tp.topic == self._state_changelog
         }
         async with self._round:
-            new = {p: PartitionTask.open(p) for p in sorted(actives - set(self.tasks))}
+            new = {p: open_task(p) for p in sorted(actives - set(self.tasks))}
             self.tasks.update(new)
             self.reader.assign(TOPICS.user_events, {p: t.position for p, t in new.items()})
             metrics.keep_partitions(self.tasks)
@@ -284,11 +188,11 @@ class BehaviorTracker(Service):
                     continue
                 with self.clock.phase("read"):
                     messages = await self.reader.poll(_engine.batch_size, wait_s)
-                if not messages and any(task.unwritten for task in self.tasks.values()):
-                    await self._guarded(self._settle())  # a quiet moment: write the last round
                 if messages:
                     await self._guarded(self._process(messages))
                     self.clock.events(len(messages))
+                elif any(task.in_flight for task in self.tasks.values()):
+                    await self._guarded(self._settle())  # a quiet moment: finish the writes
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         """A round that fails (the broker refuses a record) restarts every partition from
@@ -297,87 +201,97 @@ class BehaviorTracker(Service):
             await work
         except Exception:
             log.exception("a round failed; partitions restart from their durable state")
-            for task in list(self.tasks.values()):
-                self._reset(task)
+            for partition in list(self.tasks):
+                fresh = self.tasks[partition] = open_task(partition)
+                self.reader.seek(TOPICS.user_events, partition, fresh.position)
             await asyncio.sleep(ROUND_RETRY_S)
 
     async def _process(self, messages: list[Message]) -> None:
-        """One round (module docstring). The previous round's state changes are still on
-        their way to the broker while this one computes: they are written to RocksDB after
-        this round's outputs are acknowledged, in the same wait."""
+        """One round (module docstring)."""
         by_partition: dict[int, list[Message]] = {}
         for message in messages:
             by_partition.setdefault(message.partition() or 0, []).append(message)
         with self.clock.phase("compute"):
             rounds = [
-                await self._compute(self.tasks[partition], batch)
+                await self._compute(partition, batch)
                 for partition, batch in by_partition.items()
                 if partition in self.tasks
             ]
+        await self._advance()
         with self.clock.phase("send"):
-            for done in rounds:
-                self._send_outputs(done)
-        await self._settle()
+            for task, done in rounds:
+                self._send_outputs(task, done)
+                task.outputs_sent = done
+
+    async def _advance(self) -> None:
+        """Wait for the broker to acknowledge what is in flight; then write what it
+        acknowledged to RocksDB, and produce the state of the rounds whose outputs it
+        acknowledged."""
+        with self.clock.phase("wait"):
+            await self.outbox.flush()
         acked_s = time.time()
+        offsets = self.outbox.offsets
+        positions = {}
         with self.clock.phase("store"):
-            for done in rounds:
-                task = done.task
-                if done.seen_writes:
-                    offset = self.outbox.offsets[(self._seen_changelog, task.partition)]
-                    task.seen_store.write(done.seen_writes, offset)
-                metrics.tracker_batch(done.tracked, done.analysed, acked_s)
+            for task in self.tasks.values():
+                if (stored := task.state_sent) is not None:
+                    offset = offsets[(self._state_changelog, task.partition)]
+                    task.state_store.write(stored.state_writes, offset)
+                    task.state_reads.written(stored.state_writes)
+                    task.state_sent = None
+                    positions[task.partition] = stored.applied + 1
+                if (published := task.outputs_sent) is not None and published.seen_writes:
+                    offset = offsets[(self._seen_changelog, task.partition)]
+                    task.seen_store.write(published.seen_writes, offset)
+                    task.seen_reads.written(published.seen_writes)
+                if published is not None:
+                    metrics.tracker_batch(published.tracked, published.analysed, acked_s)
+            for task in self.tasks.values():
                 metrics.partition_gauges(
                     task.partition, task.state.clock.users_total, task.state.open_users
                 )
         with self.clock.phase("send"):
-            for done in rounds:
-                task = done.task
-                for key, value in done.state_writes:
-                    self.outbox.send(self._state_changelog, key, value, task.partition)
-                task.unwritten = done.state_writes
-                task.state_reads.stage(done.state_writes)
-
-    async def _settle(self) -> None:
-        """Wait for everything sent to be acknowledged, then write the state changes that
-        were waiting for it to RocksDB, and commit the positions they reach."""
-        with self.clock.phase("wait"):
-            await self.outbox.flush()
-        positions = {}
-        with self.clock.phase("store"):
+            send = self.outbox.send
             for task in self.tasks.values():
-                if task.unwritten:
-                    offset = self.outbox.offsets[(self._state_changelog, task.partition)]
-                    task.state_store.write(task.unwritten, offset)
-                    task.unwritten = []
-                    task.state_reads.clear()
-                    positions[task.partition] = task.state.clock.applied + 1
+                if (published := task.outputs_sent) is not None:
+                    for key, value in published.state_writes:
+                        send(self._state_changelog, key, value, task.partition)
+                    task.state_sent, task.outputs_sent = published, None
         self.reader.commit(TOPICS.user_events, positions)
 
-    async def _compute(self, task: PartitionTask, batch: list[Message]) -> PartitionRound:
+    async def _settle(self) -> None:
+        """Everything in flight acknowledged and written (two steps: outputs, then state)."""
+        await self._advance()
+        await self._advance()
+
+    async def _compute(
+        self, partition: int, batch: list[Message]
+    ) -> tuple[PartitionTask, PartitionRound]:
         """Track and analyse one partition's batch. Should the analysis fail (a bug meeting
         an input nobody foresaw), the batch is taken again one message at a time from the
         state it started from: the message it fails on goes to the dead letters with the
         error, the others are processed, and the partition goes on."""
+        task = self.tasks[partition]
         raws = [raw_message(message) for message in batch]
         try:
-            return self._compute_batch(task, raws)
+            return task, self._compute_batch(task, raws)
         except Exception:
             log.exception(
-                "partition %d: a batch failed; taking it one message at a time", task.partition
+                "partition %d: a batch failed; taking it one message at a time", partition
             )
         await self._settle()  # what came before the batch is in RocksDB now
-        task = self.tasks[task.partition] = PartitionTask.open(task.partition)
+        task = self.tasks[partition] = open_task(partition)
         results = []
         for raw in raws:
             try:
                 done = self._compute_batch(task, [raw])
             except Exception as exc:
-                log.exception("partition %d: offset %d failed", task.partition, raw.offset)
+                log.exception("partition %d: offset %d failed", partition, raw.offset)
                 task.state = PartitionState(task.state_reads, PARTITION_RULES)  # before it
                 done = self._failed(task, raw, exc)
-            task.state_reads.stage(done.state_writes)  # the next message reads them
+                task.computed(done)
             results.append(done)
-        return _merge(task, results)
+        return task, _merge(results)
 
     def _compute_batch(self, task: PartitionTask, raws: list[RawMessage]) -> PartitionRound:
         tracked = track_batch(raws, topic=TOPICS.user_events, lookup=task.lookup, rules=TRACKER)
@@ -385,9 +299,16 @@ class BehaviorTracker(Service):
             analysed = apply_batch(
                 task.state, tracked.timeline, PARTITION_RULES, live=task.live_due()
             )
-        arrived = max(raw.timestamp_ms for raw in raws)
-        seen: list[Write] = [(key, value.encode()) for key, value in tracked.seen.items()]
-        return PartitionRound(task, tracked, analysed, arrived, task.state.take_writes(), seen)
+        done = PartitionRound(
+            tracked,
+            analysed,
+            max(raw.timestamp_ms for raw in raws),
+            task.state.clock.applied,
+            task.state.take_writes(),
+            [(key, value.encode()) for key, value in tracked.seen.items()],
+        )
+        task.computed(done)
+        return done
 
     def _failed(self, task: PartitionTask, raw: RawMessage, exc: Exception) -> PartitionRound:
         """The round of a message the analysis failed on: a dead letter, and the state's
@@ -404,15 +325,18 @@ class BehaviorTracker(Service):
                 offset=raw.offset,
             )
         )
-        task.state.clock.applied = max(task.state.clock.applied, raw.offset)
+        clock = task.state.clock
+        clock.applied = max(clock.applied, raw.offset)
         writes = task.state.take_writes()
-        return PartitionRound(task, tracked, PartitionOutput(), raw.timestamp_ms, writes, [])
+        return PartitionRound(
+            tracked, PartitionOutput(), raw.timestamp_ms, clock.applied, writes, []
+        )
 
-    def _send_outputs(self, done: PartitionRound) -> None:
+    def _send_outputs(self, task: PartitionTask, done: PartitionRound) -> None:
         """The enriched events, dead letters, re-keyed events, closed sessions, partials and
         progress of one partition's batch, plus its dedup records."""
         send = self.outbox.send
-        partition = done.task.partition
+        partition = task.partition
         tracked, analysed = done.tracked, done.analysed
         enriched = TOPICS.enriched
         for item in tracked.timeline:
@@ -428,7 +352,7 @@ class BehaviorTracker(Service):
         for partial in analysed.partials:
             message = {"type": "partial", "partition": partition, **partial}
             send(TOPICS.kpi_partials, None, _json(message), 0)
-        clock = done.task.state.clock
+        clock = task.state.clock
         progress = {
             "type": "progress",
             "partition": partition,
@@ -440,16 +364,10 @@ class BehaviorTracker(Service):
         for key, value in done.seen_writes:
             send(self._seen_changelog, key, value, partition)
 
-    def _reset(self, task: PartitionTask) -> None:
-        """Forget what the partition computed past its durable state (RocksDB), and read
-        from there."""
-        fresh = self.tasks[task.partition] = PartitionTask.open(task.partition)
-        self.reader.seek(TOPICS.user_events, task.partition, fresh.position)
 
-
-def _merge(task: PartitionTask, rounds: list[PartitionRound]) -> PartitionRound:
+def _merge(rounds: list[PartitionRound]) -> PartitionRound:
     """Rounds of one partition taken one message at a time, as one round."""
-    merged = PartitionRound(task, TrackedBatch(), PartitionOutput(), 0, [], [])
+    merged = PartitionRound(TrackedBatch(), PartitionOutput(), 0, -1, [], [])
     for done in rounds:
         merged.tracked.timeline += done.tracked.timeline
         merged.tracked.dead_letters += done.tracked.dead_letters
@@ -461,6 +379,7 @@ def _merge(task: PartitionTask, rounds: list[PartitionRound]) -> PartitionRound:
         merged.analysed.sessions += done.analysed.sessions
         merged.analysed.late_events += done.analysed.late_events
         merged.arrived_ms = max(merged.arrived_ms, done.arrived_ms)
+        merged.applied = max(merged.applied, done.applied)
         merged.state_writes += done.state_writes
         merged.seen_writes += done.seen_writes
     return merged

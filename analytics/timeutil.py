@@ -12,7 +12,7 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["format_ts", "now_ms", "parse_ts"]
+__all__ = ["format_ts", "is_canonical", "now_ms", "parse_ts"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -35,14 +35,21 @@ def _second_text(seconds: int) -> str:
     return (_EPOCH + timedelta(seconds=seconds)).isoformat()[:19]
 
 
+_MILLIS_TAIL = tuple(f".{millis:03d}Z" for millis in range(1000))
+
+
 def format_ts(ms: int) -> str:
     """Epoch milliseconds -> ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC)."""
     seconds, millis = divmod(ms, 1000)
     try:
-        head = _second_text(seconds)
+        return _second_text(seconds) + _MILLIS_TAIL[millis]
     except OverflowError as exc:
         raise ValueError(f"epoch milliseconds out of range: {ms}") from exc
-    return f"{head}.{millis:03d}Z"
+
+
+def is_canonical(text: str) -> bool:
+    """Whether ``text`` is exactly what ``format_ts`` writes for its instant."""
+    return len(text) == 24 and _CANONICAL.fullmatch(text) is not None
 
 
 @functools.lru_cache(maxsize=4096)

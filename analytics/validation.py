@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 import pycountry
 
-from analytics.timeutil import format_ts, parse_ts
+from analytics.timeutil import format_ts, is_canonical, parse_ts
 
 __all__ = [
     "DEVICES",
@@ -387,7 +387,11 @@ def validate_event_at(
         "session_id": session_id or "",
         "action": action,
         "page": page or "",
-        "timestamp": format_ts(ts_ms),
+        "timestamp": (
+            ts_value
+            if ts_value is not None and not clamped and is_canonical(ts_value)
+            else format_ts(ts_ms)
+        ),
         "timestamp_clamped": clamped,
         "received_at": format_ts(received_at_ms),
         "duration": duration,

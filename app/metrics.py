@@ -13,8 +13,11 @@ the next ports up to ``PORT_ATTEMPTS`` in all; if every one of them is taken, an
 
 from __future__ import annotations
 
+import bisect
 import errno
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -30,7 +33,7 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app.settings import get_settings
@@ -81,6 +84,47 @@ class SinkHealthCollector(Collector):
         for table, state in sorted(self.source().get("sinks", {}).items()):
             healthy.add_metric([table], 0 if state.get("status") == "degraded" else 1)
         yield healthy
+
+
+class BatchHistogram(Collector):
+    """A histogram fed a batch of observations at a time (the hot path's per-event latency),
+    exposed exactly like prometheus_client's ``Histogram``. Its ``observe`` takes a lock and
+    walks the buckets for every value: about a microsecond an event at tens of thousands of
+    events a second; here a batch is counted with ``bisect`` first and added in one step."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = list(buckets)
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts = [0] * len(self._counts)
+        total = 0.0
+        bounds = self.bounds
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1
+            total += value
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
+            self._sum += total
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative = list(itertools.accumulate(counts))
+        labels = [repr(float(bound)) for bound in self.bounds] + ["+Inf"]
+        family = self._family()
+        family.add_metric([], list(zip(labels, cumulative, strict=True)), total)
+        yield family
 
 
 def _sink_health() -> dict[str, Any]:
@@ -142,13 +186,13 @@ class Metrics:
             ["phase"],
             **common,
         )
-        self.processing_latency = Histogram(
-            "processing_latency_seconds",
+        self.processing_latency = BatchHistogram(
+            f"{namespace}_processing_latency_seconds",
             "From the user-events record's timestamp (LogAppendTime) to the acknowledgement of "
             "its enriched record",
-            buckets=LATENCY_BUCKETS,
-            **common,
+            LATENCY_BUCKETS,
         )
+        registry.register(self.processing_latency)
         self.kpi_calculation_duration = Histogram(
             "kpi_calculation_duration_seconds",
             "Time the combiner spends computing one batch's KPI, page and traffic records",
@@ -225,8 +269,10 @@ class Metrics:
 
         arrived = [item.arrived_ms for item in tracked.timeline if isinstance(item, Arrival)]
         self.events_processed.inc(len(arrived))
-        for arrived_ms in arrived:
-            self.processing_latency.observe(max(0.0, acked_s - arrived_ms / 1000))
+        acked_ms = acked_s * 1000
+        self.processing_latency.observe_many(
+            max(0.0, (acked_ms - arrived_ms) / 1000) for arrived_ms in arrived
+        )
         self.events_filtered.labels("invalid").inc(len(tracked.dead_letters))
         self.events_filtered.labels("duplicate").inc(tracked.duplicates)
         self.events_filtered.labels("late").inc(analysed.late_events)

@@ -33,6 +33,14 @@ class OverlayStore:
         """The staged writes are in ``base`` now."""
         self.pending.clear()
 
+    def written(self, writes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """These staged writes are in ``base`` now; keys staged again since (by a later
+        round, with another value object) stay."""
+        pending = self.pending
+        for key, value in writes:
+            if key in pending and pending[key] is value:
+                del pending[key]
+
     def get(self, key: bytes) -> bytes | None:
         pending = self.pending
         if key in pending:

@@ -369,3 +369,38 @@ def test_table_keys_exact_for_small_partitions_estimated_for_large(
 
 def test_table_keys_of_an_in_memory_store() -> None:
     assert sizes.table_keys(_Table({b"a": b"1", b"b": b"2"})) == 2
+
+
+def test_batch_histogram_exposes_what_a_histogram_would() -> None:
+    """app.metrics.BatchHistogram counts a batch at once; scraped, it must read exactly like
+    prometheus_client's Histogram fed the same values one at a time."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from app.metrics import LATENCY_BUCKETS, BatchHistogram
+
+    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 1.0, 2.5, 2.6, 299.0, 300.0, 301.0, 7.25]
+    reference_registry, batch_registry = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram(
+        "lat_seconds", "doc", buckets=LATENCY_BUCKETS, registry=reference_registry
+    )
+    for v in values:
+        reference.observe(v)
+    batch = BatchHistogram("lat_seconds", "doc", LATENCY_BUCKETS)
+    batch_registry.register(batch)
+    batch.observe_many(values[:5])
+    batch.observe_many(values[5:])
+
+    def samples(registry: CollectorRegistry) -> dict[str, float]:
+        lines = generate_latest(registry).decode().splitlines()
+        return {
+            name: float(value)
+            for name, _, value in (line.rpartition(" ") for line in lines)
+            if name.startswith("lat_seconds_") and "_created" not in name
+        }
+
+    got, want = samples(batch_registry), samples(reference_registry)
+    assert got.keys() == want.keys() and len(got) == len(LATENCY_BUCKETS) + 3
+    assert {k: v for k, v in got.items() if k != "lat_seconds_sum"} == {
+        k: v for k, v in want.items() if k != "lat_seconds_sum"
+    }
+    assert got["lat_seconds_sum"] == pytest.approx(want["lat_seconds_sum"])

@@ -18,3 +18,16 @@ def test_staged_writes_win_and_deletions_hide_base_keys() -> None:
     overlay.clear()
     assert overlay.get(b"a1") == b"x"
     assert list(overlay.scan(b"a", b"b")) == [(b"a1", b"x"), (b"a2", b"y"), (b"a4", b"z")]
+
+
+def test_written_keeps_what_a_later_round_staged_again() -> None:
+    base = MemoryStore()
+    overlay = OverlayStore(base)
+    first = [(b"a", b"1"), (b"b", b"1"), (b"c", None)]
+    overlay.stage(first)
+    later = [(b"b", b"2")]
+    overlay.stage(later)
+    base.apply(first)
+    overlay.written(first)
+    assert overlay.pending == {b"b": b"2"}
+    assert overlay.get(b"a") == b"1" and overlay.get(b"b") == b"2" and overlay.get(b"c") is None

@@ -1,0 +1,113 @@
+"""One ``user-events`` partition of the hot path: its state in memory, its table partitions,
+and the records of its last rounds still on their way to the broker.
+
+A round's records go out in two steps (the order of docs/architecture.md, "Exactness"): its
+outputs with its dedup records, and, once those are acknowledged, its state's changelog
+records; local RocksDB takes either only once the broker has acknowledged it. So a
+partition has up to two rounds in flight (``outputs_sent``, ``state_sent``) while the next
+is computed, and reads their changes through overlays (tables/overlay_store.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Message
+
+from analytics.partition import PartitionOutput, PartitionRules, PartitionState, Write
+from analytics.tracking import RawMessage, SeenEvent, TrackedBatch
+from tables.overlay_store import OverlayStore
+from tables.partition_state import partition_state
+from tables.rocksdb_store import RocksStore
+from tables.seen_events import seen_events
+
+TICK_HEADER = "x-analytics-tick"
+LIVE_INTERVAL_S = 1.0
+
+
+def _is_tick(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    return bool(headers) and any(key == TICK_HEADER for key, _ in headers or ())
+
+
+def raw_message(message: Message) -> RawMessage:
+    return RawMessage(
+        message.key(),
+        message.value() or b"",
+        message.partition() or 0,
+        message.offset() or 0,
+        message.timestamp()[1],
+        _is_tick(message.headers()),
+    )
+
+
+@dataclass
+class PartitionRound:
+    """What one round computed for one partition, until it is acknowledged and written."""
+
+    tracked: TrackedBatch
+    analysed: PartitionOutput
+    arrived_ms: int
+    applied: int
+    """The last offset the round's state includes."""
+    state_writes: list[Write]
+    seen_writes: list[Write]
+
+
+@dataclass
+class PartitionTask:
+    """One partition this worker owns (module docstring)."""
+
+    partition: int
+    state: PartitionState
+    state_store: RocksStore
+    state_reads: OverlayStore
+    seen_store: RocksStore
+    seen_reads: OverlayStore
+    live_at: float = 0.0
+    outputs_sent: PartitionRound | None = None
+    """The round whose outputs and dedup records are on their way; its state is not sent."""
+    state_sent: PartitionRound | None = None
+    """The round whose state's changelog records are on their way; not in RocksDB yet."""
+
+    @classmethod
+    def open(cls, partition: int, rules: PartitionRules, max_users: int) -> PartitionTask:
+        """The partition as durable in this worker's RocksDB (recovered by Faust)."""
+        state_store = RocksStore.of(partition_state, partition)
+        seen_store = RocksStore.of(seen_events, partition)
+        state_reads = OverlayStore(state_store)
+        return cls(
+            partition,
+            PartitionState(state_reads, rules, max_users),
+            state_store,
+            state_reads,
+            seen_store,
+            OverlayStore(seen_store),
+        )
+
+    @property
+    def position(self) -> int | None:
+        """The next offset to read: after the last one the state applied."""
+        applied = self.state.clock.applied
+        return applied + 1 if applied >= 0 else None
+
+    def live_due(self) -> bool:
+        now = time.monotonic()
+        if now - self.live_at >= LIVE_INTERVAL_S:
+            self.live_at = now
+            return True
+        return False
+
+    def lookup(self, key: bytes) -> SeenEvent | None:
+        stored = self.seen_reads.get(key)
+        return SeenEvent.decode(stored) if stored is not None else None
+
+    def computed(self, done: PartitionRound) -> None:
+        """A round is computed: the next one reads its changes before they are written."""
+        self.state_reads.stage(done.state_writes)
+        self.seen_reads.stage(done.seen_writes)
+
+    @property
+    def in_flight(self) -> bool:
+        return self.outputs_sent is not None or self.state_sent is not None
