@@ -35,7 +35,7 @@ from analytics.validation import (
     EventRejected,
     FieldError,
     decode_json,
-    validate_event_at,
+    validate_payload,
 )
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c4a52-3b0e-4c8e-9a57-0d8c2f6e5b11")
@@ -179,9 +179,8 @@ def _track(
     value = message.value
     if len(value) > MAX_EVENT_BYTES:
         raise EventRejected([FieldError("event", f"{len(value)} bytes, over {MAX_EVENT_BYTES}")])
-    obj = decode_json(value)
-    event, ts_ms = validate_event_at(
-        obj,
+    event, ts_ms = validate_payload(
+        value,
         received_at_ms=message.timestamp_ms,
         default_event_id="",  # never valid input: replaced below
         future_tolerance_ms=rules.future_tolerance_ms,
@@ -191,6 +190,7 @@ def _track(
     user_id: str = event["user_id"]
     user_key = user_id.encode()
     if message.key != user_key:
+        obj = decode_json(value)
         fixed = {**obj, "event_id": event["event_id"], "timestamp": event["timestamp"]}
         moved = RawMessage(user_key, _encode(fixed), -1, -1, message.timestamp_ms)
         out.rekeyed.append(moved)

@@ -98,7 +98,15 @@ def fill(bootstrap: str, topic: str, workload: Workload) -> float:
     return workload.events / (time.monotonic() - started)
 
 
-def peer(script: str, bootstrap: str, topic: str, count: int, timeout: float) -> Run:
+def peer(
+    script: str,
+    bootstrap: str,
+    topic: str,
+    count: int,
+    timeout: float,
+    *options: str,
+    name: str | None = None,
+) -> Run:
     """Run a peer process to the end of the backlog and read its JSON line."""
     result = subprocess.run(
         [
@@ -110,6 +118,7 @@ def peer(script: str, bootstrap: str, topic: str, count: int, timeout: float) ->
             topic,
             "--events",
             str(count),
+            *options,
         ],
         capture_output=True,
         text=True,
@@ -122,7 +131,7 @@ def peer(script: str, bootstrap: str, topic: str, count: int, timeout: float) ->
         raise RuntimeError(f"{script} failed ({result.returncode}): {result.stderr[-3000:]}")
     figures = json.loads(lines[-1])
     return Run(
-        script.removesuffix(".py"),
+        name or script.removesuffix(".py"),
         int(figures["events"]),
         float(figures["last"]) - float(figures["first"]),
         figures["peak_rss_kib"] / 1024,
@@ -278,9 +287,19 @@ def compare(
     if "ceiling" in only:
         runs.append(peer("ceiling.py", services.kafka_bootstrap, topic, workload.events, timeout))
     if "quix" in only:
-        runs.append(
-            peer("quix_pipeline.py", services.kafka_bootstrap, topic, workload.events, timeout)
-        )
+        for emit in ("final", "current"):
+            runs.append(
+                peer(
+                    "quix_pipeline.py",
+                    services.kafka_bootstrap,
+                    topic,
+                    workload.events,
+                    timeout,
+                    "--emit",
+                    emit,
+                    name=f"quix ({emit})",
+                )
+            )
     if "pipeline" in only:
         runs.append(pipeline(services, prefix, workload.events, workers, timeout, profile, env))
     return runs

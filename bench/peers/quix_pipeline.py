@@ -29,6 +29,12 @@ def main() -> None:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--events", type=int, required=True)
+    parser.add_argument(
+        "--emit",
+        choices=("final", "current"),
+        default="final",
+        help="window results once closed, or on every update (Quix's two ways)",
+    )
     args = parser.parse_args()
 
     app = Application(
