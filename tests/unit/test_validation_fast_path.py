@@ -61,7 +61,7 @@ _FIELDS = {
     | _JSON,
     "ip_address": st.none() | st.sampled_from(["10.0.0.1", "::1", "010.0.0.1", "x"]) | _SCALARS,
     "user_agent": st.none() | _TEXT,
-    "country": st.none() | st.sampled_from(["us", "GB", "XX", "ı", "USA"]) | _SCALARS,
+    "country": st.none() | st.sampled_from(["us", "GB", "XX", "\u0131s", "USA"]) | _SCALARS,
     "device": st.none() | st.sampled_from(["mobile", "desktop", "phone", "Mobile"]) | _SCALARS,
     "unknown": _SCALARS,
 }
