@@ -45,7 +45,13 @@ from confluent_kafka import Message
 from mode import Service
 
 from agents.kafka_io import InputReader, Outbox
-from agents.partition_task import TICK_HEADER, PartitionRound, PartitionTask, raw_message
+from agents.partition_task import (
+    TICK_HEADER,
+    PartitionRound,
+    PartitionTask,
+    SentRound,
+    raw_message,
+)
 from agents.round_clock import RoundClock
 from analytics.enrichment import EnrichmentRules, parse_user_agent
 from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
@@ -55,6 +61,7 @@ from analytics.tracking import RawMessage, TrackedBatch, TrackerRules, dead_lett
 from analytics.validation import FieldError
 from app import app, metrics
 from app.kafka_security import librdkafka_config
+from app.metrics import BatchFigures
 from tables.partition_state import partition_state
 from tables.seen_events import seen_events
 
@@ -92,8 +99,10 @@ def session_record(figures: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def open_task(partition: int) -> PartitionTask:
-    return PartitionTask.open(partition, PARTITION_RULES, _engine.max_cached_users)
+def open_task(partition: int, partitions: int) -> PartitionTask:
+    """A partition, one of ``partitions`` on this worker: they share the cache of users."""
+    share = _engine.max_cached_users // max(1, partitions)
+    return PartitionTask.open(partition, PARTITION_RULES, max(1, share) if share else 0)
 
 
 @app.service
@@ -167,7 +176,7 @@ class BehaviorTracker(Service):
             if tp.topic == self._state_changelog
         }
         async with self._round:
-            new = {p: open_task(p) for p in sorted(actives - set(self.tasks))}
+            new = {p: open_task(p, len(actives)) for p in sorted(actives - set(self.tasks))}
             self.tasks.update(new)
             self.reader.assign(TOPICS.user_events, {p: t.position for p, t in new.items()})
             metrics.keep_partitions(self.tasks)
@@ -202,7 +211,7 @@ class BehaviorTracker(Service):
         except Exception:
             log.exception("a round failed; partitions restart from their durable state")
             for partition in list(self.tasks):
-                fresh = self.tasks[partition] = open_task(partition)
+                fresh = self.tasks[partition] = open_task(partition, len(self.tasks))
                 self.reader.seek(TOPICS.user_events, partition, fresh.position)
             await asyncio.sleep(ROUND_RETRY_S)
 
@@ -221,7 +230,12 @@ class BehaviorTracker(Service):
         with self.clock.phase("send"):
             for task, done in rounds:
                 self._send_outputs(task, done)
-                task.outputs_sent = done
+                task.outputs_sent = SentRound(
+                    BatchFigures.of(done.tracked, done.analysed),
+                    done.applied,
+                    done.state_writes,
+                    done.seen_writes,
+                )
 
     async def _advance(self) -> None:
         """Wait for the broker to acknowledge what is in flight; then write what it
@@ -245,7 +259,7 @@ class BehaviorTracker(Service):
                     task.seen_store.write(published.seen_writes, offset)
                     task.seen_reads.written(published.seen_writes)
                 if published is not None:
-                    metrics.tracker_batch(published.tracked, published.analysed, acked_s)
+                    metrics.tracker_batch(published.figures, acked_s)
             for task in self.tasks.values():
                 metrics.partition_gauges(
                     task.partition, task.state.clock.users_total, task.state.open_users
@@ -280,7 +294,7 @@ class BehaviorTracker(Service):
                 "partition %d: a batch failed; taking it one message at a time", partition
             )
         await self._settle()  # what came before the batch is in RocksDB now
-        task = self.tasks[partition] = open_task(partition)
+        task = self.tasks[partition] = open_task(partition, len(self.tasks))
         results = []
         for raw in raws:
             try:

@@ -18,6 +18,7 @@ from confluent_kafka import Message
 
 from analytics.partition import PartitionOutput, PartitionRules, PartitionState, Write
 from analytics.tracking import RawMessage, SeenEvent, TrackedBatch
+from app.metrics import BatchFigures
 from tables.overlay_store import OverlayStore
 from tables.partition_state import partition_state
 from tables.rocksdb_store import RocksStore
@@ -56,6 +57,17 @@ class PartitionRound:
 
 
 @dataclass
+class SentRound:
+    """A round once its outputs are handed to the producer: what is left to do for it
+    (metrics, RocksDB writes, its state's changelog), without its bulky records."""
+
+    figures: BatchFigures
+    applied: int
+    state_writes: list[Write]
+    seen_writes: list[Write]
+
+
+@dataclass
 class PartitionTask:
     """One partition this worker owns (module docstring)."""
 
@@ -66,9 +78,9 @@ class PartitionTask:
     seen_store: RocksStore
     seen_reads: OverlayStore
     live_at: float = 0.0
-    outputs_sent: PartitionRound | None = None
+    outputs_sent: SentRound | None = None
     """The round whose outputs and dedup records are on their way; its state is not sent."""
-    state_sent: PartitionRound | None = None
+    state_sent: SentRound | None = None
     """The round whose state's changelog records are on their way; not in RocksDB yet."""
 
     @classmethod

@@ -280,7 +280,7 @@ class UserState:
     def recent_json(self) -> Any:
         """``recent`` as JSON (an orjson fragment), kept until it changes."""
         if self.recent_encoded is None:
-            self.recent_encoded = orjson.Fragment(orjson.dumps(self.recent))
+            self.recent_encoded = orjson.Fragment(codec.compact_dumps(self.recent))
         return self.recent_encoded
 
     def open_sessions(self, user_id: str, gap_ms: int) -> list[dict[str, Any]]:

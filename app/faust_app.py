@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> AnalyticsApp:
         broker_session_timeout=engine.session_timeout.total_seconds(),
         broker_heartbeat_interval=engine.heartbeat_interval.total_seconds(),
         consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=settings.sources.kafka.group_instance_id,
         producer_linger_ms=5,
         producer_max_batch_size=256 * 1024,
         web_bind=http.host,

@@ -86,6 +86,32 @@ class SinkHealthCollector(Collector):
         yield healthy
 
 
+@dataclass(frozen=True, slots=True)
+class BatchFigures:
+    """What the metrics count of a tracker batch: kept while its records are in flight,
+    instead of the batch itself."""
+
+    arrived_ms: list[int]
+    dead_letters: int
+    duplicates: int
+    late: int
+    rekeyed: int
+    sessions: int
+
+    @classmethod
+    def of(cls, tracked: TrackedBatch, analysed: PartitionOutput) -> BatchFigures:
+        from analytics.rows import Arrival
+
+        return cls(
+            [item.arrived_ms for item in tracked.timeline if type(item) is Arrival],
+            len(tracked.dead_letters),
+            tracked.duplicates,
+            analysed.late_events,
+            len(tracked.rekeyed),
+            len(analysed.sessions),
+        )
+
+
 class BatchHistogram(Collector):
     """A histogram fed a batch of observations at a time (the hot path's per-event latency),
     exposed exactly like prometheus_client's ``Histogram``. Its ``observe`` takes a lock and
@@ -261,24 +287,19 @@ class Metrics:
         self._users: dict[int, int] = {}
         self._sessions: dict[int, int] = {}
 
-    def tracker_batch(
-        self, tracked: TrackedBatch, analysed: PartitionOutput, acked_s: float
-    ) -> None:
+    def tracker_batch(self, figures: BatchFigures, acked_s: float) -> None:
         """A tracker batch whose records the broker acknowledged at ``acked_s`` (epoch s)."""
-        from analytics.rows import Arrival
-
-        arrived = [item.arrived_ms for item in tracked.timeline if isinstance(item, Arrival)]
-        self.events_processed.inc(len(arrived))
+        self.events_processed.inc(len(figures.arrived_ms))
         acked_ms = acked_s * 1000
         self.processing_latency.observe_many(
-            max(0.0, (acked_ms - arrived_ms) / 1000) for arrived_ms in arrived
+            max(0.0, (acked_ms - arrived_ms) / 1000) for arrived_ms in figures.arrived_ms
         )
-        self.events_filtered.labels("invalid").inc(len(tracked.dead_letters))
-        self.events_filtered.labels("duplicate").inc(tracked.duplicates)
-        self.events_filtered.labels("late").inc(analysed.late_events)
-        self.dlq_events.labels("topic").inc(len(tracked.dead_letters))
-        self.events_rekeyed.inc(len(tracked.rekeyed))
-        self.sessions_closed.inc(len(analysed.sessions))
+        self.events_filtered.labels("invalid").inc(figures.dead_letters)
+        self.events_filtered.labels("duplicate").inc(figures.duplicates)
+        self.events_filtered.labels("late").inc(figures.late)
+        self.dlq_events.labels("topic").inc(figures.dead_letters)
+        self.events_rekeyed.inc(figures.rekeyed)
+        self.sessions_closed.inc(figures.sessions)
 
     def partition_gauges(self, partition: int, users: int, open_sessions: int) -> None:
         """Users of a partition (those first seen in its final windows) and its users with
@@ -395,9 +416,9 @@ def exporter() -> Exporter | None:
 # One-line hooks for agents and views ------------------------------------------------------
 
 
-def tracker_batch(tracked: TrackedBatch, analysed: PartitionOutput, acked_s: float) -> None:
+def tracker_batch(figures: BatchFigures, acked_s: float) -> None:
     """A tracker batch whose outputs the broker acknowledged at ``acked_s`` (epoch s)."""
-    worker_metrics.tracker_batch(tracked, analysed, acked_s)
+    worker_metrics.tracker_batch(figures, acked_s)
 
 
 def partition_gauges(partition: int, users: int, open_sessions: int) -> None:

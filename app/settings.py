@@ -160,6 +160,9 @@ class KafkaSourceSettings(Section):
 
     brokers: Brokers = ["127.0.0.1:9092"]
     group_id: str | None = Field(None, min_length=1)  # default: application.name
+    # static group membership: a stable name per worker (its host or pod name) lets a
+    # restarted worker take its partitions back at once instead of after session_timeout
+    group_instance_id: str | None = Field(None, min_length=1)
     security_protocol: KafkaProtocol = "PLAINTEXT"
     tls: KafkaTlsSettings = KafkaTlsSettings()
     sasl: KafkaSaslSettings = KafkaSaslSettings()

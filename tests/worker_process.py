@@ -268,6 +268,7 @@ class WorkerPool:
         self.services = services
         self.workdir = workdir
         self.workers: list[Worker] = []
+        self._launches: dict[str, tuple[str, str, dict[str, str] | None, TlsFiles | None]] = {}
 
     def start(
         self,
@@ -275,13 +276,20 @@ class WorkerPool:
         group_id: str,
         extra_env: dict[str, str] | None = None,
         tls: TlsFiles | None = None,
+        *,
+        again: Worker | None = None,
     ) -> Worker:
         """Launch ``python -m faust -A app worker``; call ``wait_ready`` before using it.
 
-        With ``tls`` (a certificate for 127.0.0.1) the worker serves HTTPS only."""
-        index = len(self.workers) + 1
-        name = f"w{index}"
-        port = free_port()
+        With ``tls`` (a certificate for 127.0.0.1) the worker serves HTTPS only. ``again``:
+        a worker that has exited, started anew with its name, port and data directory (its
+        local RocksDB state kept); ``restart`` does that with its settings."""
+        if again is None:
+            name = f"w{len(self.workers) + 1}"
+            port = free_port()
+        else:
+            name, port = again.name, again.port
+        self._launches[name] = (topic_prefix, group_id, extra_env, tls)
         self.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / f"{name}.log"
         env = dict(os.environ)
@@ -343,6 +351,13 @@ class WorkerPool:
         return worker
 
     __call__ = start
+
+    def restart(self, worker: Worker) -> Worker:
+        """Start an exited worker again, as it was (same settings, port and data directory)."""
+        if worker.alive:
+            raise RuntimeError(f"{worker!r} is still running")
+        topic_prefix, group_id, extra_env, tls = self._launches[worker.name]
+        return self.start(topic_prefix, group_id, extra_env, tls, again=worker)
 
     def stop_all(self, timeout: float = 30) -> None:
         """SIGTERM every live worker at once, then wait for each (SIGKILL after ``timeout``)."""

@@ -18,7 +18,7 @@ from analytics.partition import PartitionOutput
 from analytics.rows import Arrival, Tick
 from analytics.tracking import RawMessage, TrackedBatch
 from app import metrics, startup
-from app.metrics import Metrics, candidate_ports, registry, start_exporter
+from app.metrics import BatchFigures, Metrics, candidate_ports, registry, start_exporter
 from app.settings import ApplicationSettings
 from tables import sizes
 
@@ -154,7 +154,7 @@ def test_tracker_batch_counts_and_latency(fresh: Metrics) -> None:
         duplicates=2,
     )
     analysed = PartitionOutput(sessions=[{"user_id": "u"}], late_events=1)
-    fresh.tracker_batch(tracked, analysed, acked_s=11.5)
+    fresh.tracker_batch(BatchFigures.of(tracked, analysed), acked_s=11.5)
     r = fresh.registry
     assert value(r, f"{NS}_events_processed_total") == 2
     assert value(r, f"{NS}_events_filtered_total", reason="invalid") == 1
