@@ -39,7 +39,7 @@ below those are skipped, so a restored prefix is repaired exactly by re-delivery
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,11 +98,13 @@ class SessionKey:
     """One (user, session_id): summaries of sessions not yet closed, oldest first, and the
     pending rows, in (ts, event_id) order."""
 
-    __slots__ = ("encoded", "first_end", "pending", "summaries")
+    __slots__ = ("encoded", "first_end", "pending", "summaries", "walk")
 
     def __init__(self) -> None:
         self.summaries: list[SessionSummary] = []
         self.pending: list[Row] = []
+        self.walk: _Walk | None = None
+        """Where the last ``previews`` stopped, to go on from there (not stored)."""
         self.encoded: Any = None
         """Its JSON while unchanged (analytics.partition_codec): most of a user's session
         keys wait unchanged for their sessions to close, and are not encoded again."""
@@ -114,8 +116,16 @@ class SessionKey:
         if not pending or row >= pending[-1]:
             pending.append(row)
         else:
-            bisect.insort(pending, row)
+            index = bisect.bisect_right(pending, row)
+            pending.insert(index, row)
+            if self.walk is not None and index < self.walk.hi:
+                self.walk = None  # a row before where it stopped: walk again
         self.encoded = None
+
+    def changed(self) -> None:
+        """Its summaries or the start of its rows changed: nothing cached holds."""
+        self.encoded = None
+        self.walk = None
 
     def fold(self, limit: int, gap_ms: int) -> None:
         """Move the pending rows older than ``limit`` into the summaries."""
@@ -132,7 +142,7 @@ class SessionKey:
             else:
                 current.add(row)
         del pending[:cut]
-        self.encoded = None
+        self.changed()
 
     def first_session_end(self, gap_ms: int) -> int | None:
         """Last ts of the oldest session (summaries and pending rows taken together)."""
@@ -160,27 +170,60 @@ class SessionKey:
             pending, end, key=_ts
         )
 
-    def previews(self, lo: int, hi: int, gap_ms: int) -> Iterator[SessionPreview]:
+    def previews(self, lo: int, hi: int, gap_ms: int) -> list[SessionPreview]:
         """The sessions with a row among ``pending[lo:hi]`` (a window's rows), as of
-        ``pending[hi]``: those a KPI window counts (SPEC section 4)."""
+        ``pending[hi]``: those a KPI window counts (SPEC section 4).
+
+        Goes on from where the last call stopped when it can (the same window, grown; or a
+        later one): a window's live figures, asked again and again as its rows arrive, and
+        consecutive windows each cost the new rows only. The previews it returns are
+        changed by the next call: read them before."""
         rows = self.pending
-        first = lo
-        while first > 0 and rows[first].ts - rows[first - 1].ts <= gap_ms:
-            first -= 1
-        summaries = self.summaries
-        current = None
-        if first == 0 and summaries and rows[0].ts - summaries[-1].end <= gap_ms:
-            current = SessionPreview(summaries[-1])
-        for index in range(first, hi):
+        walk = self.walk
+        if walk is not None and walk.hi <= hi and walk.lo == lo:
+            done, current, active, index = walk.done, walk.current, walk.active, walk.hi
+        elif walk is not None and walk.hi <= lo:
+            done, current, active, index = [], walk.current, False, walk.hi
+        else:
+            index = lo
+            while index > 0 and rows[index].ts - rows[index - 1].ts <= gap_ms:
+                index -= 1
+            summaries = self.summaries
+            current = None
+            if index == 0 and summaries and rows[0].ts - summaries[-1].end <= gap_ms:
+                current = SessionPreview(summaries[-1])
+            done, active = [], False
+        while index < hi:
             row = rows[index]
             if current is None or row.ts - current.end > gap_ms:
-                if current is not None:
-                    yield current
+                if current is not None and active:
+                    done.append(current)
                 current = SessionPreview(None, row)
+                active = index >= lo
             else:
                 current.add(row)
-        if current is not None:
-            yield current
+                if index >= lo:
+                    active = True
+            index += 1
+        self.walk = _Walk(lo, hi, done, current, active)
+        return [*done, current] if current is not None and active else list(done)
+
+
+class _Walk:
+    """Where ``SessionKey.previews`` stopped: the window's first row, the row after the
+    last one taken, the sessions of the window already complete, the current one."""
+
+    __slots__ = ("active", "current", "done", "hi", "lo")
+
+    def __init__(
+        self,
+        lo: int,
+        hi: int,
+        done: list[SessionPreview],
+        current: SessionPreview | None,
+        active: bool,
+    ) -> None:
+        self.lo, self.hi, self.done, self.current, self.active = lo, hi, done, current, active
 
 
 def _ts(row: Row) -> int:
@@ -262,7 +305,7 @@ class UserState:
                     if first - summaries[0].end <= rules.gap_ms:
                         break  # still growing: cannot happen once folded, kept as a guard
                 closed.append(summaries.pop(0).figures(user_id))
-                key.encoded = None
+                key.changed()
             if not summaries and not key.pending:
                 del self.keys[session_id]
         if closed:
@@ -321,7 +364,17 @@ class WindowState:
     """An open window of this partition: its users, and running event counters for live
     figures (the final figures are computed from the users' rows)."""
 
-    __slots__ = ("applied", "dirty", "live", "new_users", "persisted", "start", "users")
+    __slots__ = (
+        "applied",
+        "dirty",
+        "live",
+        "live_changed",
+        "live_users_total",
+        "new_users",
+        "persisted",
+        "start",
+        "users",
+    )
 
     def __init__(self, start: int) -> None:
         self.start = start
@@ -331,6 +384,8 @@ class WindowState:
         self.new_users: list[str] = []  # members added since the last write
         self.dirty = False  # live counters changed since the last write
         self.persisted = False  # its value was written (or loaded)
+        self.live_changed = True  # an event came since its last live partial
+        self.live_users_total = 0  # users_total of its last live partial
 
     def count(self, user_id: str, row: Row) -> None:
         if user_id not in self.users:
@@ -343,6 +398,7 @@ class WindowState:
         live[3] += row.revenue_cents
         live[4] += row.action == "purchase"
         self.dirty = True
+        self.live_changed = True
 
     def live_figures(self) -> dict[str, int]:
         return dict(zip(LIVE_COUNTERS, self.live, strict=True))
@@ -602,23 +658,36 @@ def _advance_idle(clock: Clock, now_ms: int, rules: PartitionRules) -> None:
 def _finalise_windows(
     state: PartitionState, rules: PartitionRules, out: PartitionOutput, *, live: bool
 ) -> None:
+    """Final partials of the windows the watermark has passed; with ``live``, partials of
+    the open windows that changed since their last one (an earlier window's change of
+    users carries on into the user totals of the later ones)."""
     clock = state.clock
     watermark = clock.wm
     users_before = clock.users_total
+    carried = False  # an earlier window's user total moved: recompute the later ones
     for start in sorted(state.windows):
         final = watermark is not None and start + rules.window_ms <= watermark
         if not final and not live:
             break
         window = state.windows[start]
+        if not final and not window.live_changed and not carried:
+            users_before = window.live_users_total
+            continue
         partial = window_partial(state, window, rules, users_before, final=final)
+        users_total = partial["kpi"]["users_total"]
         if final:
-            clock.users_total = partial["kpi"]["users_total"]
+            clock.users_total = users_total
             clock.finalized_through = start + rules.window_ms
             del state.windows[start]
             state._finalized.append(window)
+            carried = True
+        else:
+            carried = carried or users_total != window.live_users_total
+            window.live_changed = False
+            window.live_users_total = users_total
         partial["final"] = final
         out.partials.append(partial)
-        users_before = partial["kpi"]["users_total"]
+        users_before = users_total
 
 
 def window_partial(

@@ -1,0 +1,188 @@
+"""Latency at a steady rate below capacity (issue 10, item 4): per event, and per window.
+
+One worker on fresh topics; events sent straight to ``user-events`` at ``--rate`` events/s for
+``--seconds``, stamped with their send time (event time = now), by a librdkafka producer in
+a thread of this process. Then, from the records' own Kafka timestamps:
+
+- produce → enriched: each enriched record's timestamp (set when the worker produced it)
+  minus its input record's timestamp (set when this bench produced it), per event;
+- window close → final record: a window [start, end) can close once an event with time
+  ``end + grace`` has arrived; the final ``live-kpis`` record's timestamp minus that moment,
+  per window. A short ``--kpi-window`` gives many windows in a short run.
+
+Prints p50/p95/p99/max of both and the worker's peak RSS.
+
+    PYTHONPATH=. python bench/latency.py --rate 5000 --seconds 120 --kpi-window 2s
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from analytics.timeutil import format_ts, parse_ts
+from app.settings import parse_duration
+from bench.compare import PARTITIONS, create_topic
+from bench.workload import USER_AGENTS
+from tests.worker_process import (
+    Services,
+    WorkerPool,
+    new_group_id,
+    new_topic_prefix,
+    services_from_script,
+)
+
+GRACE_MS = 10_000
+
+
+def send(bootstrap: str, topic: str, rate: float, seconds: float, users: int) -> int:
+    """Events at ``rate`` per second for ``seconds``, each stamped with its send time."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 1, "partitioner": "murmur2_random"}
+    )
+    started = time.monotonic()
+    n = 0
+    total = int(rate * seconds)
+    while n < total:
+        due = int((time.monotonic() - started) * rate) + 1
+        while n < min(due, total):
+            user = f"user-{n % users:05d}"
+            value = {
+                "event_id": f"e{n}",
+                "user_id": user,
+                "session_id": f"s{n % users}",
+                "action": "page_view",
+                "page": f"/p{n % 40}",
+                "timestamp": format_ts(time.time_ns() // 1_000_000),
+                "duration": 2_000,
+                "user_agent": USER_AGENTS[n % len(USER_AGENTS)],
+            }
+            producer.produce(topic, orjson.dumps(value), user.encode())
+            n += 1
+        producer.poll(0)
+        time.sleep(0.001)  # the send schedule's tick
+    producer.flush(60)
+    return n
+
+
+def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, int]]:
+    """(value, timestamp) of every record of ``topic``."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "latency-bench"})
+    try:
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
+            for p in range(PARTITIONS)
+        }
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends if ends[p]])
+        records: list[tuple[bytes | None, int]] = []
+        remaining = sum(ends.values())
+        while remaining > 0:
+            for message in consumer.consume(10_000, 1.0):
+                if message.error() is None:
+                    records.append((message.value(), message.timestamp()[1]))
+                    remaining -= 1
+        return records
+    finally:
+        consumer.close()
+
+
+def quantiles(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values}"
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return f"p50 {q[49]:.0f} ms, p95 {q[94]:.0f} ms, p99 {q[98]:.0f} ms, max {max(values):.0f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rate", type=float, default=5000)
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--kpi-window", default="60s", help="the workers' engine.kpi_window")
+    args = parser.parse_args()
+    window_ms = int(parse_duration(args.kpi_window).total_seconds() * 1000)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    services = (
+        Services(bootstrap, os.environ.get("DATABASE_URL", ""))
+        if bootstrap
+        else services_from_script("start")
+    )
+    prefix = new_topic_prefix()
+    create_topic(services.kafka_bootstrap, f"{prefix}user-events")
+    workdir = Path(tempfile.mkdtemp(prefix="latency-bench-"))
+    pool = WorkerPool(services, workdir)
+    try:
+        worker = pool.start(
+            prefix, new_group_id(), {"ANALYTICS__ENGINE__KPI_WINDOW": args.kpi_window}
+        )
+        worker.wait_ready(PARTITIONS, timeout=120)
+        sender = threading.Thread(
+            target=send,
+            args=(
+                services.kafka_bootstrap,
+                f"{prefix}user-events",
+                args.rate,
+                args.seconds,
+                args.users,
+            ),
+        )
+        started_ms = time.time_ns() // 1_000_000
+        sender.start()
+        sender.join()
+        last_closable = time.time_ns() // 1_000_000 - GRACE_MS
+        # wait until the worker has published the last window that could close
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            finals = [
+                orjson.loads(v or b"{}")
+                for v, _ in read_all(services.kafka_bootstrap, f"{prefix}live-kpis")
+            ]
+            ends = [parse_ts(k["window_end"]) for k in finals if k.get("is_final")]
+            if ends and max(ends) + window_ms > last_closable:
+                break
+            time.sleep(1)  # a poll interval of the bench, not synchronisation
+        rss = (worker.peak_rss_kib() or 0) / 1024
+    finally:
+        pool.stop_all()
+
+    inputs = {
+        orjson.loads(v or b"{}")["event_id"]: ts
+        for v, ts in read_all(services.kafka_bootstrap, f"{prefix}user-events")
+        if v
+    }
+    per_event = [
+        float(ts - inputs[event["event_id"]])
+        for v, ts in read_all(services.kafka_bootstrap, f"{prefix}user-behavior-enriched")
+        if (event := orjson.loads(v or b"{}"))["event_id"] in inputs
+    ]
+    per_window = [
+        float(ts - (parse_ts(kpi["window_end"]) + GRACE_MS))
+        for v, ts in read_all(services.kafka_bootstrap, f"{prefix}live-kpis")
+        if (kpi := orjson.loads(v or b"{}")).get("is_final")
+        and parse_ts(kpi["window_start"]) >= started_ms  # whole windows of steady traffic
+        and parse_ts(kpi["window_end"]) + GRACE_MS <= last_closable
+    ]
+    print(
+        f"{len(inputs):,} events at {args.rate:,.0f}/s for {args.seconds:.0f} s; worker logs in "
+        f"{workdir}"
+    )
+    print(f"produce -> enriched ({len(per_event):,} events): {quantiles(per_event)}")
+    print(
+        f"window close -> final record ({len(per_window)} windows of {args.kpi_window}): "
+        f"{quantiles(per_window)}"
+    )
+    print(f"worker peak RSS: {rss:,.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
