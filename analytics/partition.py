@@ -96,9 +96,11 @@ Write = tuple[bytes, bytes | None]
 
 class SessionKey:
     """One (user, session_id): summaries of sessions not yet closed, oldest first, and the
-    pending rows, in (ts, event_id) order."""
+    pending rows, in (ts, event_id) order. The summaries are stored in the user's value,
+    each pending row under a key of its own (analytics.partition_codec), so an event costs
+    the same to store however long its session is."""
 
-    __slots__ = ("encoded", "first_end", "pending", "summaries", "walk")
+    __slots__ = ("encoded", "first_closed", "first_end", "pending", "summaries", "walk")
 
     def __init__(self) -> None:
         self.summaries: list[SessionSummary] = []
@@ -106,36 +108,58 @@ class SessionKey:
         self.walk: _Walk | None = None
         """Where the last ``previews`` stopped, to go on from there (not stored)."""
         self.encoded: Any = None
-        """Its JSON while unchanged (analytics.partition_codec): most of a user's session
-        keys wait unchanged for their sessions to close, and are not encoded again."""
+        """The summaries' JSON while unchanged (analytics.partition_codec): most of a
+        user's session keys wait unchanged for their sessions to close."""
         self.first_end: int | None = None
-        """``first_session_end`` while unchanged (valid when ``encoded`` is set)."""
+        self.first_closed = False
+        """``first_session_end`` and whether a later session exists, kept up to date as
+        rows come in order; None when it must be worked out again."""
 
-    def add(self, row: Row) -> None:
+    def add(self, row: Row, gap_ms: int) -> bool:
+        """Take a row in; False when it is there already (a replay after a crash that kept
+        the row but not its user)."""
         pending = self.pending
-        if not pending or row >= pending[-1]:
+        if not pending or row > pending[-1]:
+            previous = pending[-1].ts if pending else None
             pending.append(row)
+            self._extend_first(previous, row.ts, gap_ms)
+            return True
+        index = bisect.bisect_left(pending, row)
+        if index < len(pending) and pending[index] == row:
+            return False
+        pending.insert(index, row)
+        if self.walk is not None and index < self.walk.hi:
+            self.walk = None  # a row before where it stopped: walk again
+        self.first_end = None
+        return True
+
+    def _extend_first(self, previous: int | None, ts: int, gap_ms: int) -> None:
+        """A row after all others: the oldest session grows, or a later one begins."""
+        if self.first_end is None or self.first_closed:
+            return
+        if previous is None and self.summaries:
+            previous = self.summaries[-1].end
+        if previous is not None and ts - previous > gap_ms:
+            self.first_closed = True
         else:
-            index = bisect.bisect_right(pending, row)
-            pending.insert(index, row)
-            if self.walk is not None and index < self.walk.hi:
-                self.walk = None  # a row before where it stopped: walk again
-        self.encoded = None
+            self.first_end = ts
 
     def changed(self) -> None:
         """Its summaries or the start of its rows changed: nothing cached holds."""
         self.encoded = None
         self.walk = None
+        self.first_end = None
 
-    def fold(self, limit: int, gap_ms: int) -> None:
-        """Move the pending rows older than ``limit`` into the summaries."""
+    def fold(self, limit: int, gap_ms: int) -> list[Row]:
+        """Move the pending rows older than ``limit`` into the summaries; returns them."""
         pending = self.pending
         cut = bisect.bisect_left(pending, limit, key=_ts)
         if not cut:
-            return
+            return []
         summaries = self.summaries
         current = summaries[-1] if summaries else None
-        for row in pending[:cut]:
+        folded = pending[:cut]
+        for row in folded:
             if current is None or row.ts - current.end > gap_ms:
                 current = SessionSummary(row)
                 summaries.append(current)
@@ -143,24 +167,27 @@ class SessionKey:
                 current.add(row)
         del pending[:cut]
         self.changed()
+        return folded
 
     def first_session_end(self, gap_ms: int) -> int | None:
         """Last ts of the oldest session (summaries and pending rows taken together)."""
-        if self.encoded is not None:
+        if self.first_end is not None:
             return self.first_end
         summaries, rows = self.summaries, self.pending
-        if len(summaries) > 1:
-            return summaries[0].end
+        closed = len(summaries) > 1
         if summaries:
             end = summaries[0].end
         elif rows:
             end, rows = rows[0].ts, rows[1:]
         else:
             return None
-        for row in rows:
-            if row.ts - end > gap_ms:
-                break
-            end = row.ts
+        if not closed:
+            for row in rows:
+                if row.ts - end > gap_ms:
+                    closed = True
+                    break
+                end = row.ts
+        self.first_end, self.first_closed = end, closed
         return end
 
     def window_rows(self, start: int, end: int) -> tuple[int, int]:
@@ -247,6 +274,8 @@ class UserState:
         "recent",
         "recent_encoded",
         "revenue_cents",
+        "rows_added",
+        "rows_folded",
     )
 
     def __init__(self) -> None:
@@ -263,8 +292,10 @@ class UserState:
         self.folded_until: int | None = None
         self.index_at: int | None = None
         self.keys: dict[str, SessionKey] = {}
+        self.rows_added: list[Row] = []  # pending rows to store, since the last write
+        self.rows_folded: list[Row] = []  # pending rows to delete: in summaries now
 
-    def add(self, row: Row) -> None:
+    def add(self, row: Row, gap_ms: int) -> None:
         """Count an on-time event in the profile and keep it as a pending row."""
         if self.first_seen is None or row.ts < self.first_seen:
             self.first_seen = row.ts
@@ -279,13 +310,14 @@ class UserState:
         key = self.keys.get(row.session_id)
         if key is None:
             key = self.keys[row.session_id] = SessionKey()
-        key.add(row)
+        if key.add(row, gap_ms):
+            self.rows_added.append(row)
 
     def fold(self, limit: int | None, gap_ms: int) -> None:
         if limit is None or (self.folded_until is not None and self.folded_until >= limit):
             return
         for key in self.keys.values():
-            key.fold(limit, gap_ms)
+            self.rows_folded += key.fold(limit, gap_ms)
         self.folded_until = limit
 
     def close_deadline(self, rules: PartitionRules) -> int | None:
@@ -438,6 +470,7 @@ class PartitionState:
         self._finalized: list[WindowState] = []
         self._index_puts: list[Write] = []
         self._index_deletes: list[bytes] = []
+        self._stale_rows: list[bytes] = []  # rows a crash left behind their fold
         self.fold_limit = self.clock.finalized_through
         self.wm_at_start = self.clock.wm
         self.open_users = codec.count_index(store)
@@ -486,10 +519,12 @@ class PartitionState:
         """The user's state, from memory or the store; None for a user never seen."""
         state = self.users.get(user_id)
         if state is None:
-            stored = self.store.get(user_id.encode())
-            if stored is None:
+            loaded = codec.load_user(self.store, user_id)
+            if loaded is None:
                 return None
-            state = self.users[user_id] = codec.decode_user(stored)
+            state, stale = loaded
+            self.users[user_id] = state
+            self._stale_rows += stale
         elif self.max_users:  # least recently used last out: move to the end
             del self.users[user_id]
             self.users[user_id] = state
@@ -515,15 +550,21 @@ class PartitionState:
     def take_writes(self) -> list[Write]:
         """This batch's changes, in the order a restore may cut anywhere (module docstring),
         and the start of the next batch."""
+        rows: list[Write] = []
         users: list[Write] = []
+        folded: list[Write] = []
         for user_id in self.dirty_users:
             user = self.users[user_id]
-            encoded = codec.encode_user(user, self.rules.gap_ms)
             self._index(user_id, user)
-            users.append((user_id.encode(), encoded))
-        # new index entries before the users that refer to them, old ones deleted only after
-        # the clock: any prefix of these writes leaves every stored user's entry in place
-        writes = self._index_puts + users
+            rows += [(codec.row_key(user_id, r), codec.encode_row(r)) for r in user.rows_added]
+            users.append((user_id.encode(), codec.encode_user(user)))
+            folded += [(codec.row_key(user_id, r), None) for r in user.rows_folded]
+            user.rows_added, user.rows_folded = [], []
+        folded += [(key, None) for key in self._stale_rows]
+        # A user's new rows and index entries before the user that counts them; the rows it
+        # folded and its old index entries deleted only after the clock: any prefix of
+        # these writes reads back as a state a replay repairs (module docstring).
+        writes = rows + self._index_puts + users
         for window in self.windows.values():
             if window.new_users:
                 writes += [(codec.member_key(window.start, u), b"") for u in window.new_users]
@@ -535,6 +576,7 @@ class PartitionState:
         writes.append((codec.CLOCK_KEY, codec.encode_clock(self.clock)))
         filed = {key for key, _ in self._index_puts}
         writes += [(key, None) for key in self._index_deletes if key not in filed]
+        writes += folded
         for window in self._finalized + self._stale_windows:
             if window.persisted:
                 writes.append((codec.window_key(window.start), None))
@@ -544,7 +586,7 @@ class PartitionState:
                 for u in window.users
                 if u not in unwritten
             ]
-        self._finalized, self._stale_windows = [], []
+        self._finalized, self._stale_windows, self._stale_rows = [], [], []
         self._index_puts, self._index_deletes = [], []
         self.dirty_users = set()
         self.fold_limit = self.clock.finalized_through
@@ -630,7 +672,7 @@ def apply_batch(
         user_id: str = item.user or item.event["user_id"]
         user = state.user_for_update(user_id)
         if item.offset > user.applied:
-            user.add(row)
+            user.add(row, rules.gap_ms)
             user.applied = item.offset
         window = state.window_for_update(window_start(ts, rules.window_ms))
         if item.offset > window.applied:

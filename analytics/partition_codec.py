@@ -2,19 +2,23 @@
 
 Keys (bytes; user ids are UTF-8, which never contains 0xFF, so nothing collides with them):
 
-=================================  ===========================================================
-``<user_id>``                      a user (bare, so Faust's table routing finds its owner)
-``FF FF "clock"``                  the partition's clock
-``FF FD "W" <start>``              an open window's applied offset and live counters
-``FF FD "M" <start> <user_id>``    a user active in an open window (empty value)
-``FF FD "C" <deadline> <user_id>`` the close index: the user may have a session to close then
-=================================  ===========================================================
+=========================================  ===================================================
+``<user_id>``                              a user: profile, session summaries, bookkeeping
+                                           (bare, so Faust's table routing finds its owner)
+``FF FD "R" <user_id> <session_id> <ts>``  a pending row of the user's session key (the
+``<event_id>``                             ids length-prefixed), its value the row
+``FF FF "clock"``                          the partition's clock
+``FF FD "W" <start>``                      an open window's applied offset and live counters
+``FF FD "M" <start> <user_id>``            a user active in an open window (empty value)
+``FF FD "C" <deadline> <user_id>``         the close index: the user may have a session to
+                                           close then
+=========================================  ===================================================
 
 Times in keys are 8 bytes big-endian, offset by 2**63, so byte order is time order (also
-before 1970) and range scans find windows and due deadlines without reading anything else.
-Values are JSON (orjson). State written by the previous version (users with their open
-sessions' rows, windows and the close list inside the clock) is read too: see
-``decode_user`` and ``legacy_clock``.
+before 1970) and range scans find a user's rows, windows and due deadlines without reading
+anything else. Values are JSON (orjson). State written by the previous version (users with
+their open sessions' rows, windows and the close list inside the clock) is read too: see
+``load_user`` and ``legacy_clock``.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ CLOCK_KEY = b"\xff\xffclock"
 WINDOW = b"\xff\xfdW"
 MEMBER = b"\xff\xfdM"
 CLOSE = b"\xff\xfdC"
+ROW = b"\xff\xfdR"
 _OFFSET = 2**63
-VERSION = 2
+VERSION = 3
 
 
 def _time(ms: int) -> bytes:
@@ -97,21 +102,35 @@ def compact(data: bytes) -> bytes:
     return bytes(memoryview(data))
 
 
-def _encode_key(key: SessionKey, gap_ms: int) -> orjson.Fragment:
-    """The key's JSON, kept on it (with its first session's end) until it changes."""
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def user_rows(user_id: str) -> bytes:
+    """The prefix of every pending row key of a user."""
+    return ROW + _text(user_id)
+
+
+def row_key(user_id: str, row: Row) -> bytes:
+    return user_rows(user_id) + _text(row.session_id) + _time(row.ts) + row.event_id.encode()
+
+
+def encode_row(row: Row) -> bytes:
+    return compact_dumps(list(row))
+
+
+def _encode_summaries(key: SessionKey) -> orjson.Fragment:
+    """The key's summaries as JSON, kept on it until they change."""
     if key.encoded is None:
-        key.first_end = key.first_session_end(gap_ms)
-        key.encoded = orjson.Fragment(
-            compact(
-                orjson.dumps([[s.encode() for s in key.summaries], [list(r) for r in key.pending]])
-            )
-        )
+        key.encoded = orjson.Fragment(compact_dumps([s.encode() for s in key.summaries]))
     fragment: orjson.Fragment = key.encoded
     return fragment
 
 
-def encode_user(user: UserState, gap_ms: int) -> bytes:
-    keys = {session_id: _encode_key(key, gap_ms) for session_id, key in user.keys.items()}
+def encode_user(user: UserState) -> bytes:
+    """The user's value: everything but its pending rows (they have keys of their own)."""
+    keys = {session_id: _encode_summaries(key) for session_id, key in user.keys.items()}
     return compact_dumps(
         [
             VERSION,
@@ -135,7 +154,35 @@ def compact_dumps(value: Any) -> bytes:
     return compact(orjson.dumps(value))
 
 
+def load_user(store: StateStore, user_id: str) -> tuple[UserState, list[bytes]] | None:
+    """A user with its pending rows, and the keys of rows it folded already (a crash came
+    between writing it and deleting them): None for a user never seen."""
+    from analytics.partition import SessionKey
+
+    stored = store.get(user_id.encode())
+    if stored is None:
+        return None
+    user = decode_user(stored)
+    stale: list[bytes] = []
+    folded_until = user.folded_until
+    prefix = user_rows(user_id)
+    by_key: dict[str, list[Row]] = {}
+    for key, value in store.scan(prefix, _prefix_end(prefix)):
+        row = Row._make(orjson.loads(value))
+        if folded_until is not None and row.ts < folded_until:
+            stale.append(key)
+        else:
+            by_key.setdefault(row.session_id, []).append(row)
+    for session_id, rows in by_key.items():
+        key_state = user.keys.get(session_id)
+        if key_state is None:
+            key_state = user.keys[session_id] = SessionKey()
+        key_state.pending = sorted(key_state.pending + rows)
+    return user, stale
+
+
 def decode_user(data: bytes) -> UserState:
+    """A user's value, without its pending rows (``load_user`` adds them)."""
     from analytics.partition import SessionKey, UserState
 
     value = orjson.loads(data)
@@ -157,15 +204,15 @@ def decode_user(data: bytes) -> UserState:
         user.index_at,
         keys,
     ) = value
-    for session_id, (summaries, rows) in keys.items():
+    for session_id, summaries in keys.items():
         key = user.keys[session_id] = SessionKey()
         key.summaries = [SessionSummary.decode(s) for s in summaries]
-        key.pending = [Row(*row) for row in rows]
     return user
 
 
 def _legacy_user(value: dict[str, Any]) -> UserState:
-    """A user written by the previous version: every open row becomes a pending row."""
+    """A user written by the previous version: every open row becomes a pending row, stored
+    under its own key when the user is next written."""
     from analytics.partition import SessionKey, UserState
 
     user = UserState()
@@ -181,6 +228,7 @@ def _legacy_user(value: dict[str, Any]) -> UserState:
     for session_id, rows in value.get("open", {}).items():
         key = user.keys[session_id] = SessionKey()
         key.pending = sorted(Row(*row) for row in rows)
+        user.rows_added += key.pending
     return user
 
 

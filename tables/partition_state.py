@@ -14,6 +14,7 @@ from analytics import partition_codec
 from analytics.partition import UserState
 from app import app
 from tables.rocksdb_options import rocksdb_options
+from tables.rocksdb_store import RocksStore
 
 _settings = app.analytics_settings
 
@@ -29,6 +30,9 @@ partition_state: Any = app.Table(
 
 
 def load_user(user_id: str) -> UserState | None:
-    """A user of a partition this worker holds, as last written (at most a batch behind)."""
-    stored = partition_state.get(user_id.encode())
-    return partition_codec.decode_user(stored) if stored is not None else None
+    """A user of a partition this worker holds, as last written (a round or two behind the
+    hot path's memory), with its pending rows."""
+    topic = partition_state.changelog_topic.get_topic_name()
+    partition = app.producer.key_partition(topic, user_id.encode()).partition
+    loaded = partition_codec.load_user(RocksStore.of(partition_state, partition), user_id)
+    return loaded[0] if loaded is not None else None

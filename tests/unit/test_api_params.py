@@ -174,7 +174,7 @@ def _user() -> UserState:
     for session_id, encoded in rows.items():
         key = user.keys[session_id] = SessionKey()
         for row in encoded:
-            key.add(Row.decode(row))
+            key.add(Row.decode(row), 1_800_000)
     # the first event of s1 already folded into a summary: the API shows both parts as one
     user.keys["s1"].fold(T0 + 2000, 1_800_000)
     return user

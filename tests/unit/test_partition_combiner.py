@@ -158,8 +158,8 @@ class Part:
         return clock_of(self.store)
 
     def user(self, user_id: str) -> UserState | None:
-        stored = self.store.get(user_id.encode())
-        return codec.decode_user(stored) if stored is not None else None
+        loaded = codec.load_user(self.store, user_id)
+        return loaded[0] if loaded is not None else None
 
     def closing(self) -> dict[str, int]:
         return closing_of(self.store)

@@ -55,7 +55,7 @@ def test_previews_from_the_last_walk_equal_a_walk_from_scratch(seed: int) -> Non
             if step < 0.6:
                 ts = rng.randrange(0, 60_000)
                 if ts >= folded_to:  # rows before the fold limit never come (they'd be late)
-                    key.add(_row(ts, n))
+                    key.add(_row(ts, n), GAP)
             elif step < 0.9:
                 start = rng.randrange(0, 7) * WINDOW
                 lo, hi = key.window_rows(start, start + WINDOW)
