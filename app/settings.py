@@ -206,6 +206,12 @@ class HttpSourceSettings(Section):
     listen_addr: str = "127.0.0.1:6066"
     path: str = "/ingest"  # POST <path> takes one event, POST <path>/batch a batch
     tls: HttpTlsSettings = HttpTlsSettings()
+    #: the longest an ingest request waits for Kafka to confirm its events; then 503
+    publish_timeout: Duration = timedelta(seconds=5)
+    #: the Retry-After of a 503 while Kafka is unreachable (whole seconds, rounded up)
+    retry_after: Duration = timedelta(seconds=5)
+    #: events waiting for Kafka's confirmation, over all requests; beyond it new requests get 503
+    max_pending_mib: int = Field(64, ge=1, le=4096)
 
     @property
     def scheme(self) -> str:
