@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import limits
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -248,6 +250,92 @@ class HttpSourceSettings(Section):
         return value
 
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$|^\*$")
+_KEY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MIN_SECRET_CHARS = 16
+
+
+def _rate_limit(value: str) -> str:
+    """A rate in the syntax of the limits library: ``100/second``, ``6000 per minute``."""
+    try:
+        limits.parse(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate limit (write it like 100/second or 6000/minute)"
+        ) from None
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_rate_limit)]
+
+
+def _strong(secret: SecretStr, what: str) -> SecretStr:
+    if len(secret.get_secret_value()) < MIN_SECRET_CHARS:
+        raise ValueError(f"{what} is shorter than {MIN_SECRET_CHARS} characters")
+    return secret
+
+
+def _key_shorthand(value: Any) -> Any:
+    """``name: secret`` stands for ``name: {key: secret}``."""
+    return {"key": value} if isinstance(value, str) else value
+
+
+class IngestKey(Section):
+    """One named ingest API key; ``rate_limit`` replaces ``access.ingest_rate_limit`` for it."""
+
+    key: SecretStr
+    rate_limit: RateLimit | None = None
+
+
+class AccessSettings(Section):
+    """Who may call the web server (web/access.py). Nothing set: everything open but the
+    destructive operations, which need ``admin_token``."""
+
+    ingest_keys: dict[str, Annotated[IngestKey, BeforeValidator(_key_shorthand)]] = {}
+    ingest_rate_limit: RateLimit | None = None  # per key, unless the key names its own
+    read_token: SecretStr | None = None  # the web API, the dashboard and its stream
+    admin_token: SecretStr | None = None  # destructive operations (also reads)
+    cors_origins: list[str] = []  # web pages that may POST events from a browser
+    cors_max_age: Duration = timedelta(minutes=10)  # how long a browser keeps a preflight
+
+    @field_validator("ingest_keys")
+    @classmethod
+    def _keys(cls, value: dict[str, IngestKey]) -> dict[str, IngestKey]:
+        for name, entry in value.items():
+            if not _KEY_NAME.match(name):
+                raise ValueError(
+                    f"key name {name!r}: lower-case letters, digits, _ and -, at most 63"
+                )
+            _strong(entry.key, f"the key {name!r}")
+        return value
+
+    @field_validator("read_token", "admin_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _strong(value, "the token")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"origin {origin!r} must be scheme://host[:port] without a path, or *"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AccessSettings:
+        named = [entry.rate_limit for entry in self.ingest_keys.values()]
+        if (self.ingest_rate_limit or any(named)) and not self.ingest_keys:
+            raise ValueError("ingest_rate_limit is set but no ingest_keys: limits are per key")
+        secrets = [entry.key.get_secret_value() for entry in self.ingest_keys.values()]
+        secrets += [t.get_secret_value() for t in (self.read_token, self.admin_token) if t]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("every ingest key, read_token and admin_token must be different")
+        return self
+
+
 class SourcesSettings(Section):
     kafka: KafkaSourceSettings = KafkaSourceSettings()
     http: HttpSourceSettings = HttpSourceSettings()
@@ -363,6 +451,7 @@ class Settings(BaseSettings):
     sinks: SinksSettings = SinksSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     metrics: MetricsSettings = MetricsSettings()
+    access: AccessSettings = AccessSettings()
 
     @classmethod
     def settings_customise_sources(

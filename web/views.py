@@ -8,6 +8,7 @@ from typing import Any, cast
 import orjson
 from aiohttp import web as aiohttp_web
 from faust import web
+from faust.types.web import ResourceOptions
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -16,6 +17,7 @@ from analytics.timeutil import now_ms
 from analytics.validation import MAX_BATCH_BYTES, MAX_EVENT_BYTES
 from app import app, metrics
 from sinks.health import DEGRADED, sink_health
+from web.access import INGEST_HEADERS
 from web.broker_gate import BrokerGate, KafkaUnavailable
 from web.ingestion import (
     DEAD_LETTER_RAW_LIMIT,
@@ -28,8 +30,23 @@ from web.kafka_probe import kafka_status
 
 TOPICS = app.topic_names
 _http = app.analytics_settings.sources.http
+_access = app.analytics_settings.access
 #: sources.http.path: POST it with one event, POST it + "/batch" with up to 1,000
 INGEST_PATH = _http.path
+
+#: access.cors_origins: web pages whose scripts may POST events (preflight answered by
+#: aiohttp-cors through Faust); the headers a client sends and the ones its script may read
+CORS = {
+    origin: ResourceOptions(
+        allow_credentials=False,
+        expose_headers=("Retry-After",),
+        allow_headers=("Content-Type", *INGEST_HEADERS),
+        max_age=int(_access.cors_max_age.total_seconds()),
+        allow_methods=("POST",),
+    )
+    for origin in _access.cors_origins
+}
+
 
 async def broker_status() -> dict[str, Any]:
     """Kafka as the app producer's client sees it (web/kafka_probe.py)."""
@@ -139,7 +156,7 @@ class _IngestView(web.View):
         return self.json(outcome.body, status=outcome.status)
 
 
-@app.page(INGEST_PATH)
+@app.page(INGEST_PATH, cors_options=CORS)
 class IngestView(_IngestView):
     """POST one event."""
 
@@ -147,7 +164,7 @@ class IngestView(_IngestView):
         return ingest_single(body, received_ms)
 
 
-@app.page(INGEST_PATH + "/batch")
+@app.page(INGEST_PATH + "/batch", cors_options=CORS)
 class IngestBatchView(_IngestView):
     """POST {"events": [...]} with up to 1,000 events."""
 
