@@ -14,7 +14,7 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import limits
 from pydantic import (
@@ -373,8 +373,46 @@ class DatabaseTlsSettings(Section):
         return {name: str(value) for name, value in values.items() if value is not None}
 
 
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class DatabaseRoleSettings(Section):
+    """A login role the migrations create with only the privileges it needs (sinks/roles.py).
+
+    An empty ``user`` means none: its work is done as the connection string's user."""
+
+    user: str = ""
+    password: SecretStr = SecretStr("")
+
+    @field_validator("user")
+    @classmethod
+    def _role_name(cls, value: str) -> str:
+        if value and not _ROLE_NAME.match(value):
+            raise ValueError(
+                f"user {value!r}: lower-case letters, digits and _, not starting with a digit"
+            )
+        return value
+
+
+def with_login(url: str, role: DatabaseRoleSettings) -> str:
+    """``url`` logging in as ``role`` (user and password replaced), or ``url`` without one."""
+    if not role.user:
+        return url
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    password = role.password.get_secret_value()
+    login = quote(role.user, safe="") + (":" + quote(password, safe="") if password else "")
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, v) for k, v in query if k not in ("user", "password")]
+    return urlunsplit(parts._replace(netloc=f"{login}@{host}", query=urlencode(query, safe="/")))
+
+
 class DatabaseSinkSettings(Section):
     connection_string: str = "postgresql://analytics@127.0.0.1:5432/analytics"
+    #: the sinks write as this role: SELECT, INSERT, UPDATE on their four tables, nothing else
+    writer: DatabaseRoleSettings = DatabaseRoleSettings()
+    #: the web API's history queries read as this role: SELECT on the four tables
+    reader: DatabaseRoleSettings = DatabaseRoleSettings()
     tables: list[str] = ["session_metrics", "page_view_stats", "kpi_metrics", "dimension_stats"]
     batch_size: int = Field(100, ge=1, le=100_000)
     flush_interval: Duration = timedelta(seconds=5)
@@ -394,6 +432,29 @@ class DatabaseSinkSettings(Section):
         parts = urlsplit(self.connection_string)
         query = parse_qsl(parts.query, keep_blank_values=True)
         return urlunsplit(parts._replace(query=urlencode([*query, *extra.items()], safe="/")))
+
+    @property
+    def writer_url(self) -> str:
+        """Where the sinks write: ``url`` as the writer role, when there is one."""
+        return with_login(self.url, self.writer)
+
+    @property
+    def reader_url(self) -> str:
+        """Where the web API reads: ``url`` as the reader role, when there is one."""
+        return with_login(self.url, self.reader)
+
+    @model_validator(mode="after")
+    def _roles_apart(self) -> DatabaseSinkSettings:
+        owner = urlsplit(self.connection_string).username
+        users = [role.user for role in (self.writer, self.reader) if role.user]
+        if len(set(users)) != len(users):
+            raise ValueError("writer.user and reader.user must be different roles")
+        if owner in users:
+            raise ValueError(
+                f"{owner!r} owns the tables (connection_string); writer and reader must be "
+                "other roles"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_not_twice(self) -> DatabaseSinkSettings:
