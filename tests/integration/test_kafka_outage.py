@@ -152,9 +152,13 @@ def test_a_broker_outage_under_traffic(broker: OwnBroker, tmp_path: Path) -> Non
         lines_at_stop = _log_lines(worker)
         down = poll(
             lambda: worker.health(timeout=10),
-            lambda answer: answer is not None and answer[0] == 503,
+            lambda answer: (
+                answer is not None
+                and answer[0] == 503
+                and answer[1]["ingest"]["accepting"] is False
+            ),
             30,
-            "/health answering 503",
+            "/health answering 503 with ingestion refusing",
         )
         # the outage lasts OUTAGE_S; the traffic goes on meanwhile (a deadline, not a sync)
         traffic._stop.wait(max(0.0, stopped + OUTAGE_S - time.monotonic()))
@@ -213,8 +217,12 @@ def test_a_broker_outage_under_traffic(broker: OwnBroker, tmp_path: Path) -> Non
     assert [e for e in never if e in enriched] == []
     unknown = [e for a in refused if a.body["stored"] == "unknown" for e in a.body["event_ids"]]
     assert [e for e in unknown if enriched[e] > 1] == []
+    first_202 = min(
+        a.started + a.elapsed for a in answers if a.started >= restarted - 1 and a.status == 202
+    )
     print(
         f"outage {restarting - stopping:.1f} s (broker stop took {stopped - stopping:.1f} s, "
         f"start {restarted - restarting:.1f} s): {len(answers)} requests, {len(refused)} "
-        f"answered 503, slowest {slowest.elapsed:.2f} s, {lines_during_outage} log lines"
+        f"answered 503, slowest {slowest.elapsed:.2f} s, {lines_during_outage} log lines; "
+        f"first 202 {first_202 - restarted:.1f} s after the broker served again"
     )
