@@ -16,7 +16,9 @@ any other ``GET`` / ``HEAD``                    ``read_token`` or ``admin_token`
 any other method (destructive operations)       ``admin_token``; refused when it is unset
 ==============================================  ==========================================
 
-Nothing configured leaves ingestion and reads open, as before access control existed. Secrets
+Nothing configured leaves ingestion and reads open, as before access control existed. A
+request for a path or method the server does not have gets its 404 or 405 whatever it
+presents: nothing runs for it. Secrets
 are compared in constant time (SHA-256 digests through ``hmac.compare_digest``, every
 configured secret compared each time) and are never logged nor echoed. Each ingest key has its
 own rate limit (``limits``' moving window, per worker process): over it, 429 with Retry-After.
@@ -227,6 +229,8 @@ def middleware(settings: AccessSettings, ingest_path: str) -> Any:
     async def access_control(
         request: aiohttp_web.Request, handler: Handler
     ) -> aiohttp_web.StreamResponse:
+        if request.match_info.http_exception is not None:
+            return await handler(request)  # no such route or method: 404 / 405 for anyone
         need = required(request.method, request.path, ingest_path)
         outcome = check(need, presented(request.headers), credentials)
         if isinstance(outcome, Credential) and outcome.role is Role.INGEST:

@@ -8,7 +8,8 @@ the status of a refused request (401 for a wrong key, 429 with ``Retry-After`` o
 rate limit is spent). A page from an origin not in the list cannot post at all. The dashboard,
 with a read token configured, challenges the browser to log in (HTTP Basic), and opens once the
 browser answers with the token as the password; its Server-Sent Events stream, which cannot set
-headers of its own, is authorised by the same login and delivers the first snapshot.
+headers of its own, is authorised by the same login and delivers the snapshots, the second
+once the worker's feed has primed itself from its own API with the read token.
 
 Chromium is Debian's (scripts/browser.sh), driven by playwright as in
 tests/e2e/test_dashboard_browser.py.
@@ -166,8 +167,10 @@ def test_a_page_on_an_allowed_origin_posts_events_and_the_dashboard_needs_the_to
                     http_credentials={"username": "operator", "password": READ}
                 ).new_page()
                 operator.goto(worker.url + "/dashboard")
+                # the second snapshot comes once the worker's feed has read its own API, which
+                # needs the read token too (web/live_feed.py)
                 operator.wait_for_function(
-                    "() => document.body.dataset.snapshots >= 1", timeout=30_000
+                    "() => document.body.dataset.snapshots >= 2", timeout=30_000
                 )
             finally:
                 browser.close()

@@ -132,10 +132,9 @@ def test_keys_tokens_limits_and_forwarded_queries(
     assert call(first, "/health")[0] == 200
     assert call(first, "/openapi.json")[0] == 200
 
-    # destructive operations: the admin token, and nobody else (no such route yet: 405)
-    assert call(first, user_path(users[0]), method="DELETE")[0] == 401
-    assert call(first, user_path(users[0]), method="DELETE", headers=bearer(READ))[0] == 403
-    assert call(first, user_path(users[0]), method="DELETE", headers=bearer(ADMIN))[0] == 405
+    # no destructive route exists yet (issue 13 adds one; tests/unit/test_access.py checks the
+    # admin guard on a stand-in): a method the server lacks is 405 for anyone
+    assert call(first, user_path(users[0]), method="DELETE")[0] == 405
 
     # the limited key: 5 requests a minute, then 429 with Retry-After; the shop key goes on
     limited = {"X-API-Key": LIMITED_KEY}

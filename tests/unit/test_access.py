@@ -163,6 +163,14 @@ async def test_destructive_operations_need_the_admin_token(client: TestClient[An
     assert (await client.delete("/api/users/u1", headers=bearer(ADMIN))).status == 200
 
 
+async def test_paths_and_methods_the_server_lacks_get_404_and_405_for_anyone(
+    client: TestClient[Any, Any],
+) -> None:
+    assert (await client.post("/nothing-here", json={})).status == 404
+    assert (await client.put("/api/kpis/current")).status == 405
+    assert (await client.get("/api/unknown")).status == 404
+
+
 @pytest.mark.parametrize("client", [AccessSettings()], indirect=True)
 async def test_without_an_admin_token_destructive_operations_are_disabled(
     client: TestClient[Any, Any],
