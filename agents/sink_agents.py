@@ -59,10 +59,7 @@ _database = _settings.sinks.timescaledb
 #: another member (which then waits too); the batch is read again there, never lost
 MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
 
-schema = SchemaGate(
-    _database.url,
-    MigrationOptions(compress_after=_database.compress_after, retention=_database.retention),
-)
+schema = SchemaGate(_database.url, MigrationOptions.of(_database))  # as the tables' owner
 _policy = RetryPolicy(initial=_database.retry_initial, maximum=_database.retry_max)
 
 
@@ -210,7 +207,7 @@ class SinkConsumer:
 
 def _sink(spec: TableSpec) -> SinkConsumer:
     topic = getattr(TOPICS, spec.topic_field)
-    sink = TableSink(spec, topic, _database.url, schema, _policy)
+    sink = TableSink(spec, topic, _database.writer_url, schema, _policy)  # sinks/roles.py
     return SinkConsumer(spec, topic, sink, f"{app.conf.id}-sink-{spec.name}")
 
 

@@ -69,9 +69,10 @@ async def migrate(self: object) -> None:
     from sinks.migrations import MigrationOptions, migrate_url
 
     database = app.analytics_settings.sinks.timescaledb
-    options = MigrationOptions(compress_after=database.compress_after, retention=database.retention)
     try:
-        report = await migrate_url(database.url, options, wait=database.startup_timeout)
+        report = await migrate_url(
+            database.url, MigrationOptions.of(database), wait=database.startup_timeout
+        )
     except DatabaseStartupError as exc:
         print(f"migrate: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

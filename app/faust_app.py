@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from app import metrics
+from app import kafka_backoff, log_summary, metrics
 from app.kafka_security import aiokafka_kwargs, faust_credentials
 from app.log_levels import faust_logging_config
 from app.settings import Settings, get_settings
@@ -27,6 +27,8 @@ class AnalyticsApp(faust.App):
         # Faust makes its data directory without parents (`--datadir a/b/c` with no `a/b`
         # fails in faust.App._create_directories, called by super().on_first_start())
         self.conf.datadir.mkdir(parents=True, exist_ok=True)
+        # logging is set up by now (faust worker): repeated library records get summarised
+        self.add_future(log_summary.flush_every(log_summary.install()))
         settings = self.analytics_settings
         await ensure_topics(
             aiokafka_kwargs(settings), self.topic_names, settings.engine.topic_partitions
@@ -39,6 +41,7 @@ class AnalyticsApp(faust.App):
 def create_app(settings: Settings | None = None) -> AnalyticsApp:
     """Build the app from settings; agents and views are found by autodiscovery."""
     settings = settings or get_settings()
+    kafka_backoff.install()  # aiokafka retries metadata without pause while no broker answers
     engine = settings.engine
     http = settings.sources.http
     options: dict[str, Any] = dict(

@@ -51,6 +51,8 @@ FILTER_REASONS = ("invalid", "duplicate", "late")
 DLQ_SOURCES = ("http", "topic")
 HOT_PATH_PHASES = ("read", "compute", "send", "wait", "store")
 INGEST_ENDPOINTS = ("ingest", "batch")
+#: why the web server refused a request before doing its work (web/broker_gate.py, web/access.py)
+REFUSAL_REASONS = ("kafka_unavailable", "unauthenticated", "forbidden", "rate_limited")
 SINK_ERROR_KINDS = ("retry", "dead_letter")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -188,6 +190,13 @@ class Metrics:
             ["endpoint"],
             **common,
         )
+        self.http_refused = Counter(
+            "http_requests_refused",
+            "Requests answered 503 because Kafka could not take their events in time "
+            "(kafka_unavailable), 401 (unauthenticated), 403 (forbidden) or 429 (rate_limited)",
+            ["reason"],
+            **common,
+        )
         self.dlq_events = Counter(
             "dlq_events",
             "Rejected events sent to user-events-dlq, by where they were rejected",
@@ -284,6 +293,8 @@ class Metrics:
             self.dlq_events.labels(source)
         for endpoint in INGEST_ENDPOINTS:
             self.events_ingested.labels(endpoint)
+        for refusal in REFUSAL_REASONS:
+            self.http_refused.labels(refusal)
         self._users: dict[int, int] = {}
         self._sessions: dict[int, int] = {}
 
@@ -325,6 +336,10 @@ class Metrics:
         self.events_ingested.labels("batch" if source == "http-batch" else "ingest").inc(accepted)
         self.events_filtered.labels("invalid").inc(rejected)
         self.dlq_events.labels("http").inc(rejected)
+
+    def http_refused_request(self, reason: str) -> None:
+        """A request refused before its work was done (REFUSAL_REASONS)."""
+        self.http_refused.labels(reason).inc()
 
     def sink_batch(self, table: str, rows: int, written: int, dead: int) -> None:
         """A sink batch committed: its size, rows written, records sent to sink-dlq."""
@@ -435,6 +450,10 @@ def hot_path_phase(phase: str, seconds: float) -> None:
 
 def http_ingest(source: str, accepted: int, rejected: int) -> None:
     worker_metrics.http_ingest(source, accepted, rejected)
+
+
+def http_refused(reason: str) -> None:
+    worker_metrics.http_refused_request(reason)
 
 
 def sink_batch(table: str, rows: int, written: int, dead: int) -> None:

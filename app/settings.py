@@ -14,9 +14,11 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import limits
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -209,6 +211,12 @@ class HttpSourceSettings(Section):
     listen_addr: str = "127.0.0.1:6066"
     path: str = "/ingest"  # POST <path> takes one event, POST <path>/batch a batch
     tls: HttpTlsSettings = HttpTlsSettings()
+    #: the longest an ingest request waits for Kafka to confirm its events; then 503
+    publish_timeout: Duration = timedelta(seconds=5)
+    #: the Retry-After of a 503 while Kafka is unreachable (whole seconds, rounded up)
+    retry_after: Duration = timedelta(seconds=5)
+    #: events waiting for Kafka's confirmation, over all requests; beyond it new requests get 503
+    max_pending_mib: int = Field(64, ge=1, le=4096)
 
     @property
     def scheme(self) -> str:
@@ -243,6 +251,92 @@ class HttpSourceSettings(Section):
             if value == reserved or value.startswith(reserved + "/"):
                 raise ValueError(f"path {value!r} would shadow the endpoint {reserved}")
         return value
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$|^\*$")
+_KEY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MIN_SECRET_CHARS = 16
+
+
+def _rate_limit(value: str) -> str:
+    """A rate in the syntax of the limits library: ``100/second``, ``6000 per minute``."""
+    try:
+        limits.parse(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate limit (write it like 100/second or 6000/minute)"
+        ) from None
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_rate_limit)]
+
+
+def _strong(secret: SecretStr, what: str) -> SecretStr:
+    if len(secret.get_secret_value()) < MIN_SECRET_CHARS:
+        raise ValueError(f"{what} is shorter than {MIN_SECRET_CHARS} characters")
+    return secret
+
+
+def _key_shorthand(value: Any) -> Any:
+    """``name: secret`` stands for ``name: {key: secret}``."""
+    return {"key": value} if isinstance(value, str) else value
+
+
+class IngestKey(Section):
+    """One named ingest API key; ``rate_limit`` replaces ``access.ingest_rate_limit`` for it."""
+
+    key: SecretStr
+    rate_limit: RateLimit | None = None
+
+
+class AccessSettings(Section):
+    """Who may call the web server (web/access.py). Nothing set: everything open but the
+    destructive operations, which need ``admin_token``."""
+
+    ingest_keys: dict[str, Annotated[IngestKey, BeforeValidator(_key_shorthand)]] = {}
+    ingest_rate_limit: RateLimit | None = None  # per key, unless the key names its own
+    read_token: SecretStr | None = None  # the web API, the dashboard and its stream
+    admin_token: SecretStr | None = None  # destructive operations (also reads)
+    cors_origins: list[str] = []  # web pages that may POST events from a browser
+    cors_max_age: Duration = timedelta(minutes=10)  # how long a browser keeps a preflight
+
+    @field_validator("ingest_keys")
+    @classmethod
+    def _keys(cls, value: dict[str, IngestKey]) -> dict[str, IngestKey]:
+        for name, entry in value.items():
+            if not _KEY_NAME.match(name):
+                raise ValueError(
+                    f"key name {name!r}: lower-case letters, digits, _ and -, at most 63"
+                )
+            _strong(entry.key, f"the key {name!r}")
+        return value
+
+    @field_validator("read_token", "admin_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _strong(value, "the token")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"origin {origin!r} must be scheme://host[:port] without a path, or *"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AccessSettings:
+        named = [entry.rate_limit for entry in self.ingest_keys.values()]
+        if (self.ingest_rate_limit or any(named)) and not self.ingest_keys:
+            raise ValueError("ingest_rate_limit is set but no ingest_keys: limits are per key")
+        secrets = [entry.key.get_secret_value() for entry in self.ingest_keys.values()]
+        secrets += [t.get_secret_value() for t in (self.read_token, self.admin_token) if t]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("every ingest key, read_token and admin_token must be different")
+        return self
 
 
 class SourcesSettings(Section):
@@ -282,8 +376,46 @@ class DatabaseTlsSettings(Section):
         return {name: str(value) for name, value in values.items() if value is not None}
 
 
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class DatabaseRoleSettings(Section):
+    """A login role the migrations create with only the privileges it needs (sinks/roles.py).
+
+    An empty ``user`` means none: its work is done as the connection string's user."""
+
+    user: str = ""
+    password: SecretStr = SecretStr("")
+
+    @field_validator("user")
+    @classmethod
+    def _role_name(cls, value: str) -> str:
+        if value and not _ROLE_NAME.match(value):
+            raise ValueError(
+                f"user {value!r}: lower-case letters, digits and _, not starting with a digit"
+            )
+        return value
+
+
+def with_login(url: str, role: DatabaseRoleSettings) -> str:
+    """``url`` logging in as ``role`` (user and password replaced), or ``url`` without one."""
+    if not role.user:
+        return url
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    password = role.password.get_secret_value()
+    login = quote(role.user, safe="") + (":" + quote(password, safe="") if password else "")
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, v) for k, v in query if k not in ("user", "password")]
+    return urlunsplit(parts._replace(netloc=f"{login}@{host}", query=urlencode(query, safe="/")))
+
+
 class DatabaseSinkSettings(Section):
     connection_string: str = "postgresql://analytics@127.0.0.1:5432/analytics"
+    #: the sinks write as this role: SELECT, INSERT, UPDATE on their four tables, nothing else
+    writer: DatabaseRoleSettings = DatabaseRoleSettings()
+    #: the web API's history queries read as this role: SELECT on the four tables
+    reader: DatabaseRoleSettings = DatabaseRoleSettings()
     tables: list[str] = ["session_metrics", "page_view_stats", "kpi_metrics", "dimension_stats"]
     batch_size: int = Field(100, ge=1, le=100_000)
     flush_interval: Duration = timedelta(seconds=5)
@@ -303,6 +435,29 @@ class DatabaseSinkSettings(Section):
         parts = urlsplit(self.connection_string)
         query = parse_qsl(parts.query, keep_blank_values=True)
         return urlunsplit(parts._replace(query=urlencode([*query, *extra.items()], safe="/")))
+
+    @property
+    def writer_url(self) -> str:
+        """Where the sinks write: ``url`` as the writer role, when there is one."""
+        return with_login(self.url, self.writer)
+
+    @property
+    def reader_url(self) -> str:
+        """Where the web API reads: ``url`` as the reader role, when there is one."""
+        return with_login(self.url, self.reader)
+
+    @model_validator(mode="after")
+    def _roles_apart(self) -> DatabaseSinkSettings:
+        owner = urlsplit(self.connection_string).username
+        users = [role.user for role in (self.writer, self.reader) if role.user]
+        if len(set(users)) != len(users):
+            raise ValueError("writer.user and reader.user must be different roles")
+        if owner in users:
+            raise ValueError(
+                f"{owner!r} owns the tables (connection_string); writer and reader must be "
+                "other roles"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_not_twice(self) -> DatabaseSinkSettings:
@@ -360,6 +515,7 @@ class Settings(BaseSettings):
     sinks: SinksSettings = SinksSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     metrics: MetricsSettings = MetricsSettings()
+    access: AccessSettings = AccessSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -30,7 +30,9 @@ from datetime import timedelta
 
 import psycopg
 
+from app.settings import DatabaseSinkSettings
 from sinks.db import Connection, DatabaseStartupError, connect, describe, redact_url, worth_waiting
+from sinks.roles import READER_PRIVILEGES, WRITER_PRIVILEGES, RoleGrant, reconcile_roles
 from sinks.timescale_settings import check_worker_settings
 
 log = logging.getLogger(__name__)
@@ -288,10 +290,25 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 @dataclass(frozen=True, slots=True)
 class MigrationOptions:
-    """TimescaleDB policies; a zero duration means no policy."""
+    """TimescaleDB policies (a zero duration means no policy), and the login roles to set up
+    with their privileges on the sink tables (sinks/roles.py)."""
 
     compress_after: timedelta = timedelta(days=7)
     retention: timedelta = timedelta(days=90)
+    roles: tuple[RoleGrant, ...] = ()
+
+    @classmethod
+    def of(cls, database: DatabaseSinkSettings) -> MigrationOptions:
+        """The options ``sinks.timescaledb`` sets."""
+        roles = [
+            RoleGrant(role.user, role.password.get_secret_value(), privileges)
+            for role, privileges in (
+                (database.writer, WRITER_PRIVILEGES),
+                (database.reader, READER_PRIVILEGES),
+            )
+            if role.user
+        ]
+        return cls(database.compress_after, database.retention, tuple(roles))
 
 
 @dataclass(slots=True)
@@ -352,6 +369,7 @@ async def migrate(conn: Connection, options: MigrationOptions | None = None) -> 
                     (migration.version, migration.name, mode),
                 )
             report.applied.append(migration)
+        report.notes.extend(await reconcile_roles(conn, options.roles, HYPERTABLES))
         if mode == TIMESCALE:
             report.notes.extend(await reconcile_policies(conn, options))
             report.warnings.extend(await check_worker_settings(conn))

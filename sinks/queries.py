@@ -3,8 +3,9 @@ the answers built from the rows. Pure functions (sinks/reader.py runs the SQL), 
 directly.
 
 Every value travels as a bound parameter (sums come back as ``bigint``, never ``numeric``, so
-counts are Python ints); the only text chosen at run time is the bucket
-function, one of two constant strings picked by the database mode:
+counts are Python ints); the statements are composed with psycopg's ``sql`` module, never by
+string formatting (tests/unit/test_sql_parameterised.py), and the only text chosen at run time
+is the bucket function, one of two constant strings picked by the database mode:
 
 * TimescaleDB: ``time_bucket(width, window_start)``;
 * plain PostgreSQL: ``date_bin(width, window_start, 2000-01-01 UTC)``.
@@ -31,6 +32,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from psycopg import sql
+
 from analytics.kpis import ratio
 from analytics.timeutil import format_ts
 from sinks.migrations import TIMESCALE
@@ -48,7 +51,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TIME_BUCKET = "time_bucket(%(width)s::interval, window_start)"
 DATE_BIN = "date_bin(%(width)s::interval, window_start, %(origin)s::timestamptz)"
 
-KPI_BUCKETS = """
+KPI_BUCKETS = sql.SQL("""
 SELECT {bucket} AS bucket_start,
        count(*) AS windows,
        sum(total_events)::bigint AS total_events,
@@ -70,7 +73,7 @@ FROM kpi_metrics
 WHERE is_final AND window_start >= %(from)s AND window_start < %(to)s
 GROUP BY 1
 ORDER BY 1
-"""
+""")
 
 # Pages ordered like SPEC section 5 and web/api_queries.top_pages: views descending, then the
 # page in code point order (the C collation compares UTF-8 bytes, which is the same order).
@@ -88,15 +91,15 @@ LIMIT %(limit)s
 
 SESSION_COLUMNS = SESSION_METRICS.columns  # every column the sink writes, in its order
 # An absent bound is a NULL parameter; the user's index (user_id, window_start) serves both.
-USER_SESSIONS = f"""
-SELECT {", ".join(SESSION_COLUMNS)}
+USER_SESSIONS = sql.SQL("""
+SELECT {columns}
 FROM session_metrics
 WHERE user_id = %(user_id)s
   AND (%(from)s::timestamptz IS NULL OR window_start >= %(from)s)
   AND (%(to)s::timestamptz IS NULL OR window_start < %(to)s)
 ORDER BY window_start, session_id
 LIMIT %(limit)s
-"""
+""").format(columns=sql.SQL(", ").join(sql.Identifier(column) for column in SESSION_COLUMNS))
 
 
 def bucket_function(mode: str | None) -> str:
@@ -104,8 +107,8 @@ def bucket_function(mode: str | None) -> str:
     return TIME_BUCKET if mode == TIMESCALE else DATE_BIN
 
 
-def kpi_buckets_sql(mode: str | None) -> str:
-    return KPI_BUCKETS.format(bucket=bucket_function(mode))
+def kpi_buckets_sql(mode: str | None) -> sql.Composed:
+    return KPI_BUCKETS.format(bucket=sql.SQL(bucket_function(mode)))
 
 
 def as_time(ms: int) -> datetime:

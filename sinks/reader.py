@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from sinks import health
@@ -34,7 +35,7 @@ DETECT_TIMESCALE = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 't
 #: the database mode each URL was found in, when the sinks have not said (see ``mode_of``)
 _MODES: dict[str, str] = {}
 
-Query = str | Callable[[str], str]
+Query = str | sql.Composed | Callable[[str], sql.Composed]
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -70,14 +71,19 @@ async def fetch(
     params: Mapping[str, Any],
     timeout: timedelta = QUERY_TIMEOUT,
 ) -> list[tuple[Any, ...]]:
-    """The rows of ``query`` (SQL text, or a function of the database mode giving it)."""
+    """The rows of ``query`` (SQL, or a function of the database mode giving it)."""
     seconds = timeout.total_seconds()
     try:
         async with asyncio.timeout(seconds):
             conn = await psycopg.AsyncConnection.connect(conninfo(url, timeout), autocommit=True)
             try:
-                text = query if isinstance(query, str) else query(await mode_of(conn, url))
-                cursor = await conn.execute(text.encode(), params)
+                if isinstance(query, str):
+                    statement: bytes | sql.Composed = query.encode()
+                elif isinstance(query, sql.Composed):
+                    statement = query
+                else:
+                    statement = query(await mode_of(conn, url))
+                cursor = await conn.execute(statement, params)
                 return await cursor.fetchall()
             finally:
                 await conn.close()

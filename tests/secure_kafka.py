@@ -48,7 +48,8 @@ class SecureBroker:
     log_path: Path
 
 
-def _kafka_lib() -> Path:
+def kafka_lib() -> Path:
+    """The Kafka jars of scripts/kafka.sh (fetched on first use)."""
     pom = (REPO_ROOT / "scripts" / "kafka" / "pom.xml").read_text()
     match = re.search(r"<kafka.version>(.*)</kafka.version>", pom)
     assert match, "scripts/kafka/pom.xml names no kafka.version"
@@ -103,7 +104,12 @@ listener.name.saslssl.plain.sasl.jaas.config={plain_jaas}
 listener.name.saslssl.scram-sha-512.sasl.jaas.config={scram_jaas}
 listener.name.saslplain.sasl.enabled.mechanisms=SCRAM-SHA-256
 listener.name.saslplain.scram-sha-256.sasl.jaas.config={scram_jaas}
-log.dirs={directory / "data"}
+{storage_properties(directory)}"""
+
+
+def storage_properties(directory: Path) -> str:
+    """The properties every test broker shares: one node's data, topics and internal topics."""
+    return f"""log.dirs={directory / "data"}
 num.partitions=8
 auto.create.topics.enable=false
 offsets.topic.replication.factor=1
@@ -114,10 +120,22 @@ group.initial.rebalance.delay.ms=0
 """
 
 
+def write_log4j(directory: Path) -> Path:
+    """A log4j configuration printing the broker's INFO lines to its standard output."""
+    log4j = directory / "log4j.properties"
+    log4j.write_text(
+        "log4j.rootLogger=INFO, stdout\n"
+        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+    )
+    return log4j
+
+
 @contextlib.contextmanager
 def secure_broker(directory: Path) -> Iterator[SecureBroker]:
     """Start the broker, yield its addresses once it serves, stop it at the end."""
-    lib = _kafka_lib()
+    lib = kafka_lib()
     directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
     ca_file = directory / "ca.pem"
@@ -132,13 +150,7 @@ def secure_broker(directory: Path) -> Iterator[SecureBroker]:
     config.write_text(_properties(directory, ports, ca_file))
     log_path = directory / "kafka.log"
     java = ["java", "-Xms128m", "-Xmx512m", "-cp", f"{lib}/*"]
-    log4j = directory / "log4j.properties"
-    log4j.write_text(
-        "log4j.rootLogger=INFO, stdout\n"
-        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
-        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
-        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
-    )
+    log4j = write_log4j(directory)
     with log_path.open("wb") as log:
         subprocess.run(
             [
@@ -182,9 +194,14 @@ def secure_broker(directory: Path) -> Iterator[SecureBroker]:
             log_path=log_path,
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        stop_broker(proc)
+
+
+def stop_broker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a clean shutdown), SIGKILL after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)

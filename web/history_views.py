@@ -22,7 +22,8 @@ from sinks.reader import DatabaseUnavailable, Query, fetch
 from web.api_params import BadParameter
 from web.history_params import DATABASE, KpiBucketsQuery, PageRangeQuery, SessionsQuery
 
-DATABASE_URL = app.analytics_settings.database_url
+#: as the read-only role when sinks.timescaledb.reader names one (sinks/roles.py)
+DATABASE_URL = app.analytics_settings.sinks.timescaledb.reader_url
 
 
 def _ts(ms: int | None) -> str | None:

@@ -151,13 +151,16 @@ class LiveFeed:
         client_id: str,
         history_minutes: int = HISTORY_MINUTES,
         api_tls: ssl.SSLContext | None = None,
+        api_headers: Mapping[str, str] | None = None,
     ) -> None:
         """``kafka``: the consumer's connection options (app.kafka_security.aiokafka_kwargs);
-        ``api_tls``: the client context for an ``https`` ``api_url``."""
+        ``api_tls``: the client context for an ``https`` ``api_url``; ``api_headers``: sent
+        with every API request (the read token, when access control asks for one)."""
         self.topic = topic
         self.kafka = dict(kafka)
         self.api_url = api_url
         self.api_tls = api_tls
+        self.api_headers = dict(api_headers or {})
         self.client_id = client_id
         self.history_minutes = history_minutes
         self.state = DashboardState(history_minutes * MINUTE_MS)
@@ -226,6 +229,7 @@ class LiveFeed:
         self.consumers_started += 1
         log.info("dashboard feed: following %s (consumer %d)", self.topic, self.consumers_started)
         self._http = aiohttp.ClientSession(
+            headers=self.api_headers,
             timeout=aiohttp.ClientTimeout(total=15),
             connector=aiohttp.TCPConnector(ssl=self.api_tls if self.api_tls else True),
         )
@@ -357,12 +361,20 @@ def _own_api_url() -> str:
     return f"{app.analytics_settings.sources.http.scheme}://{host}:{app.conf.web_port}"
 
 
+def _own_api_headers() -> dict[str, str]:
+    """The read token (or, without one, the admin token) for the feed's own API calls."""
+    access = app.analytics_settings.access
+    token = access.read_token or access.admin_token
+    return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+
+
 feed = LiveFeed(
     app.topic_names.live_kpis,
     aiokafka_kwargs(app.analytics_settings),
     _own_api_url,
     client_id=f"{app.conf.id}-dashboard",
     api_tls=own_server_client_context(app.analytics_settings.sources.http),
+    api_headers=_own_api_headers(),
 )
 
 

@@ -61,6 +61,33 @@ UNAVAILABLE = _json(
     _ref("Error"), "The worker group is rebalancing and nobody owns the state yet; retry."
 )
 UNKNOWN_USER = _json(_ref("Error"), "No event of this user has been processed.")
+#: the refusals of access control (web/access.py) and of the Kafka gate (web/broker_gate.py)
+RETRY_AFTER = {"Retry-After": {"schema": INTEGER, "description": "seconds to wait"}}
+INGEST_REFUSALS = {
+    "401": _json(_ref("Error"), "An ingest key is configured and none (or a wrong one) was sent."),
+    "403": _json(_ref("Error"), "A read or admin token was sent: ingestion needs an ingest key."),
+    "429": {
+        **_json(_ref("Error"), "The key is over its rate limit (`access.ingest_rate_limit`)."),
+        "headers": RETRY_AFTER,
+    },
+    "503": {
+        **_json(
+            _obj(
+                {
+                    "error": STRING,
+                    "stored": {"enum": ["no", "unknown"]},
+                    "event_ids": {"type": "array", "items": STRING},
+                },
+                ["error", "stored"],
+            ),
+            "Kafka did not take the events within `sources.http.publish_timeout`: `stored` "
+            "says whether they may still arrive; a retry with these `event_ids` counts once.",
+        ),
+        "headers": RETRY_AFTER,
+    },
+}
+#: who may call what (web/access.py): ingest keys for ingestion, the read token for the rest
+INGEST_SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}, {"Bearer": []}]
 MINUTES = {
     "name": "minutes",
     "in": "query",
@@ -390,7 +417,9 @@ OPENAPI: dict[str, Any] = {
                     ),
                     "400": _json(_ref("Rejected"), "Invalid; sent to the dead-letter topic."),
                     "413": _json(_ref("Rejected"), "Body too large; dead-lettered."),
+                    **INGEST_REFUSALS,
                 },
+                "security": INGEST_SECURITY,
             }
         },
         INGEST_PATH + "/batch": {
@@ -412,11 +441,14 @@ OPENAPI: dict[str, Any] = {
                         "No event accepted, or the body is not a batch.",
                     ),
                     "413": _json(_ref("Rejected"), "Body or batch too large; dead-lettered."),
+                    **INGEST_REFUSALS,
                 },
+                "security": INGEST_SECURITY,
             }
         },
         "/health": {
             "get": {
+                "security": [],
                 "summary": "Liveness, Kafka connectivity and database sinks of this worker",
                 "description": (
                     "503 only when Kafka does not answer. A degraded database sink (database "
@@ -674,6 +706,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/openapi.json": {
             "get": {
+                "security": [],
                 "summary": "This document",
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document.")},
             }
@@ -709,7 +742,28 @@ OPENAPI: dict[str, Any] = {
             }
         },
     },
+    "security": [{"Bearer": []}, {"Basic": []}],
     "components": {
+        "securitySchemes": {
+            "ApiKey": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-API-Key",
+                "description": "an ingest key (`access.ingest_keys`), when any is configured",
+            },
+            "Bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "an ingest key for ingestion; the read token (or the admin "
+                "token) for everything else, when `access.read_token` is set",
+            },
+            "Basic": {
+                "type": "http",
+                "scheme": "basic",
+                "description": "any user name, the read token as the password: what a browser "
+                "sends for the dashboard and its event stream",
+            },
+        },
         "schemas": {
             "Error": _obj({"error": STRING}),
             "Event": EVENT,
@@ -747,6 +801,16 @@ OPENAPI: dict[str, Any] = {
                         {
                             "rebalancing": BOOLEAN,
                             "user_events_partitions": {"type": "array", "items": INTEGER},
+                        }
+                    ),
+                    "ingest": _obj(
+                        {
+                            "accepting": BOOLEAN,
+                            "pending_bytes": INTEGER,
+                            "max_pending_bytes": INTEGER,
+                            "unavailable_since": NULLABLE_TIMESTAMP,
+                            "error": {"type": ["string", "null"]},
+                            "refused_since_down": INTEGER,
                         }
                     ),
                     "sinks": _ref("SinkHealth"),
@@ -802,7 +866,7 @@ OPENAPI: dict[str, Any] = {
             "TrafficValue": TRAFFIC_VALUE,
             "KpiBucket": KPI_BUCKET,
             "ClosedSession": CLOSED_SESSION,
-        }
+        },
     },
 }
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import orjson
 from aiohttp import web as aiohttp_web
 from faust import web
+from faust.types.web import ResourceOptions
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.behavior_tracker import owned_partitions
@@ -15,6 +17,8 @@ from analytics.timeutil import now_ms
 from analytics.validation import MAX_BATCH_BYTES, MAX_EVENT_BYTES
 from app import app, metrics
 from sinks.health import DEGRADED, sink_health
+from web.access import INGEST_HEADERS
+from web.broker_gate import BrokerGate, KafkaUnavailable
 from web.ingestion import (
     DEAD_LETTER_RAW_LIMIT,
     IngestOutcome,
@@ -22,10 +26,45 @@ from web.ingestion import (
     ingest_single,
     too_large,
 )
+from web.kafka_probe import kafka_status
 
 TOPICS = app.topic_names
+_http = app.analytics_settings.sources.http
+_access = app.analytics_settings.access
 #: sources.http.path: POST it with one event, POST it + "/batch" with up to 1,000
-INGEST_PATH = app.analytics_settings.sources.http.path
+INGEST_PATH = _http.path
+
+#: access.cors_origins: web pages whose scripts may POST events (preflight answered by
+#: aiohttp-cors through Faust); the headers a client sends and the ones its script may read
+CORS = {
+    origin: ResourceOptions(
+        allow_credentials=False,
+        expose_headers=("Retry-After",),
+        allow_headers=("Content-Type", *INGEST_HEADERS),
+        max_age=int(_access.cors_max_age.total_seconds()),
+        allow_methods=("POST",),
+    )
+    for origin in _access.cors_origins
+}
+
+
+async def broker_status() -> dict[str, Any]:
+    """Kafka as the app producer's client sees it (web/kafka_probe.py)."""
+    client = app.producer._ensure_producer().client  # type: ignore[attr-defined]
+    return await kafka_status(client, app.analytics_settings.brokers)
+
+
+async def _broker_error() -> str | None:
+    status = await broker_status()
+    return None if status["connected"] else str(status["error"])
+
+
+gate = BrokerGate(
+    _broker_error,
+    timeout_s=_http.publish_timeout.total_seconds(),
+    retry_after_s=_http.retry_after.total_seconds(),
+    max_pending_bytes=_http.max_pending_mib * 1024 * 1024,
+)
 
 
 async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
@@ -53,18 +92,45 @@ async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | Non
     return body, (size if size > limit else None)
 
 
+async def _stop_probing(_: aiohttp_web.Application) -> None:
+    await gate.close()
+
+
+cast(AiohttpWeb, app.web).web_app.on_shutdown.append(_stop_probing)
+
+
 async def _publish(outcome: IngestOutcome, received_ms: int) -> None:
-    """Produce accepted events and dead letters and wait until the broker has them."""
+    """Produce accepted events and dead letters and wait until the broker has them, within
+    the gate's bound (web/broker_gate.py); KafkaUnavailable otherwise."""
     producer = app.producer
-    sends = [
-        await producer.send(TOPICS.user_events, a.key, a.value, None, received_ms / 1000, None)
-        for a in outcome.accepted
-    ]
-    sends += [
-        await producer.send(TOPICS.dead_letters, None, orjson.dumps(d), None, None, None)
-        for d in outcome.dead_letters
-    ]
-    await asyncio.gather(*sends)
+    letters = [orjson.dumps(d) for d in outcome.dead_letters]
+    size = sum(len(a.value) for a in outcome.accepted) + sum(map(len, letters))
+
+    async def enqueue() -> list[Awaitable[Any]]:
+        sends = [
+            await producer.send(TOPICS.user_events, a.key, a.value, None, received_ms / 1000, None)
+            for a in outcome.accepted
+        ]
+        sends += [
+            await producer.send(TOPICS.dead_letters, None, letter, None, None, None)
+            for letter in letters
+        ]
+        return sends
+
+    await gate.publish(size, enqueue)
+
+
+def _unavailable(view: web.View, outcome: IngestOutcome, refused: KafkaUnavailable) -> web.Response:
+    """503 with Retry-After. ``stored``: ``"no"``, or ``"unknown"`` when the events reached
+    the producer unconfirmed; a retry with the ``event_ids`` is counted once either way."""
+    body: dict[str, Any] = {"error": str(refused)}
+    body["stored"] = "unknown" if refused.handed_over else "no"
+    if outcome.accepted:
+        body["event_ids"] = [a.event_id for a in outcome.accepted]
+    response: web.Response = view.json(
+        body, status=503, headers={"Retry-After": str(refused.retry_after_s)}
+    )
+    return response
 
 
 class _IngestView(web.View):
@@ -81,12 +147,16 @@ class _IngestView(web.View):
             outcome = too_large(oversize, self.limit, self.source, body, received_ms)
         else:
             outcome = self.decide(body, received_ms)
-        await _publish(outcome, received_ms)
+        try:
+            await _publish(outcome, received_ms)
+        except KafkaUnavailable as refused:
+            metrics.http_refused("kafka_unavailable")
+            return _unavailable(self, outcome, refused)
         metrics.http_ingest(self.source, len(outcome.accepted), len(outcome.dead_letters))
         return self.json(outcome.body, status=outcome.status)
 
 
-@app.page(INGEST_PATH)
+@app.page(INGEST_PATH, cors_options=CORS)
 class IngestView(_IngestView):
     """POST one event."""
 
@@ -94,7 +164,7 @@ class IngestView(_IngestView):
         return ingest_single(body, received_ms)
 
 
-@app.page(INGEST_PATH + "/batch")
+@app.page(INGEST_PATH + "/batch", cors_options=CORS)
 class IngestBatchView(_IngestView):
     """POST {"events": [...]} with up to 1,000 events."""
 
@@ -103,16 +173,6 @@ class IngestBatchView(_IngestView):
 
     def decide(self, body: bytes, received_ms: int) -> IngestOutcome:
         return ingest_batch(body, received_ms)
-
-
-async def kafka_status(timeout: float = 3.0) -> dict[str, Any]:
-    """Ask the broker for cluster metadata through the app's producer connection."""
-    try:
-        client = app.producer._ensure_producer().client  # type: ignore[attr-defined]
-        metadata = await asyncio.wait_for(client.fetch_all_metadata(), timeout)
-        return {"connected": True, "brokers": len(metadata.brokers())}
-    except Exception as exc:  # any failure means "not reachable now"
-        return {"connected": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _metrics_status() -> dict[str, Any]:
@@ -134,17 +194,18 @@ class MetricsView(web.View):
 
 @app.page("/health")
 class HealthView(web.View):
-    """Liveness, broker connectivity and the database sinks' state.
+    """Liveness, broker connectivity, HTTP ingestion and the database sinks' state.
 
-    503 only when Kafka does not answer: without it the worker can do nothing. A degraded sink
+    503 only when Kafka does not answer: without it the worker can do nothing; ``kafka.error``
+    says why and ``ingest`` since when ingestion answers 503 (web/broker_gate.py). A degraded sink
     (database down or refusing writes) makes ``status`` ``degraded`` but keeps 200: the worker
     is doing the right thing (its batches wait, unacknowledged, and the rest runs) and a
     restart would not bring the database back; ``sinks`` says what is wrong."""
 
     async def get(self, request: web.Request) -> web.Response:
-        kafka = await kafka_status()
+        kafka = await broker_status()
         sinks = sink_health()
-        healthy = kafka["connected"] and sinks["status"] != DEGRADED
+        healthy = kafka["connected"] and gate.accepting and sinks["status"] != DEGRADED
         status = "ok" if healthy else "degraded"
         source = owned_partitions()
         application = app.analytics_settings.application
@@ -156,6 +217,7 @@ class HealthView(web.View):
                 "rebalancing": bool(app.rebalancing),
                 "user_events_partitions": sorted(source),
             },
+            "ingest": gate.status(),
             "sinks": sinks,
             "metrics": _metrics_status(),
         }

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from analytics.timeutil import format_ts, parse_ts
 from generator.traffic import TrafficProfile, generate_labelled
@@ -42,6 +42,7 @@ from sinks.migrations import MIGRATIONS, migrate_url
 from sinks.schema import TABLES, Row, TableSpec, prepare
 from sinks.writers import write_batch, write_one_by_one
 from tests import contract
+from tests.databases import fresh_database
 from tests.kafka_helpers import (
     SENTINEL_PREFIX,
     Outgoing,
@@ -87,37 +88,11 @@ PG_BIN = next(
 # --------------------------------------------------------------------------- databases
 
 
-def _with_dbname(url: str, dbname: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    host, port, user = params.get("host"), params.get("port"), params.get("user")
-    return f"postgresql://{user}@{host}:{port}/{dbname}"
-
-
-async def _admin(url: str, statement: str) -> None:
-    async with await psycopg.AsyncConnection.connect(
-        make_conninfo(url, dbname="postgres"), autocommit=True
-    ) as conn:
-        await conn.execute(statement.encode())
-
-
-@contextlib.asynccontextmanager
-async def _fresh_database(server_url: str) -> AsyncIterator[str]:
-    """A new, empty database on the server of ``server_url``; dropped afterwards."""
-    name = f"sinks_{uuid.uuid4().hex[:10]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_dbname(server_url, name)
-    finally:
-        with contextlib.suppress(psycopg.Error):
-            await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture
 async def database(services: Services) -> AsyncIterator[str]:
     if not services.database_url:
         service_missing("PostgreSQL", "DATABASE_URL is not set")
-    async with _fresh_database(services.database_url) as url:
+    async with fresh_database(services.database_url) as url:
         yield url
 
 

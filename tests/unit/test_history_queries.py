@@ -142,8 +142,8 @@ def test_sessions_need_a_user_and_take_open_bounds() -> None:
 
 
 def test_timescaledb_buckets_with_time_bucket_and_postgresql_with_date_bin() -> None:
-    timescale = queries.kpi_buckets_sql(TIMESCALE)
-    plain = queries.kpi_buckets_sql(PLAIN)
+    timescale = queries.kpi_buckets_sql(TIMESCALE).as_string()
+    plain = queries.kpi_buckets_sql(PLAIN).as_string()
     assert "SELECT time_bucket(%(width)s::interval, window_start) AS bucket_start" in timescale
     assert "date_bin" not in timescale
     assert (
@@ -151,7 +151,9 @@ def test_timescaledb_buckets_with_time_bucket_and_postgresql_with_date_bin() -> 
         "AS bucket_start" in plain
     )
     assert "time_bucket" not in plain
-    assert queries.kpi_buckets_sql(None) == plain  # mode unknown: date_bin works everywhere
+    assert (
+        queries.kpi_buckets_sql(None).as_string() == plain
+    )  # mode unknown: date_bin works everywhere
     for sql in (timescale, plain):
         assert "WHERE is_final AND window_start >= %(from)s AND window_start < %(to)s" in sql
         assert "GROUP BY 1\nORDER BY 1" in sql
@@ -172,8 +174,9 @@ def test_parameters_are_bound_never_formatted_into_the_sql() -> None:
     sessions = queries.user_sessions_params("u'1", None, T0, 10)
     assert sessions == {"user_id": "u'1", "from": None, "to": datetime(2026, 1, 1, tzinfo=UTC),
                         "limit": 11}  # fmt: skip
-    assert "user_id = %(user_id)s" in queries.USER_SESSIONS
-    assert "%(from)s::timestamptz IS NULL OR window_start >= %(from)s" in queries.USER_SESSIONS
+    user_sessions = queries.USER_SESSIONS.as_string()
+    assert "user_id = %(user_id)s" in user_sessions
+    assert "%(from)s::timestamptz IS NULL OR window_start >= %(from)s" in user_sessions
 
 
 # --------------------------------------------------------------------------- answers

@@ -355,3 +355,79 @@ def test_secrets_never_appear_in_errors(config: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("ANALYTICS__SOURCES__KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
     settings = load_settings()
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+# --------------------------------------------------------------------------- access, roles
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"access": {"ingest_keys": {"shop": "short"}}}, "the key 'shop' is shorter than 16"),
+        ({"access": {"ingest_keys": {"Shop Key": "k" * 16}}}, "key name 'Shop Key'"),
+        ({"access": {"ingest_rate_limit": "5/second"}}, "no ingest_keys: limits are per key"),
+        (
+            {"access": {"ingest_keys": {"shop": {"key": "k" * 16, "rate_limit": "lots"}}}},
+            "'lots' is not a rate limit",
+        ),
+        (
+            {"access": {"ingest_keys": {"shop": "k" * 16}, "read_token": "k" * 16}},
+            "must be different",
+        ),
+        ({"access": {"read_token": "tiny"}}, "the token is shorter than 16"),
+        ({"access": {"cors_origins": ["https://shop.example/page"]}}, "without a path"),
+        ({"sinks": {"timescaledb": {"writer": {"user": "Writer"}}}}, "user 'Writer'"),
+        (
+            {"sinks": {"timescaledb": {"writer": {"user": "analytics"}}}},
+            "'analytics' owns the tables",
+        ),
+        (
+            {"sinks": {"timescaledb": {"writer": {"user": "w"}, "reader": {"user": "w"}}}},
+            "must be different roles",
+        ),
+    ],
+)
+def test_access_and_role_settings_that_cannot_work_are_refused(
+    config: Path, document: dict[str, Any], problem: str
+) -> None:
+    assert problem in refused(config, document)
+
+
+def test_ingest_keys_come_from_the_file_or_the_environment_and_never_show(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANALYTICS__ACCESS__INGEST_KEYS__APP", "env-key-0123456789")
+    settings = load(
+        config,
+        {
+            "access": {
+                "ingest_keys": {"shop": {"key": "file-key-0123456789", "rate_limit": "9/second"}},
+                "ingest_rate_limit": "100/minute",
+            }
+        },
+    )
+    keys = settings.access.ingest_keys
+    assert keys["app"].key.get_secret_value() == "env-key-0123456789"
+    assert keys["shop"].rate_limit == "9/second"
+    assert "0123456789" not in repr(settings)
+
+
+def test_writer_and_reader_log_in_to_the_same_database_as_themselves(config: Path) -> None:
+    settings = load(
+        config,
+        {
+            "sinks": {
+                "timescaledb": {
+                    "connection_string": "postgresql://owner:pw@db:5433/analytics?sslmode=require",
+                    "writer": {"user": "analytics_writer", "password": "p@ss/word"},
+                    "reader": {"user": "analytics_reader"},
+                }
+            }
+        },
+    )
+    database = settings.sinks.timescaledb
+    assert database.writer_url == (
+        "postgresql://analytics_writer:p%40ss%2Fword@db:5433/analytics?sslmode=require"
+    )
+    assert database.reader_url == "postgresql://analytics_reader@db:5433/analytics?sslmode=require"
+    assert load(config, {}).sinks.timescaledb.writer_url == load(config, {}).database_url
