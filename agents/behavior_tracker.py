@@ -23,12 +23,12 @@ this order (the commit order of docs/architecture.md, "Exactness"):
    reaches, and commit the input position (for lag tools only: the state's clock is what a
    restart resumes from).
 
-Steps 3 and 4 of a round happen in the next rounds, after their compute, in the one wait for
-the broker each round has: the broker works while Python computes
-(agents/partition_task.py keeps what is in flight). State is durable only after its outputs,
-and the dedup records before the state, so a crash anywhere re-delivers a batch, never loses
-one. A round that fails (the broker refuses a record) resets every partition to its durable
-state and reads it again from there.
+Steps 3 and 4 happen as the acknowledgements arrive, between the computing of later rounds
+(agents/partition_task.py keeps a partition's rounds in flight, in order): the broker works
+while Python computes, and no round waits for another's acknowledgements. State is durable
+only after its outputs, and the dedup records before the state, so a crash anywhere
+re-delivers a batch, never loses one. A round that fails (the broker refuses a record)
+resets every partition to its durable state and reads it again from there.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ import orjson
 from confluent_kafka import Message
 from mode import Service
 
-from agents.kafka_io import InputReader, Outbox
+from agents.kafka_io import Delivery, InputReader, Outbox
 from agents.partition_task import (
     TICK_HEADER,
+    InFlight,
     PartitionRound,
     PartitionTask,
-    SentRound,
     raw_message,
 )
 from agents.round_clock import RoundClock
@@ -70,6 +70,10 @@ TOPICS = app.topic_names
 WARM_UP_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
 STOP_TIMEOUT_S = 30.0
 ROUND_RETRY_S = 1.0
+ACK_POLL_S = 0.005  # how long to wait for acknowledgements when rounds are in flight
+MAX_ROUNDS_IN_FLIGHT = 8  # per partition: then wait for the broker before reading on
+MEMTABLE_FLUSH_S = 30.0  # persist RocksDB's memtables this often (no write-ahead log)
+SETTLE_WARN_S = 10.0
 
 _settings = app.analytics_settings
 _engine = _settings.engine
@@ -195,13 +199,29 @@ class BehaviorTracker(Service):
             async with self._round:
                 if not self.tasks:
                     continue
-                with self.clock.phase("read"):
-                    messages = await self.reader.poll(_engine.batch_size, wait_s)
-                if messages:
-                    await self._guarded(self._process(messages))
-                    self.clock.events(len(messages))
-                elif any(task.in_flight for task in self.tasks.values()):
-                    await self._guarded(self._settle())  # a quiet moment: finish the writes
+                await self._guarded(self._step(wait_s))
+
+    async def _step(self, wait_s: float) -> None:
+        """Take the acknowledgements in, then a round of input, or wait for either."""
+        self._acknowledged()
+        in_flight = any(task.in_flight for task in self.tasks.values())
+        if in_flight and self._backlogged():
+            with self.clock.phase("wait"):
+                await self.outbox.wait(ACK_POLL_S)
+            return
+        with self.clock.phase("read"):
+            messages = await self.reader.poll(
+                _engine.batch_size, ACK_POLL_S if in_flight else wait_s
+            )
+        if messages:
+            await self._process(messages)
+            self.clock.events(len(messages))
+        elif in_flight:
+            with self.clock.phase("wait"):
+                await self.outbox.wait(ACK_POLL_S)
+
+    def _backlogged(self) -> bool:
+        return any(len(task.in_flight) >= MAX_ROUNDS_IN_FLIGHT for task in self.tasks.values())
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         """A round that fails (the broker refuses a record) restarts every partition from
@@ -216,7 +236,7 @@ class BehaviorTracker(Service):
             await asyncio.sleep(ROUND_RETRY_S)
 
     async def _process(self, messages: list[Message]) -> None:
-        """One round (module docstring)."""
+        """One round (module docstring): compute, and hand the outputs to the producer."""
         by_partition: dict[int, list[Message]] = {}
         for message in messages:
             by_partition.setdefault(message.partition() or 0, []).append(message)
@@ -226,57 +246,67 @@ class BehaviorTracker(Service):
                 for partition, batch in by_partition.items()
                 if partition in self.tasks
             ]
-        await self._advance()
         with self.clock.phase("send"):
             for task, done in rounds:
-                self._send_outputs(task, done)
-                task.outputs_sent = SentRound(
-                    BatchFigures.of(done.tracked, done.analysed),
-                    done.applied,
-                    done.state_writes,
-                    done.seen_writes,
-                )
+                task.in_flight.append(self._send_outputs(task, done))
 
-    async def _advance(self) -> None:
-        """Wait for the broker to acknowledge what is in flight; then write what it
-        acknowledged to RocksDB, and produce the state of the rounds whose outputs it
-        acknowledged."""
-        with self.clock.phase("wait"):
-            await self.outbox.flush()
+    def _acknowledged(self) -> None:
+        """Steps 3 and 4 (module docstring) for the rounds whose records the broker has
+        acknowledged, in order, partition by partition."""
+        self.outbox.poll()
         acked_s = time.time()
-        offsets = self.outbox.offsets
         positions = {}
-        with self.clock.phase("store"):
-            for task in self.tasks.values():
-                if (stored := task.state_sent) is not None:
-                    offset = offsets[(self._state_changelog, task.partition)]
-                    task.state_store.write(stored.state_writes, offset)
-                    task.state_reads.written(stored.state_writes)
-                    task.state_sent = None
-                    positions[task.partition] = stored.applied + 1
-                if (published := task.outputs_sent) is not None and published.seen_writes:
-                    offset = offsets[(self._seen_changelog, task.partition)]
-                    task.seen_store.write(published.seen_writes, offset)
-                    task.seen_reads.written(published.seen_writes)
-                if published is not None:
-                    metrics.tracker_batch(published.figures, acked_s)
-            for task in self.tasks.values():
-                metrics.partition_gauges(
-                    task.partition, task.state.clock.users_total, task.state.open_users
-                )
-        with self.clock.phase("send"):
-            send = self.outbox.send
-            for task in self.tasks.values():
-                if (published := task.outputs_sent) is not None:
-                    for key, value in published.state_writes:
-                        send(self._state_changelog, key, value, task.partition)
-                    task.state_sent, task.outputs_sent = published, None
-        self.reader.commit(TOPICS.user_events, positions)
+        for task in self.tasks.values():
+            rounds = task.in_flight
+            if not rounds:
+                continue
+            with self.clock.phase("store"):
+                for sent in rounds:  # outputs acknowledged: dedup records in, state out
+                    if sent.state is not None:
+                        continue
+                    if not sent.published:
+                        break
+                    sent.outputs.check()
+                    sent.seen.check()
+                    if sent.seen_writes:
+                        task.seen_store.write(sent.seen_writes, sent.seen.last_offset)
+                        task.seen_reads.written(sent.seen_writes)
+                    metrics.tracker_batch(sent.figures, acked_s)
+                    sent.state = Delivery()
+                    for key, value in sent.state_writes:
+                        self.outbox.send(
+                            sent.state, self._state_changelog, key, value, task.partition
+                        )
+                while rounds and (state := rounds[0].state) is not None and state.done:
+                    sent = rounds.popleft()  # state acknowledged: into RocksDB
+                    state.check()
+                    task.state_store.write(sent.state_writes, state.last_offset)
+                    task.state_reads.written(sent.state_writes)
+                    positions[task.partition] = sent.applied + 1
+                if task.flush_due(MEMTABLE_FLUSH_S):
+                    task.state_store.flush(wait=False)
+                    task.seen_store.flush(wait=False)
+            metrics.partition_gauges(
+                task.partition, task.state.clock.users_total, task.state.open_users
+            )
+        if positions:
+            self.reader.commit(TOPICS.user_events, positions)
 
     async def _settle(self) -> None:
-        """Everything in flight acknowledged and written (two steps: outputs, then state)."""
-        await self._advance()
-        await self._advance()
+        """Everything in flight acknowledged and in RocksDB (memtables flushed)."""
+        started = time.monotonic()
+        warned = False
+        while True:
+            self._acknowledged()
+            if not any(task.in_flight for task in self.tasks.values()):
+                break
+            if not warned and time.monotonic() - started > SETTLE_WARN_S:
+                log.warning("waiting for the broker to acknowledge the last rounds")
+                warned = True
+            await self.outbox.wait(ACK_POLL_S)
+        for task in self.tasks.values():
+            task.state_store.flush()
+            task.seen_store.flush()
 
     async def _compute(
         self, partition: int, batch: list[Message]
@@ -346,26 +376,35 @@ class BehaviorTracker(Service):
             tracked, PartitionOutput(), raw.timestamp_ms, clock.applied, writes, []
         )
 
-    def _send_outputs(self, task: PartitionTask, done: PartitionRound) -> None:
+    def _send_outputs(self, task: PartitionTask, done: PartitionRound) -> InFlight:
         """The enriched events, dead letters, re-keyed events, closed sessions, partials and
-        progress of one partition's batch, plus its dedup records."""
+        progress of one partition's batch, plus its dedup records: the round in flight."""
+        sent = InFlight(
+            BatchFigures.of(done.tracked, done.analysed),
+            done.applied,
+            done.state_writes,
+            done.seen_writes,
+            Delivery(),
+            Delivery(),
+        )
+        outputs = sent.outputs
         send = self.outbox.send
         partition = task.partition
         tracked, analysed = done.tracked, done.analysed
         enriched = TOPICS.enriched
         for item in tracked.timeline:
             if type(item) is Arrival:
-                send(enriched, item.user.encode(), item.payload, partition)
+                send(outputs, enriched, item.user.encode(), item.payload, partition)
         for dead in tracked.dead_letters:
-            send(TOPICS.dead_letters, None, _json(dead))
+            send(outputs, TOPICS.dead_letters, None, _json(dead))
         for moved in tracked.rekeyed:
-            send(TOPICS.user_events, moved.key, moved.value, None, moved.timestamp_ms)
+            send(outputs, TOPICS.user_events, moved.key, moved.value, None, moved.timestamp_ms)
         for session in analysed.sessions:
-            record = session_record(session)
-            send(TOPICS.session_metrics, session["user_id"].encode(), _json(record), partition)
+            record = _json(session_record(session))
+            send(outputs, TOPICS.session_metrics, session["user_id"].encode(), record, partition)
         for partial in analysed.partials:
             message = {"type": "partial", "partition": partition, **partial}
-            send(TOPICS.kpi_partials, None, _json(message), 0)
+            send(outputs, TOPICS.kpi_partials, None, _json(message), 0)
         clock = task.state.clock
         progress = {
             "type": "progress",
@@ -374,9 +413,10 @@ class BehaviorTracker(Service):
             "late": clock.late,
             "arrived": done.arrived_ms,
         }
-        send(TOPICS.kpi_partials, None, _json(progress), 0)
+        send(outputs, TOPICS.kpi_partials, None, _json(progress), 0)
         for key, value in done.seen_writes:
-            send(self._seen_changelog, key, value, partition)
+            send(sent.seen, self._seen_changelog, key, value, partition)
+        return sent
 
 
 def _merge(rounds: list[PartitionRound]) -> PartitionRound:

@@ -7,11 +7,12 @@ call hands over thousands of consumed messages, and a produce call costs about 2
 (bench/compare.py). Faust still owns the consumer group, the tables and their recovery; these
 clients only move the messages of the partitions Faust assigned (agents/behavior_tracker.py).
 
-Output records are acknowledged in rounds: ``Outbox.send`` any number of them, then
-``await Outbox.flush()`` returns once the broker holds every one (or raises
-``DeliveryFailed`` naming what it refused). The producer is idempotent, so retries inside
-librdkafka neither duplicate nor reorder records of a partition; a broker that is down makes
-``flush`` wait (and log), never drop.
+Output records are acknowledged per ``Delivery``: the records of one step of one round are
+sent with it, and it is done once the broker has acknowledged every one (or holds the
+errors it refused them with). Acknowledgements arrive while Python goes on computing, through
+``Outbox.poll``. The producer is idempotent, so retries inside librdkafka neither duplicate
+nor reorder records of a partition; a broker that is down leaves a delivery pending (the
+hot path waits, and says so), never drops it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 log = logging.getLogger(__name__)
@@ -37,15 +45,47 @@ class DeliveryFailed(RuntimeError):
         super().__init__(f"{len(errors)} records not delivered: {shown}")
 
 
+class Delivery:
+    """Records handed to the producer together: done when the broker has taken them all."""
+
+    __slots__ = ("failed", "last_offset", "pending", "sent_at")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.failed: list[tuple[str, int, str]] = []
+        self.last_offset = -1
+        """The highest offset the broker gave one of them."""
+        self.sent_at = time.monotonic()
+
+    def delivered(self, error: KafkaError | None, message: Message) -> None:
+        """librdkafka's delivery report for one of the records."""
+        self.pending -= 1
+        if error is not None:
+            self.failed.append((message.topic() or "", message.partition() or 0, str(error)))
+            return
+        offset = message.offset() or 0
+        if offset > self.last_offset:
+            self.last_offset = offset
+
+    @property
+    def done(self) -> bool:
+        return self.pending <= 0
+
+    def check(self) -> None:
+        """Raise DeliveryFailed if the broker refused any record."""
+        if self.failed:
+            raise DeliveryFailed(self.failed)
+
+
 class Outbox:
-    """An idempotent librdkafka producer that is flushed in rounds."""
+    """An idempotent librdkafka producer; acknowledgements arrive through ``poll``."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._producer = Producer(
             {
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": 5,
+                "linger.ms": 2,
                 "batch.size": 1_000_000,
                 "queue.buffering.max.messages": 1_000_000,
                 "queue.buffering.max.kbytes": 1_048_576,
@@ -53,63 +93,48 @@ class Outbox:
                 "message.timeout.ms": 0,  # never give up on a record: wait for the broker
                 "partitioner": "murmur2_random",  # Kafka's default for keyed records
                 **config,
-                "on_delivery": self._delivered,
             }
         )
-        self.pending = 0
-        self.failed: list[tuple[str, int, str]] = []
-        self.offsets: dict[tuple[str, int], int] = {}
-        """The highest offset the broker gave a record, per (topic, partition)."""
-
-    def _delivered(self, error: KafkaError | None, message: Message) -> None:
-        self.pending -= 1
-        topic, partition = message.topic() or "", message.partition() or 0
-        if error is not None:
-            self.failed.append((topic, partition, str(error)))
-            return
-        key = (topic, partition)
-        offset = message.offset() or 0
-        if offset > self.offsets.get(key, -1):
-            self.offsets[key] = offset
 
     def send(
         self,
+        delivery: Delivery,
         topic: str,
         key: bytes | None,
         value: bytes | None,
         partition: int | None = None,
         timestamp_ms: int = 0,
     ) -> None:
-        """Queue one record; ``partition`` None lets the key choose (murmur2, as Kafka);
-        ``timestamp_ms`` 0 stamps it with the time of sending."""
+        """Queue one record as part of ``delivery``; ``partition`` None lets the key choose
+        (murmur2, as Kafka); ``timestamp_ms`` 0 stamps it with the time of sending. A record
+        librdkafka refuses at once (too large, say) counts as refused by the broker."""
+        produce = self._producer.produce
+        report = delivery.delivered
+        delivery.pending += 1
         while True:
             try:
                 if partition is None:
-                    self._producer.produce(topic, value, key, timestamp=timestamp_ms)
+                    produce(topic, value, key, on_delivery=report, timestamp=timestamp_ms)
                 else:
-                    self._producer.produce(topic, value, key, partition, timestamp=timestamp_ms)
-                break
+                    produce(
+                        topic, value, key, partition, on_delivery=report, timestamp=timestamp_ms
+                    )
+                return
             except BufferError:  # librdkafka's queue is full: let it drain
                 self._producer.poll(0.05)
-        self.pending += 1
+            except KafkaException as exc:
+                delivery.pending -= 1
+                delivery.failed.append((topic, -1 if partition is None else partition, str(exc)))
+                return
 
-    async def flush(self, warn_after_s: float = 10.0) -> None:
-        """Wait until every queued record is acknowledged; raise DeliveryFailed if the broker
-        refused any. Waits in a thread, so the event loop (web, heartbeats) runs on."""
-        started = time.monotonic()
-        warned = False
-        while self.pending > 0:
-            self._producer.poll(0)
-            if self.pending > 0:
-                await asyncio.to_thread(self._producer.flush, 1.0)
-            if self.pending > 0 and not warned and time.monotonic() - started > warn_after_s:
-                log.warning("waiting for the broker to take %d records", self.pending)
-                warned = True
-        if warned:
-            log.info("the broker took the records after %.1f s", time.monotonic() - started)
-        if self.failed:
-            failed, self.failed = self.failed, []
-            raise DeliveryFailed(failed)
+    def poll(self) -> None:
+        """Take the acknowledgements that have arrived (their deliveries count them)."""
+        self._producer.poll(0)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for acknowledgements, in a thread: the event loop (web,
+        heartbeats) runs on."""
+        await asyncio.to_thread(self._producer.poll, timeout_s)
 
     def close(self) -> None:
         self._producer.flush(5.0)

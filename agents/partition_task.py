@@ -1,21 +1,23 @@
 """One ``user-events`` partition of the hot path: its state in memory, its table partitions,
-and the records of its last rounds still on their way to the broker.
+and its rounds still on their way to the broker.
 
 A round's records go out in two steps (the order of docs/architecture.md, "Exactness"): its
-outputs with its dedup records, and, once those are acknowledged, its state's changelog
-records; local RocksDB takes either only once the broker has acknowledged it. So a
-partition has up to two rounds in flight (``outputs_sent``, ``state_sent``) while the next
-is computed, and reads their changes through overlays (tables/overlay_store.py).
+outputs with its dedup records, and, once the broker has acknowledged those, its state's
+changelog records; local RocksDB takes either only once the broker has acknowledged it.
+Rounds keep their order in every step. Meanwhile the next rounds are computed, reading the
+changes in flight through overlays (tables/overlay_store.py).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import Message
 
+from agents.kafka_io import Delivery
 from analytics.partition import PartitionOutput, PartitionRules, PartitionState, Write
 from analytics.tracking import RawMessage, SeenEvent, TrackedBatch
 from app.metrics import BatchFigures
@@ -57,7 +59,7 @@ class PartitionRound:
 
 
 @dataclass
-class SentRound:
+class InFlight:
     """A round once its outputs are handed to the producer: what is left to do for it
     (metrics, RocksDB writes, its state's changelog), without its bulky records."""
 
@@ -65,6 +67,15 @@ class SentRound:
     applied: int
     state_writes: list[Write]
     seen_writes: list[Write]
+    outputs: Delivery
+    seen: Delivery
+    state: Delivery | None = None
+    """Set once its state's changelog records are sent."""
+
+    @property
+    def published(self) -> bool:
+        """Its outputs and dedup records are acknowledged."""
+        return self.outputs.done and self.seen.done
 
 
 @dataclass
@@ -78,10 +89,9 @@ class PartitionTask:
     seen_store: RocksStore
     seen_reads: OverlayStore
     live_at: float = 0.0
-    outputs_sent: SentRound | None = None
-    """The round whose outputs and dedup records are on their way; its state is not sent."""
-    state_sent: SentRound | None = None
-    """The round whose state's changelog records are on their way; not in RocksDB yet."""
+    in_flight: deque[InFlight] = field(default_factory=deque)
+    """Its rounds not yet in RocksDB, oldest first."""
+    flushed_at: float = field(default_factory=time.monotonic)
 
     @classmethod
     def open(cls, partition: int, rules: PartitionRules, max_users: int) -> PartitionTask:
@@ -120,6 +130,10 @@ class PartitionTask:
         self.state_reads.stage(done.state_writes)
         self.seen_reads.stage(done.seen_writes)
 
-    @property
-    def in_flight(self) -> bool:
-        return self.outputs_sent is not None or self.state_sent is not None
+    def flush_due(self, interval_s: float) -> bool:
+        """Time to persist RocksDB's memtables (they are written without a log)."""
+        now = time.monotonic()
+        if now - self.flushed_at >= interval_s:
+            self.flushed_at = now
+            return True
+        return False

@@ -295,8 +295,9 @@ class UserState:
         self.rows_added: list[Row] = []  # pending rows to store, since the last write
         self.rows_folded: list[Row] = []  # pending rows to delete: in summaries now
 
-    def add(self, row: Row, gap_ms: int) -> None:
-        """Count an on-time event in the profile and keep it as a pending row."""
+    def add(self, row: Row, gap_ms: int) -> bool:
+        """Count an on-time event in the profile and keep it as a pending row; False when
+        the row was there already (see ``SessionKey.add``)."""
         if self.first_seen is None or row.ts < self.first_seen:
             self.first_seen = row.ts
         if self.last_seen is None or row.ts > self.last_seen:
@@ -312,6 +313,8 @@ class UserState:
             key = self.keys[row.session_id] = SessionKey()
         if key.add(row, gap_ms):
             self.rows_added.append(row)
+            return True
+        return False
 
     def fold(self, limit: int | None, gap_ms: int) -> None:
         if limit is None or (self.folded_until is not None and self.folded_until >= limit):
@@ -403,8 +406,13 @@ class WindowState:
         "live_changed",
         "live_users_total",
         "new_users",
+        "newcomers",
         "persisted",
+        "session_sums",
+        "sessions",
         "start",
+        "tally",
+        "touched",
         "users",
     )
 
@@ -418,6 +426,21 @@ class WindowState:
         self.persisted = False  # its value was written (or loaded)
         self.live_changed = True  # an event came since its last live partial
         self.live_users_total = 0  # users_total of its last live partial
+        # Figures worked out from the users' rows when first needed, then kept up to date
+        # as rows come (PartitionState.row_added), so the next partial costs what changed,
+        # not the window's rows. Not stored. Users read back after a crash may hold rows of
+        # a window that was not stored, so even a new window starts from their rows.
+        self.tally: _Tally | None = None
+        self.newcomers: set[str] | None = None  # users first seen in the window
+        self.sessions: dict[tuple[str, str], tuple[int, int, int, int]] | None = None
+        """Per (user, session_id): the sessions active in the window as of its end, their
+        summed duration, bounces and engagement (x10,000)."""
+        self.session_sums = [0, 0, 0, 0]
+        self.touched: set[tuple[str, str]] = set()  # session keys to figure out again
+
+    def forget_figures(self) -> None:
+        self.tally = self.newcomers = self.sessions = None
+        self.touched = set()
 
     def count(self, user_id: str, row: Row) -> None:
         if user_id not in self.users:
@@ -545,6 +568,38 @@ class PartitionState:
             window = self.windows[start] = WindowState(start)
         return window
 
+    def row_added(self, user_id: str, user: UserState, row: Row, first_before: int | None) -> None:
+        """Keep the open windows' running figures up to date with a new row: its window's
+        pages and dimensions, the session keys of this and later windows (a row can join
+        sessions that reach into them), the users first seen in each window."""
+        size = self.rules.window_ms
+        start = window_start(row.ts, size)
+        for window in self.windows.values():
+            if window.start >= start and window.sessions is not None:
+                window.touched.add((user_id, row.session_id))
+        window = self.windows[start]
+        if window.tally is not None:
+            window.tally.add(user_id, row)
+        first = user.first_seen
+        if first != first_before:
+            if first_before is not None:
+                before = self.windows.get(window_start(first_before, size))
+                if before is not None and before.newcomers is not None:
+                    before.newcomers.discard(user_id)
+            if first is not None:
+                now = self.windows.get(window_start(first, size))
+                if now is not None and now.newcomers is not None:
+                    now.newcomers.add(user_id)
+
+    def row_replayed(self, row: Row) -> None:
+        """A re-delivered event whose row the user holds already (its state outlived the
+        crash, the windows' did not): the windows it can touch work their figures out
+        again from the users' rows."""
+        start = window_start(row.ts, self.rules.window_ms)
+        for window in self.windows.values():
+            if window.start >= start:
+                window.forget_figures()
+
     # ------------------------------------------------------------------ writing
 
     def take_writes(self) -> list[Write]:
@@ -671,10 +726,16 @@ def apply_batch(
             continue
         user_id: str = item.user or item.event["user_id"]
         user = state.user_for_update(user_id)
-        if item.offset > user.applied:
-            user.add(row, rules.gap_ms)
-            user.applied = item.offset
         window = state.window_for_update(window_start(ts, rules.window_ms))
+        if item.offset > user.applied:
+            first_before = user.first_seen
+            if user.add(row, rules.gap_ms):
+                state.row_added(user_id, user, row, first_before)
+            else:
+                state.row_replayed(row)
+            user.applied = item.offset
+        else:
+            state.row_replayed(row)
         if item.offset > window.applied:
             window.count(user_id, row)
             window.applied = item.offset
@@ -742,34 +803,24 @@ def window_partial(
 ) -> dict[str, Any]:
     """This partition's share of a window: summable figures (SPEC sections 4 and 5).
 
-    A final share counts the users' rows in the window; a live one takes the running event
-    counters and leaves pages and dimensions out (they are published once final). Both take
-    the sessions active in the window as of its end from the rows seen so far."""
+    Event counters are the window's own (counted once per event, like its rows); sessions
+    active in the window as of its end, pages and dimensions come from the running figures
+    (``PartitionState.row_added``), worked out from the users' rows when there are none.
+    A live share leaves pages and dimensions out: they are published once final."""
     start = window.start
     end = start + rules.window_ms
-    gap = rules.gap_ms
-    tally = _Tally()
-    new_users = sessions = duration = bounces = engagement = 0
-    for user_id in window.users:
-        user = state.user(user_id)
-        if user is None:
-            continue
-        if user.first_seen is not None and start <= user.first_seen < end:
-            new_users += 1
-        for key in user.keys.values():
-            lo, hi = key.window_rows(start, end)
-            if lo == hi:
-                continue
-            for preview in key.previews(lo, hi, gap):
-                sessions += 1
-                duration += preview.end - preview.start
-                bounces += preview.events == 1
-                engagement += round(preview.engagement() * 10_000)
-            if final:
-                tally.rows(key.pending[lo:hi])
-        if final:
-            tally.end_user()
-    kpi = tally.kpi() if final else window.live_figures()
+    _update_sessions(state, window, start, end, rules.gap_ms)
+    if window.newcomers is None:
+        window.newcomers = {
+            user_id
+            for user_id in window.users
+            if (user := state.user(user_id)) is not None
+            and user.first_seen is not None
+            and start <= user.first_seen < end
+        }
+    new_users = len(window.newcomers)
+    kpi = window.live_figures()
+    sessions, duration, bounces, engagement = window.session_sums
     kpi.update(
         sessions=sessions,
         session_duration_ms=duration,
@@ -779,77 +830,119 @@ def window_partial(
         new_users=new_users,
         users_total=users_before + new_users,
     )
-    return {
-        "window_start": start,
-        "kpi": kpi,
-        "pages": tally.pages if final else {},
-        "dims": tally.dims() if final else {},
-    }
+    if window.tally is None:  # built early (the first live share) it grows with the rows
+        window.tally = _Tally()
+        for user_id in window.users:
+            user = state.user(user_id)
+            if user is None:
+                continue
+            for key in user.keys.values():
+                lo, hi = key.window_rows(start, end)
+                for row in key.pending[lo:hi]:
+                    window.tally.add(user_id, row)
+    pages: dict[str, list[int]] = {}
+    dims: dict[str, dict[str, list[int]]] = {}
+    if final:
+        pages, dims = window.tally.figures()
+    return {"window_start": start, "kpi": kpi, "pages": pages, "dims": dims}
+
+
+def _update_sessions(
+    state: PartitionState, window: WindowState, start: int, end: int, gap_ms: int
+) -> None:
+    """Bring the window's session figures up to date: every member's session keys when
+    there are none yet, else the keys touched since."""
+    if window.sessions is None:
+        window.sessions, window.session_sums = {}, [0, 0, 0, 0]
+        keys = [
+            (user_id, session_id)
+            for user_id in window.users
+            if (user := state.user(user_id)) is not None
+            for session_id in user.keys
+        ]
+    else:
+        keys = list(window.touched)
+    window.touched.clear()
+    sessions, sums = window.sessions, window.session_sums
+    for user_id, session_id in keys:
+        user = state.user(user_id)
+        key = user.keys.get(session_id) if user is not None else None
+        figures = (0, 0, 0, 0)
+        if key is not None:
+            lo, hi = key.window_rows(start, end)
+            if lo < hi:
+                count = duration = bounces = engagement = 0
+                for preview in key.previews(lo, hi, gap_ms):
+                    count += 1
+                    duration += preview.end - preview.start
+                    bounces += preview.events == 1
+                    engagement += round(preview.engagement() * 10_000)
+                figures = (count, duration, bounces, engagement)
+        old = sessions.pop((user_id, session_id), (0, 0, 0, 0))
+        if figures[0]:
+            sessions[(user_id, session_id)] = figures
+        for index in range(4):
+            sums[index] += figures[index] - old[index]
+
+
+def running_figures_hold(state: PartitionState) -> bool:
+    """Whether every open window's running figures equal those worked out from the users'
+    rows now (for tests: the figures are kept up to date in many places)."""
+    size, gap = state.rules.window_ms, state.rules.gap_ms
+    for window in state.windows.values():
+        start = window.start
+        fresh = WindowState(start)
+        fresh.users = set(window.users)
+        if window.sessions is not None:
+            _update_sessions(state, window, start, start + size, gap)
+            _update_sessions(state, fresh, start, start + size, gap)
+            if (fresh.sessions, fresh.session_sums) != (window.sessions, window.session_sums):
+                return False
+        if window.tally is not None or window.newcomers is not None:
+            window_partial(state, fresh, state.rules, 0, final=True)
+            ours, theirs = window.tally, fresh.tally
+            if ours is not None and theirs is not None and ours.figures() != theirs.figures():
+                return False
+            if window.newcomers is not None and window.newcomers != fresh.newcomers:
+                return False
+    return True
 
 
 class _Tally:
-    """Event, page and dimension figures of a window's rows, user by user (distinct users
-    per page and dimension value)."""
+    """A window's page and dimension figures, with the distinct users of each (SPEC 5)."""
+
+    __slots__ = ("by_dim", "pages")
 
     def __init__(self) -> None:
-        self.events = self.page_views = self.conversions = self.revenue = self.purchases = 0
-        self.pages: dict[str, list[int]] = {}  # views, visitors, time on page
-        self.by_dim: tuple[dict[str, list[int]], ...] = ({}, {}, {})  # device, country, browser
-        self._user_pages: set[str] = set()
-        self._user_values: tuple[set[str], set[str], set[str]] = (set(), set(), set())
+        self.pages: dict[str, list[Any]] = {}  # views, time on page, visitors
+        self.by_dim: tuple[dict[str, list[Any]], ...] = ({}, {}, {})  # device, country, browser
 
-    def rows(self, rows: list[Row]) -> None:
-        pages, by_dim, user_pages, user_values = (
-            self.pages,
-            self.by_dim,
-            self._user_pages,
-            self._user_values,
-        )
-        for row in rows:
-            is_view = row.action == "page_view"
-            cents = row.revenue_cents
-            self.events += 1
-            self.page_views += is_view
-            self.conversions += row.conversion
-            self.revenue += cents
-            self.purchases += row.action == "purchase"
-            if is_view:
-                stats = pages.get(row.page)
-                if stats is None:
-                    stats = pages[row.page] = [0, 0, 0]
-                stats[0] += 1
-                stats[2] += row.duration
-                user_pages.add(row.page)
-            for cells, seen, value in zip(
-                by_dim, user_values, (row.device, row.country, row.browser), strict=True
-            ):
-                value = value or "unknown"
-                cell = cells.get(value)
-                if cell is None:
-                    cell = cells[value] = [0, 0, 0, 0]  # events, users, page views, revenue
-                cell[0] += 1
-                cell[2] += is_view
-                cell[3] += cents
-                seen.add(value)
+    def add(self, user_id: str, row: Row) -> None:
+        is_view = row.action == "page_view"
+        if is_view:
+            stats = self.pages.get(row.page)
+            if stats is None:
+                stats = self.pages[row.page] = [0, 0, set()]
+            stats[0] += 1
+            stats[1] += row.duration
+            stats[2].add(user_id)
+        cents = row.revenue_cents
+        for cells, value in zip(self.by_dim, (row.device, row.country, row.browser), strict=True):
+            value = value or "unknown"
+            cell = cells.get(value)
+            if cell is None:
+                cell = cells[value] = [0, 0, 0, set()]  # events, page views, revenue, users
+            cell[0] += 1
+            cell[1] += is_view
+            cell[2] += cents
+            cell[3].add(user_id)
 
-    def end_user(self) -> None:
-        """Count the user once for every page and dimension value it had in the window."""
-        for page in self._user_pages:
-            self.pages[page][1] += 1
-        self._user_pages.clear()
-        for cells, seen in zip(self.by_dim, self._user_values, strict=True):
-            for value in seen:
-                cells[value][1] += 1
-            seen.clear()
-
-    def kpi(self) -> dict[str, int]:
-        return {
-            "events": self.events,
-            "page_views": self.page_views,
-            "conversions": self.conversions,
-            "revenue_cents": self.revenue,
-            "purchases": self.purchases,
+    def figures(self) -> tuple[dict[str, list[int]], dict[str, dict[str, list[int]]]]:
+        """Pages as [views, visitors, time on page]; dimension values as [events, users,
+        page views, revenue] (the partial message's layout)."""
+        pages = {page: [s[0], len(s[2]), s[1]] for page, s in self.pages.items()}
+        dims = {
+            name: {value: [c[0], len(c[3]), c[1], c[2]] for value, c in cells.items()}
+            for name, cells in zip(("device", "country", "browser"), self.by_dim, strict=True)
         }
-
-    def dims(self) -> dict[str, dict[str, list[int]]]:
-        return dict(zip(("device", "country", "browser"), self.by_dim, strict=True))
+        return pages, dims

