@@ -54,7 +54,13 @@ from agents.partition_task import (
 )
 from agents.round_clock import RoundClock
 from analytics.enrichment import EnrichmentRules, parse_user_agent
-from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
+from analytics.partition import (
+    PartitionOutput,
+    PartitionRules,
+    PartitionState,
+    Write,
+    apply_batch,
+)
 from analytics.rows import Arrival
 from analytics.timeutil import format_ts
 from analytics.tracking import RawMessage, TrackedBatch, TrackerRules, dead_letter, track_batch
@@ -77,6 +83,7 @@ SETTLE_WARN_S = 10.0
 
 _settings = app.analytics_settings
 _engine = _settings.engine
+ROUND_INTERVAL_S = _engine.round_interval.total_seconds()
 TRACKER = TrackerRules(
     enrichment=EnrichmentRules(
         conversion_actions=frozenset(_settings.analytics.conversion_actions),
@@ -120,6 +127,7 @@ class BehaviorTracker(Service):
         self.outbox = Outbox(config)
         self.tasks: dict[int, PartitionTask] = {}
         self.clock = RoundClock()
+        self._last_round = 0.0
         self._round = asyncio.Lock()
         self._assigned = asyncio.Event()
         self._state_changelog = partition_state.changelog_topic.get_topic_name()
@@ -202,13 +210,23 @@ class BehaviorTracker(Service):
                 await self._guarded(self._step(wait_s))
 
     async def _step(self, wait_s: float) -> None:
-        """Take the acknowledgements in, then a round of input, or wait for either."""
+        """Take the acknowledgements in, then a round of input, or wait for either.
+
+        Rounds start at most every ``engine.round_interval``: below capacity, the events
+        that come meanwhile make one round, and the work a round costs whatever its size
+        (its records, RocksDB writes, metrics: per partition) is spread over more events."""
         self._acknowledged()
         in_flight = any(task.in_flight for task in self.tasks.values())
         if in_flight and self._backlogged():
             with self.clock.phase("wait"):
                 await self.outbox.wait(ACK_POLL_S)
             return
+        early = self._last_round + ROUND_INTERVAL_S - time.monotonic()
+        if early > 0:
+            with self.clock.phase("read"):
+                await self.outbox.wait(early)
+            self._acknowledged()
+        self._last_round = time.monotonic()
         with self.clock.phase("read"):
             messages = await self.reader.poll(
                 _engine.batch_size, ACK_POLL_S if in_flight else wait_s
@@ -261,6 +279,8 @@ class BehaviorTracker(Service):
             if not rounds:
                 continue
             with self.clock.phase("store"):
+                seen_writes: list[Write] = []
+                seen_offset = -1
                 for sent in rounds:  # outputs acknowledged: dedup records in, state out
                     if sent.state is not None:
                         continue
@@ -268,21 +288,27 @@ class BehaviorTracker(Service):
                         break
                     sent.outputs.check()
                     sent.seen.check()
-                    if sent.seen_writes:
-                        task.seen_store.write(sent.seen_writes, sent.seen.last_offset)
-                        task.seen_reads.written(sent.seen_writes)
+                    seen_writes += sent.seen_writes
+                    seen_offset = max(seen_offset, sent.seen.last_offset)
                     metrics.tracker_batch(sent.figures, acked_s)
                     sent.state = Delivery()
                     for key, value in sent.state_writes:
                         self.outbox.send(
                             sent.state, self._state_changelog, key, value, task.partition
                         )
+                if seen_writes:
+                    task.seen_store.write(seen_writes, seen_offset)
+                    task.seen_reads.written(seen_writes)
+                stored: list[Write] = []
                 while rounds and (state := rounds[0].state) is not None and state.done:
                     sent = rounds.popleft()  # state acknowledged: into RocksDB
                     state.check()
-                    task.state_store.write(sent.state_writes, state.last_offset)
-                    task.state_reads.written(sent.state_writes)
+                    stored += sent.state_writes
+                    offset = state.last_offset
                     positions[task.partition] = sent.applied + 1
+                if stored:
+                    task.state_store.write(stored, offset)
+                    task.state_reads.written(stored)
                 if task.flush_due(MEMTABLE_FLUSH_S):
                     task.state_store.flush(wait=False)
                     task.seen_store.flush(wait=False)
@@ -406,14 +432,15 @@ class BehaviorTracker(Service):
             message = {"type": "partial", "partition": partition, **partial}
             send(outputs, TOPICS.kpi_partials, None, _json(message), 0)
         clock = task.state.clock
-        progress = {
-            "type": "progress",
-            "partition": partition,
-            "wm": clock.wm,
-            "late": clock.late,
-            "arrived": done.arrived_ms,
-        }
-        send(outputs, TOPICS.kpi_partials, None, _json(progress), 0)
+        if task.progress_due(bool(analysed.partials)):
+            progress = {
+                "type": "progress",
+                "partition": partition,
+                "wm": clock.wm,
+                "late": clock.late,
+                "arrived": done.arrived_ms,
+            }
+            send(outputs, TOPICS.kpi_partials, None, _json(progress), 0)
         for key, value in done.seen_writes:
             send(sent.seen, self._seen_changelog, key, value, partition)
         return sent

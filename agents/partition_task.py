@@ -28,6 +28,8 @@ from tables.seen_events import seen_events
 
 TICK_HEADER = "x-analytics-tick"
 LIVE_INTERVAL_S = 1.0
+PROGRESS_INTERVAL_S = 0.025
+HEARTBEAT_S = 1.0
 
 
 def _is_tick(headers: Sequence[tuple[str, bytes]] | None) -> bool:
@@ -89,6 +91,8 @@ class PartitionTask:
     seen_store: RocksStore
     seen_reads: OverlayStore
     live_at: float = 0.0
+    progress_at: float = 0.0
+    progress_sent: tuple[int | None, int] | None = None
     in_flight: deque[InFlight] = field(default_factory=deque)
     """Its rounds not yet in RocksDB, oldest first."""
     flushed_at: float = field(default_factory=time.monotonic)
@@ -120,6 +124,23 @@ class PartitionTask:
             self.live_at = now
             return True
         return False
+
+    def progress_due(self, with_partials: bool) -> bool:
+        """Whether a round reports the partition's progress (watermark, late events) to the
+        combiner: always with partials; else when it moved, at most every
+        ``PROGRESS_INTERVAL_S``, and once a ``HEARTBEAT_S`` anyway (the append time of its
+        latest message matters for partitions without events). Each report is a message the
+        combiner reads: at a steady rate, one per partition per round was most of its work."""
+        now = time.monotonic()
+        clock = self.state.clock
+        current = (clock.wm, clock.late)
+        waited = now - self.progress_at
+        if not with_partials and (
+            waited < PROGRESS_INTERVAL_S or (current == self.progress_sent and waited < HEARTBEAT_S)
+        ):
+            return False
+        self.progress_at, self.progress_sent = now, current
+        return True
 
     def lookup(self, key: bytes) -> SeenEvent | None:
         stored = self.seen_reads.get(key)

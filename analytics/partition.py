@@ -39,6 +39,7 @@ below those are skipped, so a restored prefix is repaired exactly by re-delivery
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +53,10 @@ from analytics.windows import window_end, window_start
 
 LIVE_COUNTERS = ("events", "page_views", "conversions", "revenue_cents", "purchases")
 """The event counters of an open window that need no user: its live figures."""
+
+_NEVER = 2**62
+FOLD_AT_LEAST = 8  # users folded per batch when some wait
+FOLD_SPREAD = 64  # ... or this share of those waiting, or one per four events
 
 RECENT_SESSIONS = 10
 """Closed sessions a user value keeps as summaries, newest first, for the web API."""
@@ -494,6 +499,11 @@ class PartitionState:
         self._index_puts: list[Write] = []
         self._index_deletes: list[bytes] = []
         self._stale_rows: list[bytes] = []  # rows a crash left behind their fold
+        self._fold_queue: deque[str] = deque()  # users with rows of final windows
+        self._fold_queued: set[str] = set()
+        self._next_due: int | None = None
+        """The earliest time in the close index (None: not read yet), so that batches
+        before it need not read the index."""
         self.fold_limit = self.clock.finalized_through
         self.wm_at_start = self.clock.wm
         self.open_users = codec.count_index(store)
@@ -559,8 +569,32 @@ class PartitionState:
             state = self.users[user_id] = UserState()
         if user_id not in self.dirty_users:
             self.dirty_users.add(user_id)
-            state.fold(self.fold_limit, self.rules.gap_ms)
+            limit = self.fold_limit
+            folded = state.folded_until
+            if limit is not None and (folded is None or folded < limit - self.rules.window_ms):
+                state.fold(limit, self.rules.gap_ms)  # the queue has not come (a restart)
         return state
+
+    def fold_some(self, events: int) -> None:
+        """Fold the rows of final windows into summaries for some of the users waiting for
+        it: every user of a window is ready at the same moment, and folding them all at
+        once (and deleting their rows) stalled the hot path a second a minute at a steady
+        rate. A share of the queue per batch, more in bigger batches, spreads the work."""
+        queue = self._fold_queue
+        budget = max(FOLD_AT_LEAST, len(queue) // FOLD_SPREAD, events // 4)
+        for _ in range(min(budget, len(queue))):
+            user_id = queue.popleft()
+            self._fold_queued.discard(user_id)
+            if self.user(user_id) is not None:
+                self.user_for_update(user_id).fold(self.fold_limit, self.rules.gap_ms)
+
+    def window_final(self, window: WindowState) -> None:
+        """A window is final: its users' rows in it can be folded from the next batch on."""
+        self._finalized.append(window)
+        for user_id in window.users:
+            if user_id not in self._fold_queued:
+                self._fold_queued.add(user_id)
+                self._fold_queue.append(user_id)
 
     def window_for_update(self, start: int) -> WindowState:
         window = self.windows.get(start)
@@ -666,6 +700,8 @@ class PartitionState:
             self._index_puts.append((codec.close_key(deadline, user_id), b""))
             user.index_at = deadline
             self.open_users += 1
+            if self._next_due is not None and deadline < self._next_due:
+                self._next_due = deadline
 
     def _evict(self) -> None:
         excess = len(self.users) - self.max_users
@@ -683,13 +719,14 @@ class PartitionState:
         a crash between writes an entry and the user's record of it may disagree, so the
         entry is trusted only as a hint)."""
         watermark = self.wm_at_start
-        if watermark is None:
-            return
+        if watermark is None or (self._next_due is not None and watermark < self._next_due):
+            return  # nothing in the close index is due yet: no need to read it
         for key, due_at, user_id in codec.scan_due(self.store, watermark):
             self._index_deletes.append(key)
             if self.user(user_id) is None:
                 continue
             user = self.user_for_update(user_id)
+            user.fold(self.fold_limit, self.rules.gap_ms)  # its sessions close from summaries
             filed = user.index_at
             if filed is not None and (filed == due_at or filed <= watermark):
                 user.index_at = None  # its entry is this one, or one already taken out
@@ -698,6 +735,8 @@ class PartitionState:
             if deadline is not None and deadline <= watermark:
                 out.sessions.extend(user.close_sessions(user_id, watermark, self.rules))
             # take_writes files the user again under its next deadline, if it has one
+        following = codec.next_due(self.store, watermark)
+        self._next_due = following if following is not None else _NEVER
 
 
 def apply_batch(
@@ -711,6 +750,7 @@ def apply_batch(
     clock = state.clock
     out = PartitionOutput()
     state.close_due_sessions(out)
+    state.fold_some(len(items) if isinstance(items, list) else 0)
     for item in items:
         if item.offset <= clock.applied:
             continue
@@ -782,7 +822,7 @@ def _finalise_windows(
             clock.users_total = users_total
             clock.finalized_through = start + rules.window_ms
             del state.windows[start]
-            state._finalized.append(window)
+            state.window_final(window)
             carried = True
         else:
             carried = carried or users_total != window.live_users_total

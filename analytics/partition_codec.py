@@ -87,6 +87,13 @@ def scan_due(store: StateStore, watermark: int) -> Iterator[tuple[bytes, int, st
         yield key, _ms(rest), rest[8:].decode()
 
 
+def next_due(store: StateStore, watermark: int) -> int | None:
+    """The time of the first close index entry after ``watermark``; None when none is."""
+    for key, _ in store.scan(CLOSE + _time(watermark + 1), _prefix_end(CLOSE)):
+        return _ms(key[len(CLOSE) :])
+    return None
+
+
 def count_index(store: StateStore) -> int:
     """Entries in the close index: one per user with open sessions."""
     return sum(1 for _ in store.scan(CLOSE, _prefix_end(CLOSE)))

@@ -89,6 +89,7 @@ class EngineSettings(Section):
     topic_prefix: str = ""
     batch_size: int = Field(10_000, ge=1, le=100_000)
     batch_within: Duration = timedelta(milliseconds=200)
+    round_interval: Duration = timedelta(milliseconds=10)
     grace: Duration = timedelta(seconds=10)
     session_gap: Duration = timedelta(minutes=30)
     kpi_window: Duration = timedelta(seconds=60)

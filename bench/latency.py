@@ -159,11 +159,16 @@ def main() -> int:
         for v, ts in read_all(services.kafka_bootstrap, f"{prefix}user-events")
         if v
     }
-    per_event = [
-        float(ts - inputs[event["event_id"]])
+    timed = [
+        (inputs[event["event_id"]], float(ts - inputs[event["event_id"]]))
         for v, ts in read_all(services.kafka_bootstrap, f"{prefix}user-behavior-enriched")
         if (event := orjson.loads(v or b"{}"))["event_id"] in inputs
     ]
+    per_event = [latency for _, latency in timed]
+    worst: dict[int, float] = {}
+    for sent_ms, latency in timed:
+        second = (sent_ms - started_ms) // 1000
+        worst[second] = max(worst.get(second, 0.0), latency)
     per_window = [
         float(ts - (parse_ts(kpi["window_end"]) + GRACE_MS))
         for v, ts in read_all(services.kafka_bootstrap, f"{prefix}live-kpis")
@@ -181,6 +186,11 @@ def main() -> int:
         f"{quantiles(per_window)}"
     )
     print(f"worker peak RSS: {rss:,.0f} MiB")
+    slowest = sorted(worst.items(), key=lambda item: -item[1])[:5]
+    print(
+        "slowest seconds of the run (second: max latency): "
+        + ", ".join(f"{second} s: {latency:.0f} ms" for second, latency in slowest)
+    )
     return 0
 
 
