@@ -780,7 +780,7 @@ async def test_the_writer_sets_apart_only_the_rows_the_database_refuses(database
         page("/a"),
         page("/nul\x00byte"),  # psycopg refuses it before sending: DataError
         page("/negative", views=-1),  # CHECK (views > 0): IntegrityError
-        page("/huge", total_time_on_page_ms=2**70),  # bigint out of range: DataError
+        page("/huge", total_time_on_page_ms=2**70),  # beyond bigint: refused before sending
         page(LONG_PAGE),  # 6 KiB: keyed on its hash, it fits the primary key (migration 4)
         page("/b"),
         {"page": "/missing-fields"},
@@ -791,7 +791,7 @@ async def test_the_writer_sets_apart_only_the_rows_the_database_refuses(database
     assert [r.index for r in result.rejected] == [1, 2, 3, 6]
     by_index = {r.index: r for r in result.rejected}
     assert by_index[2].sqlstate == "23514" and "page_view_stats_views_check" in by_index[2].error
-    assert by_index[3].sqlstate == "22003"
+    assert "total_time_on_page_ms: 1180591620717411303424 is beyond bigint" in by_index[3].error
     assert "NUL" in by_index[1].error and "missing field" in by_index[6].error
     rows = await table_rows(database, "page_view_stats")
     assert sorted(r["page"] for r in rows) == sorted(["/a", "/b", LONG_PAGE])
@@ -801,6 +801,79 @@ async def test_the_writer_sets_apart_only_the_rows_the_database_refuses(database
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         await write_batch(conn, TABLES["page_view_stats"], batch)
     assert await table_rows(database, "page_view_stats") == before
+
+
+async def test_no_record_stops_a_batch_the_others_are_written(database: str) -> None:
+    """Every way one record could fail its batch for ever (issue 9): a value too big for an
+    index, for its integer or money column, JSON nested too deep for the client to send or
+    holding a NUL, text with a NUL. Each is set apart with an error naming the column or the
+    problem; the records around it are written."""
+    await migrate_url(database)
+    start, end = format_ts(START_MS), format_ts(START_MS + WINDOW_MS)
+    deep = orjson.loads(b"[" * 1000 + b"]" * 1000)  # json.dumps fails on it: RecursionError
+
+    def dim(value: str, **changes: Any) -> dict[str, Any]:
+        record = {
+            "window_start": start,
+            "window_end": end,
+            "dimension": "browser",
+            "value": value,
+            "events": 2,
+            "users": 1,
+            "page_views": 1,
+            "revenue": 1.5,
+            "revenue_cents": 150,
+        }
+        return record | changes
+
+    dims = [dim("Firefox"), dim(HUGE_PAGE), dim("Edge", revenue_cents=2**64 - 1), dim("Opera")]
+    dims.insert(3, dim("Chrome", events=2**63))
+    session = {
+        "user_id": "u1",
+        "session_id": "s1",
+        "window_start": start,
+        "window_end": end,
+        "duration_seconds": 1.0,
+        "total_events": 2,
+        "actions": {"click": 2},
+        "pages": {},
+        "unique_pages": 0,
+        "total_duration_ms": 0,
+        "average_duration_ms": 0.0,
+        "device_type": None,
+        "country": None,
+        "is_bounce": False,
+        "conversions": 0,
+        "revenue": 0.0,
+        "revenue_cents": 0,
+        "engagement_score": 10.0,
+    }
+    sessions = [
+        session,
+        session | {"user_id": "u2", "actions": {"deep": deep}},
+        session | {"user_id": "u3", "pages": {"/\x00": 1}},
+        session | {"user_id": HUGE_PAGE},
+        session | {"user_id": "u5", "total_events": 2**31},
+        session | {"user_id": "u6"},
+    ]
+    spec_dims, spec_sessions = TABLES["dimension_stats"], TABLES["session_metrics"]
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        dim_result = await write_batch(conn, spec_dims, dims)
+        session_result = await write_batch(conn, spec_sessions, sessions)
+    assert [(r.index, r.sqlstate) for r in dim_result.rejected] == [(1, "54000"), (3, None)]
+    assert "index row" in dim_result.rejected[0].error
+    assert "events: 9223372036854775808 is beyond bigint" in dim_result.rejected[1].error
+    stored = {r["value"]: r for r in await table_rows(database, "dimension_stats")}
+    assert sorted(stored) == ["Edge", "Firefox", "Opera"]
+    assert stored["Edge"]["revenue"] == Decimal(2**64 - 1) / 100  # the most cents JSON holds
+    errors = {r.index: r.error for r in session_result.rejected}
+    assert sorted(errors) == [1, 2, 3, 4]
+    assert "actions: cannot be stored as JSON" in errors[1]
+    assert "pages: contains a NUL character" in errors[2]
+    assert "index row" in errors[3]
+    assert "total_events: 2147483648 is beyond integer" in errors[4]
+    users = sorted(r["user_id"] for r in await table_rows(database, "session_metrics"))
+    assert users == ["u1", "u6"]
 
 
 #: 10,240 characters of UTF-8 that does not compress, over 25 KiB: far past a B-tree entry
