@@ -35,9 +35,15 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from agents.behavior_tracker import session_record
+from analytics.kpis import kpi_figures, trends
+from analytics.sessions import SessionSummary
 from analytics.timeutil import format_ts, parse_ts
+from analytics.traffic import dimension_rows, page_rows
+from analytics.validation import MAX_AMOUNT
 from generator.traffic import TrafficProfile, generate_labelled
 from sinks import migrations as migrations_module
+from sinks import queries, reader
 from sinks.migrations import MIGRATIONS, migrate_url
 from sinks.schema import TABLES, Row, TableSpec, prepare
 from sinks.writers import write_batch, write_one_by_one
@@ -874,6 +880,55 @@ async def test_no_record_stops_a_batch_the_others_are_written(database: str) -> 
     assert "total_events: 2147483648 is beyond integer" in errors[4]
     users = sorted(r["user_id"] for r in await table_rows(database, "session_metrics"))
     assert users == ["u1", "u6"]
+
+
+async def test_the_largest_sums_go_into_the_columns_and_come_back_exact(database: str) -> None:
+    """Ten million purchases of the largest amount (SPEC 1: 1e9, so 1e18 cents) in one
+    window and one session: written, read back and summed by the history queries, exact."""
+    await migrate_url(database)
+    count, cents = 10_000_000, 10_000_000 * MAX_AMOUNT * 100
+    sums = {"events": count, "purchases": count, "conversions": count, "revenue_cents": cents}
+    sums |= {"active_users": 1, "users_total": 1, "new_users": 1, "sessions": 1}
+    kpi = kpi_figures(START_MS, WINDOW_MS, sums)
+    kpi |= {"trends": trends(sums, None), "late_events_total": 0, "is_final": True}
+    day = 86_400_000
+    summary = SessionSummary.decode(
+        ["s1", START_MS, START_MS + day, count, {"purchase": count}, {}, 0, count, cents, "", ""]
+    )
+    session = session_record(summary.figures("whale"))
+    (page,) = page_rows(START_MS, WINDOW_MS, {"/buy": [count, 1, count * day]})
+    (dim,) = dimension_rows(START_MS, WINDOW_MS, {"device": {"desktop": [count, 1, 0, cents]}})
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        for table, record in [
+            ("kpi_metrics", kpi),
+            ("session_metrics", session),
+            ("page_view_stats", page),
+            ("dimension_stats", dim),
+        ]:
+            result = await write_batch(conn, TABLES[table], [orjson.loads(orjson.dumps(record))])
+            assert (result.written, result.rejected) == (1, []), table
+    (stored_kpi,) = await table_rows(database, "kpi_metrics")
+    assert stored_kpi["total_revenue"] == Decimal(10**16)
+    assert stored_kpi["revenue_per_user"] == Decimal(10**16)
+    assert stored_kpi["total_events"] == count
+    (stored_session,) = await table_rows(database, "session_metrics")
+    assert (stored_session["total_events"], stored_session["revenue"]) == (count, Decimal(10**16))
+    (stored_dim,) = await table_rows(database, "dimension_stats")
+    assert stored_dim["revenue"] == Decimal(10**16)
+
+    for bucket in ("1m", "1h", "1d"):
+        params = queries.kpi_bucket_params(bucket, START_MS, START_MS + day)
+        (row,) = await reader.fetch(database, queries.kpi_buckets_sql, params)
+        answer = queries.kpi_bucket(row, queries.BUCKETS[bucket])
+        assert answer["total_revenue_cents"] == cents and answer["total_events"] == count
+        assert orjson.loads(orjson.dumps(answer)) == answer
+    params = queries.user_sessions_params("whale", None, None, 10)
+    (row,) = await reader.fetch(database, queries.USER_SESSIONS, params)
+    closed = queries.closed_session(row)
+    assert closed["revenue_cents"] == cents and closed["total_events"] == count
+    params = queries.top_pages_params(START_MS, START_MS + day, 10)
+    (row,) = await reader.fetch(database, queries.TOP_PAGES, params)
+    assert queries.top_page(row)["total_time_on_page_ms"] == count * day
 
 
 #: 10,240 characters of UTF-8 that does not compress, over 25 KiB: far past a B-tree entry
