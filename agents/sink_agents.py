@@ -72,9 +72,10 @@ _policy = RetryPolicy(initial=_database.retry_initial, maximum=_database.retry_m
 
 def dead_letter(spec: TableSpec, record: Any, error: str, sqlstate: str | None) -> dict[str, Any]:
     """The sink-dlq record of a message that cannot be written: where it came from, its value
-    (decoded when it is JSON, else as text) and why. A value over RAW_LIMIT bytes is kept as
-    the text of its first RAW_LIMIT bytes, with ``value_truncated_from_bytes``: a dead letter
-    must always fit a Kafka message, or sending it would stop the sink."""
+    (decoded when it is JSON orjson can write back, else as text) and why. A value over
+    RAW_LIMIT bytes is kept as the text of its first RAW_LIMIT bytes, with
+    ``value_truncated_from_bytes``: a dead letter must always be sent, or sending it would
+    stop the sink."""
     raw: bytes = record.value or b""
     letter: dict[str, Any] = {
         "table": spec.name,
@@ -92,9 +93,11 @@ def dead_letter(spec: TableSpec, record: Any, error: str, sqlstate: str | None) 
         letter["value_truncated_from_bytes"] = len(raw)
         return letter
     try:
-        letter["value"] = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        letter["value"] = _text(raw, RAW_LIMIT)
+        value = orjson.loads(raw)
+        orjson.dumps(value)  # orjson reads 1,024 levels of nesting but writes only 254
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        value = _text(raw, RAW_LIMIT)
+    letter["value"] = value
     return letter
 
 

@@ -35,7 +35,8 @@ from analytics.traffic import DIMENSIONS
 from analytics.validation import FieldError
 
 INT64_MAX = 2**63 - 1
-#: the earliest and latest epoch ms a published timestamp can show (analytics.timeutil)
+#: the earliest and latest epoch ms a published timestamp can show (analytics.timeutil): a
+#: window's start and its end must both be writable, so the last minute of year 9999 is not
 MIN_MS = -62_135_596_800_000
 MAX_MS = 253_402_300_799_999
 MAX_PAGE_CHARS = 2048  # SPEC 1: page
@@ -177,7 +178,7 @@ def _dims(check: _Check, value: Any) -> dict[str, dict[str, list[int]]]:
 def _partial(check: _Check, message: dict[str, Any], partition: int) -> dict[str, Any]:
     window_ms = check.limits.window_ms
     start = check.integer(
-        "window_start", message.get("window_start", MISSING), MIN_MS, MAX_MS + 1 - window_ms
+        "window_start", message.get("window_start", MISSING), MIN_MS, MAX_MS - window_ms
     )
     if start % window_ms:
         check.fail("window_start", f"{start} is not the start of a {window_ms} ms window")

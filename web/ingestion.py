@@ -126,8 +126,14 @@ def ingest_batch(body: bytes, received_ms: int) -> IngestOutcome:
             rejected_items.append(
                 {"index": index, "errors": [e.as_dict() for e in rejected.errors]}
             )
-            dead = _dead(orjson.dumps(item), rejected.errors, "http-batch", received_ms)
+            try:
+                raw, whole = orjson.dumps(item), False
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads 1,024)
+                raw, whole = body, True
+            dead = _dead(raw, rejected.errors, "http-batch", received_ms)
             dead["batch_index"] = index
+            if whole:  # the raw payload is the whole batch: batch_index says which event
+                dead["raw_is_batch"] = True
             outcome.dead_letters.append(dead)
     if not outcome.accepted:
         outcome.status = 400

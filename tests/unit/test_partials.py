@@ -101,6 +101,7 @@ def test_every_message_the_partitions_publish_is_taken_unchanged() -> None:
         (orjson.dumps(progress(0, 2**64 - 1)), ["wm"]),
         (orjson.dumps(partial(start=T0 + 1)), ["window_start"]),  # not a window of 60 s
         (orjson.dumps(partial(start=2**62)), ["window_start"]),  # after year 9999
+        (orjson.dumps(partial(start=253_402_300_740_000)), ["window_start"]),  # ends in 10000
         (orjson.dumps({**partial(), "final": "yes"}), ["final"]),
         (orjson.dumps({**partial(), "kpi": []}), ["kpi"]),
         (orjson.dumps(partial(events=-1)), ["kpi.events"]),

@@ -206,6 +206,13 @@ def test_a_dead_letter_fits_a_kafka_message_whatever_its_value(value: bytes) -> 
     assert len(letter["error"]) == sink_agents.ERROR_LIMIT
 
 
+def test_a_value_too_deep_to_write_back_is_kept_as_text() -> None:
+    value = b'{"deep":' + b"[" * 1000 + b"]" * 1000 + b"}"  # orjson reads it, cannot write it
+    letter = sink_agents.dead_letter(SESSION_METRICS, Record("t", 0, 1, b"k", value), "e", None)
+    assert letter["value"] == value.decode()
+    assert orjson.loads(orjson.dumps(letter)) == letter
+
+
 def test_a_small_dead_letter_keeps_its_value_whole() -> None:
     value = orjson.dumps(page(views=-1))
     letter = sink_agents.dead_letter(PAGE_VIEW_STATS, Record("t", 0, 1, b"k", value), "e", "23514")
