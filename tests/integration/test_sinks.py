@@ -659,6 +659,91 @@ async def test_upsert_rules_and_dead_letters_through_the_sinks(
     assert not kpis[START_MS + WINDOW_MS]["is_final"]
 
 
+async def test_records_that_stopped_the_sinks_are_dead_lettered_and_the_worker_goes_on(
+    database: str, worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str
+) -> None:
+    """Each of these once stopped the worker, again at every restart: a session whose JSON is
+    nested 1,000 deep (json.dumps raised RecursionError), money beyond what Decimal rounds
+    (1e300: InvalidOperation), a value whose dead letter outgrew a Kafka message (900 KB of
+    quotes, twice that as JSON text). Now each goes to sink-dlq with its error and the records
+    behind it in the same partition are written."""
+    bootstrap = services.kafka_bootstrap
+    worker = worker_factory.start(topic_prefix, group_id, extra_env={"DATABASE_URL": database})
+    await worker.await_ready(PARTITIONS, timeout=120)
+    start, end = format_ts(START_MS), format_ts(START_MS + WINDOW_MS)
+    session = _session(start, end)
+    deep = b'{"deep":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    deep_session = orjson.dumps(session | {"user_id": "u0", "actions": orjson.Fragment(deep)})
+    sent = {
+        "session-metrics": [deep_session, orjson.dumps(session)],
+        "live-kpis": [
+            orjson.dumps(
+                _kpi(start, end, total_events=5, is_final=True) | {"revenue_per_user": 1e300}
+            ),
+            orjson.dumps(
+                _kpi(end, format_ts(START_MS + 2 * WINDOW_MS), total_events=6, is_final=True)
+            ),
+        ],
+        "page-view-stats": [
+            b'"' * 900_000,
+            orjson.dumps(
+                {"window_start": start, "window_end": end, "page": "/ok", "views": 1}
+                | {"unique_visitors": 1, "total_time_on_page_ms": 5, "avg_time_on_page_ms": 5.0}
+            ),
+        ],
+    }
+    for topic, values in sent.items():
+        await produce(
+            bootstrap, f"{topic_prefix}{topic}", [Outgoing(b"k", v, partition=2) for v in values]
+        )
+
+    dead = await read_until(
+        bootstrap, f"{topic_prefix}sink-dlq", lambda records: len(records) >= 3, timeout=90
+    )
+    letters = {d["table"]: d for d in (r.json() for r in dead)}
+    assert sorted(letters) == ["kpi_metrics", "page_view_stats", "session_metrics"]
+    assert "actions: cannot be stored as JSON" in letters["session_metrics"]["error"]
+    assert "revenue_per_user: 1E+300 is beyond numeric(20, 2)" in letters["kpi_metrics"]["error"]
+    page_letter = letters["page_view_stats"]
+    assert "not JSON" in page_letter["error"]
+    assert page_letter["value_truncated_from_bytes"] == 900_000
+    assert all(d["offset"] == 0 and d["partition"] == 2 for d in letters.values())
+
+    deadline = time.monotonic() + 60
+    while True:
+        counts = [len(await table_rows(database, t)) for t in ("session_metrics", "kpi_metrics")]
+        pages = await table_rows(database, "page_view_stats")
+        if counts == [1, 1] and len(pages) == 1:
+            break
+        assert time.monotonic() < deadline, (counts, pages)
+        await asyncio.sleep(0.2)  # polling interval, bounded by the deadline
+    assert worker.alive and (worker.health() or (0,))[0] == 200
+
+
+def _session(start: str, end: str) -> dict[str, Any]:
+    """A session-metrics record of user u1 in [start, end]."""
+    return {
+        "user_id": "u1",
+        "session_id": "s1",
+        "window_start": start,
+        "window_end": end,
+        "duration_seconds": 1.0,
+        "total_events": 2,
+        "actions": {"click": 2},
+        "pages": {},
+        "unique_pages": 0,
+        "total_duration_ms": 0,
+        "average_duration_ms": 0.0,
+        "device_type": None,
+        "country": None,
+        "is_bounce": False,
+        "conversions": 0,
+        "revenue": 0.0,
+        "revenue_cents": 0,
+        "engagement_score": 10.0,
+    }
+
+
 def _kpi(start: str, end: str, *, total_events: int, is_final: bool) -> dict[str, Any]:
     return {
         "window_start": start,
@@ -834,26 +919,7 @@ async def test_no_record_stops_a_batch_the_others_are_written(database: str) -> 
 
     dims = [dim("Firefox"), dim(HUGE_PAGE), dim("Edge", revenue_cents=2**64 - 1), dim("Opera")]
     dims.insert(3, dim("Chrome", events=2**63))
-    session = {
-        "user_id": "u1",
-        "session_id": "s1",
-        "window_start": start,
-        "window_end": end,
-        "duration_seconds": 1.0,
-        "total_events": 2,
-        "actions": {"click": 2},
-        "pages": {},
-        "unique_pages": 0,
-        "total_duration_ms": 0,
-        "average_duration_ms": 0.0,
-        "device_type": None,
-        "country": None,
-        "is_bounce": False,
-        "conversions": 0,
-        "revenue": 0.0,
-        "revenue_cents": 0,
-        "engagement_score": 10.0,
-    }
+    session = _session(start, end)
     sessions = [
         session,
         session | {"user_id": "u2", "actions": {"deep": deep}},
