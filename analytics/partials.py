@@ -141,7 +141,8 @@ class _Check:
 
     def raise_errors(self) -> None:
         if self.more:
-            self.errors.append(FieldError("message", f"and {self.more} more problems"))
+            more = f"{self.more} more problem{'s' if self.more > 1 else ''}"
+            self.errors.append(FieldError("message", f"and {more}"))
         if self.errors:
             raise PartialRejected(self.errors)
 
