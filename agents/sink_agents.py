@@ -39,6 +39,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from agents.outputs import Record, publish
 from agents.sink_lag import watch_lag
+from analytics.dead_letters import RAW_LIMIT, utf8_prefix
 from analytics.timeutil import format_ts, now_ms
 from app import app, metrics, startup
 from app.kafka_security import aiokafka_kwargs
@@ -58,6 +59,9 @@ _database = _settings.sinks.timescaledb
 #: a batch may wait this long for the database before the group hands its partitions to
 #: another member (which then waits too); the batch is read again there, never lost
 MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
+#: characters of a dead letter's error, bytes of its key (its value: RAW_LIMIT bytes)
+ERROR_LIMIT = 1000
+KEY_LIMIT = 1024
 
 schema = SchemaGate(_database.url, MigrationOptions.of(_database))  # as the tables' owner
 _policy = RetryPolicy(initial=_database.retry_initial, maximum=_database.retry_max)
@@ -65,23 +69,37 @@ _policy = RetryPolicy(initial=_database.retry_initial, maximum=_database.retry_m
 
 def dead_letter(spec: TableSpec, record: Any, error: str, sqlstate: str | None) -> dict[str, Any]:
     """The sink-dlq record of a message that cannot be written: where it came from, its value
-    (decoded when it is JSON, else as text) and why."""
+    (decoded when it is JSON orjson can write back, else as text) and why. A value over
+    RAW_LIMIT bytes is kept as the text of its first RAW_LIMIT bytes, with
+    ``value_truncated_from_bytes``: a dead letter must always be sent, or sending it would
+    stop the sink."""
     raw: bytes = record.value or b""
-    try:
-        value: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        value = raw.decode("utf-8", "replace")
-    return {
+    letter: dict[str, Any] = {
         "table": spec.name,
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
-        "key": record.key.decode("utf-8", "replace") if record.key else None,
-        "value": value,
-        "error": error,
+        "key": _text(record.key, KEY_LIMIT) if record.key else None,
+        "value": None,
+        "error": error[:ERROR_LIMIT],
         "sqlstate": sqlstate,
         "time": format_ts(now_ms()),
     }
+    if len(raw) > RAW_LIMIT:
+        letter["value"] = _text(raw, RAW_LIMIT)
+        letter["value_truncated_from_bytes"] = len(raw)
+        return letter
+    try:
+        value = orjson.loads(raw)
+        orjson.dumps(value)  # orjson reads 1,024 levels of nesting but writes only 254
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        value = _text(raw, RAW_LIMIT)
+    letter["value"] = value
+    return letter
+
+
+def _text(raw: bytes, limit: int) -> str:
+    return utf8_prefix(raw, limit).decode("utf-8", "replace")
 
 
 def decode(

@@ -16,9 +16,11 @@ keeps each open window's counters as it was published live (``checkpoints``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from analytics.kpis import kpi_figures, trends
 from analytics.live_trends import (
@@ -211,6 +213,38 @@ def combine(
         for start in sorted(touched):
             out.kpis.append(_live_figures(state, start, rules, now))
     return out
+
+
+def combine_each(
+    state: CombinerState,
+    messages: Sequence[dict[str, Any]],
+    rules: CombinerRules,
+    *,
+    live: bool = True,
+) -> tuple[CombinerOutput, list[tuple[int, str]]]:
+    """``combine`` one message at a time, each on a copy of the state: a message it fails on
+    leaves the state as it was and comes back as ``(index, error)``; the others are folded.
+
+    The way on when ``combine`` failed on a whole batch (a bug that some message meets, since
+    every message was checked by analytics.partials): the caller starts again from the state
+    saved before the batch. Live records come per message rather than per batch here; each
+    replaces the one before, so what is finally published is the same."""
+    out = CombinerOutput()
+    failed: list[tuple[int, str]] = []
+    for index, message in enumerate(messages):
+        before = orjson.dumps(state)
+        try:
+            one = combine(state, [message], rules, live=live)
+        except Exception as exc:  # whatever it is, it must not stop the combiner
+            state.clear()
+            state.update(orjson.loads(before))
+            failed.append((index, f"could not be processed: {exc!r}"))
+            continue
+        out.kpis += one.kpis
+        out.pages += one.pages
+        out.traffic += one.traffic
+        out.ignored_partials += one.ignored_partials
+    return out, failed
 
 
 def _publish_final(

@@ -456,8 +456,8 @@ def _fast(
     """The normalised event when every rule holds, else None (the slow path decides)."""
     try:
         event = _decode_event(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None  # bad UTF-8 or deep nesting: the slow path names the problem
     action, page = event.action, event.page
     if action == "page_view" and not page:
         return None

@@ -203,6 +203,11 @@ class Metrics:
             ["source"],
             **common,
         )
+        self.partials_dead_lettered = Counter(
+            "partials_dead_lettered",
+            "kpi-partials records the combiner could not use, sent to kpi-partials-dlq",
+            **common,
+        )
         self.events_rekeyed = Counter(
             "events_rekeyed",
             "Topic events whose key was not their user_id, produced again keyed by user_id",
@@ -454,6 +459,11 @@ def http_ingest(source: str, accepted: int, rejected: int) -> None:
 
 def http_refused(reason: str) -> None:
     worker_metrics.http_refused_request(reason)
+
+
+def partials_dead_lettered(count: int) -> None:
+    """Records of kpi-partials the combiner sent to kpi-partials-dlq."""
+    worker_metrics.partials_dead_lettered.inc(count)
 
 
 def sink_batch(table: str, rows: int, written: int, dead: int) -> None:

@@ -25,6 +25,7 @@ class TopicNames:
     dead_letters: str = "user-events-dlq"
     enriched: str = "user-behavior-enriched"
     kpi_partials: str = "kpi-partials"
+    partial_dead_letters: str = "kpi-partials-dlq"
     live_kpis: str = "live-kpis"
     session_metrics: str = "session-metrics"
     page_view_stats: str = "page-view-stats"

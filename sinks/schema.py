@@ -21,6 +21,13 @@ from the page (SHA-256 of its UTF-8 form, migration 4): a page of any length fit
 key's index, and the page itself is kept whole in ``page``.
 
 Money is ``numeric(20,2)``, taken from the record's integer cents when it has them (exact).
+
+A record that cannot become a row is refused here, naming the field, before the database sees
+it (agents/sink_agents.py sends it to ``sink-dlq``): a missing field, a wrong type, a number
+beyond its column (``integer``, ``bigint``, ``numeric(20,2)``), text with a NUL character
+(PostgreSQL text cannot hold one), or a JSON value nested deeper than a JSON column takes.
+JSON columns travel as orjson's encoding, made once here. What the database still refuses
+comes back from sinks.writers.
 ``kpi_metrics`` holds live (``is_final`` false) and final windows: a live record updates a live
 row, the final record overwrites it, and nothing overwrites a final row except a final record.
 An upsert that would not change a row leaves it alone (``updated_at`` stays), so replaying a
@@ -29,6 +36,7 @@ topic into a populated table changes nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +44,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from psycopg import sql
 from psycopg.adapt import PyFormat
 from psycopg.types.json import Jsonb
@@ -46,10 +55,35 @@ Row = tuple[Any, ...]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CENT = Decimal("0.01")
+#: numeric(20, 2) holds 18 digits before the point
+_MONEY_DIGITS = 18
+#: the integers each column type holds
+INTEGER_RANGES = {"integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
+#: a NUL character in orjson's encoding: ``\u0000`` not itself escaped
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_SHOW = 60  # characters of an offending value quoted in an error
 
 
 class RowError(ValueError):
     """A record that cannot become a row of its table (missing field, wrong type)."""
+
+
+def _show(value: Any) -> str:
+    """An offending value in an error, bounded: a dead letter carries the error."""
+    text = repr(value)
+    return text if len(text) <= _SHOW else f"{text[: _SHOW - 3]}... ({len(text)} characters)"
+
+
+class _Encoded:
+    """A JSON column's value, encoded already: psycopg's dumps function for it."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __call__(self, _obj: Any) -> bytes:
+        return self.data
 
 
 # --------------------------------------------------------------------------- field readers
@@ -65,7 +99,7 @@ def _get(record: Mapping[str, Any], name: str) -> Any:
 def _time(record: Mapping[str, Any], name: str) -> datetime:
     value = _get(record, name)
     if not isinstance(value, str):
-        raise RowError(f"{name}: expected RFC 3339 text, got {value!r}")
+        raise RowError(f"{name}: expected RFC 3339 text, got {_show(value)}")
     try:
         ms = parse_ts(value)
     except ValueError as exc:
@@ -78,7 +112,7 @@ def _int(record: Mapping[str, Any], name: str, *, nullable: bool = False) -> int
     if value is None and nullable:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RowError(f"{name}: expected an integer, got {value!r}")
+        raise RowError(f"{name}: expected an integer, got {_show(value)}")
     return value
 
 
@@ -87,8 +121,11 @@ def _float(record: Mapping[str, Any], name: str, *, nullable: bool = False) -> f
     if value is None and nullable:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RowError(f"{name}: expected a number, got {value!r}")
-    return float(value)
+        raise RowError(f"{name}: expected a number, got {_show(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise RowError(f"{name}: {_show(value)} is beyond a double precision number") from None
 
 
 def _text(record: Mapping[str, Any], name: str, *, nullable: bool = False) -> str | None:
@@ -96,22 +133,29 @@ def _text(record: Mapping[str, Any], name: str, *, nullable: bool = False) -> st
     if value is None and nullable:
         return None
     if not isinstance(value, str):
-        raise RowError(f"{name}: expected text, got {value!r}")
+        raise RowError(f"{name}: expected text, got {_show(value)}")
     return value
 
 
 def _bool(record: Mapping[str, Any], name: str) -> bool:
     value = _get(record, name)
     if not isinstance(value, bool):
-        raise RowError(f"{name}: expected true or false, got {value!r}")
+        raise RowError(f"{name}: expected true or false, got {_show(value)}")
     return value
 
 
 def _object(record: Mapping[str, Any], name: str) -> Jsonb:
+    """A JSON object for a jsonb column, encoded once here (orjson, the value's own form)."""
     value = _get(record, name)
     if not isinstance(value, dict):
-        raise RowError(f"{name}: expected a JSON object, got {value!r}")
-    return Jsonb(value)
+        raise RowError(f"{name}: expected a JSON object, got {_show(value)}")
+    try:
+        data = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (254 levels)
+        raise RowError(f"{name}: cannot be stored as JSON: {exc}") from None
+    if b"\\u0000" in data and _JSON_NUL.search(data):
+        raise RowError(f"{name}: contains a NUL character, which PostgreSQL jsonb cannot hold")
+    return Jsonb(value, dumps=_Encoded(data))
 
 
 def _money(record: Mapping[str, Any], name: str, cents_name: str | None = None) -> Decimal:
@@ -120,16 +164,19 @@ def _money(record: Mapping[str, Any], name: str, cents_name: str | None = None) 
     if cents_name is not None and cents_name in record:
         cents = _int(record, cents_name)
         assert cents is not None
-        return Decimal(cents).scaleb(-2)
-    value = _get(record, name)
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise RowError(f"{name}: expected an amount, got {value!r}")
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise RowError(f"{name}: expected an amount, got {value!r}") from None
-    if not amount.is_finite():
-        raise RowError(f"{name}: expected a finite amount, got {value!r}")
+        amount = Decimal(cents).scaleb(-2)
+    else:
+        value = _get(record, name)
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise RowError(f"{name}: expected an amount, got {_show(value)}")
+        try:
+            amount = Decimal(str(value))
+        except InvalidOperation:
+            raise RowError(f"{name}: expected an amount, got {_show(value)}") from None
+        if not amount.is_finite():
+            raise RowError(f"{name}: expected a finite amount, got {_show(value)}")
+    if amount and amount.adjusted() >= _MONEY_DIGITS:
+        raise RowError(f"{name}: {amount:E} is beyond numeric(20, 2)")
     return amount.quantize(_CENT, rounding=ROUND_HALF_UP)
 
 
@@ -385,6 +432,32 @@ class Rejected:
     sqlstate: str | None = None
 
 
+@lru_cache(maxsize=16)
+def _bounded_columns(spec: TableSpec) -> tuple[tuple[int, str, str], ...]:
+    """(index, name, type) of the columns whose values ``check_columns`` looks at."""
+    return tuple(
+        (index, column, sql_type)
+        for index, (column, sql_type) in enumerate(zip(spec.columns, spec.types, strict=True))
+        if sql_type in INTEGER_RANGES or sql_type == "text"
+    )
+
+
+def check_columns(spec: TableSpec, row: Row) -> None:
+    """RowError naming the column when a value does not fit it: an integer beyond its type,
+    text with a NUL character."""
+    for index, column, sql_type in _bounded_columns(spec):
+        value = row[index]
+        if value is None:
+            continue
+        if sql_type == "text":
+            if "\x00" in value:
+                raise RowError(f"{column}: contains a NUL character, which text cannot hold")
+            continue
+        lo, hi = INTEGER_RANGES[sql_type]
+        if not lo <= value <= hi:
+            raise RowError(f"{column}: {value} is beyond {sql_type} ({lo} to {hi})")
+
+
 def prepare(
     spec: TableSpec, records: Sequence[Mapping[str, Any]]
 ) -> tuple[list[tuple[int, Row]], list[Rejected]]:
@@ -397,8 +470,12 @@ def prepare(
     for index, record in enumerate(records):
         try:
             row = spec.convert(record)
+            check_columns(spec, row)
         except RowError as exc:
             rejected.append(Rejected(index, f"{spec.name}: {exc}"))
+            continue
+        except Exception as exc:  # a record nobody foresaw must not stop the sink
+            rejected.append(Rejected(index, f"{spec.name}: cannot be a row: {exc!r}"[:1000]))
             continue
         key = spec.key_of(row)
         known = chosen.get(key)

@@ -6,10 +6,11 @@ column (``INSERT … SELECT * FROM unnest(…) ON CONFLICT … DO UPDATE``, sink
 database rejects the data itself (DataError, IntegrityError other than the upsert conflict, an
 index row too large), the transaction is rolled back and the rows are written again one by one,
 each under a savepoint, in one new transaction: the good rows are committed together and the
-bad ones come back as ``Rejected`` (the sink sends them to the sink dead-letter topic). Any
-other error (connection lost, database down or read-only, missing table) propagates: the
-caller retries the whole batch (sinks.retry), which is harmless because every write is an
-idempotent upsert.
+bad ones come back as ``Rejected`` (the sink sends them to the sink dead-letter topic). So
+does a row the client cannot even send (an exception outside psycopg's, from a value nobody
+foresaw: sinks.schema refuses the ones known). Any other database error (connection lost,
+database down or read-only, missing table) propagates: the caller retries the whole batch
+(sinks.retry), which is harmless because every write is an idempotent upsert.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ async def write_batch(
     try:
         async with conn.transaction():
             await conn.execute(bulk_upsert_statement(spec), column_arrays(rows))
-    except ROW_ERRORS:
+    except Exception as exc:
+        if isinstance(exc, psycopg.Error) and not isinstance(exc, ROW_ERRORS):
+            raise  # about the database, not the rows: the caller retries
+        # a row the database refuses, or a value the client could not send: find them
         bad = await write_one_by_one(conn, spec, rows)
         result.rejected.extend(bad)
         result.written = len(rows) - len(bad)
@@ -87,6 +91,10 @@ async def write_one_by_one(
                 bad.append(
                     Rejected(index, f"{spec.name}: {describe(exc, spec.name)}", exc.sqlstate)
                 )
+            except psycopg.Error:
+                raise  # about the database, not the row: the caller retries the batch
+            except Exception as exc:  # the client could not send the row
+                bad.append(Rejected(index, f"{spec.name}: {describe(exc)}"))
     return bad
 
 

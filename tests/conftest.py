@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.missing_services import report_missing, service_missing
 from tests.worker_process import (
@@ -38,6 +39,19 @@ from tests.worker_process import (
 )
 
 _POOLS: list[WorkerPool] = []
+
+# --------------------------------------------------------------------------- hypothesis
+
+# Property tests (tests/fuzz_inputs.py): a few hundred examples each in CI, thousands with
+# HYPOTHESIS_PROFILE=thorough. No deadline: the first examples warm caches (ua-parser).
+_SLOW_INPUTS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, database=None, suppress_health_check=_SLOW_INPUTS
+)
+settings.register_profile(
+    "thorough", max_examples=5_000, deadline=None, suppress_health_check=_SLOW_INPUTS
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 pytest_plugins = ["pytester"]  # tests/unit/test_missing_services.py runs pytest in pytest
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from analytics.tracking import dead_letter
+from analytics.dead_letters import RAW_LIMIT, bounded_dead_letter
 from analytics.validation import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
@@ -26,7 +26,7 @@ from analytics.validation import (
     validate_event,
 )
 
-DEAD_LETTER_RAW_LIMIT = 64 * 1024
+DEAD_LETTER_RAW_LIMIT = RAW_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +62,7 @@ def _dead(
     size: int | None = None,
 ) -> dict[str, Any]:
     """A dead letter keeping at most DEAD_LETTER_RAW_LIMIT bytes of a payload of ``size``."""
-    size = len(raw) if size is None else size
-    record = dead_letter(
-        raw[:DEAD_LETTER_RAW_LIMIT], errors, source=source, received_ms=received_ms
-    )
-    if size > DEAD_LETTER_RAW_LIMIT:
-        record["raw_truncated_from_bytes"] = size
-    return record
+    return bounded_dead_letter(raw, errors, source=source, received_ms=received_ms, size=size)
 
 
 def _rejected_body(errors: list[FieldError]) -> dict[str, Any]:
@@ -132,8 +126,14 @@ def ingest_batch(body: bytes, received_ms: int) -> IngestOutcome:
             rejected_items.append(
                 {"index": index, "errors": [e.as_dict() for e in rejected.errors]}
             )
-            dead = _dead(orjson.dumps(item), rejected.errors, "http-batch", received_ms)
+            try:
+                raw, whole = orjson.dumps(item), False
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads 1,024)
+                raw, whole = body, True
+            dead = _dead(raw, rejected.errors, "http-batch", received_ms)
             dead["batch_index"] = index
+            if whole:  # the raw payload is the whole batch: batch_index says which event
+                dead["raw_is_batch"] = True
             outcome.dead_letters.append(dead)
     if not outcome.accepted:
         outcome.status = 400

@@ -35,9 +35,15 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from agents.behavior_tracker import session_record
+from analytics.kpis import kpi_figures, trends
+from analytics.sessions import SessionSummary
 from analytics.timeutil import format_ts, parse_ts
+from analytics.traffic import dimension_rows, page_rows
+from analytics.validation import MAX_AMOUNT
 from generator.traffic import TrafficProfile, generate_labelled
 from sinks import migrations as migrations_module
+from sinks import queries, reader
 from sinks.migrations import MIGRATIONS, migrate_url
 from sinks.schema import TABLES, Row, TableSpec, prepare
 from sinks.writers import write_batch, write_one_by_one
@@ -628,6 +634,91 @@ async def test_upsert_rules_and_dead_letters_through_the_sinks(
     assert not kpis[START_MS + WINDOW_MS]["is_final"]
 
 
+async def test_records_that_stopped_the_sinks_are_dead_lettered_and_the_worker_goes_on(
+    database: str, worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str
+) -> None:
+    """Each of these once stopped the worker, again at every restart: a session whose JSON is
+    nested 1,000 deep (json.dumps raised RecursionError), money beyond what Decimal rounds
+    (1e300: InvalidOperation), a value whose dead letter outgrew a Kafka message (900 KB of
+    quotes, twice that as JSON text). Now each goes to sink-dlq with its error and the records
+    behind it in the same partition are written."""
+    bootstrap = services.kafka_bootstrap
+    worker = worker_factory.start(topic_prefix, group_id, extra_env={"DATABASE_URL": database})
+    await worker.await_ready(PARTITIONS, timeout=120)
+    start, end = format_ts(START_MS), format_ts(START_MS + WINDOW_MS)
+    session = _session(start, end)
+    deep = b'{"deep":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    deep_session = orjson.dumps(session | {"user_id": "u0", "actions": orjson.Fragment(deep)})
+    sent = {
+        "session-metrics": [deep_session, orjson.dumps(session)],
+        "live-kpis": [
+            orjson.dumps(
+                _kpi(start, end, total_events=5, is_final=True) | {"revenue_per_user": 1e300}
+            ),
+            orjson.dumps(
+                _kpi(end, format_ts(START_MS + 2 * WINDOW_MS), total_events=6, is_final=True)
+            ),
+        ],
+        "page-view-stats": [
+            b'"' * 900_000,
+            orjson.dumps(
+                {"window_start": start, "window_end": end, "page": "/ok", "views": 1}
+                | {"unique_visitors": 1, "total_time_on_page_ms": 5, "avg_time_on_page_ms": 5.0}
+            ),
+        ],
+    }
+    for topic, values in sent.items():
+        await produce(
+            bootstrap, f"{topic_prefix}{topic}", [Outgoing(b"k", v, partition=2) for v in values]
+        )
+
+    dead = await read_until(
+        bootstrap, f"{topic_prefix}sink-dlq", lambda records: len(records) >= 3, timeout=90
+    )
+    letters = {d["table"]: d for d in (r.json() for r in dead)}
+    assert sorted(letters) == ["kpi_metrics", "page_view_stats", "session_metrics"]
+    assert "actions: cannot be stored as JSON" in letters["session_metrics"]["error"]
+    assert "revenue_per_user: 1E+300 is beyond numeric(20, 2)" in letters["kpi_metrics"]["error"]
+    page_letter = letters["page_view_stats"]
+    assert "not JSON" in page_letter["error"]
+    assert page_letter["value_truncated_from_bytes"] == 900_000
+    assert all(d["offset"] == 0 and d["partition"] == 2 for d in letters.values())
+
+    deadline = time.monotonic() + 60
+    while True:
+        counts = [len(await table_rows(database, t)) for t in ("session_metrics", "kpi_metrics")]
+        pages = await table_rows(database, "page_view_stats")
+        if counts == [1, 1] and len(pages) == 1:
+            break
+        assert time.monotonic() < deadline, (counts, pages)
+        await asyncio.sleep(0.2)  # polling interval, bounded by the deadline
+    assert worker.alive and (worker.health() or (0,))[0] == 200
+
+
+def _session(start: str, end: str) -> dict[str, Any]:
+    """A session-metrics record of user u1 in [start, end]."""
+    return {
+        "user_id": "u1",
+        "session_id": "s1",
+        "window_start": start,
+        "window_end": end,
+        "duration_seconds": 1.0,
+        "total_events": 2,
+        "actions": {"click": 2},
+        "pages": {},
+        "unique_pages": 0,
+        "total_duration_ms": 0,
+        "average_duration_ms": 0.0,
+        "device_type": None,
+        "country": None,
+        "is_bounce": False,
+        "conversions": 0,
+        "revenue": 0.0,
+        "revenue_cents": 0,
+        "engagement_score": 10.0,
+    }
+
+
 def _kpi(start: str, end: str, *, total_events: int, is_final: bool) -> dict[str, Any]:
     return {
         "window_start": start,
@@ -755,7 +846,7 @@ async def test_the_writer_sets_apart_only_the_rows_the_database_refuses(database
         page("/a"),
         page("/nul\x00byte"),  # psycopg refuses it before sending: DataError
         page("/negative", views=-1),  # CHECK (views > 0): IntegrityError
-        page("/huge", total_time_on_page_ms=2**70),  # bigint out of range: DataError
+        page("/huge", total_time_on_page_ms=2**70),  # beyond bigint: refused before sending
         page(LONG_PAGE),  # 6 KiB: keyed on its hash, it fits the primary key (migration 4)
         page("/b"),
         {"page": "/missing-fields"},
@@ -766,7 +857,7 @@ async def test_the_writer_sets_apart_only_the_rows_the_database_refuses(database
     assert [r.index for r in result.rejected] == [1, 2, 3, 6]
     by_index = {r.index: r for r in result.rejected}
     assert by_index[2].sqlstate == "23514" and "page_view_stats_views_check" in by_index[2].error
-    assert by_index[3].sqlstate == "22003"
+    assert "total_time_on_page_ms: 1180591620717411303424 is beyond bigint" in by_index[3].error
     assert "NUL" in by_index[1].error and "missing field" in by_index[6].error
     rows = await table_rows(database, "page_view_stats")
     assert sorted(r["page"] for r in rows) == sorted(["/a", "/b", LONG_PAGE])
@@ -776,6 +867,109 @@ async def test_the_writer_sets_apart_only_the_rows_the_database_refuses(database
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         await write_batch(conn, TABLES["page_view_stats"], batch)
     assert await table_rows(database, "page_view_stats") == before
+
+
+async def test_no_record_stops_a_batch_the_others_are_written(database: str) -> None:
+    """Every way one record could fail its batch for ever (issue 9): a value too big for an
+    index, for its integer or money column, JSON nested too deep for the client to send or
+    holding a NUL, text with a NUL. Each is set apart with an error naming the column or the
+    problem; the records around it are written."""
+    await migrate_url(database)
+    start, end = format_ts(START_MS), format_ts(START_MS + WINDOW_MS)
+    deep = orjson.loads(b"[" * 1000 + b"]" * 1000)  # json.dumps fails on it: RecursionError
+
+    def dim(value: str, **changes: Any) -> dict[str, Any]:
+        record = {
+            "window_start": start,
+            "window_end": end,
+            "dimension": "browser",
+            "value": value,
+            "events": 2,
+            "users": 1,
+            "page_views": 1,
+            "revenue": 1.5,
+            "revenue_cents": 150,
+        }
+        return record | changes
+
+    dims = [dim("Firefox"), dim(HUGE_PAGE), dim("Edge", revenue_cents=2**64 - 1), dim("Opera")]
+    dims.insert(3, dim("Chrome", events=2**63))
+    session = _session(start, end)
+    sessions = [
+        session,
+        session | {"user_id": "u2", "actions": {"deep": deep}},
+        session | {"user_id": "u3", "pages": {"/\x00": 1}},
+        session | {"user_id": HUGE_PAGE},
+        session | {"user_id": "u5", "total_events": 2**31},
+        session | {"user_id": "u6"},
+    ]
+    spec_dims, spec_sessions = TABLES["dimension_stats"], TABLES["session_metrics"]
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        dim_result = await write_batch(conn, spec_dims, dims)
+        session_result = await write_batch(conn, spec_sessions, sessions)
+    assert [(r.index, r.sqlstate) for r in dim_result.rejected] == [(1, "54000"), (3, None)]
+    assert "index row" in dim_result.rejected[0].error
+    assert "events: 9223372036854775808 is beyond bigint" in dim_result.rejected[1].error
+    stored = {r["value"]: r for r in await table_rows(database, "dimension_stats")}
+    assert sorted(stored) == ["Edge", "Firefox", "Opera"]
+    assert stored["Edge"]["revenue"] == Decimal(2**64 - 1) / 100  # the most cents JSON holds
+    errors = {r.index: r.error for r in session_result.rejected}
+    assert sorted(errors) == [1, 2, 3, 4]
+    assert "actions: cannot be stored as JSON" in errors[1]
+    assert "pages: contains a NUL character" in errors[2]
+    assert "index row" in errors[3]
+    assert "total_events: 2147483648 is beyond integer" in errors[4]
+    users = sorted(r["user_id"] for r in await table_rows(database, "session_metrics"))
+    assert users == ["u1", "u6"]
+
+
+async def test_the_largest_sums_go_into_the_columns_and_come_back_exact(database: str) -> None:
+    """Ten million purchases of the largest amount (SPEC 1: 1e9, so 1e18 cents) in one
+    window and one session: written, read back and summed by the history queries, exact."""
+    await migrate_url(database)
+    count, cents = 10_000_000, 10_000_000 * MAX_AMOUNT * 100
+    sums = {"events": count, "purchases": count, "conversions": count, "revenue_cents": cents}
+    sums |= {"active_users": 1, "users_total": 1, "new_users": 1, "sessions": 1}
+    kpi = kpi_figures(START_MS, WINDOW_MS, sums)
+    kpi |= {"trends": trends(sums, None), "late_events_total": 0, "is_final": True}
+    day = 86_400_000
+    summary = SessionSummary.decode(
+        ["s1", START_MS, START_MS + day, count, {"purchase": count}, {}, 0, count, cents, "", ""]
+    )
+    session = session_record(summary.figures("whale"))
+    (page,) = page_rows(START_MS, WINDOW_MS, {"/buy": [count, 1, count * day]})
+    (dim,) = dimension_rows(START_MS, WINDOW_MS, {"device": {"desktop": [count, 1, 0, cents]}})
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        for table, record in [
+            ("kpi_metrics", kpi),
+            ("session_metrics", session),
+            ("page_view_stats", page),
+            ("dimension_stats", dim),
+        ]:
+            result = await write_batch(conn, TABLES[table], [orjson.loads(orjson.dumps(record))])
+            assert (result.written, result.rejected) == (1, []), table
+    (stored_kpi,) = await table_rows(database, "kpi_metrics")
+    assert stored_kpi["total_revenue"] == Decimal(10**16)
+    assert stored_kpi["revenue_per_user"] == Decimal(10**16)
+    assert stored_kpi["total_events"] == count
+    (stored_session,) = await table_rows(database, "session_metrics")
+    assert (stored_session["total_events"], stored_session["revenue"]) == (count, Decimal(10**16))
+    (stored_dim,) = await table_rows(database, "dimension_stats")
+    assert stored_dim["revenue"] == Decimal(10**16)
+
+    for bucket in ("1m", "1h", "1d"):
+        params = queries.kpi_bucket_params(bucket, START_MS, START_MS + day)
+        (row,) = await reader.fetch(database, queries.kpi_buckets_sql, params)
+        answer = queries.kpi_bucket(row, queries.BUCKETS[bucket])
+        assert answer["total_revenue_cents"] == cents and answer["total_events"] == count
+        assert orjson.loads(orjson.dumps(answer)) == answer
+    params = queries.user_sessions_params("whale", None, None, 10)
+    (row,) = await reader.fetch(database, queries.USER_SESSIONS, params)
+    closed = queries.closed_session(row)
+    assert closed["revenue_cents"] == cents and closed["total_events"] == count
+    params = queries.top_pages_params(START_MS, START_MS + day, 10)
+    (row,) = await reader.fetch(database, queries.TOP_PAGES, params)
+    assert queries.top_page(row)["total_time_on_page_ms"] == count * day
 
 
 #: 10,240 characters of UTF-8 that does not compress, over 25 KiB: far past a B-tree entry

@@ -1,0 +1,52 @@
+"""Dead letters that always fit a Kafka message, whatever they carry.
+
+A dead letter keeps the payload it is about, and a payload can be as large as the topic it
+came from allows (1 MB by default), or larger once written as JSON text (escapes, base64 for
+bytes that are not UTF-8). A dead letter the broker refuses would fail the batch that sends
+it, and the batch would be read again and fail again: the stage would stop on one record.
+So every dead letter keeps at most ``RAW_LIMIT`` bytes of its payload and says how long the
+whole was (``raw_truncated_from_bytes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from analytics.tracking import dead_letter
+from analytics.validation import FieldError
+
+RAW_LIMIT = 64 * 1024
+"""Payload bytes a dead letter keeps: even written as JSON escapes (at most 6 characters a
+byte) it stays well under a Kafka message's default 1 MB."""
+
+
+def utf8_prefix(raw: bytes, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``raw``, not cutting a UTF-8 character in two (a cut
+    character would make valid text look like binary)."""
+    if len(raw) <= limit:
+        return raw
+    cut = limit
+    while cut > limit - 3 and cut > 0 and raw[cut] & 0xC0 == 0x80:
+        cut -= 1  # raw[cut] continues a character begun before the cut: cut before it
+    return raw[:cut]
+
+
+def bounded_dead_letter(
+    raw: bytes,
+    errors: Iterable[FieldError],
+    *,
+    source: str,
+    received_ms: int,
+    size: int | None = None,
+    **where: Any,
+) -> dict[str, Any]:
+    """analytics.tracking.dead_letter of at most RAW_LIMIT bytes of ``raw``; ``size`` is the
+    whole payload's length when ``raw`` is already a part of it."""
+    size = len(raw) if size is None else size
+    record = dead_letter(
+        utf8_prefix(raw, RAW_LIMIT), errors, source=source, received_ms=received_ms, **where
+    )
+    if size > RAW_LIMIT:
+        record["raw_truncated_from_bytes"] = size
+    return record

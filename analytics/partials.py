@@ -1,0 +1,244 @@
+"""The ``kpi-partials`` messages the combiner takes in (analytics.combiner), checked first.
+
+The partition stage (analytics.partition, agents/behavior_tracker.py) publishes two kinds:
+
+* ``{"type": "progress", "partition", "wm", "late", "arrived"}``: a partition's watermark,
+  its late events so far and the append time of its latest message;
+* ``{"type": "partial", "partition", "window_start", "final", "kpi": {counter: n},
+  "pages": {page: [views, visitors, time_ms]}, "dims": {dimension: {value: [events, users,
+  page_views, revenue_cents]}}}``: its share of a window.
+
+The combiner keeps what it takes in its state and saves the state after every batch, so one
+bad value taken in would fail every later batch: the partitions' figures would never be final
+again. Anything on the topic that is not one of these (not JSON, a foreign producer, a
+partition count or window length that does not match this worker's settings, a counter that
+is not a whole number) is refused here with errors naming the fields, and the combiner sends
+it to ``kpi-partials-dlq`` (agents/kpi_combiner.py).
+
+Counters are bounded so that any window's sum over all partitions fits a signed 64-bit
+integer: what orjson encodes and a PostgreSQL ``bigint`` holds. With the SPEC 1 bound on
+``metadata.amount`` (1e9, so 1e11 cents an event) and 8 partitions, a partition may publish
+up to 1.15e18 cents, 11.5 million purchases of the largest amount in one window.
+
+Fields the combiner does not read are left out of the checked message (and of the state), so
+a newer tracker that adds a field does not stop an older combiner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from analytics.traffic import DIMENSIONS
+from analytics.validation import FieldError
+
+INT64_MAX = 2**63 - 1
+#: the earliest and latest epoch ms a published timestamp can show (analytics.timeutil): a
+#: window's start and its end must both be writable, so the last minute of year 9999 is not
+MIN_MS = -62_135_596_800_000
+MAX_MS = 253_402_300_799_999
+MAX_PAGE_CHARS = 2048  # SPEC 1: page
+MAX_VALUE_CHARS = 1024  # a dimension value: a device, a country, a browser parsed from a UA
+MAX_ERRORS = 10  # errors listed per message, so a dead letter stays small
+
+KPI_COUNTERS = (
+    "events",
+    "page_views",
+    "conversions",
+    "revenue_cents",
+    "purchases",
+    "sessions",
+    "session_duration_ms",
+    "bounces",
+    "engagement_x10000",
+    "active_users",
+    "new_users",
+    "users_total",
+)
+"""The counters every partial carries (analytics.partition.window_partial)."""
+
+
+class PartialRejected(ValueError):
+    """A ``kpi-partials`` message the combiner cannot use; ``errors`` names each problem."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+@dataclass(frozen=True, slots=True)
+class PartialLimits:
+    """What a message must agree with: the worker's partition count and window length."""
+
+    partitions: int
+    window_ms: int
+
+    @property
+    def max_counter(self) -> int:
+        """The largest counter of one partition: ``partitions`` of them still fit 64 bits."""
+        return INT64_MAX // self.partitions
+
+
+MISSING: Any = ...
+
+
+def _show(value: Any) -> str:
+    """An offending value quoted back in an error, bounded."""
+    if value is None or type(value) in (bool, int, float):
+        return orjson.dumps(value).decode()
+    if type(value) is str:
+        text = orjson.dumps(value[:40]).decode()
+        return text if len(value) <= 40 else f'{text[:-1]}..." ({len(value)} characters)'
+    return "an object" if type(value) is dict else "an array"
+
+
+class _Check:
+    """Collects the errors of one message, listing at most MAX_ERRORS of them."""
+
+    def __init__(self, limits: PartialLimits) -> None:
+        self.limits = limits
+        self.errors: list[FieldError] = []
+        self.more = 0
+
+    def fail(self, field: str, message: str) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(FieldError(field, message))
+        else:
+            self.more += 1
+
+    def integer(self, field: str, value: Any, lo: int, hi: int) -> int:
+        if value is MISSING:
+            self.fail(field, "required")
+        elif type(value) is not int or not lo <= value <= hi:
+            self.fail(field, f"must be an integer from {lo} to {hi}, got {_show(value)}")
+        else:
+            return int(value)
+        return lo
+
+    def counter(self, field: str, value: Any) -> int:
+        return self.integer(field, value, 0, self.limits.max_counter)
+
+    def cells(self, field: str, value: Any, size: int) -> list[int]:
+        if type(value) is not list or len(value) != size:
+            self.fail(field, f"must be a list of {size} counters, got {_show(value)}")
+            return [0] * size
+        return [self.counter(f"{field}[{i}]", cell) for i, cell in enumerate(value)]
+
+    def table(self, field: str, value: Any, max_key: int, size: int) -> dict[str, list[int]]:
+        """{name: [size counters]} with names of at most ``max_key`` characters."""
+        if type(value) is not dict:
+            self.fail(field, f"must be a JSON object, got {_show(value)}")
+            return {}
+        checked = {}
+        for key, cells in value.items():
+            if len(key) > max_key:
+                self.fail(f"{field}.{key[:40]}...", f"longer than {max_key} characters")
+            else:
+                checked[key] = self.cells(f"{field}.{key}", cells, size)
+        return checked
+
+    def raise_errors(self) -> None:
+        if self.more:
+            more = f"{self.more} more problem{'s' if self.more > 1 else ''}"
+            self.errors.append(FieldError("message", f"and {more}"))
+        if self.errors:
+            raise PartialRejected(self.errors)
+
+
+def _int64(check: _Check, field: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    return check.integer(field, value, -INT64_MAX - 1, INT64_MAX)
+
+
+def _progress(check: _Check, message: dict[str, Any], partition: int) -> dict[str, Any]:
+    return {
+        "type": "progress",
+        "partition": partition,
+        "wm": _int64(check, "wm", message.get("wm")),
+        "late": check.counter("late", message.get("late", MISSING)),
+        "arrived": _int64(check, "arrived", message.get("arrived")) or 0,
+    }
+
+
+def _dims(check: _Check, value: Any) -> dict[str, dict[str, list[int]]]:
+    if type(value) is not dict:
+        check.fail("dims", f"must be a JSON object, got {_show(value)}")
+        return {}
+    checked = {}
+    for dimension, values in value.items():
+        if dimension not in DIMENSIONS:
+            check.fail(f"dims.{dimension[:40]}", f"not one of {', '.join(DIMENSIONS)}")
+        else:
+            checked[dimension] = check.table(f"dims.{dimension}", values, MAX_VALUE_CHARS, 4)
+    return checked
+
+
+def _partial(check: _Check, message: dict[str, Any], partition: int) -> dict[str, Any]:
+    window_ms = check.limits.window_ms
+    start = check.integer(
+        "window_start", message.get("window_start", MISSING), MIN_MS, MAX_MS - window_ms
+    )
+    if start % window_ms:
+        check.fail("window_start", f"{start} is not the start of a {window_ms} ms window")
+    final = message.get("final", MISSING)
+    if type(final) is not bool:
+        check.fail(
+            "final",
+            "required" if final is MISSING else f"must be true or false, got {_show(final)}",
+        )
+    kpi_value = message.get("kpi", MISSING)
+    kpi: dict[str, int] = {}
+    if type(kpi_value) is not dict:
+        check.fail(
+            "kpi",
+            "required"
+            if kpi_value is MISSING
+            else f"must be a JSON object, got {_show(kpi_value)}",
+        )
+    else:
+        for name in KPI_COUNTERS:
+            kpi[name] = check.counter(f"kpi.{name}", kpi_value.get(name, MISSING))
+    return {
+        "type": "partial",
+        "partition": partition,
+        "window_start": start,
+        "final": final,
+        "kpi": kpi,
+        "pages": check.table("pages", message.get("pages", {}), MAX_PAGE_CHARS, 3),
+        "dims": _dims(check, message.get("dims", {})),
+    }
+
+
+def check_message(message: Any, limits: PartialLimits) -> dict[str, Any]:
+    """The message with only the fields the combiner reads, or PartialRejected."""
+    check = _Check(limits)
+    if type(message) is not dict:
+        check.fail("message", f"must be a JSON object, got {_show(message)}")
+        check.raise_errors()
+    partition = check.integer(
+        "partition", message.get("partition", MISSING), 0, limits.partitions - 1
+    )
+    kind = message.get("type", MISSING)
+    checked: dict[str, Any] = {}
+    if kind == "progress":
+        checked = _progress(check, message, partition)
+    elif kind == "partial":
+        checked = _partial(check, message, partition)
+    else:
+        check.fail("type", f'must be "progress" or "partial", got {_show(kind)}')
+    check.raise_errors()
+    return checked
+
+
+def decode_message(raw: bytes | None, limits: PartialLimits) -> dict[str, Any]:
+    """A ``kpi-partials`` message value, decoded and checked (``check_message``)."""
+    if not raw:
+        raise PartialRejected([FieldError("message", "empty value")])
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PartialRejected([FieldError("message", f"invalid JSON: {exc}")]) from None
+    return check_message(message, limits)
