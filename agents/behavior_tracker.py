@@ -53,6 +53,7 @@ from agents.partition_task import (
     raw_message,
 )
 from agents.round_clock import RoundClock
+from analytics.dead_letters import bounded_dead_letter
 from analytics.enrichment import EnrichmentRules, parse_user_agent
 from analytics.partition import (
     PartitionOutput,
@@ -63,7 +64,7 @@ from analytics.partition import (
 )
 from analytics.rows import Arrival
 from analytics.timeutil import format_ts
-from analytics.tracking import RawMessage, TrackedBatch, TrackerRules, dead_letter, track_batch
+from analytics.tracking import RawMessage, TrackedBatch, TrackerRules, track_batch
 from analytics.validation import FieldError
 from app import app, metrics
 from app.kafka_security import librdkafka_config
@@ -385,7 +386,7 @@ class BehaviorTracker(Service):
         clock moved past it."""
         tracked = TrackedBatch(failures=1)
         tracked.dead_letters.append(
-            dead_letter(
+            bounded_dead_letter(
                 raw.value,
                 [FieldError("event", f"could not be processed: {exc!r}")],
                 source="topic",

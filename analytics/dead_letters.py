@@ -10,15 +10,41 @@ whole was (``raw_truncated_from_bytes``).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 from typing import Any
 
-from analytics.tracking import dead_letter
+from analytics.timeutil import format_ts
 from analytics.validation import FieldError
 
 RAW_LIMIT = 64 * 1024
 """Payload bytes a dead letter keeps: even written as JSON escapes (at most 6 characters a
 byte) it stays well under a Kafka message's default 1 MB."""
+
+
+def dead_letter(
+    raw: bytes,
+    errors: Iterable[FieldError],
+    *,
+    source: str,
+    received_ms: int,
+    **where: Any,
+) -> dict[str, Any]:
+    """A dead-letter record: the raw payload, the errors, where it came from and when."""
+    error_list = [error.as_dict() for error in errors]
+    try:
+        raw_text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        raw_text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return {
+        "source": source,
+        "error": "; ".join(f"{e['field']}: {e['message']}" for e in error_list),
+        "errors": error_list,
+        "raw": raw_text,
+        "raw_encoding": encoding,
+        "received_at": format_ts(received_ms),
+        **where,
+    }
 
 
 def utf8_prefix(raw: bytes, limit: int) -> bytes:
@@ -41,7 +67,7 @@ def bounded_dead_letter(
     size: int | None = None,
     **where: Any,
 ) -> dict[str, Any]:
-    """analytics.tracking.dead_letter of at most RAW_LIMIT bytes of ``raw``; ``size`` is the
+    """``dead_letter`` of at most RAW_LIMIT bytes of ``raw``; ``size`` is the
     whole payload's length when ``raw`` is already a part of it."""
     size = len(raw) if size is None else size
     record = dead_letter(

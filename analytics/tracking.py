@@ -19,7 +19,6 @@ and processed when it arrives there.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,9 +26,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from analytics.dead_letters import bounded_dead_letter
 from analytics.enrichment import DEFAULT_RULES, EnrichmentRules, enrich
 from analytics.rows import Arrival, Tick, row_of
-from analytics.timeutil import format_ts
 from analytics.validation import (
     MAX_EVENT_BYTES,
     EventRejected,
@@ -103,31 +102,6 @@ def fallback_event_id(topic: str, partition: int, offset: int) -> str:
     return str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{topic}/{partition}/{offset}"))
 
 
-def dead_letter(
-    raw: bytes,
-    errors: Iterable[FieldError],
-    *,
-    source: str,
-    received_ms: int,
-    **where: Any,
-) -> dict[str, Any]:
-    """A dead-letter record: the raw payload, the errors, where it came from and when."""
-    error_list = [error.as_dict() for error in errors]
-    try:
-        raw_text, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        raw_text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    return {
-        "source": source,
-        "error": "; ".join(f"{e['field']}: {e['message']}" for e in error_list),
-        "errors": error_list,
-        "raw": raw_text,
-        "raw_encoding": encoding,
-        "received_at": format_ts(received_ms),
-        **where,
-    }
-
-
 def track_batch(
     messages: Iterable[RawMessage],
     *,
@@ -155,7 +129,7 @@ def track_batch(
         else:
             continue
         out.dead_letters.append(
-            dead_letter(
+            bounded_dead_letter(
                 message.value,
                 errors,
                 source="topic",

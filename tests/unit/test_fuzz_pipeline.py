@@ -245,14 +245,6 @@ def test_http_accepts_only_what_the_tracker_enriches(body: bytes | list[dict[str
 # --------------------------------------------------------------------------- too large
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead's analytics/tracking.py: a topic message's dead letter keeps its whole raw "
-    "payload; 1 MB of bytes that are not UTF-8 becomes 1.33 MB of base64, which the broker "
-    "refuses on user-events-dlq (MSG_SIZE_TOO_LARGE), and the partition's round fails on "
-    "every retry (reproduced on a real worker); analytics.dead_letters.bounded_dead_letter "
-    "keeps 64 KiB",
-)
 def test_the_trackers_dead_letter_of_a_large_message_fits_a_kafka_message() -> None:
     batch = [RawMessage(b"u", b"\xff" * 1_000_000, 0, 0, T0)]
     tracked = track_batch(batch, topic=TOPIC, lookup=lambda key: None, rules=RULES)
