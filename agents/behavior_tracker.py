@@ -209,6 +209,9 @@ class BehaviorTracker(Service):
                 if not self.tasks:
                     continue
                 await self._guarded(self._step(wait_s))
+            # a round that found its input fetched already never suspended: let the rest
+            # of the worker (the combiner's stream, the web server, the sinks) run between
+            await asyncio.sleep(0)
 
     async def _step(self, wait_s: float) -> None:
         """Take the acknowledgements in, then a round of input, or wait for either.

@@ -74,13 +74,15 @@ def send(bootstrap: str, topic: str, rate: float, seconds: float, users: int) ->
     return n
 
 
-def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, int]]:
+def read_all(
+    bootstrap: str, topic: str, partitions: int = PARTITIONS
+) -> list[tuple[bytes | None, int]]:
     """(value, timestamp) of every record of ``topic``."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "latency-bench"})
     try:
         ends = {
             p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
-            for p in range(PARTITIONS)
+            for p in range(partitions)
         }
         consumer.assign([TopicPartition(topic, p, 0) for p in ends if ends[p]])
         records: list[tuple[bytes | None, int]] = []
@@ -93,6 +95,12 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, int]]:
         return records
     finally:
         consumer.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def quantiles(values: list[float]) -> str:
@@ -108,7 +116,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--users", type=int, default=5000)
     parser.add_argument("--kpi-window", default="60s", help="the workers' engine.kpi_window")
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment setting for the worker, e.g. ANALYTICS__ENGINE__ROUND_INTERVAL=20ms",
+    )
     args = parser.parse_args()
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
     window_ms = int(parse_duration(args.kpi_window).total_seconds() * 1000)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
     services = (
@@ -122,7 +138,9 @@ def main() -> int:
     pool = WorkerPool(services, workdir)
     try:
         worker = pool.start(
-            prefix, new_group_id(), {"ANALYTICS__ENGINE__KPI_WINDOW": args.kpi_window}
+            prefix,
+            new_group_id(),
+            {"ANALYTICS__ENGINE__KPI_WINDOW": args.kpi_window, **worker_env},
         )
         worker.wait_ready(PARTITIONS, timeout=120)
         sender = threading.Thread(
@@ -136,8 +154,10 @@ def main() -> int:
             ),
         )
         started_ms = time.time_ns() // 1_000_000
+        cpu_before = cpu_seconds(worker.pid)
         sender.start()
         sender.join()
+        worker_cpu = (cpu_seconds(worker.pid) - cpu_before) / args.seconds
         last_closable = time.time_ns() // 1_000_000 - GRACE_MS
         # wait until the worker has published the last window that could close
         deadline = time.monotonic() + 120
@@ -176,6 +196,18 @@ def main() -> int:
         and parse_ts(kpi["window_start"]) >= started_ms  # whole windows of steady traffic
         and parse_ts(kpi["window_end"]) + GRACE_MS <= last_closable
     ]
+    # the split: when the last partition's final partial of each window was produced
+    last_partial: dict[int, int] = {}
+    for v, ts in read_all(services.kafka_bootstrap, f"{prefix}kpi-partials", 1):
+        partial = orjson.loads(v or b"{}")
+        if partial.get("type") == "partial" and partial.get("final"):
+            start = int(partial["window_start"])
+            last_partial[start] = max(last_partial.get(start, 0), ts)
+    to_partials = [
+        float(ts - (start + window_ms + GRACE_MS))
+        for start, ts in last_partial.items()
+        if start >= started_ms and start + window_ms + GRACE_MS <= last_closable
+    ]
     print(
         f"{len(inputs):,} events at {args.rate:,.0f}/s for {args.seconds:.0f} s; worker logs in "
         f"{workdir}"
@@ -185,7 +217,8 @@ def main() -> int:
         f"window close -> final record ({len(per_window)} windows of {args.kpi_window}): "
         f"{quantiles(per_window)}"
     )
-    print(f"worker peak RSS: {rss:,.0f} MiB")
+    print(f"  of which close -> last partition's final partial: {quantiles(to_partials)}")
+    print(f"worker peak RSS: {rss:,.0f} MiB; worker CPU while sending: {worker_cpu:.0%} of a core")
     slowest = sorted(worst.items(), key=lambda item: -item[1])[:5]
     print(
         "slowest seconds of the run (second: max latency): "
