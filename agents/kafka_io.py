@@ -34,6 +34,7 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 log = logging.getLogger(__name__)
+SETTLE_WARN_S = 10.0  # say so when the broker takes longer than this to acknowledge
 
 
 class DeliveryFailed(RuntimeError):
@@ -135,6 +136,22 @@ class Outbox:
         """Wait up to ``timeout_s`` for acknowledgements, in a thread: the event loop (web,
         heartbeats) runs on."""
         await asyncio.to_thread(self._producer.poll, timeout_s)
+
+    async def settle(self, deliveries: Sequence[Delivery], poll_s: float = 0.005) -> None:
+        """Wait until the broker has answered for every record of ``deliveries`` (however
+        long a broker that is away takes), then raise DeliveryFailed if it refused any."""
+        started = time.monotonic()
+        warned = False
+        while True:
+            self.poll()
+            if all(delivery.done for delivery in deliveries):
+                break
+            if not warned and time.monotonic() - started > SETTLE_WARN_S:
+                log.warning("waiting for the broker to acknowledge %d deliveries", len(deliveries))
+                warned = True
+            await self.wait(poll_s)
+        for delivery in deliveries:
+            delivery.check()
 
     def close(self) -> None:
         self._producer.flush(5.0)

@@ -2,27 +2,50 @@
 ``traffic-stats``. It adds up the partitions' shares of each window (analytics.combiner) and
 keeps the final ones for the web API (tables/history.py).
 
-No message can stop it. Each is decoded and checked first (analytics.partials): one that is
-not a partial or a progress report this worker can use goes to ``kpi-partials-dlq`` with its
-errors. Should the combination of a batch still fail (a bug), the batch is folded again one
-message at a time from the state saved before it, and the messages it fails on go to the same
-topic. Either way the rest of the batch is used and the partition moves on.
+It runs on the worker where Faust's assignor makes ``combiner-state`` active (the history
+tables are co-partitioned with it), and reads its partition with a librdkafka consumer, as the
+hot path does (agents/behavior_tracker.py), not with a Faust stream: under load a partial took
+one to five seconds through Faust's consumer thread, conductor, stream buffer and producer,
+each hop a turn of an event loop the hot path keeps busy, where a window's final figures are
+due within 100 ms of its close (docs/performance.md).
+
+A batch, in this order (the commit order of docs/architecture.md, "Exactness"):
+
+1. decode and check each message (analytics.partials); one it cannot use goes to
+   ``kpi-partials-dlq`` with its errors, the rest are combined; should the combination fail
+   (a bug), the batch is folded again one message at a time from the saved state and the
+   messages it fails on go to the same topic;
+2. produce the figures and dead letters, and wait until the broker has them;
+3. stage the state (with the offset it has applied) and the history's changes, produce their
+   changelog records, wait for those, and write RocksDB (tables/staged_table.py).
+
+A crash anywhere re-reads from the offset after the saved state's ``applied``; the figures
+are published again, identically, and every consumer takes a repeat as an overwrite. A batch
+the broker refuses is read again after a pause.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from agents.batching import Handled, contiguous, run_in_batches
-from agents.outputs import Record, publish
+import orjson
+from mode import Service
+
+from agents.kafka_io import Delivery, InputReader, Outbox
 from analytics.combiner import CombinerOutput, CombinerRules, CombinerState, combine, combine_each
 from analytics.dead_letters import bounded_dead_letter
 from analytics.partials import PartialLimits, PartialRejected, decode_message
 from analytics.validation import FieldError
 from app import app, metrics
-from tables import combiner_state
-from tables.history import HistoryWriter
+from app.kafka_security import librdkafka_config
+from tables.combiner_state import STATE_KEY, combiner_state, decode_state
+from tables.history import HistoryTables, HistoryWriter, kpi_history, page_history, traffic_history
+from tables.rocksdb_store import RocksStore
+from tables.staged_table import StagedTable
 
 log = logging.getLogger(__name__)
 TOPICS = app.topic_names
@@ -32,37 +55,62 @@ RULES = CombinerRules(
     window_ms=int(_engine.kpi_window.total_seconds() * 1000),
     grace_ms=int(_engine.grace.total_seconds() * 1000),
 )
-
 LIMITS = PartialLimits(partitions=RULES.partitions, window_ms=RULES.window_ms)
+PARTITION = 0  # kpi-partials and the combiner's tables have one partition
+RETRY_S = 1.0
+STOP_TIMEOUT_S = 30.0
 
-partials_topic = app.topic(TOPICS.kpi_partials, partitions=1)
-history = HistoryWriter(int(_engine.history_retention.total_seconds() * 1000))
+Record = tuple[str, bytes | None, Any, int | None]
+"""(topic, key, value, partition): a value that is not bytes is sent as JSON."""
 
 
-async def handle_batch(events: list[Any]) -> Handled:
-    """Fold a batch of partials; publish live and final window figures, then save state."""
-    state = combiner_state.load()
-    done, fresh, seek_to = contiguous(events, state.get("applied"))
+@dataclass(frozen=True)
+class Received:
+    """A kpi-partials message as read."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    value: bytes
+
+
+@dataclass
+class CombinedBatch:
+    """What a batch produces: the records to publish, and the state after it."""
+
+    records: list[Record] = field(default_factory=list)
+    out: CombinerOutput = field(default_factory=CombinerOutput)
+    state: CombinerState | None = None
+    """None when the batch held nothing new (all of it applied already)."""
+
+
+def combine_received(state: CombinerState, batch: Sequence[Received]) -> CombinedBatch:
+    """Steps 1 and 2's records for a batch: pure, over the state saved before it (which is
+    changed in place)."""
+    applied = state.get("applied")
+    fresh = [m for m in batch if applied is None or m.offset > applied]
     if not fresh:
-        return Handled(done, seek_to)
+        return CombinedBatch()
     messages: list[dict[str, Any]] = []
-    used: list[Any] = []  # the event of each message
+    used: list[Received] = []
     dead: list[dict[str, Any]] = []
-    for event in fresh:
+    for received in fresh:
         try:
-            messages.append(decode_message(event.message.value, LIMITS))
-            used.append(event)
+            messages.append(decode_message(received.value, LIMITS))
+            used.append(received)
         except PartialRejected as rejected:
-            dead.append(partial_dead_letter(event, rejected.errors))
+            dead.append(partial_dead_letter(received, rejected.errors))
+    before = orjson.dumps(state)
     with metrics.kpi_calculation():
-        out, failed = combine_batch(state, messages)
+        out, failed = combine_batch(state, messages, before)
     dead += [
         partial_dead_letter(used[index], [FieldError("message", error)]) for index, error in failed
     ]
-    records: list[Record] = [(TOPICS.partial_dead_letters, None, d, None) for d in dead]
     if dead:
         log.warning("combiner: %d records to %s", len(dead), TOPICS.partial_dead_letters)
         metrics.partials_dead_lettered(len(dead))
+    records: list[Record] = [(TOPICS.partial_dead_letters, None, d, None) for d in dead]
     for kpi in out.kpis:
         records.append((TOPICS.live_kpis, kpi["window_start"].encode(), kpi, None))
     for page in out.pages:
@@ -71,42 +119,163 @@ async def handle_batch(events: list[Any]) -> Handled:
     for row in out.traffic:
         key = f"{row['window_start']}|{row['dimension']}|{row['value']}".encode()
         records.append((TOPICS.traffic_stats, key, row, None))
-    await publish(records)
-    history.record(out)
-    state["applied"] = fresh[-1].message.offset
-    combiner_state.save(state)
-    return Handled(done + fresh, seek_to)
+    state["applied"] = fresh[-1].offset
+    return CombinedBatch(records, out, state)
 
 
 def combine_batch(
-    state: CombinerState, messages: list[dict[str, Any]]
+    state: CombinerState, messages: list[dict[str, Any]], before: bytes
 ) -> tuple[CombinerOutput, list[tuple[int, str]]]:
-    """``combine`` the batch; if that fails, again one message at a time from the saved state
-    (analytics.combiner.combine_each), with the messages it fails on."""
+    """``combine`` the batch; if that fails, again one message at a time from the state as
+    it was (``before``, its JSON), with the messages it fails on."""
     try:
         return combine(state, messages, RULES, live=True), []
     except Exception:
         log.exception("combiner: a batch failed; folding its messages one at a time")
     state.clear()
-    state.update(combiner_state.load())
+    state.update(orjson.loads(before))
     return combine_each(state, messages, RULES, live=True)
 
 
-def partial_dead_letter(event: Any, errors: list[FieldError]) -> dict[str, Any]:
+def partial_dead_letter(received: Received, errors: list[FieldError]) -> dict[str, Any]:
     """The kpi-partials-dlq record of a message: its payload, the errors, where and when."""
-    message = event.message
     return bounded_dead_letter(
-        message.value or b"",
+        received.value,
         errors,
         source="kpi-combiner",
-        received_ms=int(message.timestamp * 1000) if message.timestamp else 0,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
+        received_ms=received.timestamp_ms,
+        topic=received.topic,
+        partition=received.partition,
+        offset=received.offset,
     )
 
 
-@app.agent(partials_topic, isolated_partitions=True, name="kpi-combiner")
-async def kpi_combiner(stream: Any) -> None:
-    """Consume partials in batches."""
-    await run_in_batches(stream, _engine.batch_size, _engine.batch_within, handle_batch)
+@app.service
+class KpiCombiner(Service):
+    """Reads kpi-partials while this worker owns the combiner (module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        config = librdkafka_config(app.analytics_settings)
+        self.reader = InputReader(config, f"{app.conf.id}-kpi-partials")
+        self.outbox = Outbox(config)
+        self.history = HistoryWriter(int(_engine.history_retention.total_seconds() * 1000))
+        self.combined_state: CombinerState | None = None
+        self._batch = asyncio.Lock()
+        self._owned = asyncio.Event()
+        self._changelog = combiner_state.changelog_topic.get_topic_name()
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        app.on_rebalance_complete.connect(self._on_recovered)  # type: ignore[arg-type]
+
+    async def on_started(self) -> None:
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        if not app.rebalancing and recovery.completed.is_set():
+            await self._on_recovered(app)
+
+    async def on_stop(self) -> None:
+        await self._let_go()
+        self.outbox.close()
+        self.reader.close()
+
+    async def _on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        await self._let_go()
+
+    async def _let_go(self) -> None:
+        """Let the running batch finish (or give it up: it is read again), then stop reading."""
+        self._owned.clear()
+        try:
+            await asyncio.wait_for(self._batch.acquire(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the combiner's batch did not finish; it will be read again")
+            self._batch = asyncio.Lock()
+            await self._batch.acquire()
+        try:
+            if self.combined_state is not None:
+                self.reader.unassign(TOPICS.kpi_partials, [PARTITION])
+                self.combined_state = None
+        finally:
+            self._batch.release()
+
+    async def _on_recovered(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """Tables are recovered: start reading if the combiner's state is active here."""
+        owned = any(
+            tp.topic == self._changelog and tp.partition == PARTITION
+            for tp in app.assignor.assigned_actives()
+        )
+        async with self._batch:
+            if not owned or self.combined_state is not None:
+                return
+            self.combined_state = self._load()
+            applied = self.combined_state.get("applied")
+            self.reader.assign(
+                TOPICS.kpi_partials, {PARTITION: None if applied is None else applied + 1}
+            )
+            self._owned.set()
+        log.info("combining kpi-partials from offset %s", "0" if applied is None else applied + 1)
+
+    def _load(self) -> CombinerState:
+        return decode_state(RocksStore.of(combiner_state, PARTITION).get(STATE_KEY))
+
+    @Service.task
+    async def _run(self) -> None:
+        wait_s = _engine.batch_within.total_seconds()
+        while not self.should_stop:
+            await self._owned.wait()
+            async with self._batch:
+                if self.combined_state is None:
+                    continue
+                try:
+                    await self._step(wait_s)
+                except Exception:
+                    log.exception("combiner: a batch failed; reading it again")
+                    self.combined_state = self._load()
+                    applied = self.combined_state.get("applied")
+                    self.reader.seek(
+                        TOPICS.kpi_partials, PARTITION, None if applied is None else applied + 1
+                    )
+                    await asyncio.sleep(RETRY_S)
+            await asyncio.sleep(0)
+
+    async def _step(self, wait_s: float) -> None:
+        messages = await self.reader.poll(_engine.batch_size, wait_s)
+        if not messages or self.combined_state is None:
+            return
+        batch = [
+            Received(
+                m.topic() or "",
+                m.partition() or 0,
+                m.offset() or 0,
+                m.timestamp()[1],
+                m.value() or b"",
+            )
+            for m in messages
+        ]
+        combined = combine_received(self.combined_state, batch)
+        if combined.state is None:
+            return
+        outputs = Delivery()
+        for topic, key, value, partition in combined.records:
+            payload = value if isinstance(value, bytes) else orjson.dumps(value)
+            self.outbox.send(outputs, topic, key, payload, partition)
+        await self.outbox.settle([outputs])
+        history = [StagedTable(t) for t in (kpi_history, page_history, traffic_history)]
+        self.history.record(combined.out, HistoryTables(*history))
+        state = StagedTable(combiner_state)
+        state[STATE_KEY] = orjson.dumps(combined.state)
+        await self._commit([state, *history])
+        self.reader.commit(TOPICS.kpi_partials, {PARTITION: batch[-1].offset + 1})
+
+    async def _commit(self, tables: Sequence[StagedTable]) -> None:
+        """The staged changes made durable: changelog records, acknowledged, then RocksDB."""
+        writes = [(table, table.take()) for table in tables]
+        writes = [(table, changes) for table, changes in writes if changes]
+        deliveries = []
+        for table, changes in writes:
+            delivery = Delivery()
+            topic = table.table.changelog_topic.get_topic_name()
+            for key, value in changes:
+                self.outbox.send(delivery, topic, key, value, PARTITION)
+            deliveries.append(delivery)
+        await self.outbox.settle(deliveries)
+        for (table, changes), delivery in zip(writes, deliveries, strict=True):
+            RocksStore.of(table.table, PARTITION).write(changes, delivery.last_offset)

@@ -12,7 +12,7 @@ never take (and values that are not JSON objects) to ``<prefix>sink-dlq`` with t
 only then commits the batch's offsets. A crash, a rebalance or an outage therefore re-delivers
 a batch, never loses one, and the upserts make the repeat harmless.
 
-Why not Faust agents (``@app.agent`` + ``run_in_batches``): a Faust worker has one consumer,
+Why not Faust agents (``@app.agent`` taking batches of a stream): a Faust worker has one consumer,
 and before it lets partitions go (rebalance, shutdown) it waits until every record any agent
 has taken is acknowledged (``Consumer.wait_empty``). A sink that waits for the database would
 hold every rebalance and shutdown of the worker, and with it the whole pipeline, until the

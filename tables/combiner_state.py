@@ -1,4 +1,5 @@
-"""The combiner's state (analytics.combiner), one value in a one-partition table."""
+"""The combiner's state (analytics.combiner), one value in a one-partition table, written by
+agents/kpi_combiner.py (through tables/staged_table.py)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ combiner_state: Any = app.Table(
 )
 
 
-def load() -> CombinerState:
-    stored = combiner_state.get(STATE_KEY)
+def decode_state(stored: bytes | None) -> CombinerState:
     # fields added by later versions start empty in state written by older ones
     return {**new_state(), **orjson.loads(stored)} if stored is not None else new_state()
 
 
-def save(state: CombinerState) -> None:
-    combiner_state[STATE_KEY] = orjson.dumps(state)
+def load() -> CombinerState:
+    """The saved state, read through the table (the web API's view)."""
+    return decode_state(combiner_state.get(STATE_KEY))

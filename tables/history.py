@@ -1,9 +1,9 @@
 """Final window figures kept for the web API: what the combiner published, by window start.
 
-Three one-partition tables, written by the combiner (agents/kpi_combiner.py) in its batch
-context, so they are co-partitioned with ``kpi-partials`` and ``combiner-state``: the worker
-that owns the combiner also holds the history, and the API routes its KPI, page and traffic
-queries there (web/api.py).
+Three one-partition tables, co-partitioned with ``combiner-state``: the worker that owns the
+combiner (agents/kpi_combiner.py) also holds the history and writes it (through
+tables/staged_table.py), and the API routes its KPI, page and traffic queries there
+(web/api.py).
 
 * ``kpi-history``: window start (epoch ms, ASCII digits) -> the final KPI record as published
   to ``live-kpis``; plus ``b"live"`` -> the newest window's latest record (live or final).
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -48,6 +48,23 @@ def _table(name: str, help_text: str) -> Any:
 kpi_history: Any = _table("kpi-history", "final KPI records by window start, and the live one")
 page_history: Any = _table("page-history", "final page statistics by window start")
 traffic_history: Any = _table("traffic-history", "final traffic statistics by window start")
+
+
+class WritableTable(Protocol):
+    """What the writer needs of a table: a Faust table, a StagedTable, a dict in tests."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+    def keys(self) -> Iterable[bytes]: ...
+    def __contains__(self, key: object) -> bool: ...
+    def __setitem__(self, key: bytes, value: bytes) -> None: ...
+    def __delitem__(self, key: bytes) -> None: ...
+
+
+class HistoryTables(NamedTuple):
+    kpi: WritableTable
+    page: WritableTable
+    traffic: WritableTable
+
 
 PageStats = dict[str, list[int]]
 TrafficStats = dict[str, dict[str, list[int]]]
@@ -95,9 +112,9 @@ def newer_live(stored: Mapping[str, Any] | None, record: Mapping[str, Any]) -> b
 class HistoryWriter:
     """Writes the combiner's output into the history tables and prunes them.
 
-    Call ``record`` inside the combiner's batch context (table writes need Faust's current
-    event) after the batch has been published and before the combiner state is saved: a crash
-    in between re-delivers the batch and its finals are written again, identically.
+    The combiner calls ``record`` after the batch has been published and saves its state
+    with the history's changes: a crash before that re-delivers the batch and its finals
+    are written again, identically.
     The stored window starts are read at the first batch after each rebalance (the table is
     recovered by then, and may have been written by another worker meanwhile) and then
     followed in memory, so pruning does not scan the tables.
@@ -108,11 +125,11 @@ class HistoryWriter:
         self._starts: list[int] | None = None
         self._generation: int | None = None
 
-    def record(self, out: CombinerOutput) -> None:
+    def record(self, out: CombinerOutput, tables: HistoryTables) -> None:
         if not out.kpis:
             return
         if self._starts is None or self._generation != app.consumer_generation_id:
-            self._starts = window_starts(kpi_history.keys())
+            self._starts = window_starts(tables.kpi.keys())
             self._generation = app.consumer_generation_id
         pages = pages_by_window(out.pages)
         traffic = traffic_by_window(out.traffic)
@@ -121,23 +138,23 @@ class HistoryWriter:
                 continue
             start = parse_ts(kpi["window_start"])
             key = window_key(start)
-            kpi_history[key] = orjson.dumps(kpi)
-            page_history[key] = orjson.dumps(pages.get(start, {}))
-            traffic_history[key] = orjson.dumps(traffic.get(start, {}))
+            tables.kpi[key] = orjson.dumps(kpi)
+            tables.page[key] = orjson.dumps(pages.get(start, {}))
+            tables.traffic[key] = orjson.dumps(traffic.get(start, {}))
             index = bisect.bisect_left(self._starts, start)
             if index == len(self._starts) or self._starts[index] != start:
                 self._starts.insert(index, start)
-        self._update_live(out.kpis)
-        self._prune()
+        self._update_live(out.kpis, tables.kpi)
+        self._prune(tables)
 
-    def _update_live(self, records: list[dict[str, Any]]) -> None:
+    def _update_live(self, records: list[dict[str, Any]], kpis: WritableTable) -> None:
         newest = max(records, key=lambda k: (parse_ts(k["window_start"]), bool(k["is_final"])))
-        stored_bytes = kpi_history.get(LIVE_KEY)
+        stored_bytes = kpis.get(LIVE_KEY)
         stored = orjson.loads(stored_bytes) if stored_bytes is not None else None
         if newer_live(stored, newest):
-            kpi_history[LIVE_KEY] = orjson.dumps(newest)
+            kpis[LIVE_KEY] = orjson.dumps(newest)
 
-    def _prune(self) -> None:
+    def _prune(self, tables: HistoryTables) -> None:
         assert self._starts is not None
         if not self._starts:
             return
@@ -145,7 +162,7 @@ class HistoryWriter:
         drop = bisect.bisect_left(self._starts, cutoff)
         for start in self._starts[:drop]:
             key = window_key(start)
-            for table in (kpi_history, page_history, traffic_history):
+            for table in tables:
                 if key in table:
                     del table[key]
         del self._starts[:drop]

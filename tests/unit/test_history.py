@@ -11,8 +11,14 @@ from analytics.combiner import CombinerOutput
 from analytics.timeutil import format_ts, parse_ts
 from analytics.traffic import dimension_rows, page_rows
 from app import app
-from tables import history
-from tables.history import LIVE_KEY, HistoryWriter, newer_live, window_key, window_starts
+from tables.history import (
+    LIVE_KEY,
+    HistoryTables,
+    HistoryWriter,
+    newer_live,
+    window_key,
+    window_starts,
+)
 
 T0 = parse_ts("2026-01-01T00:00:00Z")
 MINUTE = 60_000
@@ -23,11 +29,8 @@ class FakeTable(dict[bytes, bytes]):
 
 
 @pytest.fixture
-def tables(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeTable]:
-    fakes = {name: FakeTable() for name in ("kpi_history", "page_history", "traffic_history")}
-    for name, table in fakes.items():
-        monkeypatch.setattr(history, name, table)
-    return fakes
+def tables() -> dict[str, FakeTable]:
+    return {name: FakeTable() for name in ("kpi_history", "page_history", "traffic_history")}
 
 
 def _kpi(start: int, final: bool, events: int = 1) -> dict[str, Any]:
@@ -50,7 +53,7 @@ def _json(table: FakeTable, key: bytes) -> Any:
 
 def test_finals_are_stored_by_window_start(tables: dict[str, FakeTable]) -> None:
     writer = HistoryWriter(retention_ms=60 * MINUTE)
-    writer.record(_final(T0, {"/a": [2, 1, 30], "/b": [1, 1, 0]}))
+    writer.record(_final(T0, {"/a": [2, 1, 30], "/b": [1, 1, 0]}), HistoryTables(*tables.values()))
     key = window_key(T0)
     assert key == b"1767225600000"
     assert _json(tables["kpi_history"], key) == _kpi(T0, True)
@@ -65,16 +68,22 @@ def test_finals_are_stored_by_window_start(tables: dict[str, FakeTable]) -> None
 
 def test_live_key_keeps_the_newest_window(tables: dict[str, FakeTable]) -> None:
     writer = HistoryWriter(retention_ms=60 * MINUTE)
-    writer.record(CombinerOutput(kpis=[_kpi(T0 + MINUTE, False, 1)]))
-    writer.record(CombinerOutput(kpis=[_kpi(T0 + MINUTE, False, 2)]))
+    writer.record(
+        CombinerOutput(kpis=[_kpi(T0 + MINUTE, False, 1)]), HistoryTables(*tables.values())
+    )
+    writer.record(
+        CombinerOutput(kpis=[_kpi(T0 + MINUTE, False, 2)]), HistoryTables(*tables.values())
+    )
     assert _json(tables["kpi_history"], LIVE_KEY) == _kpi(T0 + MINUTE, False, 2)
     # an older window's live or final value does not replace it
-    writer.record(CombinerOutput(kpis=[_kpi(T0, False, 9)]))
-    writer.record(_final(T0))
+    writer.record(CombinerOutput(kpis=[_kpi(T0, False, 9)]), HistoryTables(*tables.values()))
+    writer.record(_final(T0), HistoryTables(*tables.values()))
     assert _json(tables["kpi_history"], LIVE_KEY) == _kpi(T0 + MINUTE, False, 2)
     # its own final does; a late live value of it does not undo that
-    writer.record(_final(T0 + MINUTE))
-    writer.record(CombinerOutput(kpis=[_kpi(T0 + MINUTE, False, 5)]))
+    writer.record(_final(T0 + MINUTE), HistoryTables(*tables.values()))
+    writer.record(
+        CombinerOutput(kpis=[_kpi(T0 + MINUTE, False, 5)]), HistoryTables(*tables.values())
+    )
     assert _json(tables["kpi_history"], LIVE_KEY) == _kpi(T0 + MINUTE, True)
     assert window_starts(tables["kpi_history"]) == [T0, T0 + MINUTE]
 
@@ -82,14 +91,14 @@ def test_live_key_keeps_the_newest_window(tables: dict[str, FakeTable]) -> None:
 def test_windows_older_than_the_retention_are_dropped(tables: dict[str, FakeTable]) -> None:
     writer = HistoryWriter(retention_ms=10 * MINUTE)
     for n in (0, 1, 5, 10):
-        writer.record(_final(T0 + n * MINUTE))
+        writer.record(_final(T0 + n * MINUTE), HistoryTables(*tables.values()))
     assert window_starts(tables["kpi_history"]) == [
         T0,
         T0 + MINUTE,
         T0 + 5 * MINUTE,
         T0 + 10 * MINUTE,
     ]
-    writer.record(_final(T0 + 12 * MINUTE))
+    writer.record(_final(T0 + 12 * MINUTE), HistoryTables(*tables.values()))
     for table in tables.values():
         assert window_starts(table) == [T0 + 5 * MINUTE, T0 + 10 * MINUTE, T0 + 12 * MINUTE]
     assert LIVE_KEY in tables["kpi_history"]
@@ -99,11 +108,11 @@ def test_the_index_is_read_again_after_a_rebalance(
     tables: dict[str, FakeTable], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writer = HistoryWriter(retention_ms=10 * MINUTE)
-    writer.record(_final(T0 + 5 * MINUTE))
+    writer.record(_final(T0 + 5 * MINUTE), HistoryTables(*tables.values()))
     # meanwhile another worker owned the combiner and stored an older window
     tables["kpi_history"][window_key(T0)] = orjson.dumps(_kpi(T0, True))
     monkeypatch.setattr(app, "consumer_generation_id", app.consumer_generation_id + 1)
-    writer.record(_final(T0 + 20 * MINUTE))
+    writer.record(_final(T0 + 20 * MINUTE), HistoryTables(*tables.values()))
     assert window_starts(tables["kpi_history"]) == [T0 + 20 * MINUTE]
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
 
 from agents import kpi_combiner
+from agents.kpi_combiner import CombinedBatch, Received
 from analytics import combiner as combiner_module
 from analytics.combiner import CombinerRules, combine, combine_each, new_state
 from analytics.partials import (
@@ -202,73 +202,32 @@ def test_the_pure_combiner_publishes_finals_from_the_partitions() -> None:
 # --------------------------------------------------------------------------- the agent
 
 
-@dataclass
-class Message:
-    """The fields of a Faust message the combiner reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float
-    value: bytes | None
-
-
-@dataclass
-class Event:
-    message: Message
-
-
-class SavedState:
-    """combiner_state's load and save, over bytes."""
-
-    def __init__(self) -> None:
-        self.saved = orjson.dumps(new_state())
-
-    def load(self) -> dict[str, Any]:
-        return {**new_state(), **orjson.loads(self.saved)}
-
-    def save(self, state: dict[str, Any]) -> None:
-        self.saved = orjson.dumps(state)
-
-
-class History:
-    def record(self, out: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def agent(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], SavedState]:
-    sent: list[Any] = []
-
-    async def publish(records: Any) -> int:
-        for topic, key, value, partition in records:
-            sent.append((topic, key, orjson.loads(orjson.dumps(value)), partition))
-        return len(sent)
-
-    saved = SavedState()
-    monkeypatch.setattr(kpi_combiner, "publish", publish)
-    monkeypatch.setattr(kpi_combiner, "combiner_state", saved)
-    monkeypatch.setattr(kpi_combiner, "history", History())
+def agent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kpi_combiner, "RULES", RULES)
     monkeypatch.setattr(kpi_combiner, "LIMITS", LIMITS)
-    return sent, saved
 
 
-def events(values: list[bytes]) -> list[Event]:
-    return [Event(Message("kpi-partials", 0, n, T0 / 1000, v)) for n, v in enumerate(values)]
+def received(values: list[bytes]) -> list[Received]:
+    return [Received("kpi-partials", 0, n, T0, v) for n, v in enumerate(values)]
 
 
-async def test_the_agent_dead_letters_what_it_cannot_use_and_publishes_the_rest(
-    agent: tuple[list[Any], SavedState],
-) -> None:
-    sent, saved = agent
+def sent_values(combined: CombinedBatch, topic_end: str) -> list[Any]:
+    """The JSON values of the batch's records to a topic, as they are sent."""
+    return [
+        orjson.loads(orjson.dumps(value))
+        for topic, _, value, _ in combined.records
+        if topic.endswith(topic_end)
+    ]
+
+
+def test_the_agent_dead_letters_what_it_cannot_use_and_publishes_the_rest(agent: None) -> None:
     good = [orjson.dumps(partial(p)) for p in range(PARTITIONS)]
     good += [orjson.dumps(progress(p, T0 + W)) for p in range(PARTITIONS)]
     bad = [b"{not json", orjson.dumps(partial(7)), orjson.dumps(partial(0, events=-5))]
-    batch = events([bad[0], *good[:4], bad[1], *good[4:], bad[2]])
-    handled = await kpi_combiner.handle_batch(batch)
-    assert handled.ack == batch
-    letters = [value for topic, _, value, _ in sent if topic.endswith("kpi-partials-dlq")]
+    batch = received([bad[0], *good[:4], bad[1], *good[4:], bad[2]])
+    combined = kpi_combiner.combine_received(new_state(), batch)
+    letters = sent_values(combined, "kpi-partials-dlq")
     assert [(d["offset"], d["errors"][0]["field"]) for d in letters] == [
         (0, "message"),
         (5, "partition"),
@@ -277,17 +236,18 @@ async def test_the_agent_dead_letters_what_it_cannot_use_and_publishes_the_rest(
     assert all(d["source"] == "kpi-combiner" and d["topic"] == "kpi-partials" for d in letters)
     assert letters[0]["raw"] == "{not json" and letters[0]["error"].startswith("message: invalid")
     assert letters[0]["received_at"] == format_ts(T0)
-    finals = [v for topic, _, v, _ in sent if topic.endswith("live-kpis") and v["is_final"]]
+    finals = [v for v in sent_values(combined, "live-kpis") if v["is_final"]]
     assert [(k["window_start"], k["total_events"]) for k in finals] == [(format_ts(T0), 4)]
-    assert orjson.loads(saved.saved)["applied"] == 10
+    assert combined.state is not None and combined.state["applied"] == 10
+    # the same batch again (a re-delivery after a crash) is applied already
+    assert kpi_combiner.combine_received(combined.state, batch).state is None
 
 
-async def test_when_the_batch_fails_the_agent_folds_it_again_message_by_message(
-    agent: tuple[list[Any], SavedState], monkeypatch: pytest.MonkeyPatch
+def test_when_the_batch_fails_the_agent_folds_it_again_message_by_message(
+    agent: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug that one message meets: the batch starts again from the saved state, one message
     at a time; that message goes to the dead letters, the others are used."""
-    sent, saved = agent
     poison = T0 + 7 * W
     real_combine = combine
 
@@ -302,11 +262,12 @@ async def test_when_the_batch_fails_the_agent_folds_it_again_message_by_message(
     values = [orjson.dumps(partial(p)) for p in range(PARTITIONS)]
     values.insert(2, orjson.dumps(partial(1, poison)))
     values += [orjson.dumps(progress(p, T0 + W)) for p in range(PARTITIONS)]
-    await kpi_combiner.handle_batch(events(values))
-    letters = [value for topic, _, value, _ in sent if topic.endswith("kpi-partials-dlq")]
+    combined = kpi_combiner.combine_received(new_state(), received(values))
+    letters = sent_values(combined, "kpi-partials-dlq")
     assert [d["offset"] for d in letters] == [2]
     assert letters[0]["error"] == "message: could not be processed: ZeroDivisionError('a bug')"
-    finals = [v for topic, _, v, _ in sent if topic.endswith("live-kpis") and v["is_final"]]
+    finals = [v for v in sent_values(combined, "live-kpis") if v["is_final"]]
     assert [(k["window_start"], k["total_events"]) for k in finals] == [(format_ts(T0), 4)]
-    state = orjson.loads(saved.saved)
+    state = combined.state
+    assert state is not None
     assert str(poison) not in state["windows"] and state["applied"] == 8
