@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from analytics import wide_json
 from analytics.combiner import CombinerState, new_state
 from app import app
+from tables import large_values
 from tables.rocksdb_options import rocksdb_options
 
 STATE_KEY = b"state"
@@ -23,10 +23,12 @@ combiner_state: Any = app.Table(
 
 
 def load() -> CombinerState:
-    stored = combiner_state.get(STATE_KEY)
+    stored = large_values.get(combiner_state, STATE_KEY)
     # fields added by later versions start empty in state written by older ones
-    return {**new_state(), **orjson.loads(stored)} if stored is not None else new_state()
+    return {**new_state(), **wide_json.loads(stored)} if stored is not None else new_state()
 
 
 def save(state: CombinerState) -> None:
-    combiner_state[STATE_KEY] = orjson.dumps(state)
+    """The state: JSON with sums of any size, in pieces when it outgrows a changelog record
+    (the partials of open windows hold their pages: tables/large_values.py)."""
+    large_values.put(combiner_state, STATE_KEY, wide_json.dumps(state))
