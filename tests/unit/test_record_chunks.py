@@ -184,18 +184,6 @@ def owning(*partitions: int) -> FakeConsumer:
     return consumer
 
 
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    sent: list[Any] = []
-
-    async def publish(records: Any) -> int:
-        sent.extend(records)
-        return len(sent)
-
-    monkeypatch.setattr(sink_agents, "publish", publish)
-    return sent
-
-
 async def test_the_session_sink_writes_a_session_whole_from_its_chunks(
     published: list[Any],
 ) -> None:
