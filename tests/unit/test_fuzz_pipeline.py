@@ -347,3 +347,35 @@ def test_a_user_whose_session_has_many_long_pages_is_stored_in_pieces() -> None:
     assert len(closed) == 1 and closed[0]["unique_pages"] == 100
     assert store.data[b"u"][0] != codec.PIECED
     assert not [k for k in store.data if k.startswith(codec.PIECE)]
+
+
+def test_a_crash_between_a_users_pieces_and_its_header_is_repaired_by_the_replay() -> None:
+    """The new pieces of a pieced user are durable, its header is not (a crash): after the
+    restart they are stale, and the replay of the batch writes them again; the stored user
+    must then read back whole (the replay must not delete what it writes)."""
+    tracked = track_batch(_page_views(100), topic=TOPIC, lookup=lambda key: None, rules=RULES)
+    store = MemoryStore()
+    run_partition(store, tracked.timeline, live=False)
+    run_partition(store, [Tick(201, T0 + 2 * PARTITION_RULES.window_ms)], False)
+    click = {"user_id": "u", "action": "click", "timestamp": "2026-01-01T00:03:00Z"}
+    later = [RawMessage(b"u", orjson.dumps(click), 0, 202, T0 + 180_000)]
+    run_partition(
+        store, track_batch(later, topic=TOPIC, lookup=lambda k: None, rules=RULES).timeline, False
+    )
+    assert store.data[b"u"][0] == codec.PIECED
+    # the next event changes the user (new digest): its writes cut before the user's header
+    click2 = {"user_id": "u", "action": "signup", "timestamp": "2026-01-01T00:04:00Z"}
+    again = [RawMessage(b"u", orjson.dumps(click2), 0, 203, T0 + 240_000)]
+    items = track_batch(again, topic=TOPIC, lookup=lambda k: None, rules=RULES).timeline
+    state = PartitionState(store, PARTITION_RULES)
+    apply_batch(state, items, PARTITION_RULES)
+    writes = state.take_writes()
+    header = next(n for n, (key, _) in enumerate(writes) if key == b"u")
+    assert any(key.startswith(codec.PIECE) for key, _ in writes[:header])
+    store.apply(writes[:header])  # the crash
+    _, _, state = run_partition(store, items, False)  # the restart replays the batch
+    assert_state_decodes(store)
+    user = state.user("u")
+    assert user is not None and user.events == 102
+    loaded = codec.load_user(store, "u")
+    assert loaded is not None and loaded[0].events == 102
