@@ -40,7 +40,6 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-import orjson
 from confluent_kafka import Message
 from mode import Service
 
@@ -53,6 +52,7 @@ from agents.partition_task import (
     raw_message,
 )
 from agents.round_clock import RoundClock
+from analytics import record_chunks, wide_json
 from analytics.dead_letters import bounded_dead_letter
 from analytics.enrichment import EnrichmentRules, parse_user_agent
 from analytics.partition import (
@@ -62,6 +62,7 @@ from analytics.partition import (
     Write,
     apply_batch,
 )
+from analytics.record_chunks import PARTIAL, SESSION
 from analytics.rows import Arrival
 from analytics.timeutil import format_ts
 from analytics.tracking import RawMessage, TrackedBatch, TrackerRules, track_batch
@@ -429,12 +430,14 @@ class BehaviorTracker(Service):
             send(outputs, TOPICS.dead_letters, None, _json(dead))
         for moved in tracked.rekeyed:
             send(outputs, TOPICS.user_events, moved.key, moved.value, None, moved.timestamp_ms)
-        for session in analysed.sessions:
-            record = _json(session_record(session))
-            send(outputs, TOPICS.session_metrics, session["user_id"].encode(), record, partition)
+        for session in analysed.sessions:  # a large one as chunks (analytics.record_chunks)
+            key = session["user_id"].encode()
+            for record in record_chunks.encode(session_record(session), SESSION):
+                send(outputs, TOPICS.session_metrics, key, record, partition)
         for partial in analysed.partials:
             message = {"type": "partial", "partition": partition, **partial}
-            send(outputs, TOPICS.kpi_partials, None, _json(message), 0)
+            for record in record_chunks.encode(message, PARTIAL):
+                send(outputs, TOPICS.kpi_partials, None, record, 0)
         clock = task.state.clock
         if task.progress_due(bool(analysed.partials)):
             progress = {
@@ -483,7 +486,7 @@ def tune_garbage_collector(threshold: int) -> None:
 
 
 def _json(value: Any) -> bytes:
-    return orjson.dumps(value)
+    return wide_json.dumps(value)
 
 
 tracker: BehaviorTracker | None = None

@@ -32,16 +32,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from mode import Service
 
 from agents.kafka_io import Delivery, InputReader, Outbox
+from analytics import wide_json
 from analytics.combiner import CombinerOutput, CombinerRules, CombinerState, combine, combine_each
 from analytics.dead_letters import bounded_dead_letter
 from analytics.partials import PartialLimits, PartialRejected, decode_message
 from analytics.validation import FieldError
 from app import app, metrics
 from app.kafka_security import librdkafka_config
+from tables import large_values
 from tables.combiner_state import STATE_KEY, combiner_state, decode_state
 from tables.history import HistoryTables, HistoryWriter, kpi_history, page_history, traffic_history
 from tables.rocksdb_store import RocksStore
@@ -101,7 +102,7 @@ def combine_received(state: CombinerState, batch: Sequence[Received]) -> Combine
             used.append(received)
         except PartialRejected as rejected:
             dead.append(partial_dead_letter(received, rejected.errors))
-    before = orjson.dumps(state)
+    before = wide_json.dumps(state)
     with metrics.kpi_calculation():
         out, failed = combine_batch(state, messages, before)
     dead += [
@@ -133,7 +134,7 @@ def combine_batch(
     except Exception:
         log.exception("combiner: a batch failed; folding its messages one at a time")
     state.clear()
-    state.update(orjson.loads(before))
+    state.update(wide_json.loads(before))
     return combine_each(state, messages, RULES, live=True)
 
 
@@ -214,7 +215,7 @@ class KpiCombiner(Service):
         log.info("combining kpi-partials from offset %s", "0" if applied is None else applied + 1)
 
     def _load(self) -> CombinerState:
-        return decode_state(RocksStore.of(combiner_state, PARTITION).get(STATE_KEY))
+        return decode_state(large_values.get(RocksStore.of(combiner_state, PARTITION), STATE_KEY))
 
     @Service.task
     async def _run(self) -> None:
@@ -255,13 +256,14 @@ class KpiCombiner(Service):
             return
         outputs = Delivery()
         for topic, key, value, partition in combined.records:
-            payload = value if isinstance(value, bytes) else orjson.dumps(value)
+            payload = value if isinstance(value, bytes) else wide_json.dumps(value)
             self.outbox.send(outputs, topic, key, payload, partition)
         await self.outbox.settle([outputs])
         history = [StagedTable(t) for t in (kpi_history, page_history, traffic_history)]
         self.history.record(combined.out, HistoryTables(*history))
         state = StagedTable(combiner_state)
-        state[STATE_KEY] = orjson.dumps(combined.state)
+        # the partials of open windows hold their pages: in pieces when large (large_values)
+        large_values.put(state, STATE_KEY, wide_json.dumps(combined.state))
         await self._commit([state, *history])
         self.reader.commit(TOPICS.kpi_partials, {PARTITION: batch[-1].offset + 1})
 

@@ -12,8 +12,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
+from analytics import wide_json
 from app import app
 
 Record = tuple[str, bytes | None, Any, int | None]
@@ -24,7 +23,7 @@ async def publish(records: Iterable[Record], timestamp_s: float | None = None) -
     producer = app.producer
     pending = []
     for topic, key, value, partition in records:
-        payload = value if isinstance(value, bytes) else orjson.dumps(value)
+        payload = value if isinstance(value, bytes) else wide_json.dumps(value)
         pending.append(await producer.send(topic, key, payload, partition, timestamp_s, None))
     if pending:
         await asyncio.gather(*pending)

@@ -21,6 +21,12 @@ processed (a stream acknowledges what it skips while flow is suspended, and the 
 skips a gap at the head of a partition). A consumer of its own leaves Faust's consumer alone:
 a database outage only holds the sinks; the tracker, the combiner and the topics go on.
 
+A session too large for one Kafka message comes as chunks (analytics.record_chunks): the
+session sink keeps them, per partition, until the last one is there and writes the session
+whole; it commits no offset past the first chunk of a session it has not written, so after a
+crash or a rebalance the chunks are read again from there (a chunk read twice changes
+nothing). Records are decoded with integers of any size (analytics.wide_json).
+
 The migrations run once at worker start; a database that cannot be used (wrong URL,
 credentials, database name, or unreachable for ``startup_timeout``) stops the worker with a
 message naming the URL without its password.
@@ -39,14 +45,16 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from agents.outputs import Record, publish
 from agents.sink_lag import watch_lag
+from analytics import wide_json
 from analytics.dead_letters import RAW_LIMIT, utf8_prefix
+from analytics.record_chunks import SESSION, ChunkError, Shape, first_offset, gather
 from analytics.timeutil import format_ts, now_ms
 from app import app, metrics, startup
 from app.kafka_security import aiokafka_kwargs
 from sinks.db import DatabaseStartupError
 from sinks.migrations import MigrationOptions
 from sinks.retry import RetryPolicy
-from sinks.schema import TABLES, TableSpec
+from sinks.schema import SESSION_METRICS, TABLES, TableSpec
 from sinks.sink import SchemaGate, TableSink
 from sinks.writers import WriteResult
 
@@ -62,6 +70,9 @@ MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
 #: characters of a dead letter's error, bytes of its key (its value: RAW_LIMIT bytes)
 ERROR_LIMIT = 1000
 KEY_LIMIT = 1024
+
+#: the tables whose records may come as chunks, and how they are split
+CHUNKED: dict[str, Shape] = {SESSION_METRICS.name: SESSION}
 
 schema = SchemaGate(_database.url, MigrationOptions.of(_database))  # as the tables' owner
 _policy = RetryPolicy(initial=_database.retry_initial, maximum=_database.retry_max)
@@ -111,7 +122,7 @@ def decode(
     dead: list[dict[str, Any]] = []
     for record in records:
         try:
-            value = orjson.loads(record.value or b"")
+            value = wide_json.loads(record.value or b"")
         except orjson.JSONDecodeError as exc:
             dead.append(dead_letter(spec, record, f"{spec.name}: not JSON: {exc}", None))
             continue
@@ -162,6 +173,9 @@ class SinkConsumer:
         self.topic = topic
         self.sink = sink
         self.group_id = group_id
+        self.shape = CHUNKED.get(spec.name)
+        self.pending: dict[TopicPartition, dict[str, Any]] = {}
+        """Per partition: chunks of records not yet whole (analytics.record_chunks)."""
 
     def consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -196,7 +210,12 @@ class SinkConsumer:
         owned = consumer.assignment()
         # a partition lost to a rebalance since the fetch is read again by its new owner
         records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
+        for lost in [tp for tp in self.pending if tp not in owned]:
+            del self.pending[lost]  # its new owner reads the chunks again
         values, sources, dead = decode(self.spec, records)
+        if self.shape is not None:
+            values, sources, incomplete = self.gathered(values, sources, self.shape)
+            dead += incomplete
         result: WriteResult = await self.sink.write(values)
         dead += [
             dead_letter(self.spec, sources[bad.index], bad.error, bad.sqlstate)
@@ -212,6 +231,10 @@ class SinkConsumer:
         offsets = next_offsets(records)
         owned = consumer.assignment()
         offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
+        for tp, chunks in self.pending.items():
+            first = first_offset(chunks)
+            if tp in offsets and first is not None:
+                offsets[tp] = min(offsets[tp], first)
         if not offsets:
             return
         try:
@@ -221,6 +244,32 @@ class SinkConsumer:
             log.info(
                 "sink %s: offsets not committed (%s); they will be read again", self.spec.name, exc
             )
+
+    def gathered(
+        self, values: list[dict[str, Any]], sources: list[Any], shape: Shape
+    ) -> tuple[list[dict[str, Any]], list[Any], list[dict[str, Any]]]:
+        """The batch with chunks put together: ``(values, their records, dead letters)``.
+        A record whole from its chunks comes with the record of its last chunk; chunks that
+        cannot be put together go to the dead letters with the reason."""
+        whole_values: list[dict[str, Any]] = []
+        whole_sources: list[Any] = []
+        dead: list[dict[str, Any]] = []
+        for value, record in zip(values, sources, strict=True):
+            if "chunk" in value:
+                pending = self.pending.setdefault(
+                    TopicPartition(record.topic, record.partition), {}
+                )
+                try:
+                    assembled = gather(pending, value, shape, record.offset)
+                except ChunkError as exc:
+                    dead.append(dead_letter(self.spec, record, f"{self.spec.name}: {exc}", None))
+                    continue
+                if assembled is None:
+                    continue
+                value = assembled
+            whole_values.append(value)
+            whole_sources.append(record)
+        return whole_values, whole_sources, dead
 
 
 def _sink(spec: TableSpec) -> SinkConsumer:

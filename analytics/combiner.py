@@ -7,6 +7,10 @@ at or past its end; a partition that has never seen an event holds it back only 
 caught up (see ``_ready``). Partials are overwrites, not increments, so re-delivered ones
 change nothing; a partial for a window already published as final is counted and ignored.
 
+A partial too large for one message comes as chunks (analytics.record_chunks): they wait in
+the state (``chunks``) until the last one is there, and the partial they make is then taken
+like any other; chunks of a window already published are dropped with it.
+
 Trends: a final record's compare it with the whole previous window (SPEC 4); a live record's
 compare the window so far with the previous window at the same elapsed point of event time,
 marked ``trends_provisional`` (analytics.live_trends, which also says why). For that the state
@@ -20,8 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from analytics import wide_json
 from analytics.kpis import kpi_figures, trends
 from analytics.live_trends import (
     Checkpoint,
@@ -31,6 +34,7 @@ from analytics.live_trends import (
     provisional_trends,
     with_checkpoint,
 )
+from analytics.record_chunks import PARTIAL, drop_where, gather
 from analytics.traffic import add_dimensions, add_pages, dimension_rows, page_rows
 
 CombinerState = dict[str, Any]
@@ -61,6 +65,7 @@ def new_state() -> CombinerState:
         "ready_since": {},
         "published_through": None,
         "checkpoints": {},
+        "chunks": {},
     }
 
 
@@ -192,6 +197,11 @@ def combine(
         if published is not None and start <= published:
             out.ignored_partials += 1
             continue
+        if "chunk" in message:
+            whole = gather(state["chunks"], message, PARTIAL)
+            if whole is None:
+                continue  # the rest of the partial's chunks are still to come
+            message = whole
         partials = state["windows"].setdefault(str(start), {})
         known = partials.get(partition)
         if known is not None and known["final"] and not message["final"]:
@@ -232,12 +242,12 @@ def combine_each(
     out = CombinerOutput()
     failed: list[tuple[int, str]] = []
     for index, message in enumerate(messages):
-        before = orjson.dumps(state)
+        before = wide_json.dumps(state)
         try:
             one = combine(state, [message], rules, live=live)
         except Exception as exc:  # whatever it is, it must not stop the combiner
             state.clear()
-            state.update(orjson.loads(before))
+            state.update(wide_json.loads(before))
             failed.append((index, f"could not be processed: {exc!r}"))
             continue
         out.kpis += one.kpis
@@ -264,6 +274,7 @@ def _publish_final(
     del state["windows"][str(start)]
     state["ready_since"].pop(str(start), None)
     state["published_through"] = start
+    drop_where(state["chunks"], "window_start", PARTIAL, start)
     for partition, history in state["users"].items():
         keep = [w for w in history if w[0] > start]
         before = [w for w in history if w[0] <= start]

@@ -15,10 +15,16 @@ partition count or window length that does not match this worker's settings, a c
 is not a whole number) is refused here with errors naming the fields, and the combiner sends
 it to ``kpi-partials-dlq`` (agents/kpi_combiner.py).
 
-Counters are bounded so that any window's sum over all partitions fits a signed 64-bit
-integer: what orjson encodes and a PostgreSQL ``bigint`` holds. With the SPEC 1 bound on
-``metadata.amount`` (1e9, so 1e11 cents an event) and 8 partitions, a partition may publish
-up to 1.15e18 cents, 11.5 million purchases of the largest amount in one window.
+A partial too large for one Kafka message comes as chunks (analytics.record_chunks), each a
+partial with a share of the pages and dimension values and a ``chunk`` field
+(``{"index", "count", "digest"}``), checked here like any partial; the combiner puts them
+together before using them.
+
+Counters are bounded by what valid input can reach, not by 64 bits (analytics.wide_json
+reads and writes integers of any size): a partition holds at most 2**63 - 1 messages (Kafka
+offsets are signed 64-bit) and an event adds at most 1e11 cents (SPEC 1: ``metadata.amount``
+up to 1e9) or 8.64e7 ms to a counter, so no partition's counter passes
+``MAX_COUNTER`` = (2**63 - 1) * 1e11, about 9.2e29. A larger one is not from a partition.
 
 Fields the combiner does not read are left out of the checked message (and of the state), so
 a newer tracker that adds a field does not stop an older combiner.
@@ -31,10 +37,14 @@ from typing import Any
 
 import orjson
 
+from analytics import wide_json
+from analytics.record_chunks import ChunkError, marker
 from analytics.traffic import DIMENSIONS
 from analytics.validation import FieldError
 
 INT64_MAX = 2**63 - 1
+MAX_EVENT_CENTS = 100 * 1_000_000_000  # SPEC 1: metadata.amount, the most one event adds
+MAX_COUNTER = INT64_MAX * MAX_EVENT_CENTS
 #: the earliest and latest epoch ms a published timestamp can show (analytics.timeutil): a
 #: window's start and its end must both be writable, so the last minute of year 9999 is not
 MIN_MS = -62_135_596_800_000
@@ -77,8 +87,8 @@ class PartialLimits:
 
     @property
     def max_counter(self) -> int:
-        """The largest counter of one partition: ``partitions`` of them still fit 64 bits."""
-        return INT64_MAX // self.partitions
+        """The largest counter of one partition's partial (module docstring)."""
+        return MAX_COUNTER
 
 
 MISSING: Any = ...
@@ -87,7 +97,7 @@ MISSING: Any = ...
 def _show(value: Any) -> str:
     """An offending value quoted back in an error, bounded."""
     if value is None or type(value) in (bool, int, float):
-        return orjson.dumps(value).decode()
+        return wide_json.dumps(value).decode()[:60]
     if type(value) is str:
         text = orjson.dumps(value[:40]).decode()
         return text if len(value) <= 40 else f'{text[:-1]}..." ({len(value)} characters)'
@@ -201,7 +211,7 @@ def _partial(check: _Check, message: dict[str, Any], partition: int) -> dict[str
     else:
         for name in KPI_COUNTERS:
             kpi[name] = check.counter(f"kpi.{name}", kpi_value.get(name, MISSING))
-    return {
+    checked = {
         "type": "partial",
         "partition": partition,
         "window_start": start,
@@ -210,6 +220,15 @@ def _partial(check: _Check, message: dict[str, Any], partition: int) -> dict[str
         "pages": check.table("pages", message.get("pages", {}), MAX_PAGE_CHARS, 3),
         "dims": _dims(check, message.get("dims", {})),
     }
+    if "chunk" in message:
+        try:
+            index, count, version = marker(message)
+        except ChunkError as exc:
+            field, _, problem = str(exc).partition(": ")
+            check.fail(field, problem)
+        else:
+            checked["chunk"] = {"index": index, "count": count, "digest": version}
+    return checked
 
 
 def check_message(message: Any, limits: PartialLimits) -> dict[str, Any]:
@@ -238,7 +257,7 @@ def decode_message(raw: bytes | None, limits: PartialLimits) -> dict[str, Any]:
     if not raw:
         raise PartialRejected([FieldError("message", "empty value")])
     try:
-        message = orjson.loads(raw)
+        message = wide_json.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise PartialRejected([FieldError("message", f"invalid JSON: {exc}")]) from None
     return check_message(message, limits)

@@ -276,6 +276,7 @@ class UserState:
         "index_at",
         "keys",
         "last_seen",
+        "pieces",
         "recent",
         "recent_encoded",
         "revenue_cents",
@@ -299,6 +300,7 @@ class UserState:
         self.keys: dict[str, SessionKey] = {}
         self.rows_added: list[Row] = []  # pending rows to store, since the last write
         self.rows_folded: list[Row] = []  # pending rows to delete: in summaries now
+        self.pieces: list[bytes] = []  # keys of its stored value's pieces, when too large
 
     def add(self, row: Row, gap_ms: int) -> bool:
         """Count an on-time event in the profile and keep it as a pending row; False when
@@ -642,14 +644,23 @@ class PartitionState:
         rows: list[Write] = []
         users: list[Write] = []
         folded: list[Write] = []
+        pieces_written: set[bytes] = set()
         for user_id in self.dirty_users:
             user = self.users[user_id]
             self._index(user_id, user)
             rows += [(codec.row_key(user_id, r), codec.encode_row(r)) for r in user.rows_added]
-            users.append((user_id.encode(), codec.encode_user(user)))
+            value = codec.encode_user(user)
+            if len(value) > codec.MAX_VALUE_BYTES or user.pieces:  # a session of many pages
+                value, pieces, old_pieces = codec.pieces_of(user_id, user, value)
+                rows += pieces
+                pieces_written.update(key for key, _ in pieces)
+                folded += old_pieces
+            users.append((user_id.encode(), value))
             folded += [(codec.row_key(user_id, r), None) for r in user.rows_folded]
             user.rows_added, user.rows_folded = [], []
-        folded += [(key, None) for key in self._stale_rows]
+        # stale: what a crash left (rows behind their fold, pieces a header never named),
+        # unless this batch writes it again (the replay of the batch that crashed)
+        folded += [(key, None) for key in self._stale_rows if key not in pieces_written]
         # A user's new rows and index entries before the user that counts them; the rows it
         # folded and its old index entries deleted only after the clock: any prefix of
         # these writes reads back as a state a replay repairs (module docstring).

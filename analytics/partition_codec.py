@@ -12,7 +12,22 @@ Keys (bytes; user ids are UTF-8, which never contains 0xFF, so nothing collides 
 ``FF FD "M" <start> <user_id>``            a user active in an open window (empty value)
 ``FF FD "C" <deadline> <user_id>``         the close index: the user may have a session to
                                            close then
+``FF FD "P" <user_id> <digest> <index>``   a piece of a user's value too large for one
+                                           changelog record (the user_id length-prefixed)
 =========================================  ===================================================
+
+Two kinds of value are marked by their first byte, which JSON never starts with:
+
+* ``WIDE`` (0x01): JSON with integers past 64 bits (analytics.wide_json), read exactly by the
+  standard library. SPEC bounds no sum: a user's lifetime revenue passes 2**64 - 1 cents
+  after 185 million purchases of the largest amount. Values that fit are written and read by
+  orjson as before; a value is written wide only when orjson refuses it.
+* ``PIECED`` (0x00), a user's value only: its JSON was over ``MAX_VALUE_BYTES`` (a session
+  of many long pages keeps every distinct page in its summary, SPEC 1 bounds neither their
+  number nor, up to 2,048 characters, their length), so it is stored as pieces under keys of
+  their own, named by a digest of the whole, and the user's key holds ``[count, digest]``.
+  The pieces are written before the user and the previous version's deleted after the
+  clock, like folded rows, so any prefix of a batch's writes reads back whole.
 
 Times in keys are 8 bytes big-endian, offset by 2**63, so byte order is time order (also
 before 1970) and range scans find a user's rows, windows and due deadlines without reading
@@ -23,22 +38,30 @@ their open sessions' rows, windows and the close list inside the clock) is read 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from analytics import wide_json
+from analytics.record_chunks import MAX_RECORD_BYTES
 from analytics.rows import Row
 from analytics.sessions import SessionSummary
 
 if TYPE_CHECKING:
-    from analytics.partition import Clock, SessionKey, StateStore, UserState, WindowState
+    from analytics.partition import Clock, SessionKey, StateStore, UserState, WindowState, Write
 
 CLOCK_KEY = b"\xff\xffclock"
 WINDOW = b"\xff\xfdW"
 MEMBER = b"\xff\xfdM"
 CLOSE = b"\xff\xfdC"
 ROW = b"\xff\xfdR"
+PIECE = b"\xff\xfdP"
+WIDE = 0x01
+PIECED = 0x00
+MAX_VALUE_BYTES = MAX_RECORD_BYTES
+"""The largest value stored whole: every value is a changelog record too (a Kafka message)."""
 _OFFSET = 2**63
 VERSION = 3
 
@@ -70,7 +93,7 @@ def _prefix_end(prefix: bytes) -> bytes:
 def scan_windows(store: StateStore) -> Iterator[tuple[int, list[Any]]]:
     """(start, [applied, live counters]) of every stored window."""
     for key, value in store.scan(WINDOW, _prefix_end(WINDOW)):
-        yield _ms(key[len(WINDOW) :]), orjson.loads(value)
+        yield _ms(key[len(WINDOW) :]), _loads(value)
 
 
 def scan_members(store: StateStore) -> Iterator[tuple[int, str]]:
@@ -137,28 +160,93 @@ def _encode_summaries(key: SessionKey) -> orjson.Fragment:
 
 def encode_user(user: UserState) -> bytes:
     """The user's value: everything but its pending rows (they have keys of their own)."""
-    keys = {session_id: _encode_summaries(key) for session_id, key in user.keys.items()}
-    return compact_dumps(
-        [
-            VERSION,
-            user.first_seen,
-            user.last_seen,
-            user.events,
-            user.revenue_cents,
-            user.devices,
-            user.countries,
-            user.closed_sessions,
-            user.recent_json(),
-            user.applied,
-            user.folded_until,
-            user.index_at,
-            keys,
-        ]
-    )
+    try:
+        keys = {session_id: _encode_summaries(key) for session_id, key in user.keys.items()}
+        return compact_dumps(_user_fields(user, user.recent_json(), keys))
+    except orjson.JSONEncodeError:  # a sum past 64 bits (module docstring)
+        plain = {sid: [s.encode() for s in key.summaries] for sid, key in user.keys.items()}
+        return wide_dumps(_user_fields(user, user.recent, plain))
+
+
+def _user_fields(user: UserState, recent: Any, keys: dict[str, Any]) -> list[Any]:
+    return [
+        VERSION,
+        user.first_seen,
+        user.last_seen,
+        user.events,
+        user.revenue_cents,
+        user.devices,
+        user.countries,
+        user.closed_sessions,
+        recent,
+        user.applied,
+        user.folded_until,
+        user.index_at,
+        keys,
+    ]
 
 
 def compact_dumps(value: Any) -> bytes:
     return compact(orjson.dumps(value))
+
+
+def wide_dumps(value: Any) -> bytes:
+    """``value`` as a ``WIDE`` value: JSON with integers of any size."""
+    return bytes([WIDE]) + wide_json.dumps(value)
+
+
+def _loads(data: bytes) -> Any:
+    """A stored JSON value, written by ``compact_dumps`` or ``wide_dumps``."""
+    if data[0] == WIDE:
+        return wide_json.exact_loads(data[1:])
+    return orjson.loads(data)
+
+
+def _piece_prefix(user_id: str) -> bytes:
+    return PIECE + _text(user_id)
+
+
+def pieces_of(
+    user_id: str, user: UserState, value: bytes
+) -> tuple[bytes, list[Write], list[Write]]:
+    """A user's value as stored: ``(the value at its key, pieces to write before it, pieces
+    to delete after the clock)``. Whole when it fits, else in pieces (module docstring)."""
+    before: list[Write] = []
+    keys: list[bytes] = []
+    if len(value) > MAX_VALUE_BYTES:
+        digest = hashlib.blake2b(value, digest_size=8).digest()
+        prefix = _piece_prefix(user_id) + digest
+        for index, at in enumerate(range(0, len(value), MAX_VALUE_BYTES)):
+            key = prefix + index.to_bytes(4, "big")
+            before.append((key, value[at : at + MAX_VALUE_BYTES]))
+            keys.append(key)
+        value = bytes([PIECED]) + orjson.dumps([len(keys), digest.hex()])
+    kept = set(keys)
+    after: list[Write] = [(key, None) for key in user.pieces if key not in kept]
+    user.pieces = keys
+    return value, before, after
+
+
+def _joined(
+    store: StateStore, user_id: str, header: bytes
+) -> tuple[bytes, list[bytes], list[bytes]]:
+    """A pieced user's whole value, the keys of its pieces, and of stale pieces (a crash
+    came between writing a new version and deleting the old one)."""
+    count, digest = orjson.loads(header[1:])
+    prefix = _piece_prefix(user_id)
+    current = prefix + bytes.fromhex(digest)
+    parts: list[bytes] = []
+    keys: list[bytes] = []
+    stale: list[bytes] = []
+    for key, value in store.scan(prefix, _prefix_end(prefix)):
+        if key.startswith(current):
+            keys.append(key)
+            parts.append(value)
+        else:
+            stale.append(key)
+    if len(parts) != count:
+        raise ValueError(f"user {user_id!r}: {len(parts)} of its {count} pieces are stored")
+    return b"".join(parts), keys, stale
 
 
 def load_user(store: StateStore, user_id: str) -> tuple[UserState, list[bytes]] | None:
@@ -169,8 +257,12 @@ def load_user(store: StateStore, user_id: str) -> tuple[UserState, list[bytes]] 
     stored = store.get(user_id.encode())
     if stored is None:
         return None
-    user = decode_user(stored)
     stale: list[bytes] = []
+    pieces: list[bytes] = []
+    if stored[0] == PIECED:
+        stored, pieces, stale = _joined(store, user_id, stored)
+    user = decode_user(stored)
+    user.pieces = pieces
     folded_until = user.folded_until
     prefix = user_rows(user_id)
     by_key: dict[str, list[Row]] = {}
@@ -192,7 +284,7 @@ def decode_user(data: bytes) -> UserState:
     """A user's value, without its pending rows (``load_user`` adds them)."""
     from analytics.partition import SessionKey, UserState
 
-    value = orjson.loads(data)
+    value = _loads(data)
     if isinstance(value, dict):
         return _legacy_user(value)
     user = UserState()
@@ -243,7 +335,11 @@ def _legacy_user(value: dict[str, Any]) -> UserState:
 
 
 def encode_window(window: WindowState) -> bytes:
-    return compact_dumps([window.applied, window.live_figures()])
+    value = [window.applied, window.live_figures()]
+    try:
+        return compact_dumps(value)
+    except orjson.JSONEncodeError:  # a sum past 64 bits (module docstring)
+        return wide_dumps(value)
 
 
 _CLOCK_FIELDS = (

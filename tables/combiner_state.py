@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from analytics import wide_json
 from analytics.combiner import CombinerState, new_state
 from app import app
+from tables import large_values
 from tables.rocksdb_options import rocksdb_options
 
 STATE_KEY = b"state"
@@ -25,9 +25,9 @@ combiner_state: Any = app.Table(
 
 def decode_state(stored: bytes | None) -> CombinerState:
     # fields added by later versions start empty in state written by older ones
-    return {**new_state(), **orjson.loads(stored)} if stored is not None else new_state()
+    return {**new_state(), **wide_json.loads(stored)} if stored is not None else new_state()
 
 
 def load() -> CombinerState:
     """The saved state, read through the table (the web API's view)."""
-    return decode_state(combiner_state.get(STATE_KEY))
+    return decode_state(large_values.get(combiner_state, STATE_KEY))

@@ -22,11 +22,11 @@ import bisect
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, Protocol
 
-import orjson
-
+from analytics import wide_json
 from analytics.combiner import CombinerOutput
 from analytics.timeutil import parse_ts
 from app import app
+from tables import large_values
 from tables.rocksdb_options import rocksdb_options
 
 LIVE_KEY = b"live"
@@ -138,9 +138,10 @@ class HistoryWriter:
                 continue
             start = parse_ts(kpi["window_start"])
             key = window_key(start)
-            tables.kpi[key] = orjson.dumps(kpi)
-            tables.page[key] = orjson.dumps(pages.get(start, {}))
-            tables.traffic[key] = orjson.dumps(traffic.get(start, {}))
+            tables.kpi[key] = wide_json.dumps(kpi)
+            # a window's pages (and values of a dimension) have no bound (tables/large_values)
+            large_values.put(tables.page, key, wide_json.dumps(pages.get(start, {})))
+            large_values.put(tables.traffic, key, wide_json.dumps(traffic.get(start, {})))
             index = bisect.bisect_left(self._starts, start)
             if index == len(self._starts) or self._starts[index] != start:
                 self._starts.insert(index, start)
@@ -150,9 +151,9 @@ class HistoryWriter:
     def _update_live(self, records: list[dict[str, Any]], kpis: WritableTable) -> None:
         newest = max(records, key=lambda k: (parse_ts(k["window_start"]), bool(k["is_final"])))
         stored_bytes = kpis.get(LIVE_KEY)
-        stored = orjson.loads(stored_bytes) if stored_bytes is not None else None
+        stored = wide_json.loads(stored_bytes) if stored_bytes is not None else None
         if newer_live(stored, newest):
-            kpis[LIVE_KEY] = orjson.dumps(newest)
+            kpis[LIVE_KEY] = wide_json.dumps(newest)
 
     def _prune(self, tables: HistoryTables) -> None:
         assert self._starts is not None
@@ -163,12 +164,11 @@ class HistoryWriter:
         for start in self._starts[:drop]:
             key = window_key(start)
             for table in tables:
-                if key in table:
-                    del table[key]
+                large_values.delete(table, key)
         del self._starts[:drop]
 
 
 def load(table: Any, key: bytes) -> Any:
     """A stored JSON value, or None."""
-    stored = table.get(key)
-    return orjson.loads(stored) if stored is not None else None
+    stored = large_values.get(table, key)
+    return wide_json.loads(stored) if stored is not None else None

@@ -37,9 +37,11 @@ class StagedTable:
         return isinstance(key, bytes) and self.get(key) is not None
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.changes.pop(key, None)  # the latest change goes last: order matters (large_values)
         self.changes[key] = value
 
     def __delitem__(self, key: bytes) -> None:
+        self.changes.pop(key, None)
         self.changes[key] = None
 
     def keys(self) -> Iterator[bytes]:
@@ -49,6 +51,6 @@ class StagedTable:
         yield from (key for key, value in self.changes.items() if value is not None)
 
     def take(self) -> list[tuple[bytes, bytes | None]]:
-        """The staged changes, in the order made; the table has none staged after."""
+        """The staged changes, each key where it last changed; none staged after."""
         changes, self.changes = list(self.changes.items()), {}
         return changes

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from analytics import record_chunks, wide_json
 from analytics.combiner import CombinerOutput, CombinerRules, combine, new_state
 from analytics.partials import PartialLimits, decode_message
 from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
@@ -66,9 +67,12 @@ class PurePartition:
         state = PartitionState(self.store, self.rules)
         analysed = apply_batch(state, tracked.timeline, self.rules, live=live)
         self.store.apply(state.take_writes())
-        partials = [
-            orjson.dumps({"type": "partial", "partition": self.index, **partial})
+        partials = [  # a large one as chunks
+            chunk
             for partial in analysed.partials
+            for chunk in record_chunks.encode(
+                {"type": "partial", "partition": self.index, **partial}, record_chunks.PARTIAL
+            )
         ]
         progress = {
             "type": "progress",
@@ -93,9 +97,9 @@ class PureCombiner:
         return PartialLimits(self.rules.partitions, self.rules.window_ms)
 
     def fold(self, raw: list[bytes], *, live: bool = True) -> CombinerOutput:
-        state = orjson.loads(self.state)
+        state = wide_json.loads(self.state)
         out = combine(state, [decode_message(r, self.limits) for r in raw], self.rules, live=live)
-        self.state = orjson.dumps(state)
+        self.state = wide_json.dumps(state)
         return out
 
 

@@ -28,10 +28,11 @@ from aiokafka.errors import KafkaError
 from faust import web
 from faust.web.exceptions import ServiceUnavailable
 
+from analytics import wide_json
 from analytics.partition import UserState
 from analytics.timeutil import format_ts, parse_ts
 from app import app
-from tables import combiner_state
+from tables import combiner_state, large_values
 from tables.history import (
     LIVE_KEY,
     kpi_history,
@@ -103,6 +104,13 @@ def _query(request: web.Request) -> Query:
     return list(cast(aiohttp_web.Request, request).query.items())
 
 
+def _json(view: web.View, body: Any) -> web.Response:
+    """An answer as JSON (Faust's ``view.json`` is orjson's, which refuses integers past 64
+    bits: a user's lifetime revenue in cents, a window's sums; analytics.wide_json)."""
+    data = wide_json.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    return view.bytes(data, content_type="application/json")
+
+
 def _bad(view: web.View, problem: BadParameter) -> web.Response:
     return view.json({"error": str(problem)}, status=400)
 
@@ -120,7 +128,7 @@ def _stored(table: Any, keep: Callable[[int], bool]) -> dict[int, Any]:
     chosen: dict[int, Any] = {}
     for key, value in table.items():
         if key.lstrip(b"-").isdigit() and keep(int(key)):
-            chosen[int(key)] = orjson.loads(value)
+            chosen[int(key)] = wide_json.loads(large_values.whole(table, key, value) or b"")
     return chosen
 
 
@@ -151,7 +159,7 @@ class CurrentKpiView(web.View):
             no_parameters(_query(request))
         except BadParameter as problem:
             return _bad(self, problem)
-        return self.json({"kpi": load(kpi_history, LIVE_KEY)})
+        return _json(self, {"kpi": load(kpi_history, LIVE_KEY)})
 
 
 @app.page("/api/kpis")
@@ -175,13 +183,14 @@ class KpiHistoryView(web.View):
         finals = _stored(kpi_history, selected.contains)
         live = load(kpi_history, LIVE_KEY)
         live_start = parse_ts(live["window_start"]) if live is not None else None
-        return self.json(
+        return _json(
+            self,
             {
                 "source": LIVE,
                 "from": _ts(selected.from_ms),
                 "to": _ts(selected.to_ms),
                 "windows": kpi_windows(finals.items(), live, live_start, selected),
-            }
+            },
         )
 
 
@@ -210,7 +219,7 @@ class TopPagesView(web.View):
         body = {"source": LIVE, **range_header(as_of, query.minutes, starts)}
         body["limit"] = query.limit
         body["pages"] = top_pages(windows, query.limit)
-        return self.json(body)
+        return _json(self, body)
 
 
 @app.page("/api/traffic")
@@ -227,7 +236,7 @@ class TrafficView(web.View):
         body = range_header(as_of, query.minutes, starts)
         body["dimension"] = query.dimension
         body["values"] = traffic_values(windows, query.dimension)
-        return self.json(body)
+        return _json(self, body)
 
 
 async def _user_answer(
@@ -245,7 +254,7 @@ async def _user_answer(
     user = load_user(user_id)
     if user is None:
         return _unknown_user(view, user_id)
-    return view.json(answer(user_id, user, GAP_MS))
+    return _json(view, answer(user_id, user, GAP_MS))
 
 
 @app.page("/api/users/{user_id}")

@@ -29,6 +29,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from analytics import wide_json
 from analytics.timeutil import format_ts, parse_ts
 from app import app
 from app.kafka_security import aiokafka_kwargs
@@ -54,7 +55,7 @@ Record = dict[str, Any]
 
 def sse(event: str, data: Any) -> bytes:
     """One Server-Sent Events frame; orjson writes no newline, so one ``data:`` line does."""
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + wide_json.dumps(data) + b"\n\n"
 
 
 def window_start(record: Record) -> int:
@@ -268,7 +269,7 @@ class LiveFeed:
         newest_final: int | None = None
         for value in values:
             try:
-                record = orjson.loads(value or b"")
+                record = wide_json.loads(value or b"")
             except orjson.JSONDecodeError:
                 continue
             if not isinstance(record, dict) or "window_start" not in record:
@@ -291,7 +292,7 @@ class LiveFeed:
         async with self._http.get(self.api_url() + path, params=params) as response:
             if response.status != 200:
                 raise ApiUnavailable(f"GET {path} -> {response.status}")
-            return await response.json(loads=orjson.loads)
+            return await response.json(loads=wide_json.loads)
 
     async def _prime(self) -> None:
         """The state before the consumer's start, from the API; retried until it answers."""

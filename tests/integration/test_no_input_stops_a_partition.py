@@ -3,6 +3,10 @@
 * The combiner: malformed records on ``kpi-partials`` (not JSON, a partition the worker does
   not have, negative or fractional counters, an unknown kind) go to ``kpi-partials-dlq`` with
   errors naming the fields, and the windows after them are still published as final.
+* Records larger than a Kafka message: 101 page views of one user on distinct pages of 2,048
+  control characters make the window's partial and the session's record several MB; they are
+  published as chunks, the window is final with every page, the session lands whole in
+  ``session_metrics``, and the partition goes on.
 * Ingestion: a hypothesis-drawn batch of adversarial inputs (tests/fuzz_inputs.py) is posted
   to ``POST /ingest`` and ``/ingest/batch`` and produced straight to ``user-events``; every one
   ends enriched or in ``user-events-dlq`` with its errors, and the worker still answers
@@ -21,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psycopg
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -29,6 +34,7 @@ from analytics.dead_letters import bounded_dead_letter
 from analytics.timeutil import format_ts, parse_ts
 from analytics.tracking import fallback_event_id
 from app.topics import TopicNames
+from tests.databases import fresh_database
 from tests.fuzz_inputs import RAW_INPUTS, valid_events, wrong_events
 from tests.kafka_helpers import (
     Outgoing,
@@ -134,6 +140,85 @@ async def test_the_combiner_dead_letters_bad_partials_and_keeps_publishing(
         assert letter["error"].startswith(f"{field}: ")
         assert letter["raw"] == raw.decode()
     assert worker.alive and (worker.health() or (0,))[0] == 200
+
+
+# --------------------------------------------------------------------------- large records
+
+KAFKA_MESSAGE_BYTES = 1_048_588  # the broker's default message.max.bytes
+PAGES = 101
+
+
+def _long_pages(user: str, start_ms: int) -> list[tuple[bytes, bytes]]:
+    """``PAGES`` page views of ``user`` in the window at ``start_ms``, each on a page of its
+    own of 2,048 characters, most of them control characters (12 KiB each as JSON)."""
+    events = [
+        {"event_id": f"{user}-{n}", "user_id": user, "action": "page_view"}
+        | {"page": f"/{n:04d}" + "\x01" * 2043, "timestamp": format_ts(start_ms + 1_000 + n)}
+        for n in range(PAGES)
+    ]
+    return [(user.encode(), orjson.dumps(e)) for e in events]
+
+
+async def _session_row(url: str, user: str, timeout: float) -> dict[str, Any]:
+    """The user's session_metrics row, once the sink has written it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
+            await cursor.execute(
+                "SELECT * FROM session_metrics WHERE user_id = %s", (user,), prepare=False
+            )
+            rows = await cursor.fetchall()
+        if rows:
+            (row,) = rows
+            return dict(row)
+        assert time.monotonic() < deadline, f"no session_metrics row for {user} in {timeout} s"
+        await asyncio.sleep(0.5)  # polling interval, bounded by the deadline
+
+
+async def test_records_of_many_long_pages_do_not_stop_a_partition(
+    worker_factory: WorkerPool, services: Any, topic_prefix: str, group_id: str
+) -> None:
+    async with fresh_database(services.database_url) as url:
+        worker = worker_factory.start(topic_prefix, group_id, extra_env={"DATABASE_URL": url})
+        await worker.await_ready(PARTITIONS, timeout=120)
+        bootstrap = worker_factory.services.kafka_bootstrap
+        topics = TopicNames.with_prefix(topic_prefix)
+        start = parse_ts("2025-04-04T10:00:00Z")
+        user = f"long-pages-{topic_prefix}"
+        await produce(bootstrap, topics.user_events, _long_pages(user, start))
+        await close_window(bootstrap, topics, start, "long-pages")
+
+        record = await final_window(bootstrap, topics, start)
+        assert record["total_page_views"] == PAGES and record["total_events"] == PAGES + PARTITIONS
+        rows = await read_until(
+            bootstrap,
+            topics.page_view_stats,
+            lambda r: len([x for x in r if x.json()["window_start"] == format_ts(start)]) >= PAGES,
+            timeout=60,
+        )
+        pages = {r.json()["page"]: r.json() for r in rows}
+        assert len(pages) == PAGES and all(p["views"] == 1 for p in pages.values())
+        partials = await read_to_end(bootstrap, topics.kpi_partials)
+        chunks = [r.json() for r in partials if b'"chunk"' in (r.value or b"")]
+        assert chunks and all(len(r.value or b"") < KAFKA_MESSAGE_BYTES for r in partials)
+
+        # an event two hours later on the user's partition closes the session
+        later = {"event_id": f"{user}-later", "user_id": user, "action": "probe"}
+        later["timestamp"] = format_ts(start + 120 * MINUTE)
+        await produce(bootstrap, topics.user_events, [(user.encode(), orjson.dumps(later))])
+        row = await _session_row(url, user, timeout=120)
+        assert row["unique_pages"] == PAGES and row["total_events"] == PAGES
+        assert row["pages"] == {page: 1 for page in pages}
+        sessions = await read_to_end(bootstrap, topics.session_metrics)
+        mine = [r for r in sessions if r.key == user.encode()]
+        assert len(mine) > 1 and all(len(r.value or b"") < KAFKA_MESSAGE_BYTES for r in mine)
+
+        # and the partition goes on: a later window is final
+        after = start + 180 * MINUTE  # after the event that closed the session
+        await close_window(bootstrap, topics, after, "after-long-pages")
+        assert (await final_window(bootstrap, topics, after))["total_events"] >= PARTITIONS
+        assert worker.alive and (worker.health() or (0,))[0] == 200
 
 
 # --------------------------------------------------------------------------- ingestion

@@ -15,8 +15,9 @@ Inputs come from tests/fuzz_inputs.py. The properties, for any input:
 * the HTTP functions answer 202 only for events the tracker then enriches, and dead-letter
   everything else with its errors.
 
-The tracker's dead letters for messages near 1 MB, and records grown past a Kafka message
-by many long pages, are tests of their own below (marked xfail: the lead's files).
+The tracker's dead letters for messages near 1 MB, and records and state values grown past a
+Kafka message by many long pages (published as chunks, stored as pieces), are tests of their
+own below.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agents.behavior_tracker import session_record
 from analytics import partition_codec as codec
+from analytics import record_chunks
 from analytics.combiner import CombinerRules, combine, new_state
 from analytics.partials import MAX_MS, PartialLimits, PartialRejected, check_message
 from analytics.partition import PartitionRules, PartitionState, apply_batch
@@ -160,14 +161,29 @@ def appended(item: Arrival | Tick) -> int:
     return item.arrived_ms if isinstance(item, Arrival) else item.timestamp_ms
 
 
+def stored_user(store: MemoryStore, key: bytes) -> bytes:
+    """A user's value as written, its pieces joined when it was too large for one."""
+    value = store.data[key]
+    if value[0] != codec.PIECED:
+        return value
+    count, digest = orjson.loads(value[1:])
+    prefix = codec.PIECE + len(key).to_bytes(2, "big") + key + bytes.fromhex(digest)
+    pieces = [v for k, v in sorted(store.data.items()) if k.startswith(prefix)]
+    assert len(pieces) == count
+    return b"".join(pieces)
+
+
 def assert_state_decodes(store: MemoryStore) -> None:
-    """Every stored value reads back; a user reads back to the very bytes it was stored as."""
+    """Every stored value reads back; a user reads back to the very bytes it was stored as;
+    no value is larger than a changelog record (a Kafka message) may be."""
     for key, value in store.data.items():
+        assert len(key) + len(value) < KAFKA_MESSAGE_BYTES
         if key == codec.CLOCK_KEY:
             codec.decode_clock(value)
         elif not key.startswith(b"\xff"):
-            user = codec.decode_user(value)
-            assert codec.encode_user(user) == value
+            loaded = codec.load_user(store, key.decode())
+            assert loaded is not None and loaded[1] == []  # no stale rows or pieces
+            assert codec.encode_user(loaded[0]) == stored_user(store, key)
     list(codec.scan_windows(store))
     list(codec.scan_members(store))
 
@@ -209,9 +225,9 @@ def test_state_partials_combiner_sessions_and_rows(
     rows_or_nul(SESSION_METRICS, [session_record(figures) for figures in sessions])
     users = {a.user_id for a in tracked.timeline if isinstance(a, Arrival)}
     assert {s["user_id"] for s in sessions} <= users
-    for key, value in store.data.items():  # every session closed (late events joined none)
+    for key in store.data:  # every session closed (late events joined none)
         if not key.startswith(b"\xff"):
-            assert codec.decode_user(value).keys == {}
+            assert codec.decode_user(stored_user(store, key)).keys == {}
 
 
 @given(st.one_of(RAW_INPUTS, st.lists(valid_events() | wrong_events(), max_size=8)))
@@ -264,22 +280,102 @@ def _page_views(count: int) -> list[RawMessage]:
     return [RawMessage(b"u", value, 0, n, T0) for n, value in enumerate(values)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead's analytics/partition.py + agents/behavior_tracker.py: a window's partial "
-    "holds all its pages in one kpi-partials message and a closed session all its pages in "
-    "one session-metrics message; 100 valid page views on distinct long pages make either "
-    "over 1 MB, the broker refuses it and the partition's round fails on every retry "
-    "(reproduced on a real worker: 101 events stop a partition)",
-)
+def published(record: dict[str, Any], shape: record_chunks.Shape) -> dict[str, Any]:
+    """``record`` as the tracker publishes it (whole, or as chunks when too large), each
+    message within a Kafka message, and as a consumer puts it together again."""
+    messages = record_chunks.encode(record, shape)
+    assert all(len(message) < KAFKA_MESSAGE_BYTES for message in messages)
+    pending: dict[str, Any] = {}
+    for offset, message in enumerate(messages):
+        value = orjson.loads(message)
+        if "chunk" not in value:
+            return dict(value)
+        whole = record_chunks.gather(pending, value, shape, offset)
+    assert whole is not None and pending == {}
+    return whole
+
+
 def test_a_window_or_session_of_many_long_pages_fits_a_kafka_message() -> None:
+    """100 page views on distinct pages of 2,048 control characters: the window's partial
+    and the session's record are several MB as JSON, so they are published as chunks, which
+    a consumer puts together to the very record; the user's value (its session keeps every
+    page) is stored in pieces. Nothing the partition writes or publishes exceeds a message."""
     tracked = track_batch(_page_views(100), topic=TOPIC, lookup=lambda key: None, rules=RULES)
     store = MemoryStore()
     sent, sessions, _ = run_partition(store, tracked.timeline, live=False)
+    assert_state_decodes(store)
     for step in (1, 2):
         more, closed, _ = run_partition(store, [Tick(200 + step, T0 + step * DAY)], False)
         sent += more
         sessions += closed
-    assert sessions
-    for record in [*sent, *(session_record(s) for s in sessions)]:
-        assert len(orjson.dumps(record)) < KAFKA_MESSAGE_BYTES
+        assert_state_decodes(store)
+    (session,) = sessions
+    assert session["unique_pages"] == 100 and len(session["pages"]) == 100
+    record = session_record(session)
+    assert len(record_chunks.encode(record, record_chunks.SESSION)) > 1
+    assert published(record, record_chunks.SESSION) == orjson.loads(orjson.dumps(record))
+    (final,) = [m for m in sent if m["type"] == "partial" and m["final"]]
+    assert len(final["pages"]) == 100
+    assert len(record_chunks.encode(final, record_chunks.PARTIAL)) > 1
+    assert check_message(published(final, record_chunks.PARTIAL), LIMITS) == final
+
+
+def test_a_user_whose_session_has_many_long_pages_is_stored_in_pieces() -> None:
+    """The session's summary holds its pages: the user's value outgrows a changelog record
+    while the session is open, is stored in pieces, reads back whole, and once the session
+    closes is stored whole again with its pieces deleted."""
+    tracked = track_batch(_page_views(100), topic=TOPIC, lookup=lambda key: None, rules=RULES)
+    store = MemoryStore()
+    run_partition(store, tracked.timeline, live=False)
+    # the window final; a later event of the session folds its rows into the summary
+    _, closed, _ = run_partition(store, [Tick(201, T0 + 2 * PARTITION_RULES.window_ms)], False)
+    click = {"user_id": "u", "action": "click", "timestamp": "2026-01-01T00:03:00Z"}
+    later = [RawMessage(b"u", orjson.dumps(click), 0, 202, T0 + 180_000)]
+    more = track_batch(later, topic=TOPIC, lookup=lambda key: None, rules=RULES)
+    _, closed, state = run_partition(store, more.timeline, False)
+    assert closed == []
+    assert store.data[b"u"][0] == codec.PIECED
+    pieces = [k for k in store.data if k.startswith(codec.PIECE)]
+    assert len(pieces) > 1
+    user = state.user("u")
+    assert user is not None and user.events == 101
+    (figures,) = user.open_sessions("u", PARTITION_RULES.gap_ms)
+    assert figures["unique_pages"] == 100 and figures["total_events"] == 101
+    assert_state_decodes(store)
+    run_partition(store, [Tick(203, T0 + DAY)], False)  # closes at the next batch's start
+    _, closed, _ = run_partition(store, [Tick(204, T0 + 2 * DAY)], False)
+    assert len(closed) == 1 and closed[0]["unique_pages"] == 100
+    assert store.data[b"u"][0] != codec.PIECED
+    assert not [k for k in store.data if k.startswith(codec.PIECE)]
+
+
+def test_a_crash_between_a_users_pieces_and_its_header_is_repaired_by_the_replay() -> None:
+    """The new pieces of a pieced user are durable, its header is not (a crash): after the
+    restart they are stale, and the replay of the batch writes them again; the stored user
+    must then read back whole (the replay must not delete what it writes)."""
+    tracked = track_batch(_page_views(100), topic=TOPIC, lookup=lambda key: None, rules=RULES)
+    store = MemoryStore()
+    run_partition(store, tracked.timeline, live=False)
+    run_partition(store, [Tick(201, T0 + 2 * PARTITION_RULES.window_ms)], False)
+    click = {"user_id": "u", "action": "click", "timestamp": "2026-01-01T00:03:00Z"}
+    later = [RawMessage(b"u", orjson.dumps(click), 0, 202, T0 + 180_000)]
+    run_partition(
+        store, track_batch(later, topic=TOPIC, lookup=lambda k: None, rules=RULES).timeline, False
+    )
+    assert store.data[b"u"][0] == codec.PIECED
+    # the next event changes the user (new digest): its writes cut before the user's header
+    click2 = {"user_id": "u", "action": "signup", "timestamp": "2026-01-01T00:04:00Z"}
+    again = [RawMessage(b"u", orjson.dumps(click2), 0, 203, T0 + 240_000)]
+    items = track_batch(again, topic=TOPIC, lookup=lambda k: None, rules=RULES).timeline
+    state = PartitionState(store, PARTITION_RULES)
+    apply_batch(state, items, PARTITION_RULES)
+    writes = state.take_writes()
+    header = next(n for n, (key, _) in enumerate(writes) if key == b"u")
+    assert any(key.startswith(codec.PIECE) for key, _ in writes[:header])
+    store.apply(writes[:header])  # the crash
+    _, _, state = run_partition(store, items, False)  # the restart replays the batch
+    assert_state_decodes(store)
+    user = state.user("u")
+    assert user is not None and user.events == 102
+    loaded = codec.load_user(store, "u")
+    assert loaded is not None and loaded[0].events == 102

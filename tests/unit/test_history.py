@@ -15,6 +15,7 @@ from tables.history import (
     LIVE_KEY,
     HistoryTables,
     HistoryWriter,
+    load,
     newer_live,
     window_key,
     window_starts,
@@ -122,3 +123,17 @@ def test_newer_live() -> None:
     assert newer_live(_kpi(T0, False), _kpi(T0, True))
     assert not newer_live(_kpi(T0, True), _kpi(T0, False))
     assert not newer_live(_kpi(T0 + MINUTE, False), _kpi(T0, True))
+
+
+def test_a_window_of_many_long_pages_is_kept_in_pieces(tables: dict[str, FakeTable]) -> None:
+    """100 pages of 2,048 control characters: over a changelog record as one value, so the
+    window's pages are stored in pieces (tables/large_values.py), read back whole, and
+    dropped with their pieces when the window leaves the retention."""
+    pages = {f"/{n:04d}" + "\x01" * 2043: [1, 1, n] for n in range(100)}
+    writer = HistoryWriter(retention_ms=10 * MINUTE)
+    writer.record(_final(T0, pages), HistoryTables(*tables.values()))
+    stored = tables["page_history"]
+    assert all(len(value) < 1_000_000 for value in stored.values()) and len(stored) > 2
+    assert load(stored, window_key(T0)) == pages
+    writer.record(_final(T0 + 20 * MINUTE), HistoryTables(*tables.values()))
+    assert dict(stored) == {window_key(T0 + 20 * MINUTE): orjson.dumps({"/a": [2, 1, 30]})}

@@ -8,6 +8,11 @@ size through its pure functions, with the value encoded as it is published (orjs
 the sinks, converted to the row that is written; tests/integration/test_sinks.py writes the
 same rows to PostgreSQL and reads them back through the history queries. The whole pipeline
 runs at the largest amount too, with fewer events (a real count is too slow for a unit test).
+
+Past 64 bits (a user's lifetime revenue, or a session's, after 185 million purchases of the
+largest amount; SPEC bounds neither) every stage still encodes and decodes exactly
+(analytics.wide_json): the partition state, the published records, the sinks' rows (up to
+what ``numeric(20, 2)`` holds, past which the row is refused naming the column) and the API.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-import pytest
 
 from agents.behavior_tracker import session_record
 from analytics import partition_codec as codec
+from analytics import record_chunks, wide_json
 from analytics.combiner import CombinerRules, combine, new_state
 from analytics.kpis import kpi_figures, trends
 from analytics.partials import KPI_COUNTERS, PartialLimits, check_message
@@ -35,6 +40,7 @@ from sinks import queries
 from sinks.schema import DIMENSION_STATS, KPI_METRICS, PAGE_VIEW_STATS, SESSION_METRICS, prepare
 from tables.memory_store import MemoryStore
 from tests.pure_pipeline import PureCombiner, PurePartition
+from web.api_queries import user_sessions
 from web.history_views import answer_json
 
 MAX_CENTS = MAX_AMOUNT * 100
@@ -48,7 +54,7 @@ INT64_MAX = 2**63 - 1
 
 def roundtrip(value: Any) -> Any:
     """``value`` encoded as it is published and decoded again; equal to it when it fits."""
-    decoded = orjson.loads(orjson.dumps(value))
+    decoded = wide_json.loads(wide_json.dumps(value))
     assert decoded == value
     return decoded
 
@@ -238,14 +244,9 @@ def test_the_real_pipeline_at_the_largest_amount() -> None:
     assert isinstance(buyer, UserState) and buyer.revenue_cents == n * MAX_CENTS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead's analytics/partition.py: UserState.revenue_cents is a user's lifetime sum, "
-    "unbounded: past 2**64 - 1 cents (185 million purchases of the largest amount by one "
-    "user) orjson cannot encode the user (partition_codec.encode_user), take_writes raises "
-    "and the partition's round fails on every retry",
-)
 def test_a_users_lifetime_revenue_never_stops_the_partition() -> None:
+    """Past 2**64 - 1 cents (185 million purchases of the largest amount by one user) the
+    user is stored as wide JSON and read back exact; below it, as before."""
     rules = PartitionRules()
     store = MemoryStore()
     state = PartitionState(store, rules)
@@ -253,8 +254,84 @@ def test_a_users_lifetime_revenue_never_stops_the_partition() -> None:
     user.first_seen = user.last_seen = T0
     user.events, user.revenue_cents = 185_000_000, 2**64 - MAX_CENTS + 1
     store.apply(state.take_writes())
+    assert store.data[b"u1"][0] != codec.WIDE  # fits: orjson's, as before
     state = PartitionState(store, rules)
     state.user_for_update("u1").add(
         Row(T0 + 1, "e", "", "purchase", "", 0, "", "", "", True, MAX_CENTS), rules.gap_ms
     )
-    store.apply(state.take_writes())  # raises: Integer exceeds 64-bit range
+    store.apply(state.take_writes())
+    assert store.data[b"u1"][0] == codec.WIDE
+    again = PartitionState(store, rules).user("u1")
+    assert again is not None and again.revenue_cents == 2**64 + 1
+    assert codec.encode_user(again) == store.data[b"u1"]
+    (figures,) = again.open_sessions("u1", rules.gap_ms)
+    assert figures["revenue_cents"] == MAX_CENTS
+
+
+def _wide_user(cents: int) -> tuple[MemoryStore, UserState]:
+    """A user whose lifetime revenue, open session, closed sessions and window are all at
+    ``cents``: stored and read back."""
+    rules = PartitionRules()
+    store = MemoryStore()
+    state = PartitionState(store, rules)
+    user = state.user_for_update("u1")
+    user.first_seen, user.last_seen = T0, T0 + 86_400_000
+    user.events, user.revenue_cents = COUNT, cents
+    key = user.keys["s1"] = SessionKey()
+    key.summaries = [_summary(COUNT, cents)]
+    closed = session_record(_summary(COUNT, cents).figures("u1"))
+    user.recent = [
+        {**closed, "start_ms": T0, "end_ms": T0 + 1, "revenue_cents": cents, "unique_pages": 1}
+    ]
+    window = state.window_for_update(T0)
+    window.count("u1", Row(T0, "e", "s1", "purchase", "", 0, "", "", "", True, MAX_CENTS))
+    window.live[3] = cents
+    store.apply(state.take_writes())
+    loaded = PartitionState(store, rules)
+    assert loaded.windows[T0].live_figures()["revenue_cents"] == cents
+    stored = loaded.user("u1")
+    assert stored is not None
+    return store, stored
+
+
+def test_every_sum_of_the_partition_state_past_64_bits_reads_back_exact() -> None:
+    cents = 2**64 * 1000 + 7
+    store, user = _wide_user(cents)
+    assert user.revenue_cents == cents and user.recent[0]["revenue_cents"] == cents
+    (summary,) = user.keys["s1"].summaries
+    assert summary.revenue_cents == cents
+    assert store.data[codec.window_key(T0)][0] == codec.WIDE
+
+
+def test_session_and_window_records_past_64_bits_are_published_and_written_exact() -> None:
+    cents = 2**64 + 1
+    record = session_record(_summary(COUNT, cents).figures("u1"))
+    (message,) = record_chunks.encode(record, record_chunks.SESSION)
+    assert wide_json.loads(message) == record  # exact JSON numbers
+    row = row_of(SESSION_METRICS, wide_json.loads(message))
+    assert row["revenue"] == Decimal(cents).scaleb(-2)  # numeric(20, 2) holds it exactly
+    sums = {"events": 1, "purchases": 1, "revenue_cents": cents, "active_users": 1}
+    kpi = kpi_figures(T0, W, sums) | {"trends": trends(sums, None), "late_events_total": 0}
+    kpi["is_final"] = True
+    decoded = wide_json.loads(wide_json.dumps(kpi))
+    assert decoded["total_revenue_cents"] == cents
+    assert row_of(KPI_METRICS, decoded)["total_revenue"] == Decimal(cents).scaleb(-2)
+
+
+def test_a_sum_beyond_its_column_is_refused_naming_it() -> None:
+    """numeric(20, 2) holds 1e20 cents: past that (a billion purchases of the largest amount
+    in one session) the row goes to sink-dlq naming the column, whole in the dead letter."""
+    record = session_record(_summary(COUNT, 10**20).figures("u1"))
+    _, rejected = prepare(SESSION_METRICS, [wide_json.loads(wide_json.dumps(record))])
+    (refused,) = rejected
+    assert "revenue" in refused.error and "numeric(20, 2)" in refused.error
+
+
+def test_the_api_answers_a_user_past_64_bits() -> None:
+    cents = 2**64 * 3
+    _, user = _wide_user(cents)
+    answer = user_sessions("u1", user, PartitionRules().gap_ms)
+    decoded = json.loads(wide_json.dumps(answer))
+    assert decoded["profile"]["revenue_cents"] == cents
+    assert decoded["sessions"][0]["revenue_cents"] == cents
+    assert decoded["recent"][0]["revenue_cents"] == cents

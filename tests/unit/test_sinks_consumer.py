@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 
@@ -105,18 +104,6 @@ class FakeSink:
     async def write(self, records: Sequence[dict[str, Any]]) -> WriteResult:
         self.batches.append(list(records))
         return WriteResult(written=len(records), rejected=self.rejected)
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    sent: list[Any] = []
-
-    async def publish(records: Any) -> int:
-        sent.extend(records)
-        return len(sent)
-
-    monkeypatch.setattr(sink_agents, "publish", publish)
-    return sent
 
 
 def sink_consumer(fake: FakeSink) -> sink_agents.SinkConsumer:
