@@ -87,7 +87,7 @@ class ApplicationSettings(Section):
 class EngineSettings(Section):
     topic_partitions: int = Field(8, ge=1, le=1024)
     topic_prefix: str = ""
-    batch_size: int = Field(10_000, ge=1, le=100_000)
+    batch_size: int = Field(2_000, ge=1, le=100_000)
     batch_within: Duration = timedelta(milliseconds=200)
     round_interval: Duration = timedelta(milliseconds=10)
     grace: Duration = timedelta(seconds=10)
@@ -100,6 +100,7 @@ class EngineSettings(Section):
     store: str = "rocksdb://"
     rocksdb_block_cache_mib: int = Field(8, ge=1, le=4096)
     rocksdb_write_buffer_mib: int = Field(8, ge=1, le=1024)
+    rocksdb_wal: bool = True
     max_cached_users: int = Field(200_000, ge=0)
     gc_threshold: int = Field(100_000, ge=0)
     processing_guarantee: str = "at_least_once"

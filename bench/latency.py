@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from analytics.timeutil import format_ts, parse_ts
 from app.settings import parse_duration
-from bench.compare import PARTITIONS, create_topic
+from bench.compare import PARTITIONS, create_topic, delete_topics
 from bench.workload import USER_AGENTS
 from tests.worker_process import (
     Services,
@@ -124,22 +124,30 @@ def main() -> int:
         help="an environment setting for the worker, e.g. ANALYTICS__ENGINE__ROUND_INTERVAL=20ms",
     )
     args = parser.parse_args()
-    worker_env = dict(item.split("=", 1) for item in args.worker_env)
-    window_ms = int(parse_duration(args.kpi_window).total_seconds() * 1000)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
     services = (
         Services(bootstrap, os.environ.get("DATABASE_URL", ""))
         if bootstrap
         else services_from_script("start")
     )
-    prefix = new_topic_prefix()
+    prefix, group = new_topic_prefix(), new_group_id()
     create_topic(services.kafka_bootstrap, f"{prefix}user-events")
+    try:
+        return measure(args, services, prefix, group)
+    finally:
+        delete_topics(services.kafka_bootstrap, [prefix, group])
+
+
+def measure(args: argparse.Namespace, services: Services, prefix: str, group: str) -> int:
+    """Run the worker at the steady rate, then read the topics and print the figures."""
+    worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    window_ms = int(parse_duration(args.kpi_window).total_seconds() * 1000)
     workdir = Path(tempfile.mkdtemp(prefix="latency-bench-"))
     pool = WorkerPool(services, workdir)
     try:
         worker = pool.start(
             prefix,
-            new_group_id(),
+            group,
             {"ANALYTICS__ENGINE__KPI_WINDOW": args.kpi_window, **worker_env},
         )
         worker.wait_ready(PARTITIONS, timeout=120)

@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.compare import PARTITIONS, create_topic
+from bench.compare import PARTITIONS, create_topic, delete_topics
 from generator.traffic import format_ts
 from tests.worker_process import (
     Services,
@@ -130,8 +130,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sessions-bench-"))
     pool = WorkerPool(services, workdir)
     watcher = Consumer({"bootstrap.servers": services.kafka_bootstrap, "group.id": "watch"})
+    group = new_group_id()
     try:
-        group = new_group_id()
         worker = pool.start(prefix, group, env)
         worker.wait_ready(PARTITIONS, timeout=120)
         filler = threading.Thread(
@@ -176,6 +176,7 @@ def main() -> int:
     finally:
         watcher.close()
         pool.stop_all()
+        delete_topics(services.kafka_bootstrap, [prefix, group])
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ changes whose changelog records the broker has acknowledged, together with the c
 offset they reach (what Faust's recovery reads from, on its ``offset_key``), in one atomic
 RocksDB write batch. The same reads over a dict: tables/memory_store.py.
 
-Writes skip RocksDB's write-ahead log, as Kafka Streams' stores do: the changelog is the
-durable copy. A worker killed before RocksDB flushed its memtables opens a database that is
-an earlier, consistent state, offset included (each batch carries its offset), and Faust's
-recovery reads the changelog from there. The log cost about 2 µs a key, a tenth of the hot
-path's time at a steady 5,000 events/s; ``flush`` bounds what a restart has to read again.
+Writes go through RocksDB's write-ahead log unless ``engine.rocksdb_wal`` is off. The log is
+not synced: a process killed with -9 loses nothing the operating system holds, so a restart
+opens the state as it was and reads no changelog; a machine that loses power loses the
+unflushed end, and Faust's recovery reads the changelog from the offset each write batch
+records. Without the log (as Kafka Streams' stores run) the hot path saves about 2 µs a key,
+but a worker killed with -9 reads the changelog from its last memtable flush on restart,
+at about 10,000 records a second through Faust's recovery (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -27,18 +29,21 @@ OFFSET_KEY = b"__faust\x00offset__"
 
 _NO_LOG = rocksdict.WriteOptions()
 _NO_LOG.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub says method
+_LOG = rocksdict.WriteOptions()
 
 
 class RocksStore:
     """One partition database of a Faust RocksDB table."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, write_ahead_log: bool = True) -> None:
         self.db = db
+        self._write_options = _LOG if write_ahead_log else _NO_LOG
 
     @classmethod
     def of(cls, table: Any, partition: int) -> RocksStore:
         """The partition's database of ``table``, opened by Faust for this worker."""
-        return cls(table.data._db_for_partition(partition))
+        wal = table.app.analytics_settings.engine.rocksdb_wal
+        return cls(table.data._db_for_partition(partition), wal)
 
     def get(self, key: bytes) -> bytes | None:
         value: bytes | None = self.db.get(key)
@@ -58,7 +63,7 @@ class RocksStore:
             else:
                 batch.put(key, value)
         batch.put(OFFSET_KEY, str(changelog_offset).encode())
-        self.db.write(batch, write_opt=_NO_LOG)
+        self.db.write(batch, write_opt=self._write_options)
 
     def flush(self, wait: bool = True) -> None:
         """Persist the memtables: a restart then reads the changelog from here on. Without
