@@ -263,12 +263,14 @@ class BehaviorTracker(Service):
         by_partition: dict[int, list[Message]] = {}
         for message in messages:
             by_partition.setdefault(message.partition() or 0, []).append(message)
-        with self.clock.phase("compute"):
-            rounds = [
-                await self._compute(partition, batch)
-                for partition, batch in by_partition.items()
-                if partition in self.tasks
-            ]
+        rounds = []
+        for partition, batch in by_partition.items():
+            if partition in self.tasks:
+                with self.clock.phase("compute"):
+                    rounds.append(await self._compute(partition, batch))
+                # the rest of the worker (heartbeats, the combiner, the web server) runs
+                # between partitions, not only between rounds
+                await asyncio.sleep(0)
         with self.clock.phase("send"):
             for task, done in rounds:
                 task.in_flight.append(self._send_outputs(task, done))

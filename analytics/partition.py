@@ -55,8 +55,8 @@ LIVE_COUNTERS = ("events", "page_views", "conversions", "revenue_cents", "purcha
 """The event counters of an open window that need no user: its live figures."""
 
 _NEVER = 2**62
-FOLD_AT_LEAST = 8  # users folded per batch when some wait
-FOLD_SPREAD = 64  # ... or this share of those waiting, or one per four events
+FOLD_ROWS_AT_LEAST = 256  # rows folded per batch when users wait for it
+FOLD_ROWS_PER_EVENT = 2  # ... plus this many per event of the batch: more than come in
 
 RECENT_SESSIONS = 10
 """Closed sessions a user value keeps as summaries, newest first, for the web API."""
@@ -580,15 +580,19 @@ class PartitionState:
     def fold_some(self, events: int) -> None:
         """Fold the rows of final windows into summaries for some of the users waiting for
         it: every user of a window is ready at the same moment, and folding them all at
-        once (and deleting their rows) stalled the hot path a second a minute at a steady
-        rate. A share of the queue per batch, more in bigger batches, spreads the work."""
+        once (and deleting their rows) stalled the hot path at every window's close. A
+        budget of rows per batch, twice the events it brings, folds them at about the pace
+        they came in, so the queue empties well before the next window closes."""
         queue = self._fold_queue
-        budget = max(FOLD_AT_LEAST, len(queue) // FOLD_SPREAD, events // 4)
-        for _ in range(min(budget, len(queue))):
+        budget = FOLD_ROWS_AT_LEAST + FOLD_ROWS_PER_EVENT * events
+        while queue and budget > 0:
             user_id = queue.popleft()
             self._fold_queued.discard(user_id)
             if self.user(user_id) is not None:
-                self.user_for_update(user_id).fold(self.fold_limit, self.rules.gap_ms)
+                user = self.user_for_update(user_id)
+                before = len(user.rows_folded)
+                user.fold(self.fold_limit, self.rules.gap_ms)
+                budget -= max(1, len(user.rows_folded) - before)
 
     def window_final(self, window: WindowState) -> None:
         """A window is final: its users' rows in it can be folded from the next batch on."""
