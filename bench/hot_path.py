@@ -3,7 +3,8 @@
 Runs bench/workload.py's events through what a worker does to one partition's batch, in
 batches, on one partition with a dict store (tables/memory_store.py): the tracker (decode,
 validate, dedup lookup, enrich, encode), the partition state (sessions, windows, partials),
-the state's writes, and encoding the outputs. Prints µs per event for each stage and in all;
+the state's writes, and encoding the outputs. Prints µs per event for each stage and in all,
+and the records per event a worker would produce (outputs, changelog records);
 the Kafka side (librdkafka) and RocksDB are measured by bench/compare.py instead. Times are
 the thread's CPU time, so other load on the machine disturbs them less than wall time.
 
@@ -27,7 +28,8 @@ from bench.workload import Workload, events
 from tables.memory_store import MemoryStore
 
 
-def run(workload: Workload, batch: int) -> dict[str, float]:
+def run(workload: Workload, batch: int) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU µs per event of each stage, and records per event a worker would produce."""
     step_ms = 1000 / workload.events_per_second
     messages = [  # each arrives 50 ms after its event time
         RawMessage(key, value, 0, offset, workload.start_ms + int(offset * step_ms) + 50)
@@ -37,6 +39,7 @@ def run(workload: Workload, batch: int) -> dict[str, float]:
     store = MemoryStore()
     state = PartitionState(store, PartitionRules())
     timings = {"track": 0.0, "analyse": 0.0, "state writes": 0.0, "outputs": 0.0}
+    records = {"outputs": 0, "dedup changelog": 0, "state changelog": 0}
 
     def timed(stage: str, work: Callable[[], Any]) -> Any:
         started = time.thread_time()
@@ -73,9 +76,13 @@ def run(workload: Workload, batch: int) -> dict[str, float]:
 
         timed("outputs", outputs)
         writes = timed("state writes", state.take_writes)
+        records["outputs"] += len(chunk) + len(out.sessions) + len(out.partials)
+        records["dedup changelog"] += len(tracked.seen)
+        records["state changelog"] += len(writes)
         store.apply(writes)
         seen_store.apply((key, seen.encode()) for key, seen in tracked.seen.items())
-    return {stage: seconds / len(messages) * 1e6 for stage, seconds in timings.items()}
+    micros = {stage: seconds / len(messages) * 1e6 for stage, seconds in timings.items()}
+    return micros, {kind: count / len(messages) for kind, count in records.items()}
 
 
 def main() -> None:
@@ -91,11 +98,14 @@ def main() -> None:
         session_events=args.session_events,
         events_per_second=100 / 8,  # one partition's share of the compare workload
     )
-    costs = run(workload, args.batch)
+    costs, records = run(workload, args.batch)
     for stage, micros in costs.items():
         print(f"{stage:<14} {micros:6.2f} µs/event")
     total = sum(costs.values())
     print(f"{'all':<14} {total:6.2f} µs/event  ({1e6 / total:,.0f} events/s on one core)")
+    for kind, per_event in records.items():
+        print(f"{kind:<16} {per_event:5.2f} records/event")
+    print(f"{'records':<16} {sum(records.values()):5.2f} records/event produced in all")
 
 
 if __name__ == "__main__":
