@@ -67,7 +67,7 @@ from analytics.rows import Arrival
 from analytics.timeutil import format_ts
 from analytics.tracking import RawMessage, TrackedBatch, TrackerRules, track_batch
 from analytics.validation import FieldError
-from app import app, metrics
+from app import app, faust_compat, metrics
 from app.kafka_security import librdkafka_config
 from app.metrics import BatchFigures
 from tables.partition_state import partition_state
@@ -142,8 +142,7 @@ class BehaviorTracker(Service):
     async def on_started(self) -> None:
         tune_garbage_collector(_engine.gc_threshold)
         parse_user_agent(WARM_UP_USER_AGENT)  # builds ua-parser's matchers now, not mid-batch
-        recovery = app.tables.recovery  # type: ignore[attr-defined]
-        if not app.rebalancing and recovery.completed.is_set():
+        if not app.rebalancing and faust_compat.tables_recovered(app):
             await self._on_recovered(app)
 
     async def on_stop(self) -> None:
@@ -184,11 +183,7 @@ class BehaviorTracker(Service):
 
     async def _on_recovered(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """Tables are recovered: start the partitions whose state is active here."""
-        actives = {
-            tp.partition
-            for tp in app.assignor.assigned_actives()
-            if tp.topic == self._state_changelog
-        }
+        actives = faust_compat.active_partitions(app, self._state_changelog)
         async with self._round:
             new = {p: open_task(p, len(actives)) for p in sorted(actives - set(self.tasks))}
             self.tasks.update(new)

@@ -40,7 +40,7 @@ from analytics.combiner import CombinerOutput, CombinerRules, CombinerState, com
 from analytics.dead_letters import bounded_dead_letter
 from analytics.partials import PartialLimits, PartialRejected, decode_message
 from analytics.validation import FieldError
-from app import app, metrics
+from app import app, faust_compat, metrics
 from app.kafka_security import librdkafka_config
 from tables import large_values
 from tables.combiner_state import STATE_KEY, combiner_state, decode_state
@@ -169,8 +169,7 @@ class KpiCombiner(Service):
         app.on_rebalance_complete.connect(self._on_recovered)  # type: ignore[arg-type]
 
     async def on_started(self) -> None:
-        recovery = app.tables.recovery  # type: ignore[attr-defined]
-        if not app.rebalancing and recovery.completed.is_set():
+        if not app.rebalancing and faust_compat.tables_recovered(app):
             await self._on_recovered(app)
 
     async def on_stop(self) -> None:
@@ -199,10 +198,7 @@ class KpiCombiner(Service):
 
     async def _on_recovered(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """Tables are recovered: start reading if the combiner's state is active here."""
-        owned = any(
-            tp.topic == self._changelog and tp.partition == PARTITION
-            for tp in app.assignor.assigned_actives()
-        )
+        owned = PARTITION in faust_compat.active_partitions(app, self._changelog)
         async with self._batch:
             if not owned or self.combined_state is not None:
                 return

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka.client import AIOKafkaClient
+from app import faust_compat
+from app.faust_compat import MetadataUpdate
 
 FIRST_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 2.0
 
 _failures: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-_PATCHED = "_analytics_backoff"
 
 
 def backoff_s(failures: int) -> float:
@@ -36,11 +35,9 @@ def backoff_s(failures: int) -> float:
     return float(min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (failures - 1)))
 
 
-def install() -> None:
-    """Wrap ``AIOKafkaClient._metadata_update`` once per process."""
-    original: Callable[..., Awaitable[bool]] = AIOKafkaClient._metadata_update
-    if getattr(original, _PATCHED, False):
-        return
+def with_backoff(original: MetadataUpdate) -> MetadataUpdate:
+    """``original`` (aiokafka's metadata refresh), pausing after each failure of the
+    client's own refresh."""
 
     async def metadata_update(self: Any, cluster_metadata: Any, topics: Any) -> bool:
         updated = await original(self, cluster_metadata, topics)
@@ -53,5 +50,9 @@ def install() -> None:
         await asyncio.sleep(backoff_s(failures))
         return False
 
-    setattr(metadata_update, _PATCHED, True)
-    AIOKafkaClient._metadata_update = metadata_update
+    return metadata_update
+
+
+def install() -> None:
+    """Wrap aiokafka's metadata refresh once per process (app/faust_compat.py)."""
+    faust_compat.wrap_metadata_update(with_backoff)

@@ -12,8 +12,8 @@ import ssl
 from typing import Any
 
 import faust
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
+from app.faust_compat import aiokafka_auth
 from app.settings import ConfigurationError, KafkaSourceSettings, Settings
 
 __all__ = [
@@ -65,7 +65,7 @@ def faust_credentials(settings: Settings) -> faust.SSLCredentials | faust.SASLCr
 def aiokafka_security(settings: Settings) -> dict[str, Any]:
     """The security options of an aiokafka client, derived as Faust derives its own:
     ``security_protocol``, and ``ssl_context`` and ``sasl_*`` where they apply."""
-    return dict(credentials_to_aiokafka_auth(faust_credentials(settings)))
+    return aiokafka_auth(faust_credentials(settings))
 
 
 def aiokafka_kwargs(settings: Settings) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from typing import Any
 
 import rocksdict
 
-OFFSET_KEY = b"__faust\x00offset__"
+from app import faust_compat
+
+OFFSET_KEY = faust_compat.STORE_OFFSET_KEY
 """Where Faust's RocksDB store keeps a partition's persisted changelog offset."""
 
 
@@ -43,7 +45,7 @@ class RocksStore:
     def of(cls, table: Any, partition: int) -> RocksStore:
         """The partition's database of ``table``, opened by Faust for this worker."""
         wal = table.app.analytics_settings.engine.rocksdb_wal
-        return cls(table.data._db_for_partition(partition), wal)
+        return cls(faust_compat.partition_db(table, partition), wal)
 
     def get(self, key: bytes) -> bytes | None:
         value: bytes | None = self.db.get(key)

@@ -8,28 +8,26 @@ a large one reports RocksDB's own estimate, which is cheap and close once data i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
+
+from app import faust_compat
 
 #: partition databases estimated at up to this many keys are counted exactly (~10 ms)
 EXACT_UP_TO = 20_000
 ESTIMATE_PROPERTY = "rocksdb.estimate-num-keys"
 
 
-def partition_keys(store: Any, db: Any) -> int:
-    """Keys of one partition database of a RocksDB store (Faust's offset key left out)."""
+def partition_keys(table: Any, db: Any) -> int:
+    """Keys of one partition database of a RocksDB table (Faust's offset key left out)."""
     estimate = int(db.property_int_value(ESTIMATE_PROPERTY) or 0)
     if estimate > EXACT_UP_TO:
         return estimate
-    return sum(1 for _ in store._visible_keys(db))
+    return sum(1 for _ in faust_compat.visible_keys(table, db))
 
 
 def table_keys(table: Any) -> int:
     """Keys of ``table`` in the partitions this worker holds as active (not standby)."""
-    store = table.data
-    databases: Iterable[Any] | None = None
-    if hasattr(store, "_dbs_for_actives"):
-        databases = store._dbs_for_actives()
+    databases = faust_compat.active_partition_dbs(table)
     if databases is None:
-        return len(store)
-    return sum(partition_keys(store, db) for db in databases)
+        return len(table.data)
+    return sum(partition_keys(table, db) for db in databases)

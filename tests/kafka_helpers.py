@@ -42,6 +42,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
+from app import faust_compat
 from app.kafka_security import aiokafka_security
 from app.settings import load_settings
 
@@ -280,7 +281,7 @@ async def _topic_partitions(
     """
     deadline = time.monotonic() + timeout
     while True:
-        await consumer._client.force_metadata_update()
+        await faust_compat.refresh_consumer_metadata(consumer)
         partitions = consumer.partitions_for_topic(topic)
         if partitions:
             return [TopicPartition(topic, p) for p in sorted(partitions)]

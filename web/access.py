@@ -24,8 +24,8 @@ configured secret compared each time) and are never logged nor echoed. Each inge
 own rate limit (``limits``' moving window, per worker process): over it, 429 with Retry-After.
 
 A request that Faust's table routing forwards to the worker owning the key keeps its headers
-(faust.app.router.Router._route_req passes ``request.headers``), so the credentials travel
-with it and the owner checks them again.
+(a Faust internal, app/faust_compat.py), so the credentials travel with it and the owner
+checks them again.
 """
 
 from __future__ import annotations
@@ -39,15 +39,14 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import limits
 from aiohttp import web as aiohttp_web
-from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from app import app, metrics
+from app import app, faust_compat, metrics
 from app.settings import AccessSettings
 
 #: the headers a client may carry an ingest key in (CORS allows them, web/views.py)
@@ -245,6 +244,6 @@ def middleware(settings: AccessSettings, ingest_path: str) -> Any:
     return access_control
 
 
-cast(AiohttpWeb, app.web).web_app.middlewares.append(
+faust_compat.aiohttp_application(app).middlewares.append(
     middleware(app.analytics_settings.access, app.analytics_settings.sources.http.path)
 )

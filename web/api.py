@@ -31,7 +31,7 @@ from faust.web.exceptions import ServiceUnavailable
 from analytics import wide_json
 from analytics.partition import UserState
 from analytics.timeutil import format_ts, parse_ts
-from app import app
+from app import app, faust_compat
 from tables import combiner_state, large_values
 from tables.history import (
     LIVE_KEY,
@@ -88,9 +88,8 @@ def routed(table: Any, **where: str) -> Callable[[Handler], Handler]:
         @wraps(handler)
         async def get(view: web.View, request: web.Request, *args: Any, **kwargs: Any) -> Any:
             topic = table.changelog_topic.get_topic_name()
-            client = app.producer._ensure_producer().client  # type: ignore[attr-defined]
             try:
-                await client._wait_on_metadata(topic)
+                await faust_compat.wait_on_metadata(faust_compat.producer_client(app), topic)
             except KafkaError as exc:
                 raise ServiceUnavailable(f"no metadata for {topic}: {exc!r}") from exc
             return await route(view, request, *args, **kwargs)

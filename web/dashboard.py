@@ -14,9 +14,8 @@ from typing import Any, cast
 
 from aiohttp import web as aiohttp_web
 from faust import web
-from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from app import app
+from app import app, faust_compat
 from web.live_feed import feed
 
 ASSET_TYPES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
@@ -94,4 +93,4 @@ async def _end_streams(_: aiohttp_web.Application) -> None:
     feed.close_subscribers()
 
 
-cast(AiohttpWeb, app.web).web_app.on_shutdown.append(_end_streams)
+faust_compat.aiohttp_application(app).on_shutdown.append(_end_streams)

@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError
 
 from analytics import wide_json
 from analytics.timeutil import format_ts, parse_ts
-from app import app
+from app import app, faust_compat
 from app.kafka_security import aiokafka_kwargs
 from app.web_tls import own_server_client_context
 
@@ -257,7 +257,7 @@ class LiveFeed:
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """The topic's partitions, once it exists (the worker creates it at its first start)."""
         while True:
-            await consumer._client.force_metadata_update()
+            await faust_compat.refresh_consumer_metadata(consumer)
             partitions = consumer.partitions_for_topic(self.topic)
             if partitions:
                 return [TopicPartition(self.topic, p) for p in sorted(partitions)]

@@ -9,13 +9,12 @@ import orjson
 from aiohttp import web as aiohttp_web
 from faust import web
 from faust.types.web import ResourceOptions
-from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.behavior_tracker import owned_partitions
 from analytics.timeutil import now_ms
 from analytics.validation import MAX_BATCH_BYTES, MAX_EVENT_BYTES
-from app import app, metrics
+from app import app, faust_compat, metrics
 from sinks.health import DEGRADED, sink_health
 from web.access import INGEST_HEADERS
 from web.broker_gate import BrokerGate, KafkaUnavailable
@@ -50,8 +49,7 @@ CORS = {
 
 async def broker_status() -> dict[str, Any]:
     """Kafka as the app producer's client sees it (web/kafka_probe.py)."""
-    client = app.producer._ensure_producer().client  # type: ignore[attr-defined]
-    return await kafka_status(client, app.analytics_settings.brokers)
+    return await kafka_status(faust_compat.producer_client(app), app.analytics_settings.brokers)
 
 
 async def _broker_error() -> str | None:
@@ -96,7 +94,7 @@ async def _stop_probing(_: aiohttp_web.Application) -> None:
     await gate.close()
 
 
-cast(AiohttpWeb, app.web).web_app.on_shutdown.append(_stop_probing)
+faust_compat.aiohttp_application(app).on_shutdown.append(_stop_probing)
 
 
 async def _publish(outcome: IngestOutcome, received_ms: int) -> None:
