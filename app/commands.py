@@ -1,4 +1,5 @@
-"""Operator commands on the Faust CLI: ``faust -A app tail TOPIC``, ``faust -A app migrate``."""
+"""Operator commands on the Faust CLI: ``faust -A app tail TOPIC`` (``faust -A app migrate`` is
+the database sinks' own: agents/database_sinks.py)."""
 
 from __future__ import annotations
 
@@ -60,22 +61,3 @@ async def _partitions(topic: str) -> list[int]:
         return [p["partition"] for p in meta["partitions"]] if meta["error_code"] == 0 else []
     finally:
         await admin.close()
-
-
-@app.command()
-async def migrate(self: object) -> None:
-    """Create or upgrade the sink database schema (the worker also does this at start)."""
-    from sinks.db import DatabaseStartupError
-    from sinks.migrations import MigrationOptions, migrate_url
-
-    database = app.analytics_settings.sinks.timescaledb
-    try:
-        report = await migrate_url(
-            database.url, MigrationOptions.of(database), wait=database.startup_timeout
-        )
-    except DatabaseStartupError as exc:
-        print(f"migrate: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(report.summary())
-    for warning in report.warnings:
-        print(f"warning: TimescaleDB: {warning}", file=sys.stderr)

@@ -64,8 +64,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class SinkHealthCollector(Collector):
-    """``sink_healthy``, read from sinks.health when scraped, so the gauge can never disagree
-    with what ``GET /health`` says about the sinks."""
+    """``sink_healthy``, read when scraped from the sinks' own health (sinks.health, handed
+    over by ``watch_sink_health``), so the gauge can never disagree with what ``GET /health``
+    says about the sinks."""
 
     def __init__(self, namespace: str, source: Callable[[], dict[str, Any]]) -> None:
         self.namespace = namespace
@@ -155,10 +156,8 @@ class BatchHistogram(Collector):
         yield family
 
 
-def _sink_health() -> dict[str, Any]:
-    from sinks import health  # imported late: sinks is not needed to build the registry
-
-    return health.sink_health()
+def _no_sinks() -> dict[str, Any]:
+    return {}
 
 
 class Metrics:
@@ -167,7 +166,7 @@ class Metrics:
     def __init__(
         self,
         namespace: str = DEFAULT_NAMESPACE,
-        sink_health: Callable[[], dict[str, Any]] = _sink_health,
+        sink_health: Callable[[], dict[str, Any]] = _no_sinks,
     ) -> None:
         self.namespace = namespace
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -289,7 +288,8 @@ class Metrics:
             ["table"],
             **common,
         )
-        registry.register(SinkHealthCollector(namespace, sink_health))
+        self.sink_health = SinkHealthCollector(namespace, sink_health)
+        registry.register(self.sink_health)
         for phase in HOT_PATH_PHASES:
             self.hot_path_seconds.labels(phase)
         for reason in FILTER_REASONS:
@@ -476,6 +476,11 @@ def sink_registered(table: str) -> None:
 
 def sink_retried(table: str) -> None:
     worker_metrics.sink_retried(table)
+
+
+def watch_sink_health(source: Callable[[], dict[str, Any]]) -> None:
+    """Read ``sink_healthy`` from ``source`` (sinks.health.sink_health) from now on."""
+    worker_metrics.sink_health.source = source
 
 
 def sink_lag(table: str, records: int) -> None:

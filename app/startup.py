@@ -1,8 +1,8 @@
 """The one line a worker logs once it is ready: broker, database mode, partitions, addresses,
 and which application and environment it belongs to.
 
-Logged after the sink migrations (agents/sink_agents.py), the first moment the database mode
-is known, so the line never guesses it. Operators find every port of a worker in one place.
+Logged after the sink migrations (agents/database_sinks.py), the first moment the database
+mode is known, so the line never guesses it. Operators find every port of a worker in one place.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 
 from app import metrics
 from app.settings import ApplicationSettings
-from sinks import health
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +45,14 @@ def ready_line(
     )
 
 
-def announce(app: Any) -> None:
-    """Log the ready line of ``app`` (an AnalyticsApp) with the database mode as migrated."""
+def announce(app: Any, database_mode: str | None) -> None:
+    """Log the ready line of ``app`` (an AnalyticsApp) with the database mode as migrated
+    (sinks.health), None without sinks."""
     exporter = metrics.exporter()
     settings = app.analytics_settings
     line = ready_line(
         settings.brokers,
-        health.sink_health()["database"]["mode"],
+        database_mode,
         settings.engine.topic_partitions,
         f"{settings.sources.http.scheme}://{app.conf.web_bind}:{app.conf.web_port}",
         exporter.address if exporter is not None else "off",

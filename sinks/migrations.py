@@ -1,6 +1,6 @@
 """Versioned, idempotent schema migrations of the sink database.
 
-Run at worker start (agents/sink_agents.py) and by ``faust -A app migrate``. Each migration is
+Run at worker start (sinks/runner.py) and by ``faust -A app migrate``. Each migration is
 frozen SQL with a version number; ``schema_migrations`` records the versions applied, and a
 session advisory lock makes concurrent starters (two workers) apply each one exactly once, in
 its own transaction. Running the migrations again is a no-op.

@@ -23,7 +23,7 @@ key's index, and the page itself is kept whole in ``page``.
 Money is ``numeric(20,2)``, taken from the record's integer cents when it has them (exact).
 
 A record that cannot become a row is refused here, naming the field, before the database sees
-it (agents/sink_agents.py sends it to ``sink-dlq``): a missing field, a wrong type, a number
+it (sinks/consumer.py sends it to ``sink-dlq``): a missing field, a wrong type, a number
 beyond its column (``integer``, ``bigint``, ``numeric(20,2)``), text with a NUL character
 (PostgreSQL text cannot hold one), or a JSON value nested deeper than a JSON column takes.
 JSON columns travel as orjson's encoding, made once here. What the database still refuses

@@ -1,8 +1,9 @@
-"""One table's sink: its connection, the schema check, retries and health.
+"""One table's writer: its connection, the schema check, retries and health.
 
-``TableSink.write(records)`` returns only once the batch is committed (or its bad rows set
-apart), however long the database is away: the sink commits the batch's Kafka offsets after
-that, never before (agents/sink_agents.py). One connection per table, one batch at a time.
+``TableSink.write(batch)`` (sinks.writers.BatchWriter) returns only once the batch is committed
+(or its bad rows set apart), however long the database is away: the sink's consumer commits the
+batch's Kafka offsets after that, never before (sinks/consumer.py). One connection per table,
+one batch at a time.
 """
 
 from __future__ import annotations
@@ -91,16 +92,16 @@ class TableSink:
     def name(self) -> str:
         return self.spec.name
 
-    async def write(self, records: Sequence[Mapping[str, Any]]) -> WriteResult:
+    async def write(self, batch: Sequence[Mapping[str, Any]]) -> WriteResult:
         """Write a batch, retrying until it is committed; the result lists rejected records."""
-        health.waiting(self.name, len(records))
+        health.waiting(self.name, len(batch))
         try:
             async with self._lock:
                 async for attempt in self.policy.retrying(before_sleep=self._on_retry):
                     with attempt:
-                        result = await self._attempt(records)
+                        result = await self._attempt(batch)
         finally:
-            health.waiting(self.name, -len(records))
+            health.waiting(self.name, -len(batch))
         outage = health.succeeded(self.name, result.written, len(result.rejected))
         if outage is not None:
             log.warning("sink %s: writing again after %.1f s degraded", self.name, outage)

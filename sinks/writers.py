@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import errors
@@ -49,6 +49,16 @@ class WriteResult:
     written: int = 0
     superseded: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+
+
+class BatchWriter(Protocol):
+    """What a sink writes its batches with (sinks.sink.TableSink; a fake in unit tests)."""
+
+    async def write(self, batch: Sequence[Mapping[str, Any]]) -> WriteResult:
+        """Write ``batch`` (one topic's decoded records) and return only once it is committed,
+        however long that takes; the records the database can never take come back in
+        ``WriteResult.rejected``, they are not raised."""
+        ...
 
 
 async def write_batch(

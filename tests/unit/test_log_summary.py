@@ -100,7 +100,7 @@ def test_the_projects_own_records_are_never_summarised(
 ) -> None:
     first, *_ = logs
     for n in range(3):
-        logging.getLogger("agents.sink_agents").warning("sink %s degraded", n)
+        logging.getLogger("sinks.sink").warning("sink %s degraded", n)
     assert len(first.lines) == 3
 
 

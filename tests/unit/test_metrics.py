@@ -310,12 +310,10 @@ def test_announce_logs_the_line_once_the_mode_is_known(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from app import app
-    from sinks import health
 
-    monkeypatch.setitem(health._DATABASE, "mode", "timescaledb")
     monkeypatch.setattr(metrics, "_exporter", None)
     with caplog.at_level("INFO", logger="app.startup"):
-        startup.announce(app)
+        startup.announce(app, "timescaledb")
     (line,) = [r.getMessage() for r in caplog.records if "worker ready" in r.getMessage()]
     assert " database=timescaledb " in line
     assert " metrics=off " in line

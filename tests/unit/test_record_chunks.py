@@ -12,15 +12,15 @@ from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents import sink_agents
 from agents.behavior_tracker import session_record
 from analytics import record_chunks, wide_json
 from analytics.combiner import CombinerRules, combine, new_state
 from analytics.partials import KPI_COUNTERS, PartialLimits, check_message, decode_message
 from analytics.record_chunks import PARTIAL, SESSION, ChunkError, encode, gather, split
 from analytics.sessions import SessionSummary
+from sinks.consumer import SinkConsumer
 from sinks.schema import SESSION_METRICS, prepare
-from tests.unit.test_sinks_consumer import FakeConsumer, FakeSink, Message
+from tests.unit.test_sinks_consumer import FakeConsumer, FakeSink, Message, sink_consumer
 
 W = 60_000
 T0 = 1_767_225_600_000
@@ -174,8 +174,8 @@ def long_session(pages: int) -> dict[str, Any]:
 TOPIC = "t-session-metrics"
 
 
-def session_consumer(fake: FakeSink) -> sink_agents.SinkConsumer:
-    return sink_agents.SinkConsumer(SESSION_METRICS, TOPIC, fake, "g")  # type: ignore[arg-type]
+def session_consumer(fake: FakeSink, published: list[Any]) -> SinkConsumer:
+    return sink_consumer(fake, published, SESSION_METRICS, TOPIC)
 
 
 def owning(*partitions: int) -> FakeConsumer:
@@ -198,7 +198,7 @@ async def test_the_session_sink_writes_a_session_whole_from_its_chunks(
     messages += [Message(TOPIC, 0, 11 + n, b"u1", chunk) for n, chunk in enumerate(chunks)]
     consumer = owning(0)
     fake = FakeSink()
-    sink = session_consumer(fake)
+    sink = session_consumer(fake, published)
     await sink.handle(consumer, messages[:3])
     assert [r["session_id"] for r in fake.batches[0]] == ["s0"]
     assert consumer.commits == [{TopicPartition(TOPIC, 0): 11}]  # held at the first chunk
@@ -215,7 +215,7 @@ async def test_chunks_of_a_partition_lost_to_a_rebalance_are_left_to_its_new_own
 ) -> None:
     chunks = encode(long_session(100), SESSION)
     consumer = owning(0, 1)
-    sink = session_consumer(FakeSink())
+    sink = session_consumer(FakeSink(), published)
     await sink.handle(consumer, [Message(TOPIC, 1, 5, b"u1", chunks[0])])
     assert consumer.commits == [{TopicPartition(TOPIC, 1): 5}]
     consumer.owned = {TopicPartition(TOPIC, 0)}
@@ -230,7 +230,7 @@ async def test_a_chunk_that_cannot_be_used_goes_to_the_dead_letters(
     value["chunk"]["index"] = 99
     consumer = owning(0)
     fake = FakeSink()
-    await session_consumer(fake).handle(
+    await session_consumer(fake, published).handle(
         consumer, [Message(TOPIC, 0, 3, b"u1", orjson.dumps(value))]
     )
     (letter,) = [value for _, _, value, _ in published]

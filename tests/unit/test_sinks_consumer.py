@@ -1,11 +1,11 @@
-"""agents/sink_agents.py with Kafka and the database mocked: batches (size or flush interval),
+"""sinks/consumer.py with Kafka and the database mocked: batches (size or flush interval),
 offsets committed only after the write, dead letters for what cannot be written, and a batch
 of a partition lost to a rebalance left to its new owner."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +13,11 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 
-from agents import sink_agents
 from analytics.traffic import page_rows
-from sinks.schema import PAGE_VIEW_STATS, Rejected
+from app.settings import get_settings
+from sinks import consumer as sink_consumers
+from sinks.consumer import DeadLetterTopic, SinkConsumer
+from sinks.schema import PAGE_VIEW_STATS, Rejected, TableSpec
 from sinks.writers import WriteResult
 
 TOPIC = "t-page-view-stats"
@@ -73,24 +75,24 @@ async def test_a_batch_is_full_at_max_records() -> None:
             {TopicPartition(TOPIC, 1): messages(1, range(0, 40))},
         ]
     )
-    batch = await sink_agents.take_batch(consumer, 100, within_s=5)
+    batch = await sink_consumers.take_batch(consumer, 100, within_s=5)
     assert len(batch) == 100
     assert consumer.calls[1][1] == 40  # asks only for what still fits
 
 
 async def test_a_batch_is_flushed_after_the_interval_from_its_first_record() -> None:
     consumer = FakeConsumer([{TopicPartition(TOPIC, 0): messages(0, range(3))}])
-    batch = await sink_agents.take_batch(consumer, 100, within_s=0.05)
+    batch = await sink_consumers.take_batch(consumer, 100, within_s=0.05)
     assert [m.offset for m in batch] == [0, 1, 2]
 
 
 async def test_an_idle_topic_gives_an_empty_batch() -> None:
-    assert await sink_agents.take_batch(FakeConsumer([]), 100, within_s=0.01) == []
+    assert await sink_consumers.take_batch(FakeConsumer([]), 100, within_s=0.01) == []
 
 
 def test_offsets_to_commit_are_one_past_each_partitions_last() -> None:
     batch = messages(0, range(5, 9)) + messages(2, range(0, 2))
-    assert sink_agents.next_offsets(batch) == {
+    assert sink_consumers.next_offsets(batch) == {
         TopicPartition(TOPIC, 0): 9,
         TopicPartition(TOPIC, 2): 2,
     }
@@ -101,20 +103,29 @@ class FakeSink:
         self.batches: list[list[dict[str, Any]]] = []
         self.rejected = list(rejected)
 
-    async def write(self, records: Sequence[dict[str, Any]]) -> WriteResult:
-        self.batches.append(list(records))
-        return WriteResult(written=len(records), rejected=self.rejected)
+    async def write(self, batch: Sequence[Mapping[str, Any]]) -> WriteResult:
+        self.batches.append([dict(record) for record in batch])
+        return WriteResult(written=len(batch), rejected=self.rejected)
 
 
-def sink_consumer(fake: FakeSink) -> sink_agents.SinkConsumer:
-    return sink_agents.SinkConsumer(PAGE_VIEW_STATS, TOPIC, fake, "g-sink")  # type: ignore[arg-type]
+def sink_consumer(
+    fake: FakeSink, published: list[Any], spec: TableSpec = PAGE_VIEW_STATS, topic: str = TOPIC
+) -> SinkConsumer:
+    """A sink of ``spec`` writing with ``fake``, its dead letters sent into ``published``."""
+
+    async def publish(records: list[Any]) -> int:
+        published.extend(records)
+        return len(records)
+
+    dead_letters = DeadLetterTopic("t-sink-dlq", publish)
+    return SinkConsumer(spec, topic, fake, "g-sink", get_settings(), dead_letters)
 
 
 async def test_offsets_are_committed_after_the_write(published: list[Any]) -> None:
     consumer = FakeConsumer([])
     fake = FakeSink()
     batch = messages(0, range(3)) + messages(1, range(7, 9))
-    await sink_consumer(fake).handle(consumer, batch)
+    await sink_consumer(fake, published).handle(consumer, batch)
     assert len(fake.batches) == 1 and len(fake.batches[0]) == 5
     assert consumer.commits == [{TopicPartition(TOPIC, 0): 3, TopicPartition(TOPIC, 1): 9}]
     assert published == []
@@ -127,7 +138,7 @@ async def test_what_cannot_be_written_goes_to_the_dead_letter_topic(
     fake = FakeSink(rejected=[Rejected(1, "page_view_stats: CheckViolation: views", "23514")])
     batch = messages(0, range(3))
     batch.insert(1, Message(TOPIC, 0, 99, None, b"{not json"))
-    await sink_consumer(fake).handle(consumer, batch)
+    await sink_consumer(fake, published).handle(consumer, batch)
     assert len(fake.batches[0]) == 3  # the value that is not JSON never reaches the writer
     letters = [value for _, _, value, _ in published]
     assert [(d["offset"], d["sqlstate"]) for d in letters] == [(99, None), (1, "23514")]
@@ -144,7 +155,9 @@ async def test_a_partition_lost_to_a_rebalance_is_left_to_its_new_owner(
     consumer = FakeConsumer([])
     consumer.owned = {TopicPartition(TOPIC, 1)}
     fake = FakeSink()
-    await sink_consumer(fake).handle(consumer, messages(0, range(3)) + messages(1, range(2)))
+    await sink_consumer(fake, published).handle(
+        consumer, messages(0, range(3)) + messages(1, range(2))
+    )
     assert len(fake.batches[0]) == 2
     assert consumer.commits == [{TopicPartition(TOPIC, 1): 2}]
 
@@ -154,5 +167,5 @@ async def test_a_failed_commit_only_means_the_records_are_read_again(
 ) -> None:
     consumer = FakeConsumer([])
     consumer.fail_commit = True
-    await sink_consumer(FakeSink()).handle(consumer, messages(0, range(3)))
+    await sink_consumer(FakeSink(), published).handle(consumer, messages(0, range(3)))
     assert consumer.commits == []

@@ -1,4 +1,4 @@
-"""No record can stop a database sink (sinks/schema.py, sinks/writers.py, agents/sink_agents.py):
+"""No record can stop a database sink (sinks/schema.py, sinks/writers.py, sinks/consumer.py):
 every way one record could fail a batch for ever ends in that record set apart with an error
 naming the field or the problem, while the rest of the batch is written. The database itself
 is mocked here; tests/integration/test_sinks.py sends the same records to PostgreSQL."""
@@ -15,11 +15,10 @@ import orjson
 import psycopg
 import pytest
 
-from agents import sink_agents
 from analytics.dead_letters import RAW_LIMIT
 from analytics.kpis import kpi_figures, trends
 from analytics.traffic import dimension_rows, page_rows
-from sinks import schema
+from sinks import dead_letters, schema
 from sinks.schema import (
     DIMENSION_STATS,
     KPI_METRICS,
@@ -197,23 +196,23 @@ class Record:
 )
 def test_a_dead_letter_fits_a_kafka_message_whatever_its_value(value: bytes) -> None:
     record = Record("t-traffic-stats", 3, 17, b"k" * 2_000_000, value)
-    letter = sink_agents.dead_letter(DIMENSION_STATS, record, "x" * 10_000, None)
+    letter = dead_letters.dead_letter(DIMENSION_STATS, record, "x" * 10_000, None)
     encoded = orjson.dumps(letter)
     assert len(encoded) < 1_000_000  # the producer's max.request.size
     assert letter["value_truncated_from_bytes"] == len(value)
     assert len(letter["value"].encode()) <= RAW_LIMIT * 3  # replacement characters: 3 bytes
     assert (letter["partition"], letter["offset"]) == (3, 17)
-    assert len(letter["error"]) == sink_agents.ERROR_LIMIT
+    assert len(letter["error"]) == dead_letters.ERROR_LIMIT
 
 
 def test_a_value_too_deep_to_write_back_is_kept_as_text() -> None:
     value = b'{"deep":' + b"[" * 1000 + b"]" * 1000 + b"}"  # orjson reads it, cannot write it
-    letter = sink_agents.dead_letter(SESSION_METRICS, Record("t", 0, 1, b"k", value), "e", None)
+    letter = dead_letters.dead_letter(SESSION_METRICS, Record("t", 0, 1, b"k", value), "e", None)
     assert letter["value"] == value.decode()
     assert orjson.loads(orjson.dumps(letter)) == letter
 
 
 def test_a_small_dead_letter_keeps_its_value_whole() -> None:
     value = orjson.dumps(page(views=-1))
-    letter = sink_agents.dead_letter(PAGE_VIEW_STATS, Record("t", 0, 1, b"k", value), "e", "23514")
+    letter = dead_letters.dead_letter(PAGE_VIEW_STATS, Record("t", 0, 1, b"k", value), "e", "23514")
     assert letter["value"] == orjson.loads(value) and "value_truncated_from_bytes" not in letter

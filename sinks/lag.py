@@ -1,6 +1,6 @@
 """How far each database sink is behind its topic, for ``sink_lag_records``.
 
-Measured by a loop of its own next to each sink's consumer (agents/sink_agents.py) rather than
+Measured by a loop of its own next to each sink's consumer (sinks/consumer.py) rather than
 after each batch: during a database outage the sink's batch loop waits inside a write, and that
 is exactly when the lag must keep moving on the dashboard.
 """

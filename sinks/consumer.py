@@ -1,16 +1,10 @@
-"""Database sinks: one per output topic, each writing its table (sinks/).
-
-    live-kpis       → kpi_metrics        session-metrics → session_metrics
-    page-view-stats → page_view_stats    traffic-stats   → dimension_stats
+"""One table's sink on the Kafka side: its consumer group, batches, dead letters, offset commits.
 
 Each sink reads its topic with a consumer of its own, in a consumer group of its own
 (``<app id>-sink-<table>``), so the workers share each topic's partitions. It takes a batch
 (``sinks.timescaledb.batch_size`` records, or what came within ``flush_interval`` of the first
-one), hands the records to its ``TableSink``, which returns once they are committed in one
-transaction (retrying for as long as the database is away), sends the records the database can
-never take (and values that are not JSON objects) to ``<prefix>sink-dlq`` with the error, and
-only then commits the batch's offsets. A crash, a rebalance or an outage therefore re-delivers
-a batch, never loses one, and the upserts make the repeat harmless.
+one), hands the records to its writer and commits the batch's offsets only after that (the
+order and what a failure does: the package docstring, sinks/__init__.py).
 
 Why not Faust agents (``@app.agent`` taking batches of a stream): a Faust worker has one consumer,
 and before it lets partitions go (rebalance, shutdown) it waits until every record any agent
@@ -26,91 +20,52 @@ session sink keeps them, per partition, until the last one is there and writes t
 whole; it commits no offset past the first chunk of a session it has not written, so after a
 crash or a rebalance the chunks are read again from there (a chunk read twice changes
 nothing). Records are decoded with integers of any size (analytics.wide_json).
-
-The migrations run once at worker start; a database that cannot be used (wrong URL,
-credentials, database name, or unreachable for ``startup_timeout``) stops the worker with a
-message naming the URL without its password.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from agents.outputs import Record, publish
-from agents.sink_lag import watch_lag
 from analytics import wide_json
-from analytics.dead_letters import RAW_LIMIT, utf8_prefix
 from analytics.record_chunks import SESSION, ChunkError, Shape, first_offset, gather
-from analytics.timeutil import format_ts, now_ms
-from app import app, metrics, startup
+from app import metrics
 from app.kafka_security import aiokafka_kwargs
-from sinks.db import DatabaseStartupError
-from sinks.migrations import MigrationOptions
-from sinks.retry import RetryPolicy
-from sinks.schema import SESSION_METRICS, TABLES, TableSpec
-from sinks.sink import SchemaGate, TableSink
-from sinks.writers import WriteResult
+from app.settings import Settings
+from sinks.dead_letters import dead_letter
+from sinks.lag import watch_lag
+from sinks.schema import SESSION_METRICS, TableSpec
+from sinks.writers import BatchWriter
 
 log = logging.getLogger(__name__)
 
-TOPICS = app.topic_names
-_settings = app.analytics_settings
-_engine = _settings.engine
-_database = _settings.sinks.timescaledb
 #: a batch may wait this long for the database before the group hands its partitions to
 #: another member (which then waits too); the batch is read again there, never lost
 MAX_POLL_INTERVAL_MS = 30 * 60 * 1000
-#: characters of a dead letter's error, bytes of its key (its value: RAW_LIMIT bytes)
-ERROR_LIMIT = 1000
-KEY_LIMIT = 1024
 
 #: the tables whose records may come as chunks, and how they are split
 CHUNKED: dict[str, Shape] = {SESSION_METRICS.name: SESSION}
 
-schema = SchemaGate(_database.url, MigrationOptions.of(_database))  # as the tables' owner
-_policy = RetryPolicy(initial=_database.retry_initial, maximum=_database.retry_max)
+#: sends ``(topic, key, value, partition)`` records and returns once the broker has them all
+Publish = Callable[[list[tuple[str, None, dict[str, Any], None]]], Awaitable[object]]
 
 
-def dead_letter(spec: TableSpec, record: Any, error: str, sqlstate: str | None) -> dict[str, Any]:
-    """The sink-dlq record of a message that cannot be written: where it came from, its value
-    (decoded when it is JSON orjson can write back, else as text) and why. A value over
-    RAW_LIMIT bytes is kept as the text of its first RAW_LIMIT bytes, with
-    ``value_truncated_from_bytes``: a dead letter must always be sent, or sending it would
-    stop the sink."""
-    raw: bytes = record.value or b""
-    letter: dict[str, Any] = {
-        "table": spec.name,
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": _text(record.key, KEY_LIMIT) if record.key else None,
-        "value": None,
-        "error": error[:ERROR_LIMIT],
-        "sqlstate": sqlstate,
-        "time": format_ts(now_ms()),
-    }
-    if len(raw) > RAW_LIMIT:
-        letter["value"] = _text(raw, RAW_LIMIT)
-        letter["value_truncated_from_bytes"] = len(raw)
-        return letter
-    try:
-        value = orjson.loads(raw)
-        orjson.dumps(value)  # orjson reads 1,024 levels of nesting but writes only 254
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
-        value = _text(raw, RAW_LIMIT)
-    letter["value"] = value
-    return letter
+@dataclass(frozen=True, slots=True)
+class DeadLetterTopic:
+    """Where a sink's rejects go (``<prefix>sink-dlq``), and how they are sent there."""
 
+    name: str
+    publish: Publish
 
-def _text(raw: bytes, limit: int) -> str:
-    return utf8_prefix(raw, limit).decode("utf-8", "replace")
+    async def send(self, letters: Sequence[dict[str, Any]]) -> None:
+        await self.publish([(self.name, None, letter, None) for letter in letters])
 
 
 def decode(
@@ -168,36 +123,48 @@ def next_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
 class SinkConsumer:
     """One table's sink: its consumer group, batches, writes, dead letters, offset commits."""
 
-    def __init__(self, spec: TableSpec, topic: str, sink: TableSink, group_id: str) -> None:
+    def __init__(
+        self,
+        spec: TableSpec,
+        topic: str,
+        writer: BatchWriter,
+        group_id: str,
+        settings: Settings,
+        dead_letters: DeadLetterTopic,
+    ) -> None:
         self.spec = spec
         self.topic = topic
-        self.sink = sink
+        self.writer = writer
         self.group_id = group_id
+        self.settings = settings
+        self.dead_letters = dead_letters
         self.shape = CHUNKED.get(spec.name)
         self.pending: dict[TopicPartition, dict[str, Any]] = {}
         """Per partition: chunks of records not yet whole (analytics.record_chunks)."""
 
     def consumer(self) -> AIOKafkaConsumer:
+        engine = self.settings.engine
         return AIOKafkaConsumer(
             self.topic,
-            **aiokafka_kwargs(_settings),
+            **aiokafka_kwargs(self.settings),
             group_id=self.group_id,
             client_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=int(_engine.session_timeout.total_seconds() * 1000),
-            heartbeat_interval_ms=int(_engine.heartbeat_interval.total_seconds() * 1000),
+            session_timeout_ms=int(engine.session_timeout.total_seconds() * 1000),
+            heartbeat_interval_ms=int(engine.heartbeat_interval.total_seconds() * 1000),
             max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         )
 
     async def run(self) -> None:
+        database = self.settings.sinks.timescaledb
         consumer = self.consumer()
         await consumer.start()
         lag = asyncio.ensure_future(watch_lag(self.spec.name, consumer))
         try:
             while True:
                 records = await take_batch(
-                    consumer, _database.batch_size, _database.flush_interval.total_seconds()
+                    consumer, database.batch_size, database.flush_interval.total_seconds()
                 )
                 if records:
                     await self.handle(consumer, records)
@@ -216,7 +183,7 @@ class SinkConsumer:
         if self.shape is not None:
             values, sources, incomplete = self.gathered(values, sources, self.shape)
             dead += incomplete
-        result: WriteResult = await self.sink.write(values)
+        result = await self.writer.write(values)
         dead += [
             dead_letter(self.spec, sources[bad.index], bad.error, bad.sqlstate)
             for bad in result.rejected
@@ -224,10 +191,9 @@ class SinkConsumer:
         metrics.sink_batch(self.spec.name, len(records), result.written, len(dead))
         if dead:
             log.warning(
-                "sink %s: %d records to %s", self.spec.name, len(dead), TOPICS.sink_dead_letters
+                "sink %s: %d records to %s", self.spec.name, len(dead), self.dead_letters.name
             )
-            letters: list[Record] = [(TOPICS.sink_dead_letters, None, d, None) for d in dead]
-            await publish(letters)
+            await self.dead_letters.send(dead)
         offsets = next_offsets(records)
         owned = consumer.assignment()
         offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
@@ -270,39 +236,3 @@ class SinkConsumer:
             whole_values.append(value)
             whole_sources.append(record)
         return whole_values, whole_sources, dead
-
-
-def _sink(spec: TableSpec) -> SinkConsumer:
-    topic = getattr(TOPICS, spec.topic_field)
-    sink = TableSink(spec, topic, _database.writer_url, schema, _policy)  # sinks/roles.py
-    return SinkConsumer(spec, topic, sink, f"{app.conf.id}-sink-{spec.name}")
-
-
-table_sinks = {name: _sink(TABLES[name]) for name in _database.tables}
-
-
-@app.task  # type: ignore[untyped-decorator]
-async def run_sinks() -> None:
-    """Run every sink until the worker stops, and migrate. The sinks start at once (a batch
-    waits in its sink until the schema is there); a database that cannot be used at start, or
-    a sink failing for a reason other than the database, stops the worker."""
-    if not table_sinks:
-        startup.announce(app)
-        return
-    running = [asyncio.ensure_future(sink.run()) for sink in table_sinks.values()]
-    try:
-        await schema.at_startup(_database.startup_timeout)
-        startup.announce(app)  # the database mode is known from here on
-        await asyncio.gather(*running)
-    except DatabaseStartupError as exc:
-        log.critical("%s; stopping the worker", exc)
-        await app.crash(exc)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        log.exception("database sinks failed; stopping the worker")
-        await app.crash(exc)
-    finally:
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
