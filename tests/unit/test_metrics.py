@@ -212,6 +212,18 @@ def test_sink_hooks_and_health(fresh: Metrics) -> None:
     assert value(r, f"{NS}_sink_healthy", table="page_view_stats") == 1
 
 
+def test_sink_healthy_follows_the_source_the_sinks_hand_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's registry reads ``sink_healthy`` from whatever ``watch_sink_health`` was
+    given (agents/database_sinks.py hands over sinks.health.sink_health): app imports no sink."""
+    collector = metrics.worker_metrics.sink_health
+    monkeypatch.setattr(collector, "source", collector.source)  # put back after the test
+    metrics.watch_sink_health(_healthy_sinks)
+    assert value(registry, f"{NS}_sink_healthy", table="session_metrics") == 0
+    assert value(registry, f"{NS}_sink_healthy", table="kpi_metrics") == 1
+
+
 def test_timed_observes_even_when_the_block_raises(fresh: Metrics) -> None:
     with fresh.timed(fresh.kpi_calculation_duration):
         pass

@@ -155,6 +155,13 @@ def test_the_layers_have_no_cycle() -> None:
     assert order.index("analytics") < order.index("sinks") < order.index("agents")
 
 
+def test_a_package_may_import_whatever_its_imports_may() -> None:
+    """The map is drawn as arrows between neighbours; what they allow is its closure."""
+    for package, allowed in LAYERS.items():
+        for below in allowed:
+            assert LAYERS[below] <= allowed, f"{package} may import {below} but not all it imports"
+
+
 def test_analytics_imports_no_other_project_package() -> None:
     assert LAYERS["analytics"] == frozenset()
     assert violations("analytics") == []
