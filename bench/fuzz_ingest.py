@@ -3,14 +3,15 @@ item 3); CI runs the same properties with a few hundred cases
 (tests/integration/test_no_input_stops_a_partition.py).
 
 Cases are drawn by hypothesis from tests/fuzz_inputs.py, in rounds of ``--round-size``, each
-round a ``@given`` run of that many examples seeded with ``--seed`` + its number (the same seed
-draws the same cases): a third each ``POST /ingest`` and ``POST /ingest/batch`` (drawn content
-types, compression, chunked transfer) and messages produced straight to ``user-events``. After
-each round tests/fuzz_http.py waits for the worker and judges every case against the pure
-decision for its bytes. It prints the figures and exits 1 on any violation: a 5xx, a dropped
-connection, a 4xx naming no field or problem, an answer other than the pure decision, a
-rejected event not on ``user-events-dlq`` exactly once, an accepted event not enriched once, or
-a worker that no longer answers ``/health`` and takes an event at the end.
+round a ``@given`` run of that many examples seeded with ``--seed`` plus the number of cases
+drawn before it (the same seed draws the same cases): about a third each ``POST /ingest``,
+``POST /ingest/batch`` (with drawn content types, compression, chunked transfer) and messages
+produced straight to ``user-events``. After each round tests/fuzz_http.py waits for the worker
+and judges every case against the pure decision for its bytes. It prints the figures and exits
+1 on any violation: a 5xx, a dropped connection, a 4xx naming no field or problem, an answer
+other than the pure decision, a rejected event not on ``user-events-dlq`` exactly once, an
+accepted event not enriched once, a worker that no longer answers ``/health`` and takes an
+event at the end, or one that logged an error.
 
     PYTHONPATH=. .venv/bin/python bench/fuzz_ingest.py --cases 10000 --seed 1
 """
@@ -107,6 +108,12 @@ def report(found: Findings, events_in_batches: int, cases: int, seconds: float) 
     )
 
 
+def error_lines(log: Path) -> int:
+    """Lines the worker logged at ERROR or above: a traceback of a request it did not expect."""
+    lines = log.read_text(errors="replace").splitlines()
+    return sum("[ERROR]" in line or "[CRITICAL]" in line for line in lines)
+
+
 def _items(case: HttpCase | TopicCase) -> int:
     """How many items the ``events`` array of a batch body holds (0 for any other case)."""
     if not isinstance(case, HttpCase) or case.path != BATCH:
@@ -139,13 +146,14 @@ def run(args: argparse.Namespace, services: Services, prefix: str, group: str) -
         health, probe = asyncio.run(still_serving(worker))
         report(found, items, sent, seconds)
         print(f"worker at the end: /health {health}, a valid event answered {probe}")
-        print(f"worker log: {worker.log_path}")
+        logged = error_lines(worker.log_path)
+        print(f"worker log: {logged} ERROR or CRITICAL lines ({worker.log_path})")
     finally:
         pool.stop_all()
     violations = found.violations()
     for violation in violations[:20]:
         print(f"VIOLATION {violation[:600]}")
-    ok = not violations and sent >= args.cases and health == 200 and probe == 202
+    ok = not violations and sent >= args.cases and (health, probe, logged) == (200, 202, 0)
     print("result: " + ("no violation" if ok else f"{len(violations)} violations"))
     return 0 if ok else 1
 
