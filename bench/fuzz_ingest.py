@@ -104,7 +104,8 @@ def report(found: Findings, events_in_batches: int, cases: int, seconds: float) 
     )
     print(
         f"accepted events: {found.accepted}, found enriched {found.accepted_enriched} "
-        f"(enriched twice {len(found.enriched_twice)})"
+        f"(enriched twice {len(found.enriched_twice)}); "
+        f"tracker failures nobody foresaw: {len(found.tracker_failures)}"
     )
 
 

@@ -224,7 +224,7 @@ async def test_records_of_many_long_pages_do_not_stop_a_partition(
 
 
 ROUNDS = 5  # hypothesis' first example is its simplest one; the others are random
-SINGLES, BATCHES, MESSAGES = 20, 8, 20  # cases of each kind per round: 240 in all
+SINGLES, BATCHES, MESSAGES = 16, 8, 16  # cases of each kind per round: 200 in all
 
 
 def test_adversarial_inputs_are_enriched_or_dead_lettered_and_the_worker_goes_on(
