@@ -1,11 +1,14 @@
 """Hypothesis strategies for what a client can send: valid events, events with one thing
 wrong, and raw bytes that are not an event at all.
 
-An input is the raw bytes of a message value or request body. Wrong values cover what issue 9
-lists: huge numbers, NaN and infinities (raw JSON text, which orjson cannot write), deep
+An input is the raw bytes of a message value or request body. Wrong values cover what issues 9
+and 11 list: huge numbers, NaN and infinities (raw JSON text, which orjson cannot write), deep
 nesting, NUL characters, lone surrogates (raw ``\\ud800`` escapes), invalid UTF-8, wrong types,
-unknown fields and oversized fields. Raw JSON is written with ``orjson.Fragment``, which orjson
-copies into its output unchecked.
+unknown fields and oversized fields; whole bodies add duplicate keys, hostile keys, numbers of
+thousands of digits, trailing data, and batches of the wrong shape. Raw JSON is written with
+``orjson.Fragment``, which orjson copies into its output unchecked. ``DELIVERIES`` vary how an
+HTTP body is sent: content type, compression (also a body that is not what its
+``Content-Encoding`` says), chunked transfer.
 
 Profiles (tests/conftest.py): ``ci`` runs a few hundred examples per property;
 ``HYPOTHESIS_PROFILE=thorough`` runs thousands, for local runs.
@@ -13,6 +16,7 @@ Profiles (tests/conftest.py): ``ci`` runs a few hundred examples per property;
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -159,13 +163,119 @@ GARBAGE: st.SearchStrategy[bytes] = st.one_of(
 )
 
 
-def encode(event: dict[str, Any]) -> bytes:
+def encode(event: Any) -> bytes:
     return orjson.dumps(event)
 
 
+def _with_duplicate(event: dict[str, Any], name: str, value: Any) -> bytes:
+    """The event's JSON with ``name`` written once more at its end (orjson keeps the last)."""
+    head = encode(event)[:-1]
+    return (
+        head + (b"," if len(head) > 1 else b"") + orjson.dumps(name) + b":" + encode(value) + b"}"
+    )
+
+
+def _event_with(tail: bytes) -> bytes:
+    return b'{"user_id":"u","action":"purchase",' + tail + b"}"
+
+
+#: whole bodies no dict can be written as: duplicate keys, hostile keys, numbers of thousands
+#: of digits, NaN at the top, text after the JSON, a byte-order mark
+HOSTILE_TEXTS: st.SearchStrategy[bytes] = st.one_of(
+    st.builds(
+        _with_duplicate,
+        valid_events(),
+        st.sampled_from([*FIELDS, "user_id", "action"]),
+        WRONG_VALUES | _text(1, 10) | st.integers(0, 10),
+    ),
+    st.integers(20, 5000).map(lambda n: _event_with(b'"duration":' + b"9" * n)),
+    st.integers(20, 5000).map(lambda n: _event_with(b'"metadata":{"amount":1' + b"0" * n + b"}")),
+    st.sampled_from(
+        [b"NaN", b"Infinity", b"-1e999999", b'"duration":1e999999', b'"x":-0.0e-9999']
+    ).map(lambda t: _event_with(t) if t.startswith(b'"') else t),
+    st.sampled_from(
+        [b'"\\ud800"', b'"a\\u0000b"', b'"\xff"', b'"\xed\xa0\x80"', b'""', b'"\x00"']
+    ).map(lambda key: _event_with(key + b":1")),
+    st.builds(
+        lambda event, affix, before: affix + encode(event) if before else encode(event) + affix,
+        valid_events(),
+        st.sampled_from([b" trailing", b"\n{}", b"\x00", b"]", b"\xef\xbb\xbf", b" \t\r\n"]),
+        st.booleans(),
+    ),
+)
+
+
 def raw_inputs(times: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[bytes]:
-    """The raw value of a message or body: events, valid or wrong, and garbage."""
-    return st.one_of(valid_events(times).map(encode), wrong_events(times).map(encode), GARBAGE)
+    """The raw value of a message or body: events, valid or wrong, hostile text, garbage."""
+    return st.one_of(
+        valid_events(times).map(encode), wrong_events(times).map(encode), HOSTILE_TEXTS, GARBAGE
+    )
 
 
 RAW_INPUTS = raw_inputs()
+
+_EVENT = b'{"user_id":"u","action":"click"}'
+
+
+def batch_bodies(times: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[bytes]:
+    """A body for ``POST /ingest/batch``: ``{"events": [...]}`` of valid and wrong events, or a
+    batch of the wrong shape (no envelope, ``events`` not an array, empty or over 1,000 events,
+    items that are not objects, another key, ``events`` twice, over 1 MiB), or garbage."""
+    events = valid_events(times) | wrong_events(times)
+    items = st.one_of(events, WRONG_VALUES, st.none(), st.integers(), _text(0, 5))
+    return st.one_of(
+        st.lists(events, min_size=1, max_size=10).map(lambda es: encode({"events": es})),
+        st.lists(events, max_size=3).map(encode),  # a bare array
+        events.map(encode),  # one event, no envelope
+        st.sampled_from(
+            [{}, {"events": None}, {"events": {}}, {"events": "e"}, {"events": []}]
+        ).map(encode),
+        st.lists(events, min_size=1, max_size=3).map(lambda es: encode({"events": es, "x": 1})),
+        st.lists(items, min_size=1, max_size=5).map(lambda xs: encode({"events": xs})),
+        st.tuples(st.lists(events, max_size=2), st.lists(events, min_size=1, max_size=2)).map(
+            lambda two: b'{"events":' + encode(two[0]) + b',"events":' + encode(two[1]) + b"}"
+        ),
+        st.just(b'{"events":[' + b",".join([_EVENT] * 1001) + b"]}"),
+        st.just(b'{"events":[{"user_id":"' + b"u" * (1 << 20) + b'","action":"click"}]}'),
+        HOSTILE_TEXTS,
+        GARBAGE,
+    )
+
+
+BATCH_BODIES = batch_bodies()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How an HTTP body is sent: its ``Content-Type`` (none: no header), ``Content-Encoding``
+    (the body compressed so; ``mislabelled``: sent as it is, which is not such data), and
+    whether it goes chunked, without a ``Content-Length``."""
+
+    content_type: str | None = "application/json"
+    encoding: str | None = None
+    mislabelled: bool = False
+    chunked: bool = False
+
+
+CONTENT_TYPES = (
+    None,
+    "application/json",
+    "application/json; charset=latin-1",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "application/octet-stream",
+    "image/png",
+    "",
+)
+PLAIN = Delivery()
+DELIVERIES: st.SearchStrategy[Delivery] = st.one_of(
+    st.just(PLAIN),
+    st.builds(
+        Delivery,
+        st.sampled_from(CONTENT_TYPES),
+        st.sampled_from([None, None, "gzip", "deflate"]),
+        st.booleans(),
+        st.booleans(),
+    ),
+)

@@ -79,6 +79,13 @@ def too_large(size: int, limit: int, source: str, raw: bytes, received_ms: int) 
     return IngestOutcome(413, _rejected_body(errors), [], [dead])
 
 
+def unreadable(why: str, source: str, raw: bytes, received_ms: int) -> IngestOutcome:
+    """400 for a body whose Content-Encoding cannot be undone (web/request_body.py); the dead
+    letter keeps what was decoded before the error."""
+    errors = [FieldError("body", why)]
+    return IngestOutcome(400, _rejected_body(errors), [], [_dead(raw, errors, source, received_ms)])
+
+
 def ingest_single(body: bytes, received_ms: int) -> IngestOutcome:
     """One event: 202 with its event_id, or 400/413 naming the problem."""
     if len(body) > MAX_EVENT_BYTES:

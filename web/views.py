@@ -18,14 +18,9 @@ from app import app, faust_compat, metrics
 from sinks.health import DEGRADED, sink_health
 from web.access import INGEST_HEADERS
 from web.broker_gate import BrokerGate, KafkaUnavailable
-from web.ingestion import (
-    DEAD_LETTER_RAW_LIMIT,
-    IngestOutcome,
-    ingest_batch,
-    ingest_single,
-    too_large,
-)
+from web.ingestion import IngestOutcome, ingest_batch, ingest_single, too_large, unreadable
 from web.kafka_probe import kafka_status
+from web.request_body import close_after, read_body
 
 TOPICS = app.topic_names
 _http = app.analytics_settings.sources.http
@@ -63,31 +58,6 @@ gate = BrokerGate(
     retry_after_s=_http.retry_after.total_seconds(),
     max_pending_bytes=_http.max_pending_mib * 1024 * 1024,
 )
-
-
-async def _read_body(request: web.Request, limit: int) -> tuple[bytes, int | None]:
-    """Read at most ``limit + 1`` bytes; return (body, size when over the limit).
-
-    A body declared larger than the limit is read only as far as the dead letter keeps it
-    (DEAD_LETTER_RAW_LIMIT), so its raw payload is recorded without buffering all of it."""
-    http_request = cast(aiohttp_web.Request, request)
-    declared = http_request.content_length
-    wanted = limit + 1
-    if declared is not None and declared > limit:
-        wanted = min(declared, DEAD_LETTER_RAW_LIMIT)
-    content = http_request.content
-    chunks: list[bytes] = []
-    size = 0
-    while size < wanted:
-        chunk = await content.read(min(256 * 1024, wanted - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    body = b"".join(chunks)
-    if declared is not None and declared > limit:
-        return body, declared
-    return body, (size if size > limit else None)
 
 
 async def _stop_probing(_: aiohttp_web.Application) -> None:
@@ -140,18 +110,21 @@ class _IngestView(web.View):
 
     async def post(self, request: web.Request) -> web.Response:
         received_ms = now_ms()
-        body, oversize = await _read_body(request, self.limit)
-        if oversize is not None:
-            outcome = too_large(oversize, self.limit, self.source, body, received_ms)
+        body = await read_body(request, self.limit)
+        if body.unreadable is not None:
+            outcome = unreadable(body.unreadable, self.source, body.raw, received_ms)
+        elif body.oversize is not None:
+            outcome = too_large(body.oversize, self.limit, self.source, body.raw, received_ms)
         else:
-            outcome = self.decide(body, received_ms)
+            outcome = self.decide(body.raw, received_ms)
         try:
             await _publish(outcome, received_ms)
         except KafkaUnavailable as refused:
             metrics.http_refused("kafka_unavailable")
             return _unavailable(self, outcome, refused)
         metrics.http_ingest(self.source, len(outcome.accepted), len(outcome.dead_letters))
-        return self.json(outcome.body, status=outcome.status)
+        response = self.json(outcome.body, status=outcome.status)
+        return close_after(response) if body.unreadable is not None else response
 
 
 @app.page(INGEST_PATH, cors_options=CORS)

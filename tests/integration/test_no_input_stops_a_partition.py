@@ -7,10 +7,14 @@
   control characters make the window's partial and the session's record several MB; they are
   published as chunks, the window is final with every page, the session lands whole in
   ``session_metrics``, and the partition goes on.
-* Ingestion: a hypothesis-drawn batch of adversarial inputs (tests/fuzz_inputs.py) is posted
-  to ``POST /ingest`` and ``/ingest/batch`` and produced straight to ``user-events``; every one
-  ends enriched or in ``user-events-dlq`` with its errors, and the worker still answers
-  ``/health`` and still publishes a final window afterwards.
+* Ingestion (issue 11, item 3): rounds of hypothesis-drawn adversarial inputs
+  (tests/fuzz_inputs.py) are posted to ``POST /ingest`` and ``/ingest/batch`` with drawn
+  content types, compression and transfer encodings, and produced straight to
+  ``user-events``; tests/fuzz_http.py judges each against the pure decision: no 5xx, no
+  dropped connection, every 4xx naming the field or the problem, every rejected event on
+  ``user-events-dlq`` exactly once, every accepted one enriched once; the worker still answers
+  ``/health`` and still publishes a final window afterwards. bench/fuzz_ingest.py runs the
+  same with 10,000 cases and more.
 
 Each test has a worker and topics of its own, so one test's event times cannot make another's
 late.
@@ -20,27 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from typing import Any
 
-import aiohttp
 import orjson
 import psycopg
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from analytics.dead_letters import bounded_dead_letter
 from analytics.timeutil import format_ts, parse_ts
-from analytics.tracking import fallback_event_id
 from app.topics import TopicNames
 from tests.databases import fresh_database
-from tests.fuzz_inputs import RAW_INPUTS, valid_events, wrong_events
+from tests.fuzz_http import BATCH, SINGLE, HttpCase, Target, TopicCase, fuzz_round
+from tests.fuzz_inputs import BATCH_BODIES, DELIVERIES, RAW_INPUTS
 from tests.kafka_helpers import (
     Outgoing,
     Record,
-    barrier,
-    end_offsets,
     produce,
     read_to_end,
     read_until,
@@ -224,37 +223,8 @@ async def test_records_of_many_long_pages_do_not_stop_a_partition(
 # --------------------------------------------------------------------------- ingestion
 
 
-def _raw_start(body: bytes) -> str:
-    """The start of a payload as a dead letter keeps it (analytics.dead_letters): enough to
-    tell the bodies apart, whether or not the dead letter cut it."""
-    return str(bounded_dead_letter(body, [], source="", received_ms=0)["raw"])[:1000]
-
-
-def _decoded(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-
-
-async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    async with session.post(url, data=body, headers=headers) as response:
-        return response.status, await response.json()
-
-
-def _topic_key(raw: bytes, wrong_key: bool) -> bytes | None:
-    """The user_id, as a producer keys an event (none when it is too long to be a key of a
-    message that must also hold the value), or a wrong key."""
-    obj = _decoded(raw)
-    user = obj.get("user_id") if isinstance(obj, dict) else None
-    if isinstance(user, str) and len(user) <= 1000 and not wrong_key:
-        return user.encode()
-    return b"not-the-user" if wrong_key else None
-
-
 ROUNDS = 5  # hypothesis' first example is its simplest one; the others are random
-SIZE = 10  # inputs of each kind per round: more, and hypothesis often cannot draw them
+SINGLES, BATCHES, MESSAGES = 16, 8, 16  # cases of each kind per round: 200 in all
 
 
 def test_adversarial_inputs_are_enriched_or_dead_lettered_and_the_worker_goes_on(
@@ -264,6 +234,7 @@ def test_adversarial_inputs_are_enriched_or_dead_lettered_and_the_worker_goes_on
     worker.wait_ready(PARTITIONS, timeout=120)
     bootstrap = worker_factory.services.kafka_bootstrap
     topics = TopicNames.with_prefix(topic_prefix)
+    target = Target(worker.url, bootstrap, topics)
 
     # rounds of drawn inputs against the one worker; no shrinking (a failure shows its inputs)
     @settings(
@@ -274,14 +245,27 @@ def test_adversarial_inputs_are_enriched_or_dead_lettered_and_the_worker_goes_on
         suppress_health_check=list(HealthCheck),
     )
     @given(
-        singles=st.lists(RAW_INPUTS, min_size=SIZE, max_size=SIZE),
-        batch=st.lists(valid_events() | wrong_events(), min_size=SIZE, max_size=SIZE),
-        topic=st.lists(st.tuples(RAW_INPUTS, st.booleans()), min_size=SIZE, max_size=SIZE),
+        singles=st.lists(
+            st.builds(HttpCase, st.just(SINGLE), RAW_INPUTS, DELIVERIES),
+            min_size=SINGLES,
+            max_size=SINGLES,
+        ),
+        batches=st.lists(
+            st.builds(HttpCase, st.just(BATCH), BATCH_BODIES, DELIVERIES),
+            min_size=BATCHES,
+            max_size=BATCHES,
+        ),
+        messages=st.lists(
+            st.builds(TopicCase, RAW_INPUTS, st.booleans()), min_size=MESSAGES, max_size=MESSAGES
+        ),
     )
     def one_round(
-        singles: list[bytes], batch: list[dict[str, Any]], topic: list[tuple[bytes, bool]]
+        singles: list[HttpCase], batches: list[HttpCase], messages: list[TopicCase]
     ) -> None:
-        asyncio.run(_round(worker, bootstrap, topics, singles, batch, topic))
+        findings = asyncio.run(fuzz_round(target, singles + batches, messages))
+        assert findings.violations() == []
+        assert findings.letters_found == findings.letters_expected
+        assert findings.accepted_enriched == findings.accepted
 
     one_round()
     # and the worker goes on: healthy, publishing final windows
@@ -290,63 +274,3 @@ def test_adversarial_inputs_are_enriched_or_dead_lettered_and_the_worker_goes_on
     asyncio.run(close_window(bootstrap, topics, start, "after-fuzz"))
     record = asyncio.run(final_window(bootstrap, topics, start))
     assert record["total_events"] >= PARTITIONS
-
-
-async def _round(
-    worker: Worker,
-    bootstrap: str,
-    topics: TopicNames,
-    singles: list[bytes],
-    batch: list[dict[str, Any]],
-    topic: list[tuple[bytes, bool]],
-) -> None:
-    mark = await end_offsets(bootstrap, topics.dead_letters)
-    async with aiohttp.ClientSession() as session:
-        answers = [await _post(session, worker.url + "/ingest", body) for body in singles]
-        batch_body = orjson.dumps({"events": batch})
-        batch_answer = await _post(session, worker.url + "/ingest/batch", batch_body)
-    messages = [Outgoing(_topic_key(raw, wrong), raw) for raw, wrong in topic]
-    produced = await produce(bootstrap, topics.user_events, messages)
-
-    await barrier(bootstrap, topics.user_events, topics.enriched)
-    records = await read_to_end(bootstrap, topics.enriched)
-    keys = Counter((e["user_id"], e["event_id"]) for e in (r.json() for r in records))
-    assert max(keys.values(), default=1) == 1, "an event enriched twice"
-    dead_records = await read_to_end(bootstrap, topics.dead_letters, start_offsets=mark)
-    dead = [r.json() for r in dead_records]
-    for letter in dead:
-        assert letter["errors"] and letter["error"].startswith(letter["errors"][0]["field"])
-
-    # POST /ingest: 202 and enriched, or 4xx and dead-lettered with the body
-    http_dead = Counter(d["raw"][:1000] for d in dead if d["source"] == "http")
-    for body, (status, answer) in zip(singles, answers, strict=True):
-        if status == 202:
-            user = orjson.loads(body)["user_id"]
-            assert (user, answer["event_id"]) in keys, (body, answer)
-        else:
-            assert 400 <= status < 500 and answer["errors"], (body, answer)
-            assert http_dead[_raw_start(body)] > 0, (body[:200], answer)
-            http_dead[_raw_start(body)] -= 1
-
-    # POST /ingest/batch: each accepted event enriched, each rejected one dead-lettered; a
-    # body that is not a batch at all (an event in it is not JSON) is one dead letter
-    status, answer = batch_answer
-    batch_dead = [d for d in dead if d["source"] == "http-batch"]
-    if "errors" in answer:
-        assert status in (400, 413) and [d.get("batch_index") for d in batch_dead] == [None]
-    else:
-        assert status in (202, 400), answer
-        rejected = sorted(r["index"] for r in answer["rejected"])
-        accepted = [e for n, e in enumerate(batch) if n not in rejected]
-        for event, event_id in zip(accepted, answer["accepted"], strict=True):
-            assert (event["user_id"], event_id) in keys
-        assert sorted(d["batch_index"] for d in batch_dead) == rejected
-
-    # user-events: enriched under its event_id, or dead-lettered where it was produced
-    topic_dead = {(d["partition"], d["offset"]) for d in dead if d["source"] == "topic"}
-    for (raw, _), where in zip(topic, produced, strict=True):
-        if (where.partition, where.offset) in topic_dead:
-            continue
-        obj = orjson.loads(raw)
-        fallback = fallback_event_id(topics.user_events, where.partition, where.offset)
-        assert (obj["user_id"], obj.get("event_id") or fallback) in keys, raw
