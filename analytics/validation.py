@@ -142,8 +142,11 @@ def _show(value: Any) -> str:
 
 
 def _field_name(key: Any) -> str:
-    """An unknown key as an error's field name, bounded so errors stay small."""
+    """An unknown key as an error's field name, bounded so errors stay small; the empty key
+    shown as ``""`` so the error does not read ``: unknown field``."""
     name = str(key)
+    if not name:
+        return '""'
     return name if len(name) <= _SHOW_MAX else name[:_SHOW_MAX] + "..."
 
 

@@ -21,7 +21,18 @@ log = logging.getLogger(__name__)
 
 INTERVAL_S = 60.0
 #: the library loggers whose repeats are summarised (and their children)
-LIBRARIES = ("aiokafka", "kafka", "faust", "mode", "confluent_kafka", "rdkafka", "psycopg")
+#: aiohttp.server: a request aiohttp cannot parse as HTTP is answered 400 by aiohttp itself and
+#: logged at ERROR with a traceback, so any client could fill the log (docs/reliability.md)
+LIBRARIES = (
+    "aiokafka",
+    "kafka",
+    "faust",
+    "mode",
+    "confluent_kafka",
+    "rdkafka",
+    "psycopg",
+    "aiohttp.server",
+)
 
 Key = tuple[str, int, str]
 _DECIDED = "_repeat_summary_passes"

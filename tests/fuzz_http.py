@@ -188,18 +188,28 @@ def _decoded(raw: bytes) -> Any:
         return None
 
 
+def field_is_named(name: str, payload: Any) -> bool:
+    """An error's field is one SPEC 1 knows, the body or the envelope, or (shortened to 60
+    characters and "...", the empty key quoted) a key of ``payload``."""
+    if name in NAMED:
+        return True
+    keys = list(payload) if isinstance(payload, dict) else []
+    return (
+        name in keys
+        or (name == '""' and "" in keys)
+        or (name.endswith("...") and any(k.startswith(name[:-3]) for k in keys))
+    )
+
+
 def names_the_problem(errors: Any, payload: Any) -> bool:
-    """``errors`` is a non-empty list of {field, message}, each field one SPEC 1 knows, the
-    body or the envelope, or (shortened to 60 characters and "...") a key of ``payload``."""
+    """``errors`` is a non-empty list of {field, message}, each naming its field."""
     if not isinstance(errors, list) or not errors:
         return False
-    keys = list(payload) if isinstance(payload, dict) else []
     for error in errors:
         name, message = error.get("field"), error.get("message")
         if not (isinstance(name, str) and isinstance(message, str) and message):
-            return False  # the field may be "", an empty key of the payload
-        shortened = name.endswith("...") and any(k.startswith(name[:-3]) for k in keys)
-        if name not in NAMED and name not in keys and not shortened:
+            return False
+        if not field_is_named(name, payload):
             return False
     return True
 

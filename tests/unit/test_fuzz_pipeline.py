@@ -36,9 +36,10 @@ from analytics.partials import MAX_MS, PartialLimits, PartialRejected, check_mes
 from analytics.partition import PartitionRules, PartitionState, apply_batch
 from analytics.rows import Arrival, Tick, row_of
 from analytics.tracking import RawMessage, TrackedBatch, TrackerRules, track_batch
-from analytics.validation import FIELDS, EventRejected, decode_json, validate_event
+from analytics.validation import EventRejected, decode_json, validate_event
 from sinks.schema import DIMENSION_STATS, KPI_METRICS, PAGE_VIEW_STATS, SESSION_METRICS, prepare
 from tables.memory_store import MemoryStore
+from tests.fuzz_http import field_is_named
 from tests.fuzz_inputs import NEAR_TIMES, RAW_INPUTS, raw_inputs, valid_events, wrong_events
 from web.ingestion import ingest_batch, ingest_single
 
@@ -50,19 +51,8 @@ PARTITION_RULES = PartitionRules()
 LIMITS = PartialLimits(partitions=1, window_ms=PARTITION_RULES.window_ms)
 #: what a Kafka message may hold by default (the broker's message.max.bytes)
 KAFKA_MESSAGE_BYTES = 1_048_588
-NAMED = FIELDS | {"event", "body", "metadata.amount"}
 #: JSON nested deeper than orjson writes (254 levels) but not than it reads (1,024)
 DEEP = orjson.Fragment(b"[" * 300 + b"]" * 300)
-
-
-def field_named(field: str, obj: Any) -> bool:
-    """An error's field is one of SPEC 1's, the event or body as a whole, or (shortened to 60
-    characters and "...") a field of the event that SPEC 1 does not know."""
-    if field in NAMED:
-        return True
-    return isinstance(obj, dict) and any(
-        field == key or (field.endswith("...") and key.startswith(field[:-3])) for key in obj
-    )
 
 
 def decoded(raw: bytes) -> Any:
@@ -101,7 +91,7 @@ def assert_accounted(batch: list[RawMessage], tracked: TrackedBatch) -> None:
             letter = dead[message.offset]
             obj = decoded(message.value)
             assert letter["errors"] and letter["partition"] == message.partition
-            assert all(field_named(e["field"], obj) and e["message"] for e in letter["errors"])
+            assert all(field_is_named(e["field"], obj) and e["message"] for e in letter["errors"])
             assert letter["error"].startswith(f"{letter['errors'][0]['field']}: ")
             assert orjson.loads(orjson.dumps(letter)) == letter
     for arrival in arrivals.values():
@@ -119,7 +109,7 @@ def test_validation_accepts_or_names_the_problem(raw: bytes) -> None:
     except EventRejected as rejected:
         obj = decoded(raw)
         assert rejected.errors
-        assert all(field_named(e.field, obj) and e.message for e in rejected.errors)
+        assert all(field_is_named(e.field, obj) and e.message for e in rejected.errors)
     else:
         assert orjson.loads(orjson.dumps(event)) == event
 

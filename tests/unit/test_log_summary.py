@@ -44,7 +44,7 @@ def logs() -> Iterator[tuple[Collect, Collect, RepeatSummary, Clock]]:
     for handler in (first, second):
         handler.addFilter(summary)
         root.addHandler(handler)
-    levels = {name: logging.getLogger(name).level for name in ("aiokafka", "agents")}
+    levels = {name: logging.getLogger(name).level for name in ("aiokafka", "agents", "aiohttp")}
     for name in levels:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
@@ -92,6 +92,21 @@ def test_the_count_comes_with_the_next_record_after_the_interval(
         'app.log_summary: aiokafka.consumer.fetcher: 4 more like "Failed fetch messages from '
         '%s: %s" in the last 60 s',
         "aiokafka.consumer.fetcher: Failed fetch messages from 1: NodeNotReadyError",
+    ]
+
+
+def test_requests_aiohttp_cannot_parse_are_logged_once_then_counted(
+    logs: tuple[Collect, Collect, RepeatSummary, Clock],
+) -> None:
+    first, *_ = logs
+    for n in range(50):
+        logging.getLogger("aiohttp.server").error("Error handling request from %s", f"10.0.0.{n}")
+    logging.getLogger("aiohttp.access").info("%s %s", "GET", "/health")  # access lines pass
+    logging.getLogger("aiohttp.access").info("%s %s", "GET", "/health")
+    assert first.lines == [
+        "aiohttp.server: Error handling request from 10.0.0.0",
+        "aiohttp.access: GET /health",
+        "aiohttp.access: GET /health",
     ]
 
 

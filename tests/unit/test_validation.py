@@ -347,6 +347,7 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown field", {"unexpected_field": 1}, "unexpected_field", "unknown field"),
     ("unknown null field", {"extra": None}, "extra", "unknown field"),
     ("field names are case-sensitive", {"User_id": "u1"}, "User_id", "unknown field"),
+    ("the empty key is named quoted", {"": 1}, '""', "unknown field"),
 ]
 
 
