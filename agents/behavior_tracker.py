@@ -130,6 +130,7 @@ class BehaviorTracker(Service):
         self.tasks: dict[int, PartitionTask] = {}
         self.clock = RoundClock()
         self._last_round = 0.0
+        self._unacknowledged_since: float | None = None  # the oldest round waiting, once said
         self._round = asyncio.Lock()
         self._assigned = asyncio.Event()
         self._state_changelog = partition_state.changelog_topic.get_topic_name()
@@ -217,6 +218,8 @@ class BehaviorTracker(Service):
         (its records, RocksDB writes, metrics: per partition) is spread over more events."""
         self._acknowledged()
         in_flight = any(task.in_flight for task in self.tasks.values())
+        if in_flight:
+            self._warn_if_unacknowledged()
         if in_flight and self._backlogged():
             with self.clock.phase("wait"):
                 await self.outbox.wait(ACK_POLL_S)
@@ -237,6 +240,27 @@ class BehaviorTracker(Service):
         elif in_flight:
             with self.clock.phase("wait"):
                 await self.outbox.wait(ACK_POLL_S)
+
+    def _warn_if_unacknowledged(self) -> None:
+        """Say once when the oldest round has waited for the broker past SETTLE_WARN_S, and
+        once when it is acknowledged: a partition that waits is otherwise silent."""
+        waiting = [t.partition for t in self.tasks.values() if t.in_flight]
+        oldest = min(t.in_flight[0].sent_at for t in self.tasks.values() if t.in_flight)
+        waited_s = time.monotonic() - oldest
+        if waited_s > SETTLE_WARN_S and self._unacknowledged_since is None:
+            self._unacknowledged_since = oldest
+            log.warning(
+                "the broker has not acknowledged the records of partitions %s for %.0f s: "
+                "waiting (a round is written only once acknowledged)",
+                waiting,
+                waited_s,
+            )
+        elif waited_s <= SETTLE_WARN_S and self._unacknowledged_since is not None:
+            log.warning(
+                "the broker acknowledges again after %.0f s",
+                time.monotonic() - self._unacknowledged_since,
+            )
+            self._unacknowledged_since = None
 
     def _backlogged(self) -> bool:
         return any(len(task.in_flight) >= MAX_ROUNDS_IN_FLIGHT for task in self.tasks.values())

@@ -35,6 +35,11 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 log = logging.getLogger(__name__)
 SETTLE_WARN_S = 10.0  # say so when the broker takes longer than this to acknowledge
+METADATA_REFRESH_MS = 10_000
+"""How often librdkafka re-reads the cluster's metadata (its default is 5 minutes). After a
+broker restart librdkafka may keep a partition on no broker ("new leader 1 not found in
+cache") until its next full refresh: the soak (bench/soak.py) saw a worker's records wait
+four minutes for it. A metadata request every 10 s bounds that wait and costs nothing."""
 
 
 class DeliveryFailed(RuntimeError):
@@ -92,6 +97,7 @@ class Outbox:
                 "queue.buffering.max.kbytes": 1_048_576,
                 "message.max.bytes": 16 * 1024 * 1024,
                 "message.timeout.ms": 0,  # never give up on a record: wait for the broker
+                "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
                 "partitioner": "murmur2_random",  # Kafka's default for keyed records
                 **config,
             }
@@ -172,6 +178,7 @@ class InputReader:
                 "queued.max.messages.kbytes": 16_384,
                 "fetch.wait.max.ms": 10,
                 "enable.partition.eof": False,
+                "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
                 **config,
             }
         )

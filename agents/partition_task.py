@@ -73,6 +73,8 @@ class InFlight:
     seen: Delivery
     state: Delivery | None = None
     """Set once its state's changelog records are sent."""
+    sent_at: float = field(default_factory=time.monotonic)
+    """When its outputs were handed to the producer: a round waiting long says so."""
 
     @property
     def published(self) -> bool:
