@@ -26,6 +26,13 @@ at-least-once re-deliveries of docs/reliability.md, reported, not failed); the t
 the topics; the DLQ against the rejected events. It prints a table per fault (count, recovery
 time, events lost, events doubled) and exits 1 on any mismatch.
 
+Recovery time of a fault: from the fault (for an outage, from the service's return) until
+every partition has processed an event created after it, HTTP answers 202 again (broker,
+SIGTERM) and the sinks write again (database); at least as long as any event created between
+the fault and the group being stable again waited to be processed. Events lost or doubled are
+counted on the exact outputs (the events of accepted answers, final KPI windows' event counts,
+the dead letters) and put down to the fault whose time they fall in.
+
     PYTHONPATH=. .venv/bin/python bench/soak.py --minutes 10 --workers 3 --kills 10 --seed 11
 
 tests/e2e/test_soak_short.py runs the same scenario scaled down in CI.
@@ -54,7 +61,14 @@ from typing import Any
 
 import orjson
 import psycopg
-from confluent_kafka import OFFSET_END, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from analytics.timeutil import format_ts, parse_ts
 from bench.workload import Workload, events
@@ -361,9 +375,13 @@ class DirectProducer(Loop):
 
 
 class Progress(Loop):
-    """Watches ``user-behavior-enriched``: per partition, when the pipeline had processed the
-    events created up to which wall-clock time. ``resumed_at(t)``: when every partition had
-    processed an event created at or after ``t`` (processing resumed after a fault)."""
+    """Watches ``user-behavior-enriched``, where each record's Kafka timestamp is when a
+    worker processed the event and its ``timestamp`` field when the client created it.
+
+    ``resumed_at(t)``: when every partition had processed an event created at or after ``t``
+    (processing resumed after a fault). ``longest_wait(a, b)``: the longest an event created
+    between ``a`` and ``b`` waited to be processed (a stall: a worker that stops gracefully
+    still processes for a moment, then its partitions wait for their next owner)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self._consumer = Consumer(
@@ -376,10 +394,11 @@ class Progress(Loop):
             }
         )
         self._consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in range(PARTITIONS)])
-        # partition -> ([max created ms so far], [seen at ms]), both increasing
+        # partition -> ([max created ms so far], [processed at ms]), both increasing
         self._seen: dict[int, tuple[list[int], list[int]]] = {
             p: ([], []) for p in range(PARTITIONS)
         }
+        self._waits: list[tuple[int, int]] = []  # (created ms, processed ms) of every event
         self._lock = threading.Lock()
         super().__init__()
 
@@ -395,21 +414,29 @@ class Progress(Loop):
                 if str(event.get("user_id", "")).startswith(SENTINEL_PREFIX):
                     continue
                 created = parse_ts(event["timestamp"]) + OFFSET_MS
-                created_list, seen_list = self._seen[message.partition()]
+                kind, stamp = message.timestamp()
+                processed = stamp if kind != TIMESTAMP_NOT_AVAILABLE else now_ms()
+                created_list, processed_list = self._seen[message.partition()]
                 with self._lock:
+                    self._waits.append((created, processed))
                     if not created_list or created > created_list[-1]:
                         created_list.append(created)
-                        seen_list.append(now_ms())
+                        processed_list.append(processed)
 
     def resumed_at(self, after_ms: int) -> int | None:
         times = []
         with self._lock:
-            for created_list, seen_list in self._seen.values():
+            for created_list, processed_list in self._seen.values():
                 index = bisect.bisect_left(created_list, after_ms)
                 if index == len(created_list):
                     return None
-                times.append(seen_list[index])
+                times.append(processed_list[index])
         return max(times)
+
+    def longest_wait(self, from_ms: int, to_ms: int) -> int:
+        with self._lock:
+            waits = [done - created for created, done in self._waits if from_ms <= created <= to_ms]
+        return max(waits, default=0)
 
 
 # --------------------------------------------------------------------------- faults
@@ -528,6 +555,12 @@ class Rig:
             started = now_ms()
             recovered = max(self.sinks_resumed(started), self.processing_resumed(started))
             detail = f"down {self.plan.database_down_s:.0f} s"
+        # until the group is stable again, no event may have waited longer than the recovery
+        self.wait_stable()
+        stable = now_ms()
+        self.processing_resumed(stable)
+        assert self.progress is not None
+        recovered = max(recovered, started + self.progress.longest_wait(started, stable))
         return FaultRun(kind, started, recovered, (recovered - started) / 1000, detail)
 
 
@@ -550,7 +583,6 @@ def run_faults(rig: Rig, traffic_started: float) -> list[FaultRun]:
             f"recovered in {run.recovery_s:.1f} s",
             flush=True,
         )
-        rig.wait_stable()
     return runs
 
 
@@ -596,7 +628,7 @@ class Outcome:
     summary: dict[str, Any]
 
 
-def _fault_of(runs: list[FaultRun], plan: Plan) -> Callable[[int, int], str]:
+def fault_of(runs: list[FaultRun], plan: Plan) -> Callable[[int, int], str]:
     """The fault a wall-clock span ``[from, to)`` belongs to: the latest one whose time, from
     its beginning (an outage's start) to 5 s after its recovery, overlaps the span."""
     spans = []
@@ -669,7 +701,7 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
         )
     }
     problems = list(rig.ledger.problems)
-    fault = _fault_of(runs, rig.plan)
+    fault = fault_of(runs, rig.plan)
     lost: collections.Counter[str] = collections.Counter()
     doubled: collections.Counter[str] = collections.Counter()
     redelivered: collections.Counter[str] = collections.Counter()
