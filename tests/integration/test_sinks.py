@@ -84,6 +84,9 @@ PROFILE = TrafficProfile(
 )
 
 
+# --------------------------------------------------------------------------- databases
+
+
 @pytest.fixture
 async def database(services: Services) -> AsyncIterator[str]:
     if not services.database_url:
