@@ -256,6 +256,13 @@ class HttpClients:
             thread.join(HTTP_TIMEOUT_S + 5)
 
     def _client(self, n: int, rate: float) -> None:
+        try:
+            self._send(n, rate)
+        except Exception as exc:  # reported by the soak as a mismatch
+            self._ledger.problem(f"HTTP client {n} failed: {exc!r}")
+            raise
+
+    def _send(self, n: int, rate: float) -> None:
         source = self._sources[n]
         for _ in paced(rate, self._stop):
             _key, event, valid = source.next()
@@ -311,7 +318,16 @@ class Loop:
 
     def __init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self.failure: str | None = None
+        """Why the thread ended before ``stop()``, if it did."""
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # reported by the soak as a mismatch
+            self.failure = f"{type(self).__name__} failed: {exc!r}"
+            raise
 
     def start(self) -> None:
         self._thread.start()
@@ -433,6 +449,13 @@ class Progress(Loop):
                 times.append(processed_list[index])
         return max(times)
 
+    def waiting(self, after_ms: int) -> list[int]:
+        """The partitions that have processed no event created at or after ``after_ms``."""
+        with self._lock:
+            return [
+                p for p, (created, _) in self._seen.items() if not created or created[-1] < after_ms
+            ]
+
     def longest_wait(self, from_ms: int, to_ms: int) -> int:
         with self._lock:
             waits = [done - created for created, done in self._waits if from_ms <= created <= to_ms]
@@ -498,11 +521,30 @@ class Rig:
     def processing_resumed(self, after_ms: int) -> int:
         assert self.progress is not None
         progress = self.progress
-        return wait_for(
-            "processing of new events on every partition",
-            lambda: progress.resumed_at(after_ms),
-            RECOVERY_TIMEOUT_S,
-        )
+        try:
+            return wait_for(
+                "processing of new events on every partition",
+                lambda: progress.resumed_at(after_ms),
+                RECOVERY_TIMEOUT_S,
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; {self.stalled(after_ms)}") from None
+
+    def stalled(self, after_ms: int) -> str:
+        """Which partitions have processed nothing created after ``after_ms``, who owns
+        them, and what each worker's /health says of Kafka and its partitions."""
+        assert self.progress is not None
+        waiting = self.progress.waiting(after_ms)
+        owners = []
+        for worker in self.live_workers():
+            answer = worker.health()
+            state = answer[1] if answer else {}
+            owners.append(
+                f"{worker.name} (pid {worker.pid}): HTTP {answer[0] if answer else None}, "
+                f"partitions {state.get('worker', {}).get('user_events_partitions')}, "
+                f"kafka {state.get('kafka')}"
+            )
+        return f"partitions without new events processed: {waiting}; " + "; ".join(owners)
 
     def http_resumed(self, after_ms: int) -> int:
         return wait_for(
@@ -701,6 +743,7 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
         )
     }
     problems = list(rig.ledger.problems)
+    problems += [loop.failure for loop in (rig.direct, rig.progress) if loop and loop.failure]
     fault = fault_of(runs, rig.plan)
     lost: collections.Counter[str] = collections.Counter()
     doubled: collections.Counter[str] = collections.Counter()
