@@ -11,10 +11,9 @@ stopped for ``--broker-down`` s, PostgreSQL stopped for ``--database-down`` s. E
 until the pipeline has recovered from the one before.
 
 What counts. An event is *accepted* when its answer was 202 or the broker acknowledged the
-direct produce (librdkafka: persisted); *refused* when it was answered 503 ``"stored": "no"``,
-the connection was refused, or librdkafka reports it not persisted: it must not appear;
-*unknown* otherwise (503 ``"unknown"``, a worker gone mid-request, possibly persisted): at most
-once. *Rejected* events (the invalid ones answered 400 or acknowledged on the topic) must each
+direct produce; *refused* when it was answered 503 ``"stored": "no"`` or the connection was
+refused: it must not appear; *unknown* otherwise (503 ``"unknown"``, a worker gone
+mid-request, a direct produce that failed, which librdkafka may have written): at most once. *Rejected* events (the invalid ones answered 400 or acknowledged on the topic) must each
 be on ``user-events-dlq`` once. Event time is the wall clock 2 h ago, stamped by the client,
 so an outage leaves no event late (nothing waits in a buffer past ``message.timeout.ms``).
 
