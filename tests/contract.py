@@ -82,6 +82,11 @@ SESSION_FIELDS = (
 )
 
 
+def session_keys(records: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, int]]:
+    """(user_id, session_id, start in ms) of each session-metrics record."""
+    return {(r["user_id"], r["session_id"], parse_ts(r["window_start"])) for r in records}
+
+
 def compare_sessions(
     published: Iterable[Mapping[str, Any]], expected: Iterable[Mapping[str, Any]]
 ) -> list[str]:

@@ -153,13 +153,7 @@ async def test_final_figures_equal_the_batch_definition(
     }
     async with TopicReader(bootstrap, f"{topic_prefix}session-metrics") as sessions_reader:
         await sessions_reader.read_until(
-            lambda records: (
-                {
-                    (v["user_id"], v["session_id"], parse_ts(v["window_start"]))
-                    for v in (r.json() for r in records)
-                }
-                >= expected_keys
-            ),
+            lambda records: contract.session_keys(r.json() for r in records) >= expected_keys,
             timeout=120,
         )
 

@@ -32,10 +32,10 @@ from sinks.migrations import PLAIN, TIMESCALE, migrate_url
 from sinks.schema import TABLES
 from sinks.writers import write_batch
 from tests.integration.test_api import http
-from tests.integration.test_sinks import PG_BIN, ScratchPostgres
 from tests.kafka_helpers import produce
 from tests.missing_services import service_missing
 from tests.polling import poll
+from tests.scratch_postgres import PG_BIN, ScratchPostgres
 from tests.worker_process import Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import pwd
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,7 +43,7 @@ from generator.traffic import TrafficProfile, generate_labelled
 from sinks import migrations as migrations_module
 from sinks import queries, reader
 from sinks.migrations import MIGRATIONS, migrate_url
-from sinks.schema import TABLES, Row, TableSpec, prepare
+from sinks.schema import TABLES, Row
 from sinks.writers import write_batch, write_one_by_one
 from tests import contract
 from tests.databases import fresh_database
@@ -59,7 +57,11 @@ from tests.kafka_helpers import (
 )
 from tests.missing_services import service_missing
 from tests.reference import batch as reference
-from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool, free_port
+from tests.scratch_postgres import ScratchPostgres
+from tests.scratch_postgres import missing as missing_postgres_binaries
+from tests.scratch_postgres import scratch_postgres as own_postgres
+from tests.sink_tables import SINK_TOPICS, differences, latest_rows, table_rows
+from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
 
@@ -80,15 +82,6 @@ PROFILE = TrafficProfile(
     duplicate_rate=0.02,
     invalid_rate=0.01,
 )
-SINK_TOPICS = {
-    "kpi_metrics": "live-kpis",
-    "session_metrics": "session-metrics",
-    "page_view_stats": "page-view-stats",
-    "dimension_stats": "traffic-stats",
-}
-PG_BIN = next(
-    (p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), Path("/usr/bin")
-)
 
 
 # --------------------------------------------------------------------------- databases
@@ -102,78 +95,13 @@ async def database(services: Services) -> AsyncIterator[str]:
         yield url
 
 
-class ScratchPostgres:
-    """A PostgreSQL cluster of this test alone, so stopping it disturbs nobody else.
-
-    PostgreSQL refuses to run as root: as root, the cluster belongs to the ``postgres`` user.
-    Synchronous commit stays on (the default): a commit acknowledged to the sink must survive
-    the immediate shutdown the test inflicts."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.port = free_port()
-        self.url = f"postgresql://analytics@127.0.0.1:{self.port}/analytics"
-
-    def _run(self, *command: str) -> None:
-        if os.geteuid() == 0:
-            command = ("runuser", "-u", "postgres", "--", *command)
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
-
-    def init(self) -> None:
-        if os.geteuid() == 0:
-            owner = pwd.getpwnam("postgres")
-            os.chown(self.root, owner.pw_uid, owner.pw_gid)
-        self._run(
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(self.data),
-            "-U",
-            "analytics",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C.UTF-8",
-        )
-        self.start()
-        self._run(
-            str(PG_BIN / "createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            "analytics",
-            "analytics",
-        )
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
-        log = str(self.root / "postgres.log")
-        self._run(
-            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", log, "-w", "-o", options, "start"
-        )
-
-    def stop(self, mode: str = "immediate") -> None:
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def destroy(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.stop("immediate")
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 @pytest.fixture
 def scratch_postgres() -> Iterator[ScratchPostgres]:
-    if not (PG_BIN / "initdb").exists():
-        service_missing("PostgreSQL server binaries", f"no initdb in {PG_BIN}")
-    cluster = ScratchPostgres(Path(tempfile.mkdtemp(prefix="sink-pg-")))
-    try:
-        cluster.init()
+    problem = missing_postgres_binaries()
+    if problem:
+        service_missing("PostgreSQL server binaries", problem)
+    with own_postgres(Path(tempfile.mkdtemp(prefix="sink-pg-"))) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 # --------------------------------------------------------------------------- traffic
@@ -271,17 +199,6 @@ class Expected:
     dimensions: dict[tuple[int, str, str], dict[str, Any]]
 
 
-def latest_rows(spec: TableSpec, records: list[dict[str, Any]]) -> dict[tuple[Any, ...], Row]:
-    """One row per key, as the sink must leave it after consuming every record in order."""
-    rows, rejected = prepare(spec, records)
-    assert not rejected, rejected
-    return {
-        spec.key_of(row): row
-        for _, row in rows
-        if settled(spec.name, dict(zip(spec.columns, row, strict=True)))
-    }
-
-
 async def _expected(bootstrap: str, prefix: str) -> Expected:
     values = {
         table: await _topic_values(bootstrap, f"{prefix}{topic}")
@@ -291,7 +208,9 @@ async def _expected(bootstrap: str, prefix: str) -> Expected:
     enriched = list({e["event_id"]: e for e in enriched_all}.values())
     users = _traffic_users()
     return Expected(
-        rows={table: latest_rows(TABLES[table], records) for table, records in values.items()},
+        rows={
+            table: latest_rows(TABLES[table], records, settled) for table, records in values.items()
+        },
         kpis={
             start: figures
             for start, figures in reference.kpi_windows(enriched, WINDOW_MS, GAP_MS).items()
@@ -312,24 +231,6 @@ async def _expected(bootstrap: str, prefix: str) -> Expected:
 
 
 # --------------------------------------------------------------------------- table contents
-
-
-async def table_rows(url: str, table: str) -> list[dict[str, Any]]:
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        cursor = conn.cursor(row_factory=psycopg.rows.dict_row)
-        await cursor.execute(f"SELECT *, xmin::text AS xmin FROM {table}".encode())
-        return list(await cursor.fetchall())
-
-
-def _row_of(spec: TableSpec, stored: Mapping[str, Any]) -> Row:
-    """A stored row in the sink's row form (the columns the sink writes, in order)."""
-    return tuple(stored[column] for column in spec.columns)
-
-
-def _comparable(value: Any) -> Any:
-    if isinstance(value, psycopg.types.json.Jsonb):
-        return value.obj
-    return value
 
 
 def _ms(value: datetime) -> int:
@@ -391,17 +292,7 @@ def _problems_against_topics(
 ) -> list[str]:
     problems = []
     for table, rows in tables.items():
-        spec = TABLES[table]
-        stored = {spec.key_of(_row_of(spec, row)): _row_of(spec, row) for row in rows}
-        if len(stored) != len(rows):
-            problems.append(f"{table}: {len(rows) - len(stored)} duplicate keys")
-        want = expected.rows[table]
-        for key in sorted(set(stored) | set(want), key=repr):
-            got_row, want_row = stored.get(key), want.get(key)
-            if got_row is None or want_row is None:
-                problems.append(f"{table} {key}: stored={got_row is not None} topic={want_row}")
-            elif tuple(map(_comparable, got_row)) != tuple(map(_comparable, want_row)):
-                problems.append(f"{table} {key}: stored {got_row} != latest record {want_row}")
+        problems += differences(TABLES[table], rows, expected.rows[table])
     return problems
 
 
