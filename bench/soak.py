@@ -13,8 +13,9 @@ until the pipeline has recovered from the one before.
 What counts. An event is *accepted* when its answer was 202 or the broker acknowledged the
 direct produce; *refused* when it was answered 503 ``"stored": "no"`` or the connection was
 refused: it must not appear; *unknown* otherwise (503 ``"unknown"``, a worker gone
-mid-request, a direct produce that failed, which librdkafka may have written): at most once. *Rejected* events (the invalid ones answered 400 or acknowledged on the topic) must each
-be on ``user-events-dlq`` once. Event time is the wall clock 2 h ago, stamped by the client,
+mid-request, a direct produce that failed, which librdkafka may have written): at most once.
+*Rejected* events (the invalid ones answered 400 or acknowledged on the topic) must each be
+on ``user-events-dlq`` once. Event time is the wall clock 2 h ago, stamped by the client,
 so an outage leaves no event late (nothing waits in a buffer past ``message.timeout.ms``).
 
 At the end one closing event per partition moves event time past the traffic; the soak waits
