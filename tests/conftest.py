@@ -42,11 +42,18 @@ _POOLS: list[WorkerPool] = []
 
 # --------------------------------------------------------------------------- hypothesis
 
-# Property tests (tests/fuzz_inputs.py): a few hundred examples each in CI, thousands with
-# HYPOTHESIS_PROFILE=thorough. No deadline: the first examples warm caches (ua-parser).
+# Property tests (tests/fuzz_inputs.py): a few hundred examples each in CI, the same ones every
+# run (derandomized: a gate must not pass or fail by the draw), thousands of fresh ones with
+# HYPOTHESIS_PROFILE=thorough and in bench/fuzz_ingest.py. No deadline: the first examples
+# warm caches (ua-parser).
 _SLOW_INPUTS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 settings.register_profile(
-    "ci", max_examples=200, deadline=None, database=None, suppress_health_check=_SLOW_INPUTS
+    "ci",
+    max_examples=200,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=_SLOW_INPUTS,
 )
 settings.register_profile(
     "thorough", max_examples=5_000, deadline=None, suppress_health_check=_SLOW_INPUTS

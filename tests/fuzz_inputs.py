@@ -222,7 +222,7 @@ def batch_bodies(times: st.SearchStrategy[str] | None = None) -> st.SearchStrate
     batch of the wrong shape (no envelope, ``events`` not an array, empty or over 1,000 events,
     items that are not objects, another key, ``events`` twice, over 1 MiB), or garbage."""
     events = valid_events(times) | wrong_events(times)
-    items = st.one_of(events, WRONG_VALUES, st.none(), st.integers(), _text(0, 5))
+    items = st.one_of(events, WRONG_VALUES, st.none(), st.integers().map(number), _text(0, 5))
     return st.one_of(
         st.lists(events, min_size=1, max_size=10).map(lambda es: encode({"events": es})),
         st.lists(events, max_size=3).map(encode),  # a bare array
