@@ -24,4 +24,6 @@ log "mypy"; .venv/bin/mypy .
 # headless Chromium for tests/e2e/test_dashboard_browser.py; without it that test fails and says why
 scripts/browser.sh || log "warning: no Chromium: the dashboard browser test will fail"
 scripts/prometheus.sh || log "warning: no Prometheus: the dashboard PromQL test will fail"
-log "pytest"; .venv/bin/python -m pytest -p no:cacheprovider "$@"
+# two processes by default, a test file each at a time (PYTEST_WORKERS=0: one process)
+log "pytest"
+.venv/bin/python -m pytest -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
