@@ -55,7 +55,7 @@ LIVE_COUNTERS = ("events", "page_views", "conversions", "revenue_cents", "purcha
 """The event counters of an open window that need no user: its live figures."""
 
 _NEVER = 2**62
-FOLD_ROWS_AT_LEAST = 256  # rows folded per batch when users wait for it
+FOLD_ROWS_AT_LEAST = 32  # rows folded per batch when users wait for it
 FOLD_ROWS_PER_EVENT = 2  # ... plus this many per event of the batch: more than come in
 
 RECENT_SESSIONS = 10
