@@ -44,6 +44,10 @@ url() { echo "postgresql://analytics@127.0.0.1:$1/analytics"; }
 start() {
   mkdir -p "$DIR"
   [ "$(id -u)" = 0 ] && chown postgres:postgres "$DIR" && chmod 755 "$SCRATCH"
+  # as root the server runs as "postgres", which must be able to enter every folder above it
+  as_owner test -x "$DIR" || die "the postgres user cannot enter $DIR: a folder above it is \
+private (mode 0700, e.g. a mktemp -d folder); set ANALYTICS_SCRATCH to a folder others may \
+enter (the default is under /tmp), or chmod o+x the folders on its path"
   if [ -f "$PORT_FILE" ] && as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
     echo "DATABASE_URL=$(url "$(cat "$PORT_FILE")")"; set_env DATABASE_URL "$(url "$(cat "$PORT_FILE")")"
     return 0
