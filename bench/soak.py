@@ -631,16 +631,6 @@ def run_faults(rig: Rig, traffic_started: float) -> list[FaultRun]:
 # --------------------------------------------------------------------------- checking
 
 
-def _unique(
-    values: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]
-) -> list[dict[str, Any]]:
-    """One copy per key; a re-published record must be identical to the first copy."""
-    first: dict[Any, dict[str, Any]] = {}
-    for value in values:
-        first.setdefault(key(value), value)
-    return list(first.values())
-
-
 def _changed(values: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> list[str]:
     first: dict[Any, dict[str, Any]] = {}
     problems = []
@@ -724,7 +714,9 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
     traffic_users = {e["user_id"] for e in enriched_all}
     expected_keys = {
         (s["user_id"], s["session_id"], s["window_start_ms"])
-        for s in reference.sessions(_unique(enriched_all, lambda e: e["event_id"]), GAP_MS)
+        for s in reference.sessions(
+            contract.one_copy_each(enriched_all, lambda e: e["event_id"]), GAP_MS
+        )
     }
     async with TopicReader(bootstrap, f"{prefix}session-metrics") as sessions_reader:
         await sessions_reader.read_until(
@@ -767,7 +759,7 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
     strangers = [i for i in enriched_ids if i not in by_id or not by_id[i].valid]
     if strangers:
         problems.append(f"{len(strangers)} enriched events never sent valid, e.g. {strangers[:3]}")
-    enriched = _unique(enriched_all, lambda e: e["event_id"])
+    enriched = contract.one_copy_each(enriched_all, lambda e: e["event_id"])
 
     # exact outputs against the batch reference
     for name, key in (
@@ -780,7 +772,7 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
         problems += _changed(values, key)
     finals = {
         parse_ts(k["window_start"]): k
-        for k in _unique(
+        for k in contract.one_copy_each(
             [k for k in topics["live-kpis"] if k["is_final"]], lambda k: k["window_start"]
         )
         if parse_ts(k["window_start"]) <= last_window
@@ -801,17 +793,19 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
             doubled[where] += difference
         else:
             lost[where] -= difference
-    sessions = _unique(
+    sessions = contract.one_copy_each(
         topics["session-metrics"], lambda s: (s["user_id"], s["session_id"], s["window_start"])
     )
     sessions = [s for s in sessions if s["user_id"] in traffic_users]
     problems += contract.compare_sessions(sessions, reference.sessions(enriched, GAP_MS))
-    pages = _unique(topics["page-view-stats"], lambda p: (p["window_start"], p["page"]))
+    pages = contract.one_copy_each(
+        topics["page-view-stats"], lambda p: (p["window_start"], p["page"])
+    )
     problems += contract.compare_pages(
         [p for p in pages if parse_ts(p["window_start"]) <= last_window],
         {k: v for k, v in reference.page_stats(enriched, WINDOW_MS).items() if k[0] <= last_window},
     )
-    dims = _unique(
+    dims = contract.one_copy_each(
         topics["traffic-stats"], lambda d: (d["window_start"], d["dimension"], d["value"])
     )
     problems += contract.compare_dimensions(

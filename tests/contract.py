@@ -6,7 +6,7 @@ and cents must match exactly; ratios to 1e-6 (money ratios to the displayed cent
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from analytics.timeutil import format_ts, parse_ts
@@ -80,6 +80,18 @@ SESSION_FIELDS = (
     "actions",
     "pages",
 )
+
+
+def one_copy_each(
+    values: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Any]
+) -> list[dict[str, Any]]:
+    """One copy per key. A re-delivered batch may publish a record again (an overwrite by
+    key); every copy must then be identical, or a consumer would see the figure change."""
+    first: dict[Any, dict[str, Any]] = {}
+    for value in values:
+        known = first.setdefault(key(value), value)
+        assert known == value, f"two different records for {key(value)}: {known} != {value}"
+    return list(first.values())
 
 
 def session_keys(records: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, int]]:

@@ -10,7 +10,6 @@ topic holds (deduplicated), so SPEC sections 3-5 are checked independently of se
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -66,18 +65,6 @@ def _messages() -> tuple[list[tuple[bytes | None, bytes]], int]:
 
 def _values(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(record.value) for record in records]
-
-
-def _unique(
-    values: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]
-) -> list[dict[str, Any]]:
-    """One copy per key. A re-delivered batch may publish a record again (an overwrite by
-    key); every copy must then be identical, or a consumer would see the figure change."""
-    first: dict[Any, dict[str, Any]] = {}
-    for value in values:
-        known = first.setdefault(key(value), value)
-        assert known == value, f"two different records for {key(value)}: {known} != {value}"
-    return list(first.values())
 
 
 def _assert_none(problems: list[str]) -> None:
@@ -145,7 +132,9 @@ async def test_final_figures_equal_the_batch_definition(
     # every traffic event is processed once the last window is final; every traffic session
     # ends long before the closing events, so each is written one batch later at the latest
     async with TopicReader(bootstrap, f"{topic_prefix}user-behavior-enriched") as reader:
-        processed = _unique(_values(await reader.read_to_end()), lambda e: e["event_id"])
+        processed = contract.one_copy_each(
+            _values(await reader.read_to_end()), lambda e: e["event_id"]
+        )
     expected_keys = {
         (s["user_id"], s["session_id"], s["window_start_ms"])
         for s in reference.sessions(processed, GAP_MS)
@@ -169,7 +158,7 @@ async def test_final_figures_equal_the_batch_definition(
         async with TopicReader(bootstrap, f"{topic_prefix}{name}") as reader:
             contents[name] = _values(await reader.read_to_end())
 
-    enriched = _unique(contents["user-behavior-enriched"], lambda e: e["event_id"])
+    enriched = contract.one_copy_each(contents["user-behavior-enriched"], lambda e: e["event_id"])
     missing = {e["event_id"] for e in valid} - {e["event_id"] for e in enriched}
     assert not missing, f"{len(missing)} valid events never enriched, e.g. {sorted(missing)[:3]}"
     if not scenario.endswith("-and-restarted"):
@@ -179,7 +168,7 @@ async def test_final_figures_equal_the_batch_definition(
         rejected = {(d["partition"], d["offset"]) for d in contents["user-events-dlq"]}
         assert len(rejected) == invalid_count
 
-    final_records = _unique(
+    final_records = contract.one_copy_each(
         [k for k in contents["live-kpis"] if k["is_final"]], lambda k: k["window_start"]
     )
     assert all(k["late_events_total"] == 0 for k in final_records)
@@ -195,7 +184,7 @@ async def test_final_figures_equal_the_batch_definition(
     }
     _assert_none(contract.compare_kpis(finals, expected))
 
-    sessions = _unique(
+    sessions = contract.one_copy_each(
         contents["session-metrics"], lambda s: (s["user_id"], s["session_id"], s["window_start"])
     )
     expected_sessions = [
@@ -203,14 +192,16 @@ async def test_final_figures_equal_the_batch_definition(
     ]
     _assert_none(contract.compare_sessions(sessions, expected_sessions))
 
-    pages = _unique(contents["page-view-stats"], lambda p: (p["window_start"], p["page"]))
+    pages = contract.one_copy_each(
+        contents["page-view-stats"], lambda p: (p["window_start"], p["page"])
+    )
     expected_pages = {
         k: v for k, v in reference.page_stats(enriched, WINDOW_MS).items() if k[0] <= last_window
     }
     published_pages = [p for p in pages if parse_ts(p["window_start"]) <= last_window]
     _assert_none(contract.compare_pages(published_pages, expected_pages))
 
-    dims = _unique(
+    dims = contract.one_copy_each(
         contents["traffic-stats"], lambda d: (d["window_start"], d["dimension"], d["value"])
     )
     expected_dims = {
