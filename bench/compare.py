@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +87,27 @@ def delete_topics(bootstrap: str, markers: list[str]) -> None:
             future.result(60)
         except Exception as exc:  # a topic already gone: nothing to clean
             print(f"topic not deleted: {exc}", file=sys.stderr)
+
+
+def bench_services(bootstrap: str | None = None) -> Services:
+    """The broker of ``bootstrap`` or ``KAFKA_BOOTSTRAP`` (and ``DATABASE_URL``), or else the
+    project's own, started by scripts/services.sh."""
+    bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
+    if bootstrap:
+        return Services(bootstrap, os.environ.get("DATABASE_URL", ""))
+    return services_from_script("start")
+
+
+@contextmanager
+def bench_topics(services: Services) -> Iterator[tuple[str, str]]:
+    """A new topic prefix and consumer group with its ``user-events`` topic; every topic that
+    names either is deleted afterwards (``delete_topics``)."""
+    prefix, group = new_topic_prefix(), new_group_id()
+    create_topic(services.kafka_bootstrap, f"{prefix}user-events")
+    try:
+        yield prefix, group
+    finally:
+        delete_topics(services.kafka_bootstrap, [prefix, group])
 
 
 def fill(bootstrap: str, topic: str, workload: Workload) -> float:
@@ -286,13 +309,8 @@ def compare(
     profile: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> list[Run]:
-    prefix, group = new_topic_prefix(), new_group_id()
-    topic = f"{prefix}user-events"
-    create_topic(services.kafka_bootstrap, topic)
-    try:
+    with bench_topics(services) as (prefix, group):
         return run_all(services, workload, workers, only, prefix, group, profile, env)
-    finally:
-        delete_topics(services.kafka_bootstrap, [prefix, group])
 
 
 def run_all(
@@ -381,12 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.worker_env)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    services = (
-        Services(bootstrap, os.environ.get("DATABASE_URL", ""))
-        if bootstrap
-        else services_from_script("start")
-    )
+    services = bench_services()
     only = set(args.only.split(","))
     for length in (int(x) for x in args.session_events.split(",")):
         workload = Workload(

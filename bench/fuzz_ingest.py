@@ -34,16 +34,13 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from app.topics import TopicNames
-from bench.compare import PARTITIONS, create_topic, delete_topics
+from bench.compare import PARTITIONS, bench_services, bench_topics
 from tests.fuzz_http import BATCH, SINGLE, Findings, HttpCase, Target, TopicCase, fuzz_round
 from tests.fuzz_inputs import BATCH_BODIES, DELIVERIES, RAW_INPUTS
 from tests.worker_process import (
     Services,
     Worker,
     WorkerPool,
-    new_group_id,
-    new_topic_prefix,
-    services_from_script,
 )
 
 CASES: st.SearchStrategy[HttpCase | TopicCase] = st.one_of(
@@ -167,17 +164,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="HTTP requests at once")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"))
     args = parser.parse_args()
-    services = (
-        Services(args.bootstrap, os.environ.get("DATABASE_URL", ""))
-        if args.bootstrap
-        else services_from_script("start")
-    )
-    prefix, group = new_topic_prefix(), new_group_id()
-    create_topic(services.kafka_bootstrap, f"{prefix}user-events")
-    try:
+    services = bench_services(args.bootstrap)
+    with bench_topics(services) as (prefix, group):
         return run(args, services, prefix, group)
-    finally:
-        delete_topics(services.kafka_bootstrap, [prefix, group])
 
 
 if __name__ == "__main__":

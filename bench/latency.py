@@ -31,14 +31,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from analytics.timeutil import format_ts, parse_ts
 from app.settings import parse_duration
-from bench.compare import PARTITIONS, create_topic, delete_topics
+from bench.compare import PARTITIONS, bench_services, bench_topics
 from bench.workload import USER_AGENTS
 from tests.worker_process import (
     Services,
     WorkerPool,
-    new_group_id,
-    new_topic_prefix,
-    services_from_script,
 )
 
 GRACE_MS = 10_000
@@ -124,18 +121,9 @@ def main() -> int:
         help="an environment setting for the worker, e.g. ANALYTICS__ENGINE__ROUND_INTERVAL=20ms",
     )
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    services = (
-        Services(bootstrap, os.environ.get("DATABASE_URL", ""))
-        if bootstrap
-        else services_from_script("start")
-    )
-    prefix, group = new_topic_prefix(), new_group_id()
-    create_topic(services.kafka_bootstrap, f"{prefix}user-events")
-    try:
+    services = bench_services()
+    with bench_topics(services) as (prefix, group):
         return measure(args, services, prefix, group)
-    finally:
-        delete_topics(services.kafka_bootstrap, [prefix, group])
 
 
 def measure(args: argparse.Namespace, services: Services, prefix: str, group: str) -> int:

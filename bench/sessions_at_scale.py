@@ -16,7 +16,6 @@ KAFKA_BOOTSTRAP is used when set, else ``scripts/services.sh start``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -27,15 +26,13 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.compare import PARTITIONS, create_topic, delete_topics
+from bench.compare import PARTITIONS, bench_services, create_topic, delete_topics
 from generator.traffic import format_ts
 from tests.worker_process import (
-    Services,
     Worker,
     WorkerPool,
     new_group_id,
     new_topic_prefix,
-    services_from_script,
 )
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -118,12 +115,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.worker_env)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    services = (
-        Services(bootstrap, os.environ.get("DATABASE_URL", ""))
-        if bootstrap
-        else services_from_script("start")
-    )
+    services = bench_services()
     prefix = new_topic_prefix()
     source, enriched = f"{prefix}user-events", f"{prefix}user-behavior-enriched"
     create_topic(services.kafka_bootstrap, source)
