@@ -43,7 +43,7 @@ from typing import Any
 from confluent_kafka import Message
 from mode import Service
 
-from agents.kafka_io import Delivery, InputReader, Outbox
+from agents.kafka_io import SETTLE_WARN_S, Delivery, InputReader, Outbox
 from agents.partition_task import (
     TICK_HEADER,
     InFlight,
@@ -80,8 +80,7 @@ STOP_TIMEOUT_S = 30.0
 ROUND_RETRY_S = 1.0
 ACK_POLL_S = 0.005  # how long to wait for acknowledgements when rounds are in flight
 MAX_ROUNDS_IN_FLIGHT = 8  # per partition: then wait for the broker before reading on
-MEMTABLE_FLUSH_S = 30.0  # persist RocksDB's memtables this often (no write-ahead log)
-SETTLE_WARN_S = 10.0
+MEMTABLE_FLUSH_S = 30.0  # persist RocksDB's memtables this often (bounds what a restart replays)
 
 _settings = app.analytics_settings
 _engine = _settings.engine
@@ -244,7 +243,6 @@ class BehaviorTracker(Service):
     def _warn_if_unacknowledged(self) -> None:
         """Say once when the oldest round has waited for the broker past SETTLE_WARN_S, and
         once when it is acknowledged: a partition that waits is otherwise silent."""
-        waiting = [t.partition for t in self.tasks.values() if t.in_flight]
         oldest = min(t.in_flight[0].sent_at for t in self.tasks.values() if t.in_flight)
         waited_s = time.monotonic() - oldest
         if waited_s > SETTLE_WARN_S and self._unacknowledged_since is None:
@@ -252,7 +250,7 @@ class BehaviorTracker(Service):
             log.warning(
                 "the broker has not acknowledged the records of partitions %s for %.0f s: "
                 "waiting (a round is written only once acknowledged)",
-                waiting,
+                [t.partition for t in self.tasks.values() if t.in_flight],
                 waited_s,
             )
         elif waited_s <= SETTLE_WARN_S and self._unacknowledged_since is not None:
