@@ -77,6 +77,7 @@ from sinks.schema import TABLES
 from tests import contract
 from tests.kafka_helpers import SENTINEL_PREFIX, TopicReader, sentinel_user_ids
 from tests.own_kafka import OwnBroker, own_broker
+from tests.polling import poll
 from tests.reference import batch as reference
 from tests.scratch_postgres import ScratchPostgres, scratch_postgres
 from tests.sink_tables import SINK_TOPICS, differences, latest_rows, table_rows
@@ -475,15 +476,9 @@ class FaultRun:
 
 
 def wait_for(what: str, check: Callable[[], int | None], timeout: float) -> int:
-    """Poll ``check`` until it returns a time (ms); RuntimeError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not after {timeout:.0f} s")
-        time.sleep(0.2)  # polling interval, bounded by the deadline
+    """Poll ``check`` until it returns a time (ms); AssertionError at the deadline."""
+    moment: int = poll(check, lambda result: result is not None, timeout, what, interval=0.2)
+    return moment
 
 
 @dataclass
@@ -527,8 +522,8 @@ class Rig:
                 lambda: progress.resumed_at(after_ms),
                 RECOVERY_TIMEOUT_S,
             )
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}; {self.stalled(after_ms)}") from None
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {self.stalled(after_ms)}") from None
 
     def stalled(self, after_ms: int) -> str:
         """Which partitions have processed nothing created after ``after_ms``, who owns
