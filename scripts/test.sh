@@ -15,8 +15,9 @@ if ! scripts/kafka.sh status >/dev/null 2>&1 || ! scripts/postgres.sh status >/d
   export ANALYTICS_SCRATCH="$SCRATCH-tests"
   scripts/services.sh reset 2>/dev/null
 fi
-scripts/services.sh start >/dev/null
+# the trap first: a PostgreSQL that fails to start must not leave the Kafka started before it
 [ "$started_here" = 1 ] && trap 'scripts/services.sh stop' EXIT
+scripts/services.sh start >/dev/null
 eval "$(scripts/services.sh env)"
 log "Kafka at $KAFKA_BOOTSTRAP, PostgreSQL at $DATABASE_URL"
 log "ruff"; .venv/bin/ruff format --check . && .venv/bin/ruff check .
