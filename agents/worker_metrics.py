@@ -22,6 +22,6 @@ async def update_worker_gauges() -> None:
     metrics.keep_partitions(owned_partitions())
     for name, table in app.tables.items():
         try:
-            metrics.table_keys(name, table_keys(table))
+            metrics.table_keys(name, await table_keys(table))
         except Exception as exc:  # a partition closing under a rebalance: next time
             log.debug("table %s: size not read: %s", name, exc)

@@ -89,6 +89,24 @@ def delete_topics(bootstrap: str, markers: list[str]) -> None:
             print(f"topic not deleted: {exc}", file=sys.stderr)
 
 
+CROWDED_TOPICS = 100
+
+
+def warn_if_crowded(bootstrap: str) -> None:
+    """Say when the broker holds many topics (left by interrupted test runs): aiokafka decodes
+    the whole cluster's metadata on the worker's event loop, which on a broker with 1,200
+    topics / 6,700 partitions held it up to 400 ms at a time and made latency figures
+    meaningless. ``scripts/services.sh reset`` gives a clean broker."""
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
+    partitions = sum(len(topic.partitions) for topic in metadata.topics.values())
+    if len(metadata.topics) > CROWDED_TOPICS:
+        print(
+            f"warning: the broker holds {len(metadata.topics):,} topics ({partitions:,} "
+            "partitions); figures will be slower than on a clean broker",
+            file=sys.stderr,
+        )
+
+
 def bench_services(bootstrap: str | None = None) -> Services:
     """The broker of ``bootstrap`` or ``KAFKA_BOOTSTRAP`` (and ``DATABASE_URL``), or else the
     project's own, started by scripts/services.sh."""
@@ -103,6 +121,7 @@ def bench_topics(services: Services) -> Iterator[tuple[str, str]]:
     """A new topic prefix and consumer group with its ``user-events`` topic; every topic that
     names either is deleted afterwards (``delete_topics``)."""
     prefix, group = new_topic_prefix(), new_group_id()
+    warn_if_crowded(services.kafka_bootstrap)
     create_topic(services.kafka_bootstrap, f"{prefix}user-events")
     try:
         yield prefix, group

@@ -358,7 +358,7 @@ class _Table:
         self.data = store
 
 
-def test_table_keys_exact_for_small_partitions_estimated_for_large(
+async def test_table_keys_exact_for_small_partitions_estimated_for_large(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dbs = []
@@ -370,15 +370,15 @@ def test_table_keys_exact_for_small_partitions_estimated_for_large(
         db[_Store.offset_key] = b"42"
         dbs.append(db)
     table = _Table(_Store(dbs))
-    assert sizes.table_keys(table) == 5
+    assert await sizes.table_keys(table) == 5
     monkeypatch.setattr(sizes, "EXACT_UP_TO", 0)
-    assert sizes.table_keys(table) > 5  # the estimate, rewrites and offset key included
+    assert await sizes.table_keys(table) > 5  # the estimate, rewrites and offset key included
     for db in dbs:
         db.close()
 
 
-def test_table_keys_of_an_in_memory_store() -> None:
-    assert sizes.table_keys(_Table({b"a": b"1", b"b": b"2"})) == 2
+async def test_table_keys_of_an_in_memory_store() -> None:
+    assert await sizes.table_keys(_Table({b"a": b"1", b"b": b"2"})) == 2
 
 
 def test_batch_histogram_exposes_what_a_histogram_would() -> None:
