@@ -168,6 +168,18 @@ TREND_METRICS: tuple[str, ...] = (
     "revenue_per_user",
 )
 
+#: The SPEC section 7 example funnel, in the config form :func:`funnel_stats` reads.
+SPEC_EXAMPLE_FUNNEL: Mapping[str, Any] = {
+    "name": "checkout",
+    "window_ms": DEFAULT_FUNNEL_WINDOW_MS,
+    "stages": [
+        {"action": "page_view", "page_prefix": "/products"},
+        {"action": "add_to_cart", "page_prefix": None},
+        {"action": "checkout", "page_prefix": None},
+        {"action": "purchase", "page_prefix": None},
+    ],
+}
+
 #: The dimensions of SPEC section 5.
 DIMENSIONS: tuple[str, ...] = ("device", "country", "browser")
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from .batch import (
+    SPEC_EXAMPLE_FUNNEL,
     TREND_METRICS,
     best_attempts,
     cohorts,
@@ -720,17 +721,6 @@ def test_days_are_utc_and_end_exclusive() -> None:
 # Section 7: funnels
 # --------------------------------------------------------------------------------------------
 
-CHECKOUT: dict[str, Any] = {
-    "name": "checkout",
-    "window_ms": DAY,
-    "stages": [
-        {"action": "page_view", "page_prefix": "/products"},
-        {"action": "add_to_cart", "page_prefix": None},
-        {"action": "checkout", "page_prefix": None},
-        {"action": "purchase", "page_prefix": None},
-    ],
-}
-
 
 def two_stage(first: str, second: str, window_ms: int = DAY) -> dict[str, Any]:
     return {
@@ -756,7 +746,7 @@ def test_funnel_full_example() -> None:
         ev("d1", 0, user="u4", action="add_to_cart"),  # stage 2 without stage 1
         ev("e1", 0, user="u5", action="page_view", page="/product"),  # prefix not matched
     ]
-    rows = funnel_stats(events, [CHECKOUT])
+    rows = funnel_stats(events, [SPEC_EXAMPLE_FUNNEL])
     assert list(rows) == [("checkout", "2024-01-15")]
     row = rows[("checkout", "2024-01-15")]
     assert row["funnel"] == "checkout" and row["day"] == "2024-01-15"
