@@ -652,6 +652,25 @@ def test_profile_from_args() -> None:
         _args("--realtime", "--start", "2024-01-15T10:00:00Z")
 
 
+def test_profile_from_args_analytics_shapes() -> None:
+    p = cli.profile_from_args(_args("--start", "2024-01-15T00:00:00Z", "--days", "3"))
+    assert p.span_ms == 3 * DAY
+    assert (p.checkout_action, p.experiment) == (False, "")  # off unless asked for
+    p = cli.profile_from_args(
+        _args("--checkout-action", "--experiment", "hero", "--variants", "control, a,b")
+    )
+    assert p.checkout_action and p.experiment == "hero"
+    assert p.variants == ("control", "a", "b")
+    with pytest.raises(ValueError, match="--days needs --start"):
+        cli.profile_from_args(_args("--days", "3"))
+    with pytest.raises(ValueError, match="--days must be >= 1"):
+        cli.profile_from_args(_args("--start", "2024-01-15T00:00:00Z", "--days", "0"))
+    with pytest.raises(ValueError, match="variants"):
+        cli.profile_from_args(_args("--experiment", "hero", "--variants", "control"))
+    with pytest.raises(SystemExit):
+        _args("--span", "60", "--days", "2")
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
