@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from tqdm import tqdm
 
-from generator.traffic import Event, Kind, TrafficProfile, format_ts, generate_labelled
+from generator.traffic import DAY_MS, Event, Kind, TrafficProfile, format_ts, generate_labelled
 
 __all__ = [
     "DeliveryError",
@@ -384,15 +384,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="event time = wall-clock time of sending (the default)",
     )
     when.add_argument("--start", help="replay: event time of the first event (ISO 8601)")
-    p.add_argument(
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
         "--span",
         type=float,
         help="seconds of event time the traffic covers (default: events/rate, else 3600)",
+    )
+    length.add_argument(
+        "--days",
+        type=int,
+        help="days of event time the traffic covers, for cohorts (needs --start)",
     )
     p.add_argument("--disorder-ms", type=int, default=0, help="max out-of-order lag in ms")
     p.add_argument("--duplicates", type=float, default=0.0, help="share re-sent (0..1)")
     p.add_argument("--invalid", type=float, default=0.0, help="share of extra invalid (0..1)")
     p.add_argument("--no-event-ids", action="store_true", help="let the server assign event ids")
+    p.add_argument(
+        "--checkout-action",
+        action="store_true",
+        help="a checkout event after the /checkout page view (a funnel stage of its own)",
+    )
+    p.add_argument(
+        "--experiment",
+        default="",
+        help="name of an A/B test exposed on product and checkout page views (default: none)",
+    )
+    p.add_argument(
+        "--variants",
+        default="control,green",
+        help="the experiment's variants, comma-separated, control first (default control,green)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -419,7 +440,13 @@ def profile_from_args(args: argparse.Namespace, now_ms: int | None = None) -> Tr
         events = max(1, round(args.rate * args.duration / extra))
     else:
         events = 10_000 if args.events is None else args.events
-    if args.span is not None:
+    if args.days is not None:
+        if not args.start:
+            raise ValueError("--days needs --start (realtime event time is the wall clock)")
+        if args.days < 1:
+            raise ValueError("--days must be >= 1")
+        span_ms = args.days * DAY_MS
+    elif args.span is not None:
         span_ms = round(args.span * 1000)
     elif args.rate > 0:
         span_ms = round(events * extra / args.rate * 1000)
@@ -436,6 +463,9 @@ def profile_from_args(args: argparse.Namespace, now_ms: int | None = None) -> Tr
         duplicate_rate=args.duplicates,
         invalid_rate=args.invalid,
         explicit_event_ids=not args.no_event_ids,
+        checkout_action=args.checkout_action,
+        experiment=args.experiment,
+        variants=tuple(name.strip() for name in args.variants.split(",")),
     )
 
 

@@ -7,6 +7,12 @@ Why it looks the way it does:
 - Users have stable attributes (device, country, user agent, IP) and browse in sessions
   that walk a shop funnel (home -> products -> add_to_cart -> checkout -> purchase) with
   drop-off at every step, so every KPI, session and page figure has something to show.
+- SPEC 7-9 shapes are opt-in profile fields, off by default so that existing seeds keep
+  producing the very same streams: ``checkout_action`` adds a ``checkout`` event to the
+  funnel, ``experiment`` puts exposures (``metadata.experiment`` / ``metadata.variant``) on
+  product and checkout page views, with a few users who see two variants. A ``span_ms`` of
+  several days (``DAY_MS``) gives cohorts: users keep coming back on later days and a
+  quarter of them first appear after the start.
 - Users are simulated in *virtual* time (realistic gaps in ms), merged with a heap into one
   time-ordered stream, then mapped onto ``[start_ms, start_ms + span_ms)`` by a monotone,
   piecewise-linear map fitted with a bounded look-ahead (``_timed``), so the last event lands
@@ -38,6 +44,7 @@ import orjson
 
 __all__ = [
     "BREAKAGES",
+    "DAY_MS",
     "Event",
     "Kind",
     "TrafficProfile",
@@ -50,6 +57,7 @@ Event = dict[str, Any]
 Kind = Literal["valid", "duplicate", "invalid"]
 
 _MINUTE_MS = 60_000
+DAY_MS = 86_400_000
 # Averages of the visit model below, measured over 20,000 visits; they only steer the idle
 # time between visits, the exact fit onto the span comes from the time map (_timed).
 _MEAN_SESSION_EVENTS = 3.8
@@ -61,6 +69,7 @@ _PAUSE_MAX_MS = 120.0 * _MINUTE_MS
 _LATE_USER_SHARE = 0.25  # users whose first visit falls anywhere in the span (new users)
 _LOOKAHEAD = 2_048  # simulated steps held back to fit the time map (see _timed)
 _CHUNK = 512  # steps mapped per segment of the time map
+_VARIANT_LIFT = 0.10  # more buying at checkout for every variant but the first (control)
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,19 @@ class TrafficProfile:
     ``events`` counts the distinct valid events. Duplicates (``duplicate_rate * events``)
     and invalid events (``invalid_rate * events``) come on top, both rounded to the nearest
     integer; ``total_emitted`` is the sum.
+
+    Off by default (the streams of existing seeds stay as they were):
+
+    - ``checkout_action``: right after the ``/checkout`` page view, a ``checkout`` event
+      (page ``/checkout``, metadata ``cart_value`` and ``currency``), so the funnel
+      ``page_view:/products -> add_to_cart -> checkout -> purchase`` has a stage per step.
+    - ``experiment``: a non-empty name turns on an A/B test. Each human user is assigned one
+      of ``variants`` (uniformly); every page view of ``/products...`` or ``/checkout`` is an
+      exposure, with metadata ``{"experiment": experiment, "variant": ...}``. Users drawn
+      with probability ``variant_conflict_rate`` see their variant and the next one of
+      ``variants`` on alternate visits (SPEC 9 conflicts). Every variant but the first buys
+      at checkout a little more often, so the experiment has an effect to find. Crawlers
+      are never exposed.
     """
 
     seed: int = 42
@@ -81,6 +103,10 @@ class TrafficProfile:
     duplicate_rate: float = 0.0
     invalid_rate: float = 0.0
     explicit_event_ids: bool = True
+    checkout_action: bool = False
+    experiment: str = ""
+    variants: tuple[str, ...] = ("control", "green")
+    variant_conflict_rate: float = 0.03
 
     def __post_init__(self) -> None:
         if self.users < 1:
@@ -91,10 +117,13 @@ class TrafficProfile:
             raise ValueError(f"events must be >= 0, got {self.events}")
         if self.disorder_ms < 0:
             raise ValueError(f"disorder_ms must be >= 0, got {self.disorder_ms}")
-        for name in ("duplicate_rate", "invalid_rate"):
+        for name in ("duplicate_rate", "invalid_rate", "variant_conflict_rate"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {rate}")
+        names = self.variants
+        if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"variants must be >= 2 distinct non-empty names, got {names!r}")
 
     @property
     def duplicates(self) -> int:
@@ -258,7 +287,18 @@ _AFTER_ACTION = _lognormal_table(4_000, 0.9, 200, 300_000)  # after a click, sea
 class _User:
     """A visitor: stable attributes plus the script of its current visit."""
 
-    __slots__ = ("bot", "fields", "head", "idle_mean", "index", "pos", "script", "signed_up")
+    __slots__ = (
+        "bot",
+        "fields",
+        "head",
+        "idle_mean",
+        "index",
+        "other",
+        "pos",
+        "script",
+        "shown",
+        "signed_up",
+    )
 
     def __init__(self, index: int, bot: bool, fields: Event) -> None:
         self.index = index
@@ -269,6 +309,8 @@ class _User:
         self.script: list[tuple[Event, float]] = []  # (step fields, virtual ms to the next)
         self.pos = 0
         self.signed_up = False
+        self.shown = -1  # index of the variant shown this visit; -1: no experiment
+        self.other = -1  # conflicting users: the variant shown on alternate visits
 
 
 def _make_user(rng: random.Random, index: int) -> _User:
@@ -309,12 +351,19 @@ def _catalog(rng: random.Random) -> list[tuple[str, str, int]]:
     return products
 
 
-def _human_visit(rng: random.Random, user: _User, catalog: list[tuple[str, str, int]]) -> None:
+def _human_visit(
+    rng: random.Random,
+    user: _User,
+    catalog: list[tuple[str, str, int]],
+    profile: TrafficProfile,
+) -> None:
     """A shopper's visit: a walk through the funnel with drop-off at every step.
 
     Stages: 0 landing/content, 1 browsing products, 2 has a cart, 3 at checkout. Each step's
     following gap is drawn here too, so a visit's timing is fixed once its script exists.
     Hot code: draws are ``table[int(random() * size)]`` rather than ``rng.choice``.
+    With an experiment, product and checkout page views are exposures to the variant the
+    user is shown this visit (``user.shown``).
     """
     rand = rng.random
     size = _TABLE_SIZE
@@ -329,9 +378,15 @@ def _human_visit(rng: random.Random, user: _User, catalog: list[tuple[str, str, 
             return _PAUSE_MIN_MS + r / _PAUSE_SHARE * (_PAUSE_MAX_MS - _PAUSE_MIN_MS)
         return base + table[int((r - _PAUSE_SHARE) / (1.0 - _PAUSE_SHARE) * size)]
 
+    experiment = profile.experiment
+    variant = profile.variants[user.shown] if user.shown >= 0 else ""
+    lift = _VARIANT_LIFT if user.shown > 0 else 0.0
+
     def view(page: str) -> None:
         dwell = _DWELL[int(rand() * size)]
-        step = {"action": "page_view", "page": page, "duration": dwell}
+        step: Event = {"action": "page_view", "page": page, "duration": dwell}
+        if variant and (page.startswith("/products") or page == "/checkout"):
+            step["metadata"] = {"experiment": experiment, "variant": variant}
         append((step, gap(dwell, _AFTER_PAGE)))
 
     def act(action: str, page: str, metadata: Event) -> None:
@@ -403,6 +458,10 @@ def _human_visit(rng: random.Random, user: _User, catalog: list[tuple[str, str, 
         elif stage == 2:
             if r < 0.45:
                 view("/checkout")
+                if profile.checkout_action:
+                    act(
+                        "checkout", "/checkout", {"cart_value": cart_cents / 100, "currency": "USD"}
+                    )
                 stage = 3
             elif r < 0.62:
                 current = view_product()
@@ -412,7 +471,7 @@ def _human_visit(rng: random.Random, user: _User, catalog: list[tuple[str, str, 
             else:
                 break
         else:  # stage 3, checkout
-            if r < 0.55:
+            if r < 0.55 + lift:
                 act("purchase", "/checkout", {"amount": cart_cents / 100, "currency": "USD"})
                 cart_cents = 0
                 if rand() < 0.5:
@@ -420,7 +479,7 @@ def _human_visit(rng: random.Random, user: _User, catalog: list[tuple[str, str, 
                 if rand() < 0.6:
                     break
                 stage = 0
-            elif r < 0.63:
+            elif r < 0.63 + lift:
                 act("click", "/checkout", {"element": "edit-cart"})
             else:
                 break
@@ -437,13 +496,17 @@ def _bot_visit(rng: random.Random, user: _User, catalog: list[tuple[str, str, in
     user.script = steps
 
 
-def _new_visit(rng: random.Random, user: _User, catalog: list[tuple[str, str, int]]) -> None:
+def _new_visit(
+    rng: random.Random, user: _User, catalog: list[tuple[str, str, int]], profile: TrafficProfile
+) -> None:
     """Start the user's next visit: script, session id (sometimes none), idle time after."""
     head: Event = {"user_id": user.head["user_id"]}
     if user.bot:
         _bot_visit(rng, user, catalog)  # crawlers keep no cookies: no session_id
     else:
-        _human_visit(rng, user, catalog)
+        if user.other >= 0:  # a conflicting user: the two variants take turns by visit
+            user.shown, user.other = user.other, user.shown
+        _human_visit(rng, user, catalog, profile)
         r = rng.random()
         if r < 0.08:
             pass  # no session_id: SPEC then cuts sessions by the inactivity gap alone
@@ -458,6 +521,24 @@ def _new_visit(rng: random.Random, user: _User, catalog: list[tuple[str, str, in
     user.script[-1] = (last, idle)
 
 
+def _assign_variants(profile: TrafficProfile, users: list[_User]) -> None:
+    """Each human user's variant, and who of them also sees the next variant (conflicts).
+
+    Drawn from a generator of their own, so turning an experiment on changes the main
+    simulation only through the exposures' effect on buying.
+    """
+    rng = random.Random(f"{profile.seed}/experiment")
+    count = len(profile.variants)
+    for user in users:
+        variant = rng.randrange(count)
+        conflicted = rng.random() < profile.variant_conflict_rate
+        if user.bot:
+            continue
+        user.shown = variant
+        if conflicted:
+            user.other = (variant + 1) % count
+
+
 def _simulate(profile: TrafficProfile) -> Iterator[tuple[float, Event, Event, Event]]:
     """Endless time-ordered (virtual ms, head, step, fields) stream; same profile, same stream.
 
@@ -467,6 +548,8 @@ def _simulate(profile: TrafficProfile) -> Iterator[tuple[float, Event, Event, Ev
     rng = random.Random(profile.seed)
     catalog = _catalog(rng)
     users = [_make_user(rng, i) for i in range(profile.users)]
+    if profile.experiment:
+        _assign_variants(profile, users)
     span = float(profile.span_ms)
 
     # Calibrate each user's idle time between visits so that all users together produce
@@ -490,7 +573,7 @@ def _simulate(profile: TrafficProfile) -> Iterator[tuple[float, Event, Event, Ev
         cycle = _MEAN_SESSION_EVENTS / (rate * w / effective)
         u.idle_mean = max(_MIN_IDLE_MS, cycle - busy)
         start = first if first >= 0.0 else rng.uniform(0.0, min(u.idle_mean, span))
-        _new_visit(rng, u, catalog)
+        _new_visit(rng, u, catalog, profile)
         heap.append((start, u.index))
     heapq.heapify(heap)
 
@@ -502,7 +585,7 @@ def _simulate(profile: TrafficProfile) -> Iterator[tuple[float, Event, Event, Ev
         u.pos += 1
         yield v, u.head, step, u.fields
         if u.pos == len(u.script):
-            _new_visit(rng, u, catalog)
+            _new_visit(rng, u, catalog, profile)
         replace(heap, (v + gap, i))
 
 

@@ -1,4 +1,4 @@
-"""Batch reference for SPEC sections 3-6, written from the SPEC text only.
+"""Batch reference for SPEC sections 3-9, written from the SPEC text only.
 
 Every function takes a list of ENRICHED events (SPEC section 2) as plain dicts, already
 deduplicated (see :func:`dedupe`), and returns plain dicts. Nothing here imports the project's
@@ -19,6 +19,7 @@ revenue_cents   int, the money figure used everywhere; when missing it is derive
                 ``revenue`` (half-up to the cent); when both are present they must agree
 is_conversion   bool, required
 device, country, browser   str or ``None``
+metadata        object (dict); missing / ``None`` mean ``{}``; read by section 9 only
 ==============  ==========================================================================
 
 Rules this module had to pin down where the SPEC text leaves room (each one is what a careful
@@ -61,6 +62,70 @@ reading of the SPEC implies; they are repeated in the function docstrings):
 13. Dimension values: ``None`` / ``""`` / missing become ``"unknown"``; other values are used
     as given (enriched country is already upper-case).
 14. Lateness (:func:`drop_late`): see its docstring.
+15. Days (sections 7, 8). The UTC day of ts is ``floor(ts / 86_400_000)`` (:func:`day_index`),
+    shown as ISO date text (``"2024-01-15"``); day D holds ``D * 86_400_000 <= ts <
+    (D + 1) * 86_400_000``, so "the end of day D" is exclusive and an event at 00:00:00.000
+    belongs to the new day.
+16. Funnel config. A plain dict ``{"name": str, "window_ms": int (default 86_400_000),
+    "stages": [{"action": str, "page_prefix": str | None}, ...]}`` with 2 to 10 stages and
+    unique names. A stage matches an event when the action is equal (case-sensitive) and the
+    page starts with ``page_prefix``; ``None`` and ``""`` both mean "any page, also none".
+    (The SPEC's YAML spelling ``action:prefix`` is ambiguous, as actions may contain ``:``;
+    this module takes action and prefix apart, as the product's parsed config would.)
+17. Funnel attempts. A user's events in (ts, event_id) order. EVERY event matching stage 1
+    starts an attempt (also one that fills a later stage of another attempt, and also while
+    another attempt is running). Stage k is filled by the first event strictly after the
+    event that filled stage k - 1, in that order, that matches stage k and has
+    ``tk <= t1 + window_ms`` (the edge is inside). Hence one event fills at most one stage of
+    an attempt (an event matching stages 1 and 2 fills stage 1 of its attempt only), and of
+    two events at the same ts the one with the smaller event_id comes first. Taking the first
+    match is greedy; it is also what reaches the most stages.
+18. Best attempt per (funnel, user, UTC day of t1): the most stages reached; ties go to the
+    attempt whose stage-1 event comes first in (ts, event_id) order (the SPEC's "earliest
+    t1", with equal t1 decided by event_id).
+19. Funnel rows. One row per funnel and day with at least one attempt; a day without a
+    stage-1 event has no row (as a KPI window without events has none). An attempt whose t1
+    is on day D counts on day D even when its later stages fall on D + 1. ``reached(k)`` =
+    best attempts reaching stage k (so ``reached(1)`` = users with an attempt that day).
+    Stage k's ``drop_off_percent`` and ``median_seconds`` are the figures from k to k + 1;
+    for the LAST stage both are ``None`` (there is no next stage). ``drop_off_percent`` =
+    ``100 * (1 - reached(k+1) / reached(k))``, 0.0 when reached(k) is 0 (cannot happen on an
+    existing row's stage 1, but can further down). ``median_seconds`` = median of
+    ``t(k+1) - t(k)`` in ms, divided by 1000 (float), over the best attempts reaching k + 1;
+    an even count gives the mean of the two middle values; ``None`` when there are none.
+20. Cohorts. A user's cohort c is the UTC day of their earliest event in THE WHOLE INPUT.
+    Rows exist for d = 0 .. max_days with c + d <= ``last_day`` (default: the UTC day of the
+    greatest ts in the input; later days have no data yet). ``retained_users``: cohort users
+    with >= 1 event on day c + d (so d = 0 gives 100 %). ``cumulative_revenue_cents``: revenue
+    of the cohort's users with ts before the end of day c + d; ``cumulative_revenue_per_user``
+    = cents / (100 * cohort_size). ``average_engagement_score``: the SPEC 3 sessions of the
+    whole input (same ``gap_ms``) of cohort users whose FIRST ts is on day c + d, each cut to
+    its events with ts < end of that day and scored by the SPEC 3 formula; the plain mean
+    over those sessions, 0.0 when there are none. A session that started the day before
+    and runs past midnight belongs to its start day only.
+21. Exposures. An event is an exposure to experiment X with variant V when
+    ``metadata.experiment`` is a non-empty string X AND ``metadata.variant`` is a non-empty
+    string V (compared exactly: case-sensitive, no trimming). An event naming an experiment
+    with a missing, empty or non-string variant is NOT an exposure: it neither assigns a
+    variant nor makes a conflict (it still counts as an ordinary event, e.g. a conversion).
+    An empty or non-string experiment is no experiment.
+22. Assignment. Per user and X, the first exposure in (ts, event_id) order gives the variant
+    and the exposure time. A user with any later exposure to X naming another variant adds 1
+    to X's ``variant_conflicts`` (once, however many other variants or exposures) and stays
+    in the first variant.
+23. Conversion and revenue after exposure compare ts only: an event with ts >= the exposure
+    ts counts, whatever its event_id (the exposure event itself included).
+    ``converted_users``: users with >= 1 ``is_conversion`` event then; ``revenue_cents``:
+    their revenue then (SPEC 2 gives revenue to ``purchase`` events only, so this is the
+    SPEC's "purchase revenue", summed as in rule 10); ``revenue_per_user`` =
+    cents / (100 * users).
+24. Statistics, for each variant other than the one named exactly ``control``, against it:
+    ``p_value`` of the two-sided pooled two-proportion z-test (``erfc(|z| / sqrt 2)``), 1.0
+    when the pooled rate is 0 or 1; ``probability_to_beat_control`` EXACT (a rational
+    computed in integers by :func:`probability_to_beat`, rounded once to a float: error
+    below 1e-16); ``significant`` = p_value < 0.05 and >= 100 users in both variants. For
+    ``control`` itself, and for all variants of an experiment without a ``control`` variant,
+    the three are ``None``.
 
 Comparisons of float figures against the pipeline should use a small tolerance
 (``pytest.approx``); integer figures and cents must match exactly.
@@ -69,11 +134,12 @@ Comparisons of float figures against the pipeline should use a small tolerance
 from __future__ import annotations
 
 import math
+import statistics
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -81,6 +147,12 @@ from typing import Any, TypeVar
 DEFAULT_SESSION_GAP_MS = 1_800_000
 DEFAULT_WINDOW_MS = 60_000
 DEFAULT_GRACE_MS = 10_000
+DAY_MS = 86_400_000
+DEFAULT_FUNNEL_WINDOW_MS = DAY_MS
+DEFAULT_COHORT_DAYS = 90
+CONTROL = "control"
+SIGNIFICANCE_LEVEL = 0.05
+SIGNIFICANCE_MIN_USERS = 100
 
 #: The metrics whose trend SPEC section 4 asks for, in SPEC order.
 TREND_METRICS: tuple[str, ...] = (
@@ -95,6 +167,18 @@ TREND_METRICS: tuple[str, ...] = (
     "average_session_duration_seconds",
     "revenue_per_user",
 )
+
+#: The SPEC section 7 example funnel, in the config form :func:`funnel_stats` reads.
+SPEC_EXAMPLE_FUNNEL: Mapping[str, Any] = {
+    "name": "checkout",
+    "window_ms": DEFAULT_FUNNEL_WINDOW_MS,
+    "stages": [
+        {"action": "page_view", "page_prefix": "/products"},
+        {"action": "add_to_cart", "page_prefix": None},
+        {"action": "checkout", "page_prefix": None},
+        {"action": "purchase", "page_prefix": None},
+    ],
+}
 
 #: The dimensions of SPEC section 5.
 DIMENSIONS: tuple[str, ...] = ("device", "country", "browser")
@@ -174,6 +258,7 @@ class _Ev:
     device: str
     country: str
     browser: str
+    metadata: Mapping[str, Any]
 
     @property
     def order(self) -> tuple[int, str]:
@@ -202,9 +287,22 @@ def _normalize(events: Iterable[Event]) -> list[_Ev]:
                 device=_text(event.get("device")),
                 country=_text(event.get("country")),
                 browser=_text(event.get("browser")),
+                metadata=_metadata(event),
             )
         )
     return out
+
+
+def _metadata(event: Event) -> Mapping[str, Any]:
+    """The event's metadata object; missing / ``None`` mean ``{}``, anything else is an error."""
+    metadata = event.get("metadata")
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ValueError(
+            f"event {event.get('event_id')!r}: metadata must be an object, got {metadata!r}"
+        )
+    return metadata
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -539,6 +637,402 @@ def dimension_stats(
             "users": len({ev.user_id for ev in group}),
             "page_views": sum(1 for ev in group if ev.action == "page_view"),
             "revenue_cents": sum(ev.revenue_cents for ev in group),
+        }
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Days (sections 7 and 8)
+# --------------------------------------------------------------------------------------------
+
+
+def day_index(ts_ms: int) -> int:
+    """Days since 1970-01-01 of the UTC day holding ``ts_ms`` (floor, also before 1970)."""
+    return ts_ms // DAY_MS
+
+
+def day_text(index: int) -> str:
+    """ISO date text (``"2024-01-15"``) of a :func:`day_index`."""
+    return (_EPOCH + timedelta(days=index)).date().isoformat()
+
+
+def _day_from_text(text: str) -> int:
+    return (date.fromisoformat(text) - _EPOCH.date()).days
+
+
+# --------------------------------------------------------------------------------------------
+# Section 7: funnels
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    action: str
+    page_prefix: str  # "" matches any page, also none
+
+    def matches(self, ev: _Ev) -> bool:
+        return ev.action == self.action and ev.page.startswith(self.page_prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class _Funnel:
+    name: str
+    window_ms: int
+    stages: tuple[_Stage, ...]
+
+
+def _funnel(config: Mapping[str, Any]) -> _Funnel:
+    """A funnel config dict checked and normalised (module rule 16)."""
+    name = config.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"funnel name must be a non-empty string, got {name!r}")
+    window_ms = config.get("window_ms", DEFAULT_FUNNEL_WINDOW_MS)
+    if isinstance(window_ms, bool) or not isinstance(window_ms, int) or window_ms < 0:
+        raise ValueError(f"funnel {name!r}: window_ms must be an int >= 0, got {window_ms!r}")
+    raw_stages = config.get("stages")
+    if (
+        not isinstance(raw_stages, Sequence)
+        or isinstance(raw_stages, str)
+        or not 2 <= len(raw_stages) <= 10
+    ):
+        raise ValueError(f"funnel {name!r}: stages must be a list of 2 to 10 stages")
+    stages = []
+    for stage in raw_stages:
+        if not isinstance(stage, Mapping):
+            raise ValueError(
+                f"funnel {name!r}: a stage must be a dict with action and page_prefix, "
+                f"got {stage!r}"
+            )
+        action = stage.get("action")
+        prefix = stage.get("page_prefix")
+        if not isinstance(action, str) or not action:
+            raise ValueError(f"funnel {name!r}: stage action must be a non-empty string")
+        if prefix is not None and not isinstance(prefix, str):
+            raise ValueError(f"funnel {name!r}: stage page_prefix must be a string or None")
+        stages.append(_Stage(action, prefix or ""))
+    return _Funnel(name, window_ms, tuple(stages))
+
+
+def _events_by_user(evs: Iterable[_Ev]) -> dict[str, list[_Ev]]:
+    """user_id -> that user's events sorted by (ts, event_id)."""
+    by_user: dict[str, list[_Ev]] = defaultdict(list)
+    for ev in evs:
+        by_user[ev.user_id].append(ev)
+    for user_events in by_user.values():
+        user_events.sort(key=lambda ev: ev.order)
+    return dict(by_user)
+
+
+def _attempt(ordered: Sequence[_Ev], first: int, funnel: _Funnel) -> list[_Ev]:
+    """The events that fill stages 1, 2, ... of the attempt started by ``ordered[first]``.
+
+    Stage k is filled by the first event AFTER the event that filled stage k - 1 (in
+    (ts, event_id) order) that matches stage k and has ts <= t1 + window (module rule 17).
+    """
+    filled = [ordered[first]]
+    deadline = ordered[first].ts + funnel.window_ms
+    position = first
+    for stage in funnel.stages[1:]:
+        found = None
+        for index in range(position + 1, len(ordered)):
+            if ordered[index].ts > deadline:
+                break  # sorted by ts: no later event is inside the window either
+            if stage.matches(ordered[index]):
+                found = index
+                break
+        if found is None:
+            break
+        filled.append(ordered[found])
+        position = found
+    return filled
+
+
+def _best_attempts(evs: Iterable[_Ev], funnel: _Funnel) -> dict[tuple[str, int], list[_Ev]]:
+    """(user_id, day index of t1) -> the events filling that user's best attempt that day."""
+    best: dict[tuple[str, int], list[_Ev]] = {}
+    for user_id, ordered in _events_by_user(evs).items():
+        for first, ev in enumerate(ordered):
+            if not funnel.stages[0].matches(ev):
+                continue
+            attempt = _attempt(ordered, first, funnel)
+            key = (user_id, day_index(ev.ts))
+            # Attempts are visited in (t1, event_id) order, so only strictly more stages win:
+            # ties go to the earlier attempt (module rule 18).
+            if key not in best or len(attempt) > len(best[key]):
+                best[key] = attempt
+    return best
+
+
+def best_attempts(
+    events: Iterable[Event], funnel: Mapping[str, Any]
+) -> dict[tuple[str, str], list[int]]:
+    """(user_id, UTC day of t1) -> [t1, t2, ..., tk] (epoch ms) of that user's best attempt.
+
+    The figures of :func:`funnel_stats` are computed from exactly these attempts; this view is
+    for tests and for explaining a mismatch.
+    """
+    config = _funnel(funnel)
+    return {
+        (user_id, day_text(day)): [ev.ts for ev in attempt]
+        for (user_id, day), attempt in sorted(_best_attempts(_normalize(events), config).items())
+    }
+
+
+def funnel_stats(
+    events: Iterable[Event], funnels: Iterable[Mapping[str, Any]]
+) -> dict[tuple[str, str], Row]:
+    """SPEC section 7 figures per (funnel name, UTC day of t1), for days with >= 1 attempt.
+
+    ``funnels``: config dicts ``{"name": str, "window_ms": int (default 24 h), "stages":
+    [{"action": str, "page_prefix": str | None}, ...]}`` (2 to 10 stages). Row: funnel, day
+    (ISO date), stages: one dict per stage k = 1..n with stage, action, page_prefix, reached,
+    and the figures FROM k TO k+1: drop_off_percent (float) and median_seconds (float or
+    ``None``); both ``None`` on the last stage (module rules 16-19).
+    """
+    evs = _normalize(events)
+    configs = [_funnel(config) for config in funnels]
+    names = [config.name for config in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"funnel names must be unique, got {names}")
+    result: dict[tuple[str, str], Row] = {}
+    for config in configs:
+        by_day: dict[int, list[list[_Ev]]] = defaultdict(list)
+        for (_user_id, day), attempt in _best_attempts(evs, config).items():
+            by_day[day].append(attempt)
+        for day in sorted(by_day):
+            attempts = by_day[day]
+            n = len(config.stages)
+            reached = [sum(1 for a in attempts if len(a) >= k) for k in range(1, n + 1)]
+            stages: list[Row] = []
+            for k in range(1, n + 1):
+                drop_off: float | None = None
+                median_seconds: float | None = None
+                if k < n:
+                    drop_off = 100 * (1 - reached[k] / reached[k - 1]) if reached[k - 1] else 0.0
+                    steps = [a[k].ts - a[k - 1].ts for a in attempts if len(a) >= k + 1]
+                    median_seconds = statistics.median(steps) / 1000 if steps else None
+                stage = config.stages[k - 1]
+                stages.append(
+                    {
+                        "stage": k,
+                        "action": stage.action,
+                        "page_prefix": stage.page_prefix or None,
+                        "reached": reached[k - 1],
+                        "drop_off_percent": drop_off,
+                        "median_seconds": median_seconds,
+                    }
+                )
+            result[(config.name, day_text(day))] = {
+                "funnel": config.name,
+                "day": day_text(day),
+                "stages": stages,
+            }
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Section 8: cohorts and retention
+# --------------------------------------------------------------------------------------------
+
+
+def cohorts(
+    events: Iterable[Event],
+    max_days: int = DEFAULT_COHORT_DAYS,
+    gap_ms: int = DEFAULT_SESSION_GAP_MS,
+    last_day: str | None = None,
+) -> dict[tuple[str, int], Row]:
+    """SPEC section 8 figures per (cohort date, day offset d), d = 0 .. max_days.
+
+    Only rows whose day c + d is at most ``last_day`` (ISO date; default the UTC day of the
+    greatest ts in the input) exist: later days have no data yet. Row: cohort, day_offset,
+    cohort_size, retained_users, retention_rate_percent, cumulative_revenue_cents,
+    cumulative_revenue_per_user, average_engagement_score (module rule 20).
+    """
+    evs = _normalize(events)
+    if not evs:
+        return {}
+    by_user = _events_by_user(evs)
+    cohort_of = {user_id: day_index(ordered[0].ts) for user_id, ordered in by_user.items()}
+    members: dict[int, list[str]] = defaultdict(list)
+    for user_id in sorted(cohort_of):
+        members[cohort_of[user_id]].append(user_id)
+    last = _day_from_text(last_day) if last_day else day_index(max(ev.ts for ev in evs))
+
+    # Every SPEC 3 session of the whole input, as (user, day it starts, score when cut at the
+    # end of that day).
+    session_scores: list[tuple[str, int, float]] = []
+    for session_events in _session_event_lists(evs, gap_ms):
+        start_day = day_index(session_events[0].ts)
+        day_end = (start_day + 1) * DAY_MS
+        cut = [ev for ev in session_events if ev.ts < day_end]
+        score = float(_summarize(cut)["engagement_score"])
+        session_scores.append((session_events[0].user_id, start_day, score))
+
+    result: dict[tuple[str, int], Row] = {}
+    for cohort in sorted(members):
+        users = members[cohort]
+        in_cohort = set(users)
+        size = len(users)
+        for offset in range(max_days + 1):
+            day = cohort + offset
+            if day > last:
+                break
+            day_end = (day + 1) * DAY_MS
+            retained = sum(
+                1 for user_id in users if any(day_index(ev.ts) == day for ev in by_user[user_id])
+            )
+            revenue_cents = sum(
+                ev.revenue_cents for user_id in users for ev in by_user[user_id] if ev.ts < day_end
+            )
+            scores = [
+                score
+                for user_id, start_day, score in session_scores
+                if user_id in in_cohort and start_day == day
+            ]
+            result[(day_text(cohort), offset)] = {
+                "cohort": day_text(cohort),
+                "day_offset": offset,
+                "cohort_size": size,
+                "retained_users": retained,
+                "retention_rate_percent": _ratio(100 * retained, size),
+                "cumulative_revenue_cents": revenue_cents,
+                "cumulative_revenue_per_user": _ratio(revenue_cents, 100 * size),
+                "average_engagement_score": _ratio(math.fsum(scores), len(scores)),
+            }
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Section 9: A/B tests
+# --------------------------------------------------------------------------------------------
+
+
+def exposure(ev_metadata: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(experiment, variant) when the metadata makes the event an exposure, else ``None``.
+
+    Both must be non-empty strings (module rule 21).
+    """
+    experiment = ev_metadata.get("experiment")
+    variant = ev_metadata.get("variant")
+    if isinstance(experiment, str) and experiment and isinstance(variant, str) and variant:
+        return experiment, variant
+    return None
+
+
+def two_proportion_p_value(x_v: int, n_v: int, x_c: int, n_c: int) -> float:
+    """Two-sided two-proportion z-test with pooled variance; 1.0 when the pooled rate is 0 or 1.
+
+    ``x`` conversions out of ``n`` users, variant (v) against control (c); both n >= 1.
+    """
+    pooled = Fraction(x_v + x_c, n_v + n_c)
+    if pooled in (0, 1):
+        return 1.0
+    variance = pooled * (1 - pooled) * (Fraction(1, n_v) + Fraction(1, n_c))
+    z = float(Fraction(x_v, n_v) - Fraction(x_c, n_c)) / math.sqrt(variance)
+    return math.erfc(abs(z) / math.sqrt(2))  # = 2 * (1 - Phi(|z|))
+
+
+def probability_to_beat(x_v: int, n_v: int, x_c: int, n_c: int) -> Fraction:
+    """P(pV > pC), pV ~ Beta(1 + x_v, 1 + n_v - x_v), pC ~ Beta(1 + x_c, 1 + n_c - x_c): EXACT.
+
+    Method (independent of the usual closed-form sum over log-gamma terms): Beta(a, b) with
+    integer a, b is the law of the a-th smallest of a + b - 1 independent uniforms. Take
+    n1 = n_v + 1 uniforms for pV (a1 = 1 + x_v) and n2 = n_c + 1 for pC (a2 = 1 + x_c). All
+    C(n1 + n2, n1) interleavings of the two sets are equally likely, and pC < pV exactly when
+    the a2-th pC-uniform comes before the a1-th pV-uniform, i.e. when j <= a1 - 1 pV-uniforms
+    precede it. Interleavings with exactly j: C(a2 - 1 + j, j) * C(n1 - j + n2 - a2, n2 - a2).
+    The sum is done in integers, so the result is an exact fraction (ties have probability 0).
+    """
+    a1, n1 = 1 + x_v, n_v + 1
+    a2, n2 = 1 + x_c, n_c + 1
+    rest = n2 - a2
+    favourable = 0
+    first = 1  # C(a2 - 1 + j, j) at j = 0
+    second = math.comb(n1 + rest, rest)  # C(n1 - j + rest, rest) at j = 0
+    for j in range(a1):
+        favourable += first * second
+        first = first * (a2 + j) // (j + 1)  # -> C(a2 + j, j + 1)
+        top = n1 - j + rest
+        second = second * (top - rest) // top  # -> C(top - 1, rest); top > rest here
+    return Fraction(favourable, math.comb(n1 + n2, n1))
+
+
+def experiments(events: Iterable[Event]) -> dict[str, Row]:
+    """SPEC section 9 figures per experiment (module rules 21-24).
+
+    Row: experiment, variant_conflicts (users counted once), variants: {variant name: users,
+    converted_users, conversion_rate_percent, revenue_cents, revenue_per_user, p_value,
+    probability_to_beat_control, significant}; the last three are ``None`` for ``control``
+    itself and for every variant of an experiment without a ``control`` variant.
+    """
+    by_user = _events_by_user(_normalize(events))
+    # experiment -> variant -> [(user's events, exposure ts)]
+    assigned: dict[str, dict[str, list[tuple[list[_Ev], int]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    conflicts: Counter[str] = Counter()
+    for user_id in sorted(by_user):
+        ordered = by_user[user_id]
+        first: dict[str, tuple[str, int]] = {}  # experiment -> (variant, exposure ts)
+        conflicted: set[str] = set()
+        for ev in ordered:
+            seen = exposure(ev.metadata)
+            if seen is None:
+                continue
+            experiment, variant = seen
+            if experiment not in first:
+                first[experiment] = (variant, ev.ts)
+            elif variant != first[experiment][0]:
+                conflicted.add(experiment)
+        for experiment, (variant, exposed_at) in first.items():
+            assigned[experiment][variant].append((ordered, exposed_at))
+        conflicts.update(conflicted)
+
+    result: dict[str, Row] = {}
+    for experiment in sorted(assigned):
+        figures: dict[str, Row] = {}
+        for variant in sorted(assigned[experiment]):
+            members = assigned[experiment][variant]
+            users = len(members)
+            converted = sum(
+                1
+                for ordered, exposed_at in members
+                if any(ev.is_conversion and ev.ts >= exposed_at for ev in ordered)
+            )
+            revenue_cents = sum(
+                ev.revenue_cents
+                for ordered, exposed_at in members
+                for ev in ordered
+                if ev.ts >= exposed_at
+            )
+            figures[variant] = {
+                "users": users,
+                "converted_users": converted,
+                "conversion_rate_percent": _ratio(100 * converted, users),
+                "revenue_cents": revenue_cents,
+                "revenue_per_user": _ratio(revenue_cents, 100 * users),
+                "p_value": None,
+                "probability_to_beat_control": None,
+                "significant": None,
+            }
+        control = figures.get(CONTROL)
+        for variant, row in figures.items():
+            if control is None or variant == CONTROL:
+                continue
+            x_v, n_v = row["converted_users"], row["users"]
+            x_c, n_c = control["converted_users"], control["users"]
+            p_value = two_proportion_p_value(x_v, n_v, x_c, n_c)
+            row["p_value"] = p_value
+            row["probability_to_beat_control"] = float(probability_to_beat(x_v, n_v, x_c, n_c))
+            row["significant"] = (
+                p_value < SIGNIFICANCE_LEVEL
+                and n_v >= SIGNIFICANCE_MIN_USERS
+                and n_c >= SIGNIFICANCE_MIN_USERS
+            )
+        result[experiment] = {
+            "experiment": experiment,
+            "variant_conflicts": conflicts[experiment],
+            "variants": figures,
         }
     return result
 

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 import time
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from statistics import NormalDist
 from typing import Any
 
 import pytest
 
 from .batch import (
+    SPEC_EXAMPLE_FUNNEL,
     TREND_METRICS,
+    best_attempts,
+    cohorts,
+    day_index,
+    day_text,
     dedupe,
     dimension_stats,
     drop_late,
     engagement_score,
+    experiments,
+    funnel_stats,
     kpi_windows,
     page_stats,
     pages_in_window,
+    probability_to_beat,
     sessions,
     to_epoch_ms,
     top_pages,
     trend,
+    two_proportion_p_value,
     user_profiles,
     window_start,
 )
@@ -29,6 +42,10 @@ from .batch import (
 MIN = 60_000
 GAP = 1_800_000
 T0 = 1_705_314_600_000  # 2024-01-15T10:30:00.000Z, a multiple of 60 s
+SEC = 1_000
+HOUR = 3_600_000
+DAY = 86_400_000
+MIDNIGHT = -10 * HOUR - 30 * MIN  # 2024-01-15T00:00:00.000Z, relative to T0
 
 
 def iso(ms: int) -> str:
@@ -51,6 +68,7 @@ def ev(
     country: str | None = "US",
     browser: str | None = "Chrome",
     conversion: bool | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An enriched event at T0 + ts ms (ts given relative to T0)."""
     if conversion is None:
@@ -69,6 +87,7 @@ def ev(
         "device": device,
         "country": country,
         "browser": browser,
+        "metadata": {} if metadata is None else metadata,
     }
 
 
@@ -683,6 +702,636 @@ def test_dimension_stats_unknown() -> None:
             "revenue_cents": 0,
         },
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Days
+# --------------------------------------------------------------------------------------------
+
+
+def test_days_are_utc_and_end_exclusive() -> None:
+    assert day_text(day_index(T0)) == "2024-01-15"
+    assert day_text(day_index(T0 + MIDNIGHT)) == "2024-01-15"
+    assert day_text(day_index(T0 + MIDNIGHT - 1)) == "2024-01-14"
+    assert day_text(day_index(T0 + MIDNIGHT + DAY)) == "2024-01-16"
+    assert day_text(day_index(-1)) == "1969-12-31"
+
+
+# --------------------------------------------------------------------------------------------
+# Section 7: funnels
+# --------------------------------------------------------------------------------------------
+
+
+def two_stage(first: str, second: str, window_ms: int = DAY) -> dict[str, Any]:
+    return {
+        "name": "f",
+        "window_ms": window_ms,
+        "stages": [{"action": first, "page_prefix": None}, {"action": second}],
+    }
+
+
+def figures(row: dict[str, Any], key: str) -> list[Any]:
+    return [stage[key] for stage in row["stages"]]
+
+
+def test_funnel_full_example() -> None:
+    events = [
+        ev("a1", 0, user="u1", action="page_view", page="/products/1"),
+        ev("a2", 10 * SEC, user="u1", action="add_to_cart", page="/products/1"),
+        ev("a3", 40 * SEC, user="u1", action="checkout", page="/checkout"),
+        ev("a4", 100 * SEC, user="u1", action="purchase", cents=999),
+        ev("b1", 0, user="u2", action="page_view", page="/products"),
+        ev("b2", 20 * SEC, user="u2", action="add_to_cart"),
+        ev("c1", 0, user="u3", action="page_view", page="/home"),  # no stage 1
+        ev("d1", 0, user="u4", action="add_to_cart"),  # stage 2 without stage 1
+        ev("e1", 0, user="u5", action="page_view", page="/product"),  # prefix not matched
+    ]
+    rows = funnel_stats(events, [SPEC_EXAMPLE_FUNNEL])
+    assert list(rows) == [("checkout", "2024-01-15")]
+    row = rows[("checkout", "2024-01-15")]
+    assert row["funnel"] == "checkout" and row["day"] == "2024-01-15"
+    assert figures(row, "stage") == [1, 2, 3, 4]
+    assert figures(row, "action") == ["page_view", "add_to_cart", "checkout", "purchase"]
+    assert figures(row, "page_prefix") == ["/products", None, None, None]
+    assert figures(row, "reached") == [2, 2, 1, 1]
+    assert figures(row, "drop_off_percent") == [0.0, 50.0, 0.0, None]  # last stage: None
+    # 1 -> 2 over u1 (10 s) and u2 (20 s): an even count gives the mean of the middle two.
+    assert figures(row, "median_seconds") == [15.0, 30.0, 60.0, None]
+
+
+def test_funnel_median_odd_count_and_milliseconds() -> None:
+    events = [ev(f"{u}1", 0, user=u, action="a") for u in ("u1", "u2", "u3")] + [
+        ev("u12", 10, user="u1", action="b"),
+        ev("u22", 20_001, user="u2", action="b"),
+        ev("u32", 90_000, user="u3", action="b"),
+    ]
+    (row,) = funnel_stats(events, [two_stage("a", "b")]).values()
+    assert figures(row, "median_seconds") == [20.001, None]
+    events.append(ev("u42", 20_000, user="u4", action="b"))
+    events.append(ev("u41", 0, user="u4", action="a"))  # 4 values: (20.000 + 20.001) / 2
+    (row,) = funnel_stats(events, [two_stage("a", "b")]).values()
+    assert figures(row, "median_seconds") == [pytest.approx(20.0005), None]
+
+
+def test_funnel_window_edge_is_inside() -> None:
+    window = 60 * SEC
+    inside = [ev("a", 0, action="a"), ev("b", window, action="b")]
+    outside = [ev("a", 0, action="a"), ev("b", window + 1, action="b")]
+    (row,) = funnel_stats(inside, [two_stage("a", "b", window)]).values()
+    assert figures(row, "reached") == [1, 1]
+    assert figures(row, "median_seconds") == [60.0, None]
+    (row,) = funnel_stats(outside, [two_stage("a", "b", window)]).values()
+    assert figures(row, "reached") == [1, 0]
+    assert figures(row, "drop_off_percent") == [100.0, None]
+    assert figures(row, "median_seconds") == [None, None]
+
+
+def test_funnel_window_counts_from_t1_not_previous_stage() -> None:
+    window = 60 * SEC
+    funnel = {
+        "name": "f",
+        "window_ms": window,
+        "stages": [{"action": "a"}, {"action": "b"}, {"action": "c"}],
+    }
+    events = [ev("1", 0, action="a"), ev("2", 50 * SEC, action="b"), ev("3", 70 * SEC, action="c")]
+    (row,) = funnel_stats(events, [funnel]).values()
+    assert figures(row, "reached") == [1, 1, 0]
+    # reached(3) = 0 below a non-empty stage: 100 % drop; from 3 on nothing to divide: None.
+    assert figures(row, "drop_off_percent") == [0.0, 100.0, None]
+
+
+def test_funnel_drop_off_zero_when_nobody_reached_the_stage() -> None:
+    funnel = {
+        "name": "f",
+        "stages": [{"action": "a"}, {"action": "b"}, {"action": "c"}, {"action": "d"}],
+    }  # window_ms defaults to 24 h
+    (row,) = funnel_stats([ev("1", 0, action="a")], [funnel]).values()
+    assert figures(row, "reached") == [1, 0, 0, 0]
+    assert figures(row, "drop_off_percent") == [100.0, 0.0, 0.0, None]
+    (row,) = funnel_stats([ev("1", 0, action="a"), ev("2", DAY, action="b")], [funnel]).values()
+    assert figures(row, "reached") == [1, 1, 0, 0]  # default window: 24 h, edge inside
+
+
+def test_funnel_one_event_fills_one_stage() -> None:
+    same = {"name": "f", "stages": [{"action": "click"}, {"action": "click"}]}
+    (row,) = funnel_stats([ev("a", 0)], [same]).values()
+    assert figures(row, "reached") == [1, 0]
+    # Each click starts an attempt; the first reaches stage 2 with the second click.
+    (row,) = funnel_stats([ev("a", 0), ev("b", 5 * SEC)], [same]).values()
+    assert figures(row, "reached") == [1, 1]
+    assert figures(row, "median_seconds") == [5.0, None]
+    # An event matching stages 1 and 2 (prefixes /p and /p/1) fills stage 1 of its attempt.
+    nested = {
+        "name": "g",
+        "stages": [
+            {"action": "page_view", "page_prefix": "/p"},
+            {"action": "page_view", "page_prefix": "/p/1"},
+        ],
+    }
+    (row,) = funnel_stats([ev("a", 0, action="page_view", page="/p/1")], [nested]).values()
+    assert figures(row, "reached") == [1, 0]
+
+
+def test_funnel_stages_at_the_same_ts_follow_event_id_order() -> None:
+    funnel = two_stage("page_view", "add_to_cart")
+    # add_to_cart "a" sorts before page_view "b": not after it, so stage 2 is not reached.
+    before = [ev("b", 0, action="page_view", page="/x"), ev("a", 0, action="add_to_cart")]
+    (row,) = funnel_stats(before, [funnel]).values()
+    assert figures(row, "reached") == [1, 0]
+    after = [ev("a", 0, action="page_view", page="/x"), ev("b", 0, action="add_to_cart")]
+    (row,) = funnel_stats(after, [funnel]).values()
+    assert figures(row, "reached") == [1, 1]
+    assert figures(row, "median_seconds") == [0.0, None]
+
+
+def test_funnel_best_attempt_most_stages_then_earliest() -> None:
+    funnel = {
+        "name": "f",
+        "window_ms": 100 * SEC,
+        "stages": [{"action": "a"}, {"action": "b"}, {"action": "c"}],
+    }
+    events = [
+        ev("1", 0, action="a"),
+        ev("2", 50 * SEC, action="b"),
+        ev("3", 100 * SEC, action="a"),  # this attempt: b at 105 s, also 2 stages, later
+        ev("4", 105 * SEC, action="b"),
+    ]
+    assert best_attempts(events, funnel) == {("u1", "2024-01-15"): [T0, T0 + 50 * SEC]}
+    (row,) = funnel_stats(events, [funnel]).values()
+    assert figures(row, "median_seconds") == [50.0, None, None]
+    # A later attempt reaching more stages wins (c at 203 s is outside the first two windows).
+    events += [ev("5", 200 * SEC, action="a"), ev("6", 201 * SEC, action="b")]
+    events += [ev("7", 203 * SEC, action="c")]
+    assert best_attempts(events, funnel) == {
+        ("u1", "2024-01-15"): [T0 + 200 * SEC, T0 + 201 * SEC, T0 + 203 * SEC]
+    }
+    (row,) = funnel_stats(events, [funnel]).values()
+    assert figures(row, "reached") == [1, 1, 1]
+    assert figures(row, "median_seconds") == [1.0, 2.0, None]
+
+
+def test_funnel_tie_on_t1_goes_to_the_smaller_event_id() -> None:
+    # Two clicks at the same ts both start attempts: "a" reaches stage 2 with "b" (0 s later),
+    # "b" reaches it with "c" (10 s later). Same stages, same t1: "a" comes first.
+    events = [ev("c", 10 * SEC), ev("b", 0), ev("a", 0)]
+    same = {"name": "f", "stages": [{"action": "click"}, {"action": "click"}]}
+    assert best_attempts(events, same) == {("u1", "2024-01-15"): [T0, T0]}
+    (row,) = funnel_stats(events, [same]).values()
+    assert figures(row, "median_seconds") == [0.0, None]
+
+
+def test_funnel_attempt_belongs_to_the_day_of_t1() -> None:
+    funnel = two_stage("a", "b")
+    late = MIDNIGHT + DAY - MIN  # 2024-01-15T23:59
+    events = [
+        ev("1", late, action="a"),
+        ev("2", late + 2 * MIN, action="b"),  # 00:01 the next day
+        ev("3", late + 5 * MIN, action="a"),  # an attempt of 2024-01-16 that stops at stage 1
+        ev("4", MIDNIGHT + 3 * DAY, action="b"),  # a day without stage 1: no row
+    ]
+    rows = funnel_stats(events, [funnel])
+    assert list(rows) == [("f", "2024-01-15"), ("f", "2024-01-16")]
+    assert figures(rows[("f", "2024-01-15")], "reached") == [1, 1]
+    assert figures(rows[("f", "2024-01-15")], "median_seconds") == [120.0, None]
+    assert figures(rows[("f", "2024-01-16")], "reached") == [1, 0]
+
+
+def test_funnel_every_stage_one_event_starts_an_attempt() -> None:
+    # "a" at 0 reaches b only after the window; "a" at 30 s (inside a running attempt)
+    # starts its own, which does reach it: one user, best attempt 2 stages.
+    funnel = two_stage("a", "b", window_ms=60 * SEC)
+    events = [ev("1", 0, action="a"), ev("2", 30 * SEC, action="a"), ev("3", 80 * SEC, action="b")]
+    assert best_attempts(events, funnel) == {("u1", "2024-01-15"): [T0 + 30 * SEC, T0 + 80 * SEC]}
+
+
+def test_funnel_several_funnels_and_users_per_day() -> None:
+    events = [
+        ev("1", 0, user="u1", action="a"),
+        ev("2", 1, user="u1", action="b"),
+        ev("3", 0, user="u2", action="a"),
+    ]
+    rows = funnel_stats(events, [two_stage("a", "b"), {**two_stage("b", "a"), "name": "g"}])
+    assert figures(rows[("f", "2024-01-15")], "reached") == [2, 1]
+    assert figures(rows[("f", "2024-01-15")], "drop_off_percent") == [50.0, None]
+    assert figures(rows[("g", "2024-01-15")], "reached") == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"name": "f", "stages": [{"action": "a"}]},
+        {"name": "f", "stages": [{"action": f"a{i}"} for i in range(11)]},
+        {"name": "", "stages": [{"action": "a"}, {"action": "b"}]},
+        {"name": "f", "window_ms": -1, "stages": [{"action": "a"}, {"action": "b"}]},
+        {"name": "f", "stages": [{"action": "a"}, {"action": ""}]},
+        {"name": "f", "stages": [{"action": "a"}, {"action": "b", "page_prefix": 3}]},
+        {"name": "f", "stages": ["page_view:/products", "add_to_cart"]},
+        {"name": "f", "stages": "ab"},
+    ],
+)
+def test_funnel_config_rejected(config: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        funnel_stats([ev("a", 0)], [config])
+
+
+def test_funnel_names_unique() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        funnel_stats([], [two_stage("a", "b"), two_stage("c", "d")])
+
+
+def _most_stages(ordered: list[dict[str, Any]], first: int, funnel: dict[str, Any]) -> int:
+    """Exhaustive: the most stages any strictly increasing choice of events reaches."""
+    stages, window = funnel["stages"], funnel["window_ms"]
+    t1 = to_epoch_ms(ordered[first]["timestamp"])
+
+    def matches(e: dict[str, Any], k: int) -> bool:
+        prefix = stages[k].get("page_prefix") or ""
+        return bool(e["action"] == stages[k]["action"] and (e["page"] or "").startswith(prefix))
+
+    def deepest(position: int, k: int) -> int:
+        if k == len(stages):
+            return k
+        best = k
+        for index in range(position + 1, len(ordered)):
+            e = ordered[index]
+            if to_epoch_ms(e["timestamp"]) <= t1 + window and matches(e, k):
+                best = max(best, deepest(index, k + 1))
+        return best
+
+    return deepest(first, 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_funnel_greedy_reaches_as_far_as_any_choice(seed: int) -> None:
+    rng = random.Random(seed)
+    funnel = {
+        "name": "f",
+        "window_ms": 20 * MIN,
+        "stages": [
+            {"action": "page_view", "page_prefix": "/p"},
+            {"action": "click", "page_prefix": None},
+            {"action": "page_view", "page_prefix": "/p/1"},
+            {"action": "add_to_cart", "page_prefix": None},
+        ],
+    }
+    events = [
+        ev(
+            f"e{i:03d}",
+            rng.randrange(0, HOUR, 30 * SEC),  # many equal timestamps
+            user=f"u{rng.randrange(3)}",
+            action=(action := rng.choice(["page_view", "click", "add_to_cart"])),
+            page=rng.choice(["/p", "/p/1", "/q"]) if action == "page_view" else "",
+        )
+        for i in range(90)
+    ]
+    best = best_attempts(events, funnel)
+    expected: dict[tuple[str, str], int] = {}
+    for user in {e["user_id"] for e in events}:
+        ordered = sorted(
+            (e for e in events if e["user_id"] == user),
+            key=lambda e: (to_epoch_ms(e["timestamp"]), e["event_id"]),
+        )
+        for i, e in enumerate(ordered):
+            if e["action"] == "page_view" and e["page"].startswith("/p"):
+                key = (user, day_text(day_index(to_epoch_ms(e["timestamp"]))))
+                expected[key] = max(expected.get(key, 0), _most_stages(ordered, i, funnel))
+    assert {key: len(times) for key, times in best.items()} == expected
+    assert max(expected.values()) >= 3
+
+
+# --------------------------------------------------------------------------------------------
+# Section 8: cohorts
+# --------------------------------------------------------------------------------------------
+
+
+def _cohort_events() -> list[dict[str, Any]]:
+    d0, d1, d2 = MIDNIGHT, MIDNIGHT + DAY, MIDNIGHT + 2 * DAY
+    return [
+        # u1, cohort 2024-01-15: a session of 2 events, score 4 + 4 + 0 + 10 = 18
+        ev("a1", d0 + 10 * HOUR, user="u1", action="page_view", page="/a"),
+        ev("a2", d0 + 10 * HOUR + MIN, user="u1", action="purchase", cents=1_000),
+        # a session from 23:50 to 00:10: cut at midnight it is "a3" alone, 2 + 4 + 0 + 5 = 11
+        ev("a3", d1 - 10 * MIN, user="u1", action="page_view", page="/b"),
+        ev("a4", d1 + 10 * MIN, user="u1", action="click", page="/c"),
+        # day 2: a one-event session, 2 + 0 + 0 + 5 = 7, and 5.00 of revenue
+        ev("a5", d2 + 8 * HOUR, user="u1", action="purchase", cents=500),
+        # u2, cohort 2024-01-15: one click, 7
+        ev("b1", d0 + 12 * HOUR, user="u2"),
+        # u3, cohort 2024-01-16: one page view, 11; the event at midnight is on its day
+        ev("c1", d1, user="u3", action="page_view", page="/c"),
+    ]
+
+
+def test_cohorts_example() -> None:
+    rows = cohorts(_cohort_events())
+    assert list(rows) == [
+        ("2024-01-15", 0),
+        ("2024-01-15", 1),
+        ("2024-01-15", 2),
+        ("2024-01-16", 0),
+        ("2024-01-16", 1),
+    ]
+    assert rows[("2024-01-15", 0)] == {
+        "cohort": "2024-01-15",
+        "day_offset": 0,
+        "cohort_size": 2,
+        "retained_users": 2,
+        "retention_rate_percent": 100.0,
+        "cumulative_revenue_cents": 1_000,
+        "cumulative_revenue_per_user": 5.0,
+        "average_engagement_score": 12.0,  # (18 + 11 + 7) / 3: the midnight session cut
+    }
+    day1 = rows[("2024-01-15", 1)]
+    assert day1["retained_users"] == 1  # u1's 00:10 click
+    assert day1["retention_rate_percent"] == 50.0
+    assert day1["cumulative_revenue_per_user"] == 5.0
+    assert day1["average_engagement_score"] == 0.0  # the session crossing midnight started on d0
+    day2 = rows[("2024-01-15", 2)]
+    assert (day2["retained_users"], day2["cumulative_revenue_cents"]) == (1, 1_500)
+    assert day2["cumulative_revenue_per_user"] == 7.5
+    assert day2["average_engagement_score"] == 7.0
+    assert rows[("2024-01-16", 0)] == {
+        "cohort": "2024-01-16",
+        "day_offset": 0,
+        "cohort_size": 1,
+        "retained_users": 1,
+        "retention_rate_percent": 100.0,
+        "cumulative_revenue_cents": 0,
+        "cumulative_revenue_per_user": 0.0,
+        "average_engagement_score": 11.0,
+    }
+    assert rows[("2024-01-16", 1)]["retained_users"] == 0
+    assert rows[("2024-01-16", 1)]["average_engagement_score"] == 0.0
+
+
+def test_cohorts_uncut_session_would_score_more() -> None:
+    """The crossing session scored whole is 4 + 8 + 0 + 10 = 22, not the 11 used above."""
+    scores = {s["window_start_ms"]: s["engagement_score"] for s in sessions(_cohort_events())}
+    assert scores[T0 + MIDNIGHT + DAY - 10 * MIN] == 22.0
+
+
+def test_cohorts_days_limits() -> None:
+    events = _cohort_events()
+    assert list(cohorts(events, max_days=1)) == [
+        ("2024-01-15", 0),
+        ("2024-01-15", 1),
+        ("2024-01-16", 0),
+        ("2024-01-16", 1),
+    ]
+    rows = cohorts(events, last_day="2024-01-18")
+    assert len(rows) == 4 + 3
+    assert rows[("2024-01-15", 3)]["retained_users"] == 0
+    assert rows[("2024-01-15", 3)]["cumulative_revenue_cents"] == 1_500
+    assert list(cohorts(events, last_day="2024-01-15")) == [("2024-01-15", 0)]
+    assert cohorts([]) == {}
+
+
+def test_cohorts_session_gap_is_used() -> None:
+    # With a 5 minute gap the midnight session splits: "a4" starts a session on day 1.
+    rows = cohorts(_cohort_events(), gap_ms=5 * MIN)
+    assert rows[("2024-01-15", 0)]["average_engagement_score"] == 12.0  # "a3" alone either way
+    assert rows[("2024-01-15", 1)]["average_engagement_score"] == 11.0  # "a4": 2 + 4 + 0 + 5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cohorts_consistent_on_random_data(seed: int) -> None:
+    rng = random.Random(seed)
+    events = _random_events(rng, 400, users=30, span_ms=5 * DAY)
+    rows = cohorts(events)
+    first_day: dict[str, str] = {}
+    for e in sorted(events, key=lambda e: to_epoch_ms(e["timestamp"])):
+        first_day.setdefault(e["user_id"], day_text(day_index(to_epoch_ms(e["timestamp"]))))
+    assert sum(r["cohort_size"] for (_, d), r in rows.items() if d == 0) == len(first_day)
+    for (cohort, offset), row in rows.items():
+        members = {u for u, c in first_day.items() if c == cohort}
+        assert row["cohort_size"] == len(members)
+        day = day_index(to_epoch_ms(cohort + "T00:00:00Z")) + offset
+        assert row["retained_users"] == len(
+            {
+                e["user_id"]
+                for e in events
+                if e["user_id"] in members and day_index(to_epoch_ms(e["timestamp"])) == day
+            }
+        )
+        if offset == 0:
+            assert row["retention_rate_percent"] == 100.0
+
+
+# --------------------------------------------------------------------------------------------
+# Section 9: A/B tests
+# --------------------------------------------------------------------------------------------
+
+
+def exposed(event_id: str, ts: int, user: str, variant: Any, **kw: Any) -> dict[str, Any]:
+    """A page view exposing ``user`` to experiment "btn" (``variant`` may be anything)."""
+    meta = {"experiment": "btn", "variant": variant}
+    return ev(event_id, ts, user=user, action="page_view", page="/checkout", metadata=meta, **kw)
+
+
+def test_experiment_example() -> None:
+    events = [
+        exposed("u1-1", 0, "u1", "control"),
+        ev("u1-2", 10 * SEC, user="u1", action="purchase", cents=2_000),
+        ev("u2-0", -5 * SEC, user="u2", action="signup"),  # converted BEFORE exposure
+        ev("u2-1", -1 * SEC, user="u2", action="purchase", cents=700),  # revenue before too
+        exposed("u2-2", 0, "u2", "control"),
+        exposed("u3-2", 0, "u3", "green"),
+        ev("u3-1", 0, user="u3", action="purchase", cents=1_500),  # same ts, smaller id: counts
+        exposed("u3-3", 5 * SEC, "u3", "control"),  # conflict: stays green
+        exposed("u3-4", 6 * SEC, "u3", "blue"),  # still one conflict
+        exposed("u4-1", 0, "u4", "green"),
+        ev("u4-2", 3 * SEC, user="u4", action="add_to_cart", cents=0),
+        exposed("u6-b", 0, "u6", "green"),  # same ts: "u6-a" comes first
+        exposed("u6-a", 0, "u6", "control"),
+    ]
+    result = experiments(events)
+    assert list(result) == ["btn"]
+    btn = result["btn"]
+    assert btn["experiment"] == "btn"
+    assert btn["variant_conflicts"] == 2  # u3 and u6, once each
+    assert list(btn["variants"]) == ["control", "green"]
+    control, green = btn["variants"]["control"], btn["variants"]["green"]
+    assert control == {
+        "users": 3,  # u1, u2, u6
+        "converted_users": 1,
+        "conversion_rate_percent": pytest.approx(100 / 3),
+        "revenue_cents": 2_000,
+        "revenue_per_user": pytest.approx(20 / 3),
+        "p_value": None,
+        "probability_to_beat_control": None,
+        "significant": None,
+    }
+    assert green["users"] == 2  # u3, u4
+    assert green["converted_users"] == 1
+    assert green["conversion_rate_percent"] == 50.0
+    assert green["revenue_cents"] == 1_500
+    assert green["revenue_per_user"] == 7.5
+    # pooled 2/5; z = (1/2 - 1/3) / sqrt(2/5 * 3/5 * (1/2 + 1/3)) = (1/6) / sqrt(0.2)
+    z = (1 / 6) / math.sqrt(0.2)
+    assert green["p_value"] == pytest.approx(2 * (1 - NormalDist().cdf(z)), abs=1e-12)
+    # Beta(2, 2) against Beta(2, 3): integral of 12 y (1 - y)^2 (1 - 3 y^2 + 2 y^3) = 22/35
+    assert green["probability_to_beat_control"] == pytest.approx(22 / 35, abs=1e-15)
+    assert green["significant"] is False
+
+
+def test_exposure_needs_string_experiment_and_variant() -> None:
+    events = [
+        exposed("a", 0, "u1", None),  # variant missing
+        exposed("b", 1, "u1", 5),  # variant not a string
+        exposed("c", 2, "u1", ""),  # variant empty
+        exposed("d", 3, "u1", "green"),  # the first real exposure
+        ev("e", 4, user="u2", metadata={"experiment": "btn"}),
+        ev("f", 5, user="u3", metadata={"experiment": 7, "variant": "control"}),
+        ev("g", 6, user="u3", metadata={"experiment": "", "variant": "control"}),
+        ev("h", 7, user="u4", metadata={"experiment": "BTN", "variant": "control"}),
+    ]
+    del events[0]["metadata"]["variant"]
+    result = experiments(events)
+    assert sorted(result) == ["BTN", "btn"]  # case-sensitive names
+    assert result["btn"]["variants"]["green"]["users"] == 1
+    assert list(result["btn"]["variants"]) == ["green"]
+    assert result["btn"]["variant_conflicts"] == 0
+    # No control in "btn": nothing to compare with.
+    assert result["btn"]["variants"]["green"]["p_value"] is None
+    assert result["btn"]["variants"]["green"]["significant"] is None
+
+
+def test_experiments_are_independent_per_name() -> None:
+    events = [
+        exposed("a", 0, "u1", "control"),
+        ev("b", 1, user="u1", metadata={"experiment": "other", "variant": "x"}),
+        ev("c", 2, user="u1", metadata={"experiment": "other", "variant": "y"}),
+        ev("d", 3, user="u1", action="signup"),
+    ]
+    result = experiments(events)
+    assert result["btn"]["variant_conflicts"] == 0
+    assert result["other"]["variant_conflicts"] == 1
+    assert result["other"]["variants"]["x"]["converted_users"] == 1
+    assert "y" not in result["other"]["variants"]
+    assert experiments([ev("z", 0)]) == {}
+
+
+def test_p_value_pooled_rate_zero_or_one() -> None:
+    assert two_proportion_p_value(0, 50, 0, 70) == 1.0
+    assert two_proportion_p_value(50, 50, 70, 70) == 1.0
+    assert two_proportion_p_value(3, 10, 3, 10) == 1.0  # z = 0
+    z = (0.5 - 0.25) / math.sqrt(0.375 * 0.625 * (1 / 8 + 1 / 8))
+    assert two_proportion_p_value(4, 8, 2, 8) == pytest.approx(2 * NormalDist().cdf(-z), 1e-12)
+    assert two_proportion_p_value(2, 8, 4, 8) == two_proportion_p_value(4, 8, 2, 8)
+
+
+def test_experiment_pooled_rates_zero_and_one_in_rows() -> None:
+    nobody = [exposed(f"{v}{i}", i, f"{v}{i}", v) for v in ("control", "green") for i in range(3)]
+    row = experiments(nobody)["btn"]["variants"]["green"]
+    assert (row["p_value"], row["probability_to_beat_control"]) == (1.0, 0.5)
+    everybody = nobody + [
+        ev(f"{v}{i}-buy", 10 + i, user=f"{v}{i}", action="purchase", cents=100)
+        for v in ("control", "green")
+        for i in range(3)
+    ]
+    row = experiments(everybody)["btn"]["variants"]["green"]
+    assert (row["p_value"], row["probability_to_beat_control"]) == (1.0, 0.5)
+    assert row["revenue_cents"] == 300 and row["significant"] is False
+
+
+def _ab_events(n_control: int, x_control: int, n_green: int, x_green: int) -> list[dict[str, Any]]:
+    events = []
+    for variant, n, x in (("control", n_control, x_control), ("green", n_green, x_green)):
+        for i in range(n):
+            user = f"{variant}-{i}"
+            events.append(exposed(f"{user}-x", 0, user, variant))
+            if i < x:
+                events.append(ev(f"{user}-c", SEC, user=user, action="signup"))
+    return events
+
+
+def test_significance_needs_100_users_in_both_variants() -> None:
+    row = experiments(_ab_events(100, 10, 100, 30))["btn"]["variants"]["green"]
+    assert row["p_value"] < 0.001
+    assert row["significant"] is True
+    assert row["probability_to_beat_control"] > 0.999
+    row = experiments(_ab_events(99, 10, 200, 60))["btn"]["variants"]["green"]
+    assert row["p_value"] < 0.001
+    assert row["significant"] is False  # control under 100 users
+    row = experiments(_ab_events(100, 10, 100, 12))["btn"]["variants"]["green"]
+    assert row["p_value"] > 0.05
+    assert row["significant"] is False
+
+
+def _interleavings(x_v: int, n_v: int, x_c: int, n_c: int) -> Fraction:
+    """P(pV > pC) by enumerating every interleaving of the two sets of uniforms (tiny n)."""
+    n1, n2 = n_v + 1, n_c + 1
+    wins = total = 0
+    for positions in itertools.combinations(range(n1 + n2), n1):
+        v_seen = c_seen = 0
+        for index in range(n1 + n2):
+            if index in positions:
+                v_seen += 1
+                if v_seen == x_v + 1:  # pV's uniform first: pV < pC
+                    break
+            else:
+                c_seen += 1
+                if c_seen == x_c + 1:
+                    wins += 1
+                    break
+        total += 1
+    return Fraction(wins, total)
+
+
+def _integrated(x_v: int, n_v: int, x_c: int, n_c: int, steps: int = 100_000) -> float:
+    """P(pV > pC) = integral of f_V(x) * F_C(x) dx by the trapezoid rule on a uniform grid, with
+    F_C accumulated on the same grid (densities from log-gamma). Error O(1 / steps^2): with
+    100,000 steps and these parameters it is below 1e-8."""
+
+    def log_density(a: int, b: int) -> Any:
+        norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+
+        def f(x: float) -> float:
+            if x <= 0.0 or x >= 1.0:
+                return math.exp(norm) if (x <= 0.0 and a == 1) or (x >= 1.0 and b == 1) else 0.0
+            return math.exp(norm + (a - 1) * math.log(x) + (b - 1) * math.log1p(-x))
+
+        return f
+
+    f_v = log_density(1 + x_v, 1 + n_v - x_v)
+    f_c = log_density(1 + x_c, 1 + n_c - x_c)
+    h = 1.0 / steps
+    cdf = 0.0
+    previous_c = f_c(0.0)
+    previous = f_v(0.0) * cdf
+    total = 0.0
+    for i in range(1, steps + 1):
+        x = i * h
+        current_c = f_c(x)
+        cdf += h * (previous_c + current_c) / 2
+        current = f_v(x) * cdf
+        total += h * (previous + current) / 2
+        previous_c, previous = current_c, current
+    return total
+
+
+@pytest.mark.parametrize(
+    "counts", [(0, 0, 0, 0), (0, 1, 0, 1), (1, 2, 0, 2), (2, 3, 1, 4), (0, 3, 3, 3), (2, 2, 0, 4)]
+)
+def test_probability_to_beat_matches_enumeration(counts: tuple[int, int, int, int]) -> None:
+    x_v, n_v, x_c, n_c = counts
+    assert probability_to_beat(x_v, n_v, x_c, n_c) == _interleavings(x_v, n_v, x_c, n_c)
+
+
+@pytest.mark.parametrize(
+    "counts", [(1, 2, 1, 3), (45, 100, 30, 100), (3, 10, 0, 1), (0, 40, 2, 60), (120, 400, 95, 380)]
+)
+def test_probability_to_beat_matches_integration(counts: tuple[int, int, int, int]) -> None:
+    exact = probability_to_beat(*counts)
+    assert float(exact) == pytest.approx(_integrated(*counts), abs=1e-6)
+
+
+def test_probability_to_beat_symmetry() -> None:
+    for counts in [(5, 20, 7, 25), (0, 3, 1, 1), (300, 1000, 280, 990)]:
+        x_v, n_v, x_c, n_c = counts
+        both = probability_to_beat(x_v, n_v, x_c, n_c) + probability_to_beat(x_c, n_c, x_v, n_v)
+        assert both == 1
+        assert probability_to_beat(x_v, n_v, x_v, n_v) == Fraction(1, 2)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from generator.traffic import (
     generate,
     generate_labelled,
 )
+from tests.reference import batch as reference
 
 HOUR = 3_600_000
 GAP = 30 * 60_000
@@ -424,6 +425,153 @@ def test_funnel_with_drop_off_and_purchases(
     assert kinds["page_view"] > len(valid) // 2
 
 
+# --------------------------------------------------------------------------- SPEC 7-9 shapes
+
+DAY = 86_400_000
+CONVERSIONS = {"purchase", "signup", "subscribe", "download", "submit_form"}
+SHAPED = TrafficProfile(
+    seed=5,
+    users=300,
+    start_ms=1_705_276_800_000,  # 2024-01-15T00:00:00Z
+    span_ms=4 * DAY,
+    events=20_000,
+    checkout_action=True,
+    experiment="checkout_button",
+)
+
+
+def as_enriched(event: Event) -> Event:
+    """The SPEC 2 fields the batch reference reads, derived the SPEC's way (defaults)."""
+    metadata = event.get("metadata") or {}
+    purchase = event["action"] == "purchase"
+    return {
+        "event_id": event["event_id"],
+        "user_id": event["user_id"],
+        "session_id": event.get("session_id"),
+        "action": event["action"],
+        "page": event.get("page"),
+        "timestamp": event["timestamp"],
+        "duration": event.get("duration", 0),
+        "revenue": metadata.get("amount", 0) if purchase else 0,
+        "is_conversion": event["action"] in CONVERSIONS,
+        "metadata": metadata,
+    }
+
+
+@pytest.fixture(scope="module")
+def shaped() -> list[Event]:
+    return dicts(SHAPED)
+
+
+def test_new_shapes_are_off_by_default(valid: list[Event]) -> None:
+    assert not any(e["action"] == "checkout" for e in valid)
+    assert not any("experiment" in e.get("metadata", {}) for e in valid)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"variants": ("control",)},
+        {"variants": ("control", "control")},
+        {"variants": ("control", "")},
+        {"variant_conflict_rate": 1.5},
+    ],
+)
+def test_profile_rejects_bad_experiments(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        TrafficProfile(experiment="x", **bad)
+
+
+def test_shaped_stream_is_deterministic_and_valid(shaped: list[Event]) -> None:
+    assert [orjson.dumps(e) for e in dicts(SHAPED)] == [orjson.dumps(e) for e in shaped]
+    for event in shaped:
+        assert spec_errors(event) == [], event
+
+
+def test_several_days_with_cohorts_and_returning_users(shaped: list[Event]) -> None:
+    days: dict[str, set[str]] = defaultdict(set)
+    first_day: dict[str, str] = {}
+    for e in shaped:  # time-ordered: no disorder in this profile
+        day = e["timestamp"][:10]
+        days[day].add(e["user_id"])
+        first_day.setdefault(e["user_id"], day)
+    assert sorted(days) == ["2024-01-15", "2024-01-16", "2024-01-17", "2024-01-18"]
+    cohort_sizes = Counter(first_day.values())
+    assert len(cohort_sizes) >= 3 and min(cohort_sizes.values()) >= 5  # new users every day
+    first_cohort = {u for u, day in first_day.items() if day == "2024-01-15"}
+    for day in ("2024-01-16", "2024-01-17", "2024-01-18"):
+        assert len(first_cohort & days[day]) > len(first_cohort) // 2  # they come back
+    rows = reference.cohorts([as_enriched(e) for e in shaped])
+    assert ("2024-01-15", 3) in rows and ("2024-01-17", 1) in rows
+    assert 0 < rows[("2024-01-15", 3)]["retention_rate_percent"] < 100
+
+
+def test_funnel_reaches_every_stage_and_drops_at_each(shaped: list[Event]) -> None:
+    rows = reference.funnel_stats([as_enriched(e) for e in shaped], [reference.SPEC_EXAMPLE_FUNNEL])
+    assert len(rows) == 4  # one row per day
+    for row in rows.values():
+        reached = [stage["reached"] for stage in row["stages"]]
+        assert reached[0] > reached[1] > reached[2] > reached[3] > 20, reached
+    # The checkout step sits between the checkout page and the purchase, as in a real shop.
+    by_key: dict[tuple[str, str], list[Event]] = defaultdict(list)
+    for e in shaped:
+        by_key[(e["user_id"], e.get("session_id") or "")].append(e)
+    for events in by_key.values():
+        for i, e in enumerate(events):
+            if e["action"] == "checkout":
+                assert events[i - 1]["page"] == "/checkout"
+                assert events[i - 1]["action"] == "page_view"
+            if e["action"] == "purchase":
+                assert any(b["action"] == "checkout" for b in events[:i])
+
+
+def test_experiment_exposures_and_conflicts(shaped: list[Event]) -> None:
+    seen: dict[str, set[str]] = defaultdict(set)
+    devices: dict[str, Any] = {}
+    for e in shaped:
+        devices[e["user_id"]] = e.get("device")
+        metadata = e.get("metadata", {})
+        if "experiment" not in metadata:
+            continue
+        assert metadata == {"experiment": "checkout_button", "variant": metadata["variant"]}
+        assert e["action"] == "page_view"
+        assert e["page"].startswith("/products") or e["page"] == "/checkout"
+        seen[e["user_id"]].add(metadata["variant"])
+    assert not any(devices[user] == "bot" for user in seen)
+    two = [user for user, variants in seen.items() if len(variants) == 2]
+    assert 2 <= len(two) <= 0.1 * len(seen)  # a few percent see both
+    per_variant = Counter(min(v) for v in seen.values() if len(v) == 1)
+    assert set(per_variant) == {"control", "green"}
+    assert min(per_variant.values()) > 0.35 * len(seen)
+    result = reference.experiments([as_enriched(e) for e in shaped])["checkout_button"]
+    assert result["variant_conflicts"] == len(two)
+    green = result["variants"]["green"]
+    assert green["users"] + result["variants"]["control"]["users"] == len(seen)
+    assert green["p_value"] is not None and 0 < green["probability_to_beat_control"] < 1
+    # Some users convert before their first exposure (a signup first): the "at or after
+    # exposure" rule has something to leave out.
+    exposed_at: dict[str, str] = {}
+    early = set()
+    for e in shaped:
+        if "experiment" in e.get("metadata", {}):
+            exposed_at.setdefault(e["user_id"], e["timestamp"])
+        elif e["action"] in CONVERSIONS and e["user_id"] not in exposed_at:
+            early.add(e["user_id"])
+    assert len(early & set(exposed_at)) >= 5
+
+
+def test_variants_can_be_named() -> None:
+    profile = TrafficProfile(
+        seed=3, users=60, events=3_000, experiment="hero", variants=("a", "b", "c")
+    )
+    variants = {
+        e["metadata"]["variant"]
+        for e in dicts(profile)
+        if e.get("metadata", {}).get("experiment") == "hero"
+    }
+    assert variants == {"a", "b", "c"}
+
+
 def test_page_view_durations(valid: list[Event]) -> None:
     durations = [e["duration"] for e in valid if e["action"] == "page_view"]
     assert all(1_000 <= d <= 120_000 for d in durations)
@@ -502,6 +650,25 @@ def test_profile_from_args() -> None:
         _args("--events", "5", "--duration", "5")
     with pytest.raises(SystemExit):
         _args("--realtime", "--start", "2024-01-15T10:00:00Z")
+
+
+def test_profile_from_args_analytics_shapes() -> None:
+    p = cli.profile_from_args(_args("--start", "2024-01-15T00:00:00Z", "--days", "3"))
+    assert p.span_ms == 3 * DAY
+    assert (p.checkout_action, p.experiment) == (False, "")  # off unless asked for
+    p = cli.profile_from_args(
+        _args("--checkout-action", "--experiment", "hero", "--variants", "control, a,b")
+    )
+    assert p.checkout_action and p.experiment == "hero"
+    assert p.variants == ("control", "a", "b")
+    with pytest.raises(ValueError, match="--days needs --start"):
+        cli.profile_from_args(_args("--days", "3"))
+    with pytest.raises(ValueError, match="--days must be >= 1"):
+        cli.profile_from_args(_args("--start", "2024-01-15T00:00:00Z", "--days", "0"))
+    with pytest.raises(ValueError, match="variants"):
+        cli.profile_from_args(_args("--experiment", "hero", "--variants", "control"))
+    with pytest.raises(SystemExit):
+        _args("--span", "60", "--days", "2")
 
 
 def _closed_port() -> int:
