@@ -48,12 +48,15 @@ Cost per user, for one who walked the shipped ``checkout`` funnel once (four mat
   typical_user().encode())))"``; a fifth event 47 s later adds 47 bytes (its quoted id 38,
   its ts as a difference from the one before, its stage mask), kept until its day is final
   (the same test checks both figures);
-- decoded, in Python: 946 bytes, from ``.venv/bin/python -c "from tests.unit.test_funnels
-  import memory_per_user; print(memory_per_user())"`` (tracemalloc over 1,000 such users;
-  the four id strings are 340 of them).
+- decoded, in Python: 1,313 bytes, from ``.venv/bin/python -c "from tests.unit.test_funnels
+  import memory_per_user; print(memory_per_user())"`` (tracemalloc over 1,000 such users:
+  the events, the four id strings 340 of them, and the day's sweep, which is never encoded).
 
-Each matching event costs O(stages x kept events of the days it can change), twice (the
-days' best attempts before and after it), since best attempts are not kept.
+Time: an event that comes after all of its user's others (the usual order) is one step of
+each open day's sweep, O(attempts still waiting); one that arrives out of order rebuilds the
+sweeps of the days it can change, O(events of those days). A decoded user builds its sweeps
+when it first takes an event. ``FunnelSet.masks`` says in one dict lookup whether an event
+matters to any funnel at all.
 """
 
 from __future__ import annotations
@@ -262,79 +265,143 @@ class FunnelChange(NamedTuple):
     new: tuple[int, ...]
 
 
-Track = list[tuple[int, str, int]]
-"""One funnel's matching events of one user as (ts, event_id, stage mask), sorted: a tuple
-sorts by (ts, event_id) first, so ``bisect`` finds an event by its first two fields."""
+class _DaySweep:
+    """SPEC 7's attempts of one day, followed through the user's events in (ts, event_id)
+    order. ``members`` holds the attempts that may still go on, in the order they started,
+    each as (the stage it waits for, its start number, the ts of its stages so far). An
+    event matching stage k fills it for every attempt waiting for k whose window it is in:
+    each takes the first such event after its previous stage, as SPEC says. An attempt
+    whose window has passed is let go, and so is one that can no longer beat ``best``, the
+    day's best attempt so far (most stages, then earliest t1, then earliest start).
+
+    An event after all others (the usual order) is one ``step``; one that arrives out of
+    order rebuilds the sweeps of the days it can change from the events."""
+
+    __slots__ = ("best", "best_start", "day", "members", "starts")
+
+    def __init__(self, day: int) -> None:
+        self.day = day
+        self.members: list[tuple[int, int, tuple[int, ...]]] = []
+        self.starts = 0
+        self.best: tuple[int, ...] = ()
+        self.best_start = 0
+
+    def step(self, ts: int, mask: int, n_stages: int, window_ms: int) -> None:
+        """Take the next event in (ts, event_id) order."""
+        members = self.members
+        if members and members[0][2][0] < ts - window_ms:
+            members = [m for m in members if m[2][0] >= ts - window_ms]  # in start order
+        if members and mask > 1:
+            filled = []
+            for waits_for, start, stamps in members:
+                if mask >> waits_for & 1:
+                    stamps = (*stamps, ts)
+                    waits_for += 1
+                    self._consider(start, stamps)
+                    if waits_for == n_stages:
+                        continue
+                filled.append((waits_for, start, stamps))
+            members = filled
+            if len(self.best) == n_stages:  # started later: cannot beat it
+                members = [m for m in members if (m[2][0], m[1]) < (self.best[0], self.best_start)]
+        if mask & 1 and self.day == ts // DAY_MS and len(self.best) < n_stages:
+            self._consider(self.starts, (ts,))
+            members.append((1, self.starts, (ts,)))
+            self.starts += 1
+        self.members = members
+
+    def _consider(self, start: int, stamps: tuple[int, ...]) -> None:
+        best = self.best
+        if len(stamps) > len(best) or (
+            len(stamps) == len(best) and (stamps[0], start) < (best[0], self.best_start)
+        ):
+            self.best, self.best_start = stamps, start
 
 
-def _add(track: Track, spec: FunnelSpec, ts: int, event_id: str, mask: int) -> list[FunnelChange]:
-    at = bisect_left(track, (ts, event_id))
-    if at < len(track) and track[at][:2] == (ts, event_id):
-        return []
-    days = range(day_of(ts - spec.window_ms), day_of(ts) + 1)
-    old = [_best_of(track, spec, day) for day in days]
-    track.insert(at, (ts, event_id, mask))
-    changes = []
-    for day, before in zip(days, old, strict=True):
-        after = _best_of(track, spec, day)
-        if after != before:
-            changes.append(FunnelChange(spec.name, day, before, after))
-    return changes
+class _Track:
+    """One funnel's matching events of one user as (ts, event_id, stage mask), sorted (a
+    tuple sorts by (ts, event_id) first, so ``bisect`` finds an event by those two), and
+    the sweep of every day with an attempt: never encoded, built from the events when a
+    decoded user first takes an event."""
 
+    __slots__ = ("events", "sweeps")
 
-def _best_of(track: Track, spec: FunnelSpec, day: int) -> tuple[int, ...]:
-    """SPEC 7's best attempt of ``day``: most stages, ties to the earliest start."""
-    start = day * DAY_MS
-    lo = bisect_left(track, (start,))
-    hi = bisect_left(track, (start + DAY_MS,))
-    starts = [i for i in range(lo, hi) if track[i][2] & 1]
-    if not starts:
-        return ()
-    end = bisect_left(track, (start + DAY_MS + spec.window_ms,))
-    return _best_attempt(track, starts, end, len(spec.stages), spec.window_ms)
+    def __init__(self, events: list[tuple[int, str, int]]) -> None:
+        self.events = events
+        self.sweeps: list[_DaySweep] | None = None  # by day; None: not built yet
 
+    def add(self, spec: FunnelSpec, ts: int, event_id: str, mask: int) -> list[FunnelChange]:
+        events = self.events
+        at = bisect_left(events, (ts, event_id))
+        if at < len(events) and events[at][0] == ts and events[at][1] == event_id:
+            return []
+        sweeps = self.sweeps
+        if sweeps is None:
+            sweeps = self.sweeps = self._build_all(spec)
+        n_stages, window_ms = len(spec.stages), spec.window_ms
+        first_day, last_day = (ts - window_ms) // DAY_MS, ts // DAY_MS
+        changes = []
+        if at == len(events):  # after every other event: one step per day it can change
+            events.append((ts, event_id, mask))
+            for sweep in sweeps:
+                if first_day <= sweep.day:
+                    old = sweep.best
+                    sweep.step(ts, mask, n_stages, window_ms)
+                    if sweep.best != old:
+                        changes.append(FunnelChange(spec.name, sweep.day, old, sweep.best))
+            if mask & 1 and (not sweeps or sweeps[-1].day < last_day):
+                sweep = _DaySweep(last_day)
+                sweep.step(ts, mask, n_stages, window_ms)
+                sweeps.append(sweep)
+                changes.append(FunnelChange(spec.name, last_day, (), sweep.best))
+            return changes
+        events.insert(at, (ts, event_id, mask))
+        old_best = {sweep.day: sweep.best for sweep in sweeps}
+        kept = [sweep for sweep in sweeps if not first_day <= sweep.day <= last_day]
+        for day in range(first_day, last_day + 1):
+            rebuilt = self._build(spec, day)
+            new = rebuilt.best if rebuilt is not None else ()
+            if rebuilt is not None:
+                kept.append(rebuilt)
+            if new != old_best.get(day, ()):
+                changes.append(FunnelChange(spec.name, day, old_best.get(day, ()), new))
+        self.sweeps = sorted(kept, key=lambda s: s.day)
+        return changes
 
-def _best_attempt(
-    track: Track, starts: list[int], end: int, n_stages: int, window_ms: int
-) -> tuple[int, ...]:
-    """Each start's attempt, following for stage k the first later event matching it
-    (``after[k][p]``: the first index after p whose mask has bit k, from one backward pass),
-    so an attempt costs O(stages) once the table is built."""
-    first = starts[0]
-    size = end - first
-    after: list[list[int]] = []
-    for k in range(1, n_stages):
-        bit = 1 << k
-        row = [size] * size
-        following = size
-        for p in range(size - 1, -1, -1):
-            row[p] = following
-            if track[first + p][2] & bit:
-                following = p
-        after.append(row)
-    best: tuple[int, ...] = ()
-    for s in starts:
-        t1 = track[s][0]
-        deadline = t1 + window_ms
-        stamps = [t1]
-        p = s - first
-        for row in after:
-            q = row[p]
-            if q == size or track[first + q][0] > deadline:
-                break
-            stamps.append(track[first + q][0])
-            p = q
-        if len(stamps) > len(best):
-            best = tuple(stamps)
-            if len(best) == n_stages:
-                break
-    return best
+    def _build(self, spec: FunnelSpec, day: int) -> _DaySweep | None:
+        """The sweep of ``day`` over the events, None when no attempt starts that day."""
+        events = self.events
+        day_end = (day + 1) * DAY_MS
+        first = bisect_left(events, (day * DAY_MS,))
+        while first < len(events) and events[first][0] < day_end and not events[first][2] & 1:
+            first += 1  # nothing happens before the day's first attempt starts
+        if first == len(events) or events[first][0] >= day_end:
+            return None
+        sweep = _DaySweep(day)
+        n_stages, window_ms = len(spec.stages), spec.window_ms
+        for i in range(first, bisect_left(events, (day_end + window_ms,))):
+            sweep.step(events[i][0], events[i][2], n_stages, window_ms)
+        return sweep
+
+    def _build_all(self, spec: FunnelSpec) -> list[_DaySweep]:
+        days = sorted({ts // DAY_MS for ts, _, mask in self.events if mask & 1})
+        return [sweep for day in days if (sweep := self._build(spec, day)) is not None]
+
+    def forget(self, spec: FunnelSpec, watermark_ms: int) -> None:
+        open_day = first_open_day(spec, watermark_ms)
+        del self.events[: bisect_left(self.events, (open_day * DAY_MS,))]
+        if self.sweeps is not None:
+            self.sweeps = [sweep for sweep in self.sweeps if sweep.day >= open_day]
+
+    def best_attempts(self, spec: FunnelSpec) -> list[FunnelChange]:
+        if self.sweeps is None:
+            self.sweeps = self._build_all(spec)
+        return [FunnelChange(spec.name, sweep.day, (), sweep.best) for sweep in self.sweeps]
 
 
 class UserFunnels:
     """What the funnels must remember of one user: per funnel, the events matching a stage
-    whose day is not final yet. Best attempts are computed again when needed rather than
-    kept: memory, not time, is what a worker holding many users runs out of.
+    whose day is not final yet (and, in memory only, the sweeps of their days).
 
     ``add`` takes the user's accepted events in arrival order, which may differ from ts
     order by up to grace; the caller never passes an event with ts below the watermark it
@@ -346,18 +413,20 @@ class UserFunnels:
 
     def __init__(self, funnels: FunnelSet) -> None:
         self.funnels = funnels
-        #: per funnel index, its track; None while it has no event
-        self.tracks: list[Track | None] = [None] * len(funnels.specs)
+        #: by funnel index; None while the funnel has no event of this user
+        self.tracks: list[_Track | None] = [None] * len(funnels.specs)
 
     def add(self, ts_ms: int, event_id: str, action: str, page: str | None) -> list[FunnelChange]:
         """Take one event; returns the (funnel, day) best attempts it changed."""
         matched = self.funnels.masks(action, page or "")
+        if not matched:
+            return []
         changes: list[FunnelChange] = []
         for f, mask in matched.items():
             track = self.tracks[f]
             if track is None:
-                track = self.tracks[f] = []
-            changes += _add(track, self.funnels.specs[f], ts_ms, event_id, mask)
+                track = self.tracks[f] = _Track([])
+            changes += track.add(self.funnels.specs[f], ts_ms, event_id, mask)
         return changes
 
     def forget(self, watermark_ms: int) -> None:
@@ -365,9 +434,8 @@ class UserFunnels:
         partials as they are."""
         for f, track in enumerate(self.tracks):
             if track is not None:
-                open_day = first_open_day(self.funnels.specs[f], watermark_ms)
-                del track[: bisect_left(track, (open_day * DAY_MS,))]
-                if not track:
+                track.forget(self.funnels.specs[f], watermark_ms)
+                if not track.events:
                     self.tracks[f] = None
 
     @property
@@ -376,14 +444,12 @@ class UserFunnels:
 
     def best_attempts(self) -> list[FunnelChange]:
         """Every kept day's best attempt, as changes from nothing (for checks and rebuilds)."""
-        found = []
-        for f, track in enumerate(self.tracks):
-            if track is not None:
-                spec = self.funnels.specs[f]
-                for day in range(day_of(track[0][0]), day_of(track[-1][0]) + 1):
-                    if best := _best_of(track, spec, day):
-                        found.append(FunnelChange(spec.name, day, (), best))
-        return found
+        return [
+            change
+            for f, track in enumerate(self.tracks)
+            if track is not None
+            for change in track.best_attempts(self.funnels.specs[f])
+        ]
 
     def encode(self) -> dict[str, list[int | str]]:
         """``{funnel: [ts, event_id, mask, ts - previous ts, event_id, mask, ...]}``."""
@@ -392,7 +458,7 @@ class UserFunnels:
             if track is not None:
                 flat: list[int | str] = []
                 previous = 0
-                for ts, event_id, mask in track:
+                for ts, event_id, mask in track.events:
                     flat += (ts - previous, event_id, mask)
                     previous = ts
                 data[self.funnels.specs[f].name] = flat
@@ -405,12 +471,12 @@ class UserFunnels:
         for name, flat in data.items():
             f = funnels.index.get(name)
             if f is not None and flat:
-                track: Track = []
+                events = []
                 ts = 0
                 for i in range(0, len(flat), 3):
                     ts += int(flat[i])
-                    track.append((ts, str(flat[i + 1]), int(flat[i + 2])))
-                user.tracks[f] = track
+                    events.append((ts, str(flat[i + 1]), int(flat[i + 2])))
+                user.tracks[f] = _Track(events)
         return user
 
 

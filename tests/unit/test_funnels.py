@@ -201,6 +201,16 @@ def test_the_window_includes_its_last_millisecond_and_not_the_next(
     assert [s["reached"] for s in feed([spec], events)[0]["stages"]] == reached
 
 
+def test_an_attempt_at_the_window_edge_survives_an_earlier_one_running_out() -> None:
+    spec = funnel("a", "b", window="30m")
+    events = [
+        Event("u", T0, "1", "a"),  # waits until 00:30, in vain
+        Event("u", T0 + 10 * M, "2", "a"),  # waits until 00:40
+        Event("u", T0 + 40 * M, "3", "b"),
+    ]
+    assert figures(feed([spec], events)[0]) == [(1, 0.0, 1_800.0), (1, None, None)]
+
+
 def test_medians_of_an_even_count_are_the_mean_of_the_middle_two() -> None:
     spec = funnel("a", "b")
     gaps = [1_000, 2_001, 9_000, 500]
@@ -369,7 +379,7 @@ def test_a_typical_user_costs_the_bytes_the_docstring_says() -> None:
     assert len(orjson.dumps(user.encode())) == 210
     user.add(T0 + 9 * H + 4 * 47_000, str(uuid.UUID(int=9, version=4)), "page_view", "/products/7")
     assert len(orjson.dumps(user.encode())) == 210 + 47
-    assert memory_per_user() < 1_100
+    assert memory_per_user() < 1_400
 
 
 # --------------------------------------------------------------------------- property
@@ -446,8 +456,8 @@ def brute_force_rows(
 
 GRACE = 20 * M
 USERS = ("u1", "u2", "u3", "u4", "u5")
-STEPS = (("a", ""), ("b", ""), ("c", ""), ("x", ""), ("page_view", "/p"))
-STEPS += (("page_view", "/products/1"), ("page_view", "/products/2"))
+STEPS = [("a", ""), ("b", ""), ("c", ""), ("x", ""), ("page_view", "/p")]
+STEPS += [("page_view", "/products/1"), ("page_view", "/products/2")]
 #: walks through the funnels below that steps are dropped from and mixed into
 PATHS = (
     (("page_view", "/products/1"), ("a", ""), ("b", ""), ("c", "")),
