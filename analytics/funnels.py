@@ -555,6 +555,17 @@ class FunnelPartials:
             if not part.reached:
                 del self.days[key]
 
+    def take_final(self, specs: Sequence[FunnelSpec], watermark_ms: int) -> FunnelPartials:
+        """Remove and return the days final at ``watermark_ms``, and those of funnels no
+        longer configured (they can never become final): no event can change them now."""
+        by_name = {spec.name: spec for spec in specs}
+        taken = FunnelPartials()
+        for name, day in list(self.days):
+            spec = by_name.get(name)
+            if spec is None or is_final(spec, day, watermark_ms):
+                taken.days[name, day] = self.days.pop((name, day))
+        return taken
+
     def merge(self, other: FunnelPartials) -> None:
         for key, part in other.days.items():
             mine = self.days.get(key)

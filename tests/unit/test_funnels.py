@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from analytics.funnels import (
     DAY_MS,
+    DayPartial,
     FunnelChange,
     FunnelPartials,
     FunnelSet,
@@ -336,6 +337,20 @@ def test_forget_drops_final_days_and_the_state_round_trips() -> None:
     assert user.is_empty
     gone = UserFunnels.decode(FunnelSet([funnel("a", "b", name="g")]), encoded)
     assert gone.is_empty  # a funnel no longer configured is forgotten
+
+
+def test_final_days_and_removed_funnels_are_taken_out_of_a_partial() -> None:
+    spec = funnel("a", "b", window="1h")
+    partial = FunnelPartials()
+    day = T0 // DAY_MS
+    partial.apply([FunnelChange("f", day, (), (T0,)), FunnelChange("f", day + 1, (), (T0,))])
+    partial.apply([FunnelChange("gone", day + 1, (), (T0, T0 + 1))])
+    assert partial.take_final([spec], T0 + DAY_MS + H - 1).days == {
+        ("gone", day + 1): DayPartial([1, 1], [{1: 1}])
+    }
+    taken = partial.take_final([spec], T0 + DAY_MS + H)
+    assert list(taken.days) == [("f", day)]
+    assert list(partial.days) == [("f", day + 1)]
 
 
 def test_a_range_sums_reached_and_takes_medians_from_the_merged_durations() -> None:
