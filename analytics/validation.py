@@ -91,7 +91,9 @@ FIELDS = frozenset(
     }
 )
 
-_ACTION = re.compile(r"[a-z0-9_.:-]{1,64}")
+#: SPEC 1: an action, and the longest page (analytics.funnels reads stages by them too)
+ACTION_PATTERN = re.compile(r"[a-z0-9_.:-]{1,64}")
+MAX_PAGE_CHARS = 2048
 _COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
 _CENT = Decimal("0.01")
 _SHOW_MAX = 60  # characters of an offending value quoted back in an error
@@ -292,7 +294,7 @@ def validate_event_at(
     action = obj.get("action")
     if action is None:
         errors.append(FieldError("action", "required"))
-    elif type(action) is not str or _ACTION.fullmatch(action) is None:
+    elif type(action) is not str or ACTION_PATTERN.fullmatch(action) is None:
         errors.append(
             FieldError(
                 "action",
@@ -301,7 +303,7 @@ def validate_event_at(
         )
         action = None
 
-    page = _string(obj, "page", 0, 2048, errors)
+    page = _string(obj, "page", 0, MAX_PAGE_CHARS, errors)
     if action == "page_view" and obj.get("page") in (None, ""):
         errors.append(FieldError("page", "required and non-empty when action is 'page_view'"))
 

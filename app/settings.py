@@ -36,6 +36,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from analytics.funnels import FunnelSpec, parse_funnels
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "configs" / "analytics-dashboard.yaml"
 
@@ -518,6 +520,17 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = AnalyticsSettings()
     metrics: MetricsSettings = MetricsSettings()
     access: AccessSettings = AccessSettings()
+    #: SPEC 7 funnels, read by analytics.funnels.parse_funnels (durations as everywhere here)
+    funnels: tuple[FunnelSpec, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _funnels(cls, data: Any) -> Any:
+        """The ``funnels`` list becomes specs here, so its errors name the funnel and stage
+        (``funnels[1].stages[2]: ...``) rather than pydantic's view of the dataclasses."""
+        if isinstance(data, dict) and "funnels" in data:
+            return {**data, "funnels": parse_funnels(data["funnels"], parse_duration)}
+        return data
 
     @classmethod
     def settings_customise_sources(

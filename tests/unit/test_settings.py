@@ -20,6 +20,7 @@ from aiohttp import web
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel
 
+from analytics.funnels import FunnelSpec, Stage
 from app.faust_app import create_app
 from app.settings import (
     DEFAULT_CONFIG_FILE,
@@ -342,6 +343,39 @@ def test_database_url_from_the_environment_gets_the_tls_parameters(
         "verify-ca",
         str(tls.ca),
     )
+
+
+# --------------------------------------------------------------------------- funnels
+
+
+def test_funnels_come_from_the_file_or_the_environment(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = load(config, yaml.safe_load(DEFAULT_CONFIG_FILE.read_text()))
+    stages = (Stage("page_view", "/products"), Stage("add_to_cart"), Stage("checkout"))
+    assert shipped.funnels == (FunnelSpec("checkout", (*stages, Stage("purchase")), 86_400_000),)
+    assert load(config, {}).funnels == ()
+    monkeypatch.setenv(
+        "ANALYTICS__FUNNELS",
+        '[{"name": "signup", "window": "30m", "stages": ["page_view:/signup", "signup"]}]',
+    )
+    signup = (Stage("page_view", "/signup"), Stage("signup"))
+    assert load(config, {}).funnels == (FunnelSpec("signup", signup, 1_800_000),)
+
+
+@pytest.mark.parametrize(
+    ("funnels", "problem"),
+    [
+        ({"name": "f"}, "funnels: must be a list of funnels, got dict"),
+        ([{"name": "f", "stages": ["a", "Add"]}], "funnels[0].stages[1]: action must match"),
+        ([{"name": "f", "stages": ["a", "b"], "window": "1w"}], "funnels[0].window: '1w' is not"),
+        ([{"name": "f", "stages": ["a", "b"]}, {"name": "f", "stages": ["a", "b"]}], "funnels[1]"),
+    ],
+)
+def test_a_funnel_that_cannot_work_stops_the_start_naming_it(
+    config: Path, funnels: Any, problem: str
+) -> None:
+    assert refused(config, {"funnels": funnels}).startswith(f"invalid configuration: {problem}")
 
 
 # --------------------------------------------------------------------------- secrets
