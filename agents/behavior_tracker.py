@@ -55,6 +55,7 @@ from agents.round_clock import RoundClock
 from analytics import record_chunks, wide_json
 from analytics.dead_letters import bounded_dead_letter
 from analytics.enrichment import EnrichmentRules, parse_user_agent
+from analytics.journeys import JourneyRules
 from analytics.partition import (
     PartitionOutput,
     PartitionRules,
@@ -99,6 +100,7 @@ PARTITION_RULES = PartitionRules(
     gap_ms=int(_engine.session_gap.total_seconds() * 1000),
     grace_ms=int(_engine.grace.total_seconds() * 1000),
     idle_ms=int(_engine.idle_timeout.total_seconds() * 1000),
+    journeys=JourneyRules(funnels=_settings.funnels),
 )
 
 
@@ -457,8 +459,10 @@ class BehaviorTracker(Service):
             message = {"type": "partial", "partition": partition, **partial}
             for record in record_chunks.encode(message, PARTIAL):
                 send(outputs, TOPICS.kpi_partials, None, record, 0)
+        for share in analysed.journeys:  # SPEC 7-9 shares, before the progress that follows
+            send(outputs, TOPICS.kpi_partials, None, _json({"partition": partition, **share}), 0)
         clock = task.state.clock
-        if task.progress_due(bool(analysed.partials)):
+        if task.progress_due(bool(analysed.partials or analysed.journeys)):
             progress = {
                 "type": "progress",
                 "partition": partition,

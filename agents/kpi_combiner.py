@@ -55,6 +55,7 @@ RULES = CombinerRules(
     partitions=_engine.topic_partitions,
     window_ms=int(_engine.kpi_window.total_seconds() * 1000),
     grace_ms=int(_engine.grace.total_seconds() * 1000),
+    funnels=app.analytics_settings.funnels,
 )
 LIMITS = PartialLimits(partitions=RULES.partitions, window_ms=RULES.window_ms)
 PARTITION = 0  # kpi-partials and the combiner's tables have one partition
@@ -120,6 +121,9 @@ def combine_received(state: CombinerState, batch: Sequence[Received]) -> Combine
     for row in out.traffic:
         key = f"{row['window_start']}|{row['dimension']}|{row['value']}".encode()
         records.append((TOPICS.traffic_stats, key, row, None))
+    for funnel in out.funnels:
+        key = f"{funnel['funnel']}|{funnel['day']}".encode()
+        records.append((TOPICS.funnel_stats, key, funnel, None))
     state["applied"] = fresh[-1].offset
     return CombinedBatch(records, out, state)
 

@@ -24,7 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from analytics import wide_json
+from analytics import journey_combiner, wide_json
+from analytics.funnels import FunnelSpec
 from analytics.kpis import kpi_figures, trends
 from analytics.live_trends import (
     Checkpoint,
@@ -46,6 +47,7 @@ class CombinerRules:
     partitions: int
     window_ms: int = 60_000
     grace_ms: int = 10_000
+    funnels: tuple[FunnelSpec, ...] = ()
 
 
 @dataclass(slots=True)
@@ -53,6 +55,7 @@ class CombinerOutput:
     kpis: list[dict[str, Any]] = field(default_factory=list)
     pages: list[dict[str, Any]] = field(default_factory=list)
     traffic: list[dict[str, Any]] = field(default_factory=list)
+    funnels: list[dict[str, Any]] = field(default_factory=list)
     ignored_partials: int = 0
 
 
@@ -117,6 +120,18 @@ def _ready(state: CombinerState, start: int, rules: CombinerRules) -> bool:
     return all(p.get("arrived", 0) >= since for p in empty)
 
 
+def passed(state: CombinerState, at: int, rules: CombinerRules) -> bool:
+    """Whether no partition can still accept an event with ts before ``at``: a partition
+    accepts ts from the start of the window its watermark is in (analytics.partition), so
+    this is ``_ready`` for the window that ends at ``at`` rounded up to a window's end."""
+    size = rules.window_ms
+    end = -(-at // size) * size
+    if not _ready(state, end - size, rules):
+        return False
+    state["ready_since"].pop(str(end - size), None)
+    return True
+
+
 def _figures(
     state: CombinerState, start: int, rules: CombinerRules, sums: Counter[str]
 ) -> dict[str, Any]:
@@ -179,9 +194,19 @@ def combine(
     """Fold partials and progress reports into the state; return what to publish."""
     out = CombinerOutput()
     touched: set[int] = set()
+    funnels_touched: set[str] = set()
+    funnels = state.setdefault("funnels", {})
     published = state["published_through"]
+
+    def ready(at: int) -> bool:
+        return passed(state, at, rules)
+
     for message in messages:
         partition = str(message["partition"])
+        if message["type"] == "funnel":
+            if not journey_combiner.take(funnels, message, rules.funnels, ready, funnels_touched):
+                out.ignored_partials += 1
+            continue
         if message["type"] == "progress":
             before = state["progress"].get(partition, {"wm": None})["wm"]
             wm = message["wm"]
@@ -222,6 +247,10 @@ def combine(
         now = event_time_now((p["wm"] for p in state["progress"].values()), rules.grace_ms)
         for start in sorted(touched):
             out.kpis.append(_live_figures(state, start, rules, now))
+    if funnels:
+        out.funnels = journey_combiner.publish(
+            funnels, rules.funnels, ready, funnels_touched, live=live
+        )
     return out
 
 
@@ -253,6 +282,7 @@ def combine_each(
         out.kpis += one.kpis
         out.pages += one.pages
         out.traffic += one.traffic
+        out.funnels += one.funnels
         out.ignored_partials += one.ignored_partials
     return out, failed
 

@@ -231,6 +231,47 @@ def _partial(check: _Check, message: dict[str, Any], partition: int) -> dict[str
     return checked
 
 
+MAX_FUNNEL_NAME = 63  # analytics.funnels: names of 1-63 characters
+MAX_DAY = MAX_MS // 86_400_000
+
+
+def _funnel(check: _Check, message: dict[str, Any], partition: int) -> dict[str, Any]:
+    """A partition's share of a funnel's day (analytics.journeys): ``partial`` is
+    ``[reached per stage, per transition a flat list of ms, count pairs]``."""
+    name = message.get("funnel", MISSING)
+    if type(name) is not str or not 0 < len(name) <= MAX_FUNNEL_NAME:
+        check.fail("funnel", f"must be a funnel name, got {_show(name)}")
+    day = check.integer("day", message.get("day", MISSING), MIN_MS // 86_400_000, MAX_DAY)
+    final = message.get("final", MISSING)
+    if type(final) is not bool:
+        check.fail("final", f"must be true or false, got {_show(final)}")
+    partial = message.get("partial", MISSING)
+    if type(partial) is not list or len(partial) != 2:
+        check.fail("partial", f"must be [reached, gaps], got {_show(partial)}")
+        partial = [[], []]
+    reached, gaps = partial
+    if type(reached) is not list or type(gaps) is not list or len(gaps) != max(0, len(reached) - 1):
+        check.fail("partial", "must hold one list of gaps per transition of the stages reached")
+    else:
+        for k, n in enumerate(reached):
+            check.counter(f"partial.reached[{k}]", n)
+        for k, flat in enumerate(gaps):
+            if type(flat) is not list or len(flat) % 2:
+                check.fail(f"partial.gaps[{k}]", "must be a flat list of ms, count pairs")
+                continue
+            for i, n in enumerate(flat):
+                bound = (0, MAX_MS - MIN_MS) if i % 2 == 0 else (1, MAX_COUNTER)
+                check.integer(f"partial.gaps[{k}][{i}]", n, *bound)
+    return {
+        "type": "funnel",
+        "partition": partition,
+        "funnel": name,
+        "day": day,
+        "final": final,
+        "partial": partial,
+    }
+
+
 def check_message(message: Any, limits: PartialLimits) -> dict[str, Any]:
     """The message with only the fields the combiner reads, or PartialRejected."""
     check = _Check(limits)
@@ -246,8 +287,10 @@ def check_message(message: Any, limits: PartialLimits) -> dict[str, Any]:
         checked = _progress(check, message, partition)
     elif kind == "partial":
         checked = _partial(check, message, partition)
+    elif kind == "funnel":
+        checked = _funnel(check, message, partition)
     else:
-        check.fail("type", f'must be "progress" or "partial", got {_show(kind)}')
+        check.fail("type", f'must be "progress", "partial" or "funnel", got {_show(kind)}')
     check.raise_errors()
     return checked
 

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 import orjson
 
 from analytics import partition_codec as codec
+from analytics.journeys import JourneyRules, Journeys
 from analytics.rows import Arrival, Row, Tick, row_of
 from analytics.sessions import SessionPreview, SessionSummary
 from analytics.windows import window_end, window_start
@@ -70,6 +71,7 @@ class PartitionRules:
     gap_ms: int = 1_800_000
     grace_ms: int = 10_000
     idle_ms: int = 5_000
+    journeys: JourneyRules = field(default_factory=JourneyRules)
 
     @property
     def close_after_ms(self) -> int:
@@ -82,6 +84,8 @@ class PartitionOutput:
 
     partials: list[dict[str, Any]] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)
+    journeys: list[dict[str, Any]] = field(default_factory=list)
+    """Shares of SPEC 7-9 figures for the combiner (analytics.journeys)."""
     late_events: int = 0
 
 
@@ -513,6 +517,9 @@ class PartitionState:
         self._load_windows()
         if stored is not None:
             self._load_legacy(stored)
+        self.journeys = (
+            Journeys(store, rules.journeys, max_users) if rules.journeys.active else None
+        )
 
     # ------------------------------------------------------------------ loading
 
@@ -677,6 +684,9 @@ class PartitionState:
                 writes.append((codec.window_key(window.start), codec.encode_window(window)))
                 window.dirty = False
                 window.persisted = True
+        if self.journeys is not None:  # shares before their users, both before the clock
+            shares, journey_users = self.journeys.take_writes()
+            writes += shares + journey_users
         writes.append((codec.CLOCK_KEY, codec.encode_clock(self.clock)))
         filed = {key for key, _ in self._index_puts}
         writes += [(key, None) for key in self._index_deletes if key not in filed]
@@ -766,6 +776,9 @@ def apply_batch(
     out = PartitionOutput()
     state.close_due_sessions(out)
     state.fold_some(len(items) if isinstance(items, list) else 0)
+    journeys = state.journeys
+    if journeys is not None:
+        journeys.expire(accept_from(clock, rules))
     for item in items:
         if item.offset <= clock.applied:
             continue
@@ -794,6 +807,8 @@ def apply_batch(
         if item.offset > window.applied:
             window.count(user_id, row)
             window.applied = item.offset
+        if journeys is not None:
+            journeys.add(user_id, row, item.offset, accept_from(clock, rules))
         if clock.max_ts is None or ts > clock.max_ts:
             clock.max_ts = ts
             candidate = ts - rules.grace_ms
@@ -802,7 +817,15 @@ def apply_batch(
         if clock.last_arrival is None or item.arrived_ms > clock.last_arrival:
             clock.last_arrival = item.arrived_ms
     _finalise_windows(state, rules, out, live=live)
+    if journeys is not None:
+        out.journeys = journeys.messages(accept_from(clock, rules), live)
     return out
+
+
+def accept_from(clock: Clock, rules: PartitionRules) -> int | None:
+    """The lowest ts an event can still have to be on time (SPEC 6): an event is late when
+    its window ends at or before the watermark. None before the first event."""
+    return None if clock.wm is None else window_start(clock.wm, rules.window_ms)
 
 
 def _advance_idle(clock: Clock, now_ms: int, rules: PartitionRules) -> None:

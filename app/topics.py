@@ -30,6 +30,7 @@ class TopicNames:
     session_metrics: str = "session-metrics"
     page_view_stats: str = "page-view-stats"
     traffic_stats: str = "traffic-stats"
+    funnel_stats: str = "funnel-stats"
     sink_dead_letters: str = "sink-dlq"
 
     @classmethod

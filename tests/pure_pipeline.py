@@ -74,6 +74,7 @@ class PurePartition:
                 {"type": "partial", "partition": self.index, **partial}, record_chunks.PARTIAL
             )
         ]
+        partials += [orjson.dumps({"partition": self.index, **s}) for s in analysed.journeys]
         progress = {
             "type": "progress",
             "partition": self.index,

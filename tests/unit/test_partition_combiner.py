@@ -22,7 +22,7 @@ import functools
 import random
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -32,6 +32,8 @@ import pytest
 from analytics import partition_codec as codec
 from analytics.combiner import CombinerRules, CombinerState, combine, new_state
 from analytics.enrichment import enrich
+from analytics.funnels import parse_funnels
+from analytics.journeys import JourneyRules
 from analytics.partition import (
     RECENT_SESSIONS,
     Clock,
@@ -47,6 +49,7 @@ from analytics.rows import Arrival, Tick, row_of
 from analytics.sessions import session_figures, split_sessions
 from analytics.timeutil import format_ts, parse_ts
 from analytics.validation import validate_event
+from app.settings import parse_duration
 from generator.traffic import TrafficProfile, generate_labelled
 from tables.memory_store import MemoryStore
 from tests import contract
@@ -177,6 +180,7 @@ def messages(
     """What the agent publishes to kpi-partials after a batch: partials, then progress
     (watermark, late count, and the latest append time among the batch's messages)."""
     msgs = [{"type": "partial", "partition": index, **partial} for partial in out.partials]
+    msgs += [{"partition": index, **share} for share in out.journeys]
     progress = {"type": "progress", "partition": index, "wm": clock.wm, "late": clock.late}
     progress["arrived"] = max(appended_at(item) for item in items)
     msgs.append(progress)
@@ -636,6 +640,20 @@ def test_a_long_session_keeps_only_the_rows_inside_the_grace() -> None:
 
 PARTITIONS = 4
 COMBINER_RULES = CombinerRules(partitions=PARTITIONS, window_ms=W)
+DAY = 86_400_000
+FUNNELS = parse_funnels(
+    [
+        {
+            "name": "checkout",
+            "window": "20m",
+            "stages": ["page_view:/products", "add_to_cart", "page_view:/checkout", "purchase"],
+        },
+        {"name": "browse", "window": "90s", "stages": ["page_view", "page_view", "page_view"]},
+    ],
+    parse_duration,
+)
+FUNNEL_RULES = replace(RULES, journeys=JourneyRules(funnels=FUNNELS))
+FUNNEL_COMBINER_RULES = replace(COMBINER_RULES, funnels=FUNNELS)
 LATENCY = 50  # ms from an event's time to its arrival, for the simulated wall clock
 TICK_EVERY = 2_000
 SEEDS = (1, 2, 3, 4)
@@ -647,20 +665,20 @@ class Traffic:
     logs: list[list[Arrival | Tick]]  # each partition's log; offset = index
 
 
-def traffic(seed: int) -> Traffic:
+def traffic(seed: int, start_ms: int = T0) -> Traffic:
     """Generated events routed by crc32(user_id) % 4, with ticks carrying the wall clock.
 
     The wall clock is the greatest event time produced so far plus LATENCY, so an event
     arrives when it happens and the idle advance of a quiet partition never overtakes an
     on-time event. Ticks go to every partition from the first event on, so a partition whose
     users come later starts with ticks only (watermark None) while the others run ahead. The
-    log ends with a tick far in the future, which moves every watermark past all windows and
-    sessions.
+    log ends with a tick far in the future (two days), which moves every watermark past all
+    windows, sessions and funnel days.
     """
     profile = TrafficProfile(
         seed=seed,
         users=40,
-        start_ms=T0,
+        start_ms=start_ms,
         span_ms=90 * 60_000,
         events=1_200,
         disorder_ms=9_000,
@@ -683,15 +701,22 @@ def traffic(seed: int) -> Traffic:
         if next_tick is None:
             next_tick = wall + TICK_EVERY
     for log in logs:
-        log.append(Tick(len(log), wall + 10 * GAP))
+        log.append(Tick(len(log), wall + 2 * DAY))
     return Traffic(events, logs)
 
 
 class Node:
     """One partition's worker: its table, the table's changelog, and its consumer position."""
 
-    def __init__(self, index: int, log: list[Arrival | Tick], rng: random.Random) -> None:
+    def __init__(
+        self,
+        index: int,
+        log: list[Arrival | Tick],
+        rng: random.Random,
+        rules: PartitionRules = RULES,
+    ) -> None:
         self.index = index
+        self.rules = rules
         self.log = log
         self.rng = rng
         self.table = MemoryStore()
@@ -713,9 +738,9 @@ class Node:
         """One batch: apply, return (kpi-partials messages, closed sessions), write state."""
         items = self.log[self.position : self.position + size]
         if self.state is None or self.rng.random() < 0.2:  # now and then read back
-            self.state = PartitionState(self.table, RULES, max_users=self.rng.choice([0, 3]))
+            self.state = PartitionState(self.table, self.rules, max_users=self.rng.choice([0, 3]))
         state = self.state
-        out = apply_batch(state, items, RULES, live=live)
+        out = apply_batch(state, items, self.rules, live=live)
         self.checks += 1
         self.figures_wrong += not running_figures_hold(state)
         self.position += len(items)
@@ -755,16 +780,22 @@ class Published:
     pages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     traffic: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     sessions: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict)
+    funnels: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     republished_sessions: int = 0
     problems: list[str] = field(default_factory=list)
 
 
 @functools.cache
-def simulate(seed: int, *, crashes: bool, live: float) -> tuple[Traffic, Published, list[Node]]:
-    """Run the partitions and the combiner over ``traffic(seed)``; cached, tests only read it."""
-    data = traffic(seed)
-    rng = random.Random(f"{seed}/{crashes}/{live}")
-    nodes = [Node(i, log, rng) for i, log in enumerate(data.logs)]
+def simulate(
+    seed: int, *, crashes: bool, live: float, funnels: bool = False
+) -> tuple[Traffic, Published, list[Node]]:
+    """Run the partitions and the combiner over ``traffic(seed)``; cached, tests only read it.
+    With ``funnels``, the traffic crosses midnight and SPEC 7's funnels are computed too."""
+    data = traffic(seed, T0 - 45 * 60_000 if funnels else T0)
+    rng = random.Random(f"{seed}/{crashes}/{live}/{funnels}")
+    rules = FUNNEL_RULES if funnels else RULES
+    combiner_rules = FUNNEL_COMBINER_RULES if funnels else COMBINER_RULES
+    nodes = [Node(i, log, rng, rules) for i, log in enumerate(data.logs)]
     combiner: CombinerState = new_state()
     pending: list[dict[str, Any]] = []
     result = Published()
@@ -773,7 +804,7 @@ def simulate(seed: int, *, crashes: bool, live: float) -> tuple[Traffic, Publish
         nonlocal combiner
         batch = pending[:count]
         del pending[:count]
-        out = combine(combiner, batch, COMBINER_RULES, live=live > 0 and rng.random() < 0.5)
+        out = combine(combiner, batch, combiner_rules, live=live > 0 and rng.random() < 0.5)
         combiner = _json(combiner)  # the combiner's state is a JSON table value too
         for kpi in out.kpis:
             if not kpi["is_final"]:
@@ -792,6 +823,13 @@ def simulate(seed: int, *, crashes: bool, live: float) -> tuple[Traffic, Publish
             if tkey in result.traffic:
                 result.problems.append(f"traffic row {tkey} published twice")
             result.traffic[tkey] = row
+        for funnel in out.funnels:
+            if not funnel["is_final"]:
+                continue
+            fkey = (funnel["funnel"], funnel["day"])
+            if fkey in result.funnels:
+                result.problems.append(f"funnel row {fkey} published twice")
+            result.funnels[fkey] = funnel
 
     def publish(msgs: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> None:
         pending.extend(msgs)
@@ -1008,3 +1046,49 @@ def test_state_written_by_the_previous_version_is_taken_over() -> None:
     out, _ = p0.run([p0.tick(0)])
     (closed,) = [s for s in out.sessions if s["user_id"] == "a"]
     assert closed == session_figures("a", split_sessions([row_of(a1), row_of(a2)], GAP)[0])
+
+
+def reference_funnels(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    config = [
+        {
+            "name": spec.name,
+            "window_ms": spec.window_ms,
+            "stages": [{"action": s.action, "page_prefix": s.page_prefix} for s in spec.stages],
+        }
+        for spec in FUNNELS
+    ]
+    return reference.funnel_stats(events, config)
+
+
+def compare_funnels(
+    published: dict[tuple[str, str], dict[str, Any]], expected: dict[tuple[str, str], Any]
+) -> list[str]:
+    problems = []
+    for key in sorted(set(published) | set(expected)):
+        ours, theirs = published.get(key), expected.get(key)
+        if ours is None or theirs is None:
+            problems.append(f"{key}: published {ours is not None}, expected {theirs is not None}")
+            continue
+        for k, (mine, ref) in enumerate(zip(ours["stages"], theirs["stages"], strict=True)):
+            for name in ("reached", "median_seconds"):
+                if mine[name] != ref[name]:
+                    problems.append(f"{key} stage {k} {name}: {mine[name]} != {ref[name]}")
+            a, b = mine["drop_off_percent"], ref["drop_off_percent"]
+            if (a is None) != (b is None) or (a is not None and abs(a - b) > 1e-9):
+                problems.append(f"{key} stage {k} drop_off_percent: {a} != {b}")
+    return problems
+
+
+@pytest.mark.parametrize("crashes", [False, True], ids=["steady", "crashes"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_funnel_days_equal_the_reference(seed: int, crashes: bool) -> None:
+    """SPEC 7 across partitions, batches, disorder within grace, live shares and crashes
+    that keep any prefix of a batch's writes; the traffic crosses midnight."""
+    data, result, nodes = simulate(seed, crashes=crashes, live=0.3, funnels=True)
+    assert result.problems == []
+    expected = reference_funnels(data.events)
+    assert len(expected) >= 4  # two funnels, two days
+    assert any(row["stages"][-1]["reached"] for row in expected.values())
+    assert compare_funnels(result.funnels, expected) == []
+    for node in nodes:  # every day final: nothing of the funnels is left in the tables
+        assert [k for k in node.table.data if k.startswith(b"\xff\xfd" + b"F")] == []
