@@ -8,6 +8,10 @@ funnel's window (the combiner's ``ready`` rule, as for KPI windows); its final r
 published once and the day dropped. A share of a day that is final already (a replay) is
 ignored. Live rows go out for the days whose shares changed.
 
+Each row carries ``durations_ms``, per transition k -> k+1 the flat ``[ms, count, ...]``
+multiset its median comes from, so a reader can merge days exactly (``GET
+/api/funnels/{name}?from=&to=``, analytics.funnels.range_row).
+
 State (inside the combiner's JSON state): ``funnels`` = ``{"name|day": {partition: share}}``.
 """
 
@@ -82,6 +86,7 @@ def publish(
         for share in state[key].values():
             total.merge(DayPartial.decode(share))
         row = day_row(spec, day, total, at if final else at - 1)
+        row["durations_ms"] = total.encode()[1]
         rows.append(row)
         if final:
             del state[key]
