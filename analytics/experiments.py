@@ -387,7 +387,7 @@ def _figures(experiment: str, variant: str, counters: list[int], conflicts: int)
         "variant": variant,
         "users": users,
         "converted_users": converted,
-        "conversion_rate_percent": 100 * ratio(converted, users),
+        "conversion_rate_percent": ratio(100 * converted, users),
         "revenue": round(cents / 100, 2),
         "revenue_cents": cents,
         "revenue_per_user": round(ratio(cents, 100 * users), 2),
