@@ -27,6 +27,7 @@ from analytics.cohorts import (
     rows,
 )
 from analytics.sessions import engagement_score
+from app.settings import ConfigurationError, load_settings
 from tests.grace_disorder import arrival_order, watermarks
 
 SPEC = CohortsSpec(max_day_offset=3)
@@ -81,6 +82,17 @@ def test_the_spec_default_is_90_days() -> None:
 def test_a_bad_setting_is_refused_naming_it(data: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem.replace(".", r"\.")):
         CohortsSpec.parse(data)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_the_settings_section_is_checked_by_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANALYTICS__COHORTS__MAX_DAY_OFFSET", "30")
+    assert load_settings().cohorts.spec() == CohortsSpec(30)
+    monkeypatch.setenv("ANALYTICS__COHORTS__MAX_DAY_OFFSET", "-1")
+    with pytest.raises(ConfigurationError, match="cohorts: max_day_offset: must be from 0"):
+        load_settings()
 
 
 # --------------------------------------------------------------------------- rows

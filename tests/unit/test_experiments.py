@@ -31,6 +31,7 @@ from analytics.experiments import (
     probability_beats,
     rows,
 )
+from app.settings import ConfigurationError, load_settings
 from tests.grace_disorder import arrival_order, watermarks
 
 SPEC = ExperimentsSpec()
@@ -415,6 +416,31 @@ def test_changed_experiments_names_those_whose_counters_moved() -> None:
     )
     assert changed_experiments(before, after) == {"y"}
     assert changed_experiments(after, after) == set()
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("variables", "problem"),
+    [
+        ({"ALPHA": "2"}, "experiments: alpha: must be a number between 0 and 1"),
+        ({"MIN_USERS": "-1"}, "experiments: min_users: must be at least 0"),
+        ({"PUBLISH_INTERVAL": "0s"}, "experiments.publish_interval: must be at least 1ms"),
+        ({"CONTROL_VARIANT": ""}, "experiments: control_variant: must be a non-empty string"),
+    ],
+)
+def test_the_settings_section_is_checked_by_the_spec(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], problem: str
+) -> None:
+    monkeypatch.setenv("ANALYTICS__EXPERIMENTS__MIN_USERS", "50")
+    monkeypatch.setenv("ANALYTICS__EXPERIMENTS__PUBLISH_INTERVAL", "250ms")
+    spec = load_settings().experiments.spec()
+    assert spec == ExperimentsSpec("control", 50, 0.05, 250)
+    for name, value in variables.items():
+        monkeypatch.setenv(f"ANALYTICS__EXPERIMENTS__{name}", value)
+    with pytest.raises(ConfigurationError, match=problem):
+        load_settings()
 
 
 # --------------------------------------------------------------------------- property
