@@ -18,10 +18,11 @@ class CounterTable:
     KEY_LENGTH: ClassVar[int] = 2
     KEEP_ZEROS: ClassVar[bool] = False
 
-    __slots__ = ("counters",)
+    __slots__ = ("changed", "counters")
 
     def __init__(self) -> None:
         self.counters: dict[tuple[Any, ...], list[int]] = {}
+        self.changed: set[tuple[Any, ...]] = set()  # keys added to since take_changes
 
     def add(self, key: tuple[Any, ...], values: Sequence[int], sign: int = 1) -> None:
         """Add ``values`` (``sign`` -1: subtract them) to the counters of ``key``."""
@@ -32,6 +33,26 @@ class CounterTable:
             counters[i] += sign * value
         if not self.KEEP_ZEROS and not any(counters):
             del self.counters[key]
+        self.changed.add(key)
+
+    def take_changes(self) -> list[list[Any]]:
+        """``[[*key, *counters], ...]`` of the keys added to since the last call (all zeros
+        for a key dropped meanwhile): what a partition publishes instead of its whole table."""
+        zeros = [0] * self.WIDTH
+        changes = [[*key, *self.counters.get(key, zeros)] for key in sorted(self.changed)]
+        self.changed.clear()
+        return changes
+
+    def replace(self, changes: Iterable[Sequence[Any]]) -> None:
+        """Take ``take_changes`` output of the same table elsewhere (the combiner's copy of a
+        partition's table): each key's counters become the ones given."""
+        length = self.KEY_LENGTH
+        for item in changes:
+            key, counters = tuple(item[:length]), list(item[length:])
+            if any(counters) or self.KEEP_ZEROS:
+                self.counters[key] = counters
+            else:
+                self.counters.pop(key, None)
 
     def encode(self) -> list[list[Any]]:
         """``[[*key, *counters], ...]`` in key order."""

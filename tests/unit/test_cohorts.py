@@ -214,6 +214,24 @@ def test_the_partial_forgets_cohorts_whose_rows_are_all_final() -> None:
     assert again.counters == partial.counters
 
 
+def test_a_partitions_changes_keep_the_combiners_copy_equal() -> None:
+    users, partial = feed([("a", T0 + 60_000, 100), ("b", T0 + DAY_MS + HOUR, 0)])
+    copy = CohortPartial()
+    copy.replace(partial.take_changes())
+    take(users, partial, "a", T0 - 60_000, 0)  # a moves to the day before: (DAY0, 0) empties
+    take(users, partial, "b", T0 + 2 * DAY_MS, 0)
+    changes = partial.take_changes()
+    assert changes == [
+        [DAY0 - 1, 0, 1, 0, 0, 0],
+        [DAY0 - 1, 1, 1, 100, 0, 0],
+        [DAY0, 0, 0, 0, 0, 0],
+        [DAY0 + 1, 1, 1, 0, 0, 0],
+    ]
+    copy.replace(changes)
+    assert copy.counters == partial.counters
+    assert partial.take_changes() == []
+
+
 # --------------------------------------------------------------------------- property
 
 GRACE = HOUR
