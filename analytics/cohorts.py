@@ -152,7 +152,7 @@ class UserCohort:
 
     def add(self, spec: CohortsSpec, ts_ms: int, revenue_cents: int) -> Delta | None:
         """Take one event; what changed."""
-        day = ts_ms // DAY_MS
+        day = day_of(ts_ms)
         cohort = self.cohort
         if cohort is None:
             self.cohort = day
@@ -186,13 +186,13 @@ class UserCohort:
         """The engagement share of one of the user's sessions, cut at the end of the day of
         its start (the module docstring says when to call); None beyond ``max_day_offset``."""
         cohort = self.cohort
-        if cohort is None or session_start_ms // DAY_MS < cohort:
+        if cohort is None or day_of(session_start_ms) < cohort:
             first = "none" if cohort is None else date_text(cohort)
             raise ValueError(
                 f"a session starting at {format_ts(session_start_ms)} is before the user's "
                 f"cohort day ({first}): add the session's events first"
             )
-        offset = session_start_ms // DAY_MS - cohort
+        offset = day_of(session_start_ms) - cohort
         if offset > spec.max_day_offset:
             return None
         score = round(engagement_score * 10_000)
@@ -202,7 +202,7 @@ class UserCohort:
         """Drop the days that ended before ``horizon_ms``: no event can reach them."""
         if self.cohort is None:
             return
-        first_kept = horizon_ms // DAY_MS - self.cohort  # a day ends at or before horizon_ms
+        first_kept = day_of(horizon_ms) - self.cohort  # a day ends at or before horizon_ms
         if any(d < first_kept for d in self.days):  # iff it is before the horizon's day
             self.days = {d: cents for d, cents in self.days.items() if d >= first_kept}
 
@@ -237,7 +237,7 @@ class CohortPartial(CounterTable):
     def forget(self, spec: CohortsSpec, watermark_ms: int) -> None:
         """Drop the cohorts whose every row is final (their last day ended before the
         watermark): once their final rows are published, nothing can change them."""
-        done = watermark_ms // DAY_MS - spec.max_day_offset  # cohort + max ended: cohort < done
+        done = day_of(watermark_ms) - spec.max_day_offset  # cohort + max ended: cohort < done
         for key in [key for key in self.counters if key[0] < done]:
             del self.counters[key]
 
@@ -255,7 +255,7 @@ def rows(spec: CohortsSpec, combined: CohortPartial, watermark_ms: int) -> list[
     by_cohort: dict[int, dict[int, list[int]]] = {}
     for (cohort, offset), counters in combined.counters.items():
         by_cohort.setdefault(cohort, {})[offset] = counters
-    watermark_day = watermark_ms // DAY_MS
+    watermark_day = day_of(watermark_ms)
     out: list[dict[str, Any]] = []
     for cohort in sorted(by_cohort):
         offsets = by_cohort[cohort]
