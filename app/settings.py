@@ -36,6 +36,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from analytics.cohorts import CohortsSpec
+from analytics.experiments import ExperimentsSpec
 from analytics.funnels import FunnelSpec, parse_funnels
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -500,6 +502,52 @@ class AnalyticsSettings(Section):
     future_tolerance: Duration = timedelta(minutes=10)
 
 
+class ExperimentsSettings(Section):
+    """A/B tests (SPEC 9): checked by analytics.experiments, which computes them."""
+
+    control_variant: str = "control"  # the variant the others are compared with
+    min_users: int = 100  # both variants need this many users to be ``significant``
+    alpha: float = 0.05  # ``significant``: p_value below this
+    publish_interval: Duration = timedelta(seconds=1)  # experiment-stats at most this often
+
+    @field_validator("publish_interval")
+    @classmethod
+    def _whole_milliseconds(cls, value: timedelta) -> timedelta:
+        if value < timedelta(milliseconds=1):
+            raise ValueError("must be at least 1ms")
+        return value
+
+    @model_validator(mode="after")
+    def _checked(self) -> ExperimentsSettings:
+        self.spec()
+        return self
+
+    def spec(self) -> ExperimentsSpec:
+        return ExperimentsSpec.parse(
+            {
+                "control_variant": self.control_variant,
+                "min_users": self.min_users,
+                "alpha": self.alpha,
+                "publish_interval_ms": self.publish_interval // timedelta(milliseconds=1),
+            },
+            where="",
+        )
+
+
+class CohortsSettings(Section):
+    """Cohorts and retention (SPEC 8): checked by analytics.cohorts, which computes them."""
+
+    max_day_offset: int = 90  # rows for day offsets 0 to this
+
+    @model_validator(mode="after")
+    def _checked(self) -> CohortsSettings:
+        self.spec()
+        return self
+
+    def spec(self) -> CohortsSpec:
+        return CohortsSpec.parse({"max_day_offset": self.max_day_offset}, where="")
+
+
 class MetricsSettings(Section):
     enabled: bool = True
     port: int = Field(9091, ge=0, lt=65536)
@@ -518,6 +566,8 @@ class Settings(BaseSettings):
     sources: SourcesSettings = SourcesSettings()
     sinks: SinksSettings = SinksSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
+    experiments: ExperimentsSettings = ExperimentsSettings()
+    cohorts: CohortsSettings = CohortsSettings()
     metrics: MetricsSettings = MetricsSettings()
     access: AccessSettings = AccessSettings()
     #: SPEC 7 funnels, read by analytics.funnels.parse_funnels (durations as everywhere here)
