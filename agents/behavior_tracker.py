@@ -100,7 +100,11 @@ PARTITION_RULES = PartitionRules(
     gap_ms=int(_engine.session_gap.total_seconds() * 1000),
     grace_ms=int(_engine.grace.total_seconds() * 1000),
     idle_ms=int(_engine.idle_timeout.total_seconds() * 1000),
-    journeys=JourneyRules(funnels=_settings.funnels),
+    journeys=JourneyRules(
+        funnels=_settings.funnels,
+        experiments=_settings.experiments.spec(),
+        cohorts=_settings.cohorts.spec(),
+    ),
 )
 
 

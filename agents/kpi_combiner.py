@@ -56,6 +56,8 @@ RULES = CombinerRules(
     window_ms=int(_engine.kpi_window.total_seconds() * 1000),
     grace_ms=int(_engine.grace.total_seconds() * 1000),
     funnels=app.analytics_settings.funnels,
+    experiments=app.analytics_settings.experiments.spec(),
+    cohorts=app.analytics_settings.cohorts.spec(),
 )
 LIMITS = PartialLimits(partitions=RULES.partitions, window_ms=RULES.window_ms)
 PARTITION = 0  # kpi-partials and the combiner's tables have one partition
@@ -113,17 +115,18 @@ def combine_received(state: CombinerState, batch: Sequence[Received]) -> Combine
         log.warning("combiner: %d records to %s", len(dead), TOPICS.partial_dead_letters)
         metrics.partials_dead_lettered(len(dead))
     records: list[Record] = [(TOPICS.partial_dead_letters, None, d, None) for d in dead]
-    for kpi in out.kpis:
-        records.append((TOPICS.live_kpis, kpi["window_start"].encode(), kpi, None))
-    for page in out.pages:
-        key = f"{page['window_start']}|{page['page']}".encode()
-        records.append((TOPICS.page_view_stats, key, page, None))
-    for row in out.traffic:
-        key = f"{row['window_start']}|{row['dimension']}|{row['value']}".encode()
-        records.append((TOPICS.traffic_stats, key, row, None))
-    for funnel in out.funnels:
-        key = f"{funnel['funnel']}|{funnel['day']}".encode()
-        records.append((TOPICS.funnel_stats, key, funnel, None))
+    outputs = (
+        (out.kpis, TOPICS.live_kpis, ("window_start",)),
+        (out.pages, TOPICS.page_view_stats, ("window_start", "page")),
+        (out.traffic, TOPICS.traffic_stats, ("window_start", "dimension", "value")),
+        (out.funnels, TOPICS.funnel_stats, ("funnel", "day")),
+        (out.experiments, TOPICS.experiment_stats, ("experiment", "variant")),
+        (out.cohorts, TOPICS.cohort_stats, ("cohort", "day_offset")),
+    )
+    for rows, topic, key_fields in outputs:  # keyed by what a row replaces (its identity)
+        for row in rows:
+            key = "|".join(str(row[name]) for name in key_fields).encode()
+            records.append((topic, key, row, None))
     state["applied"] = fresh[-1].offset
     return CombinedBatch(records, out, state)
 

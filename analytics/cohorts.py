@@ -265,22 +265,30 @@ def rows(spec: CohortsSpec, combined: CohortPartial, watermark_ms: int) -> list[
         last = min(spec.max_day_offset, max(watermark_day - cohort, max(offsets)))
         cumulative = 0
         for d in range(last + 1):
-            retained, cents, engagement, sessions = offsets.get(d, (0, 0, 0, 0))
-            cumulative += cents
-            out.append(
-                {
-                    "cohort": date_text(cohort),
-                    "day_offset": d,
-                    "cohort_size": size,
-                    "retained_users": retained,
-                    "retention_rate_percent": ratio(100 * retained, size),
-                    "cumulative_revenue_per_user": round(ratio(cumulative, 100 * size), 2),
-                    "cumulative_revenue_cents": cumulative,
-                    "average_engagement_score": ratio(engagement, 10_000 * sessions),
-                    "is_final": (cohort + d + 1) * DAY_MS <= watermark_ms,
-                }
-            )
+            counters = offsets.get(d, [0, 0, 0, 0])
+            cumulative += counters[1]
+            final = (cohort + d + 1) * DAY_MS <= watermark_ms
+            out.append(cohort_row(cohort, d, size, counters, cumulative, final=final))
     return out
+
+
+def cohort_row(
+    cohort: int, offset: int, size: int, counters: list[int], cumulative_cents: int, *, final: bool
+) -> dict[str, Any]:
+    """One ``cohort-stats`` row: ``counters`` of (cohort, offset) as a CohortPartial holds
+    them, ``cumulative_cents`` the cohort's revenue on days 0 to ``offset``."""
+    retained, _, engagement, sessions = counters
+    return {
+        "cohort": date_text(cohort),
+        "day_offset": offset,
+        "cohort_size": size,
+        "retained_users": retained,
+        "retention_rate_percent": ratio(100 * retained, size),
+        "cumulative_revenue_per_user": round(ratio(cumulative_cents, 100 * size), 2),
+        "cumulative_revenue_cents": cumulative_cents,
+        "average_engagement_score": ratio(engagement, 10_000 * sessions),
+        "is_final": final,
+    }
 
 
 def _measure() -> None:

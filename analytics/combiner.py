@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analytics import journey_combiner, wide_json
+from analytics.cohorts import CohortsSpec
+from analytics.experiments import ExperimentsSpec
 from analytics.funnels import FunnelSpec
 from analytics.kpis import kpi_figures, trends
 from analytics.live_trends import (
@@ -48,6 +50,8 @@ class CombinerRules:
     window_ms: int = 60_000
     grace_ms: int = 10_000
     funnels: tuple[FunnelSpec, ...] = ()
+    experiments: ExperimentsSpec | None = None
+    cohorts: CohortsSpec | None = None
 
 
 @dataclass(slots=True)
@@ -56,6 +60,8 @@ class CombinerOutput:
     pages: list[dict[str, Any]] = field(default_factory=list)
     traffic: list[dict[str, Any]] = field(default_factory=list)
     funnels: list[dict[str, Any]] = field(default_factory=list)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
+    cohorts: list[dict[str, Any]] = field(default_factory=list)
     ignored_partials: int = 0
 
 
@@ -195,6 +201,8 @@ def combine(
     out = CombinerOutput()
     touched: set[int] = set()
     funnels_touched: set[str] = set()
+    experiments_touched: set[str] = set()
+    cohorts_touched: set[str] = set()
     funnels = state.setdefault("funnels", {})
     published = state["published_through"]
 
@@ -206,6 +214,12 @@ def combine(
         if message["type"] == "funnel":
             if not journey_combiner.take(funnels, message, rules.funnels, ready, funnels_touched):
                 out.ignored_partials += 1
+            continue
+        if message["type"] == "experiment":
+            journey_combiner.take_experiments(state, message, experiments_touched)
+            continue
+        if message["type"] == "cohort":
+            journey_combiner.take_cohorts(state, message, cohorts_touched)
             continue
         if message["type"] == "progress":
             before = state["progress"].get(partition, {"wm": None})["wm"]
@@ -251,6 +265,15 @@ def combine(
         out.funnels = journey_combiner.publish(
             funnels, rules.funnels, ready, funnels_touched, live=live
         )
+    if rules.experiments is not None and (experiments_touched or state.get("experiments_due")):
+        now_ms = max((p.get("arrived", 0) for p in state["progress"].values()), default=0)
+        out.experiments = journey_combiner.publish_experiments(
+            state, rules.experiments, experiments_touched, now_ms
+        )
+    if rules.cohorts is not None and (state.get("cohorts_open") or state.get("cohorts_done")):
+        out.cohorts = journey_combiner.publish_cohorts(
+            state, rules.cohorts, ready, cohorts_touched if live else set()
+        )
     return out
 
 
@@ -283,6 +306,8 @@ def combine_each(
         out.pages += one.pages
         out.traffic += one.traffic
         out.funnels += one.funnels
+        out.experiments += one.experiments
+        out.cohorts += one.cohorts
         out.ignored_partials += one.ignored_partials
     return out, failed
 

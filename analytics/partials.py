@@ -1,6 +1,7 @@
 """The ``kpi-partials`` messages the combiner takes in (analytics.combiner), checked first.
 
-The partition stage (analytics.partition, agents/behavior_tracker.py) publishes two kinds:
+The partition stage (analytics.partition, agents/behavior_tracker.py) publishes these kinds
+(and the shares of SPEC 7-9, ``funnel``, ``experiment`` and ``cohort``, analytics.journeys):
 
 * ``{"type": "progress", "partition", "wm", "late", "arrived"}``: a partition's watermark,
   its late events so far and the append time of its latest message;
@@ -272,6 +273,50 @@ def _funnel(check: _Check, message: dict[str, Any], partition: int) -> dict[str,
     }
 
 
+MAX_NAME = 1024  # an experiment or variant name (metadata strings, bounded by 32 KiB)
+
+
+def _counter_rows(
+    check: _Check, message: dict[str, Any], names: tuple[str, str], texts: bool
+) -> list[list[Any]]:
+    """``counters``: ``[[key, key, c, c, c, c], ...]``, the keys two names (``texts``) or two
+    day numbers (cohort day, offset)."""
+    rows = message.get("counters", MISSING)
+    if type(rows) is not list:
+        check.fail("counters", f"must be a list, got {_show(rows)}")
+        return []
+    checked = []
+    for i, row in enumerate(rows):
+        where = f"counters[{i}]"
+        if type(row) is not list or len(row) != 6:
+            check.fail(where, f"must be [{names[0]}, {names[1]}, 4 counters], got {_show(row)}")
+            continue
+        if texts:
+            for j in (0, 1):
+                if type(row[j]) is not str or not 0 < len(row[j]) <= MAX_NAME:
+                    check.fail(f"{where}[{j}]", f"must be a {names[j]} name")
+        else:
+            check.integer(f"{where}[0]", row[0], MIN_MS // 86_400_000, MAX_DAY)
+            check.integer(f"{where}[1]", row[1], 0, 100_000)
+        for j in range(2, 6):  # differences of counters may pass through zero, never below
+            check.integer(f"{where}[{j}]", row[j], 0, MAX_COUNTER)
+        checked.append(row)
+    return checked
+
+
+def _experiment(check: _Check, message: dict[str, Any], partition: int) -> dict[str, Any]:
+    counters = _counter_rows(check, message, ("experiment", "variant"), texts=True)
+    return {"type": "experiment", "partition": partition, "counters": counters}
+
+
+def _cohort(check: _Check, message: dict[str, Any], partition: int) -> dict[str, Any]:
+    counters = _counter_rows(check, message, ("cohort day", "day offset"), texts=False)
+    final = message.get("final", MISSING)
+    if type(final) is not bool:
+        check.fail("final", f"must be true or false, got {_show(final)}")
+    return {"type": "cohort", "partition": partition, "final": final, "counters": counters}
+
+
 def check_message(message: Any, limits: PartialLimits) -> dict[str, Any]:
     """The message with only the fields the combiner reads, or PartialRejected."""
     check = _Check(limits)
@@ -289,8 +334,13 @@ def check_message(message: Any, limits: PartialLimits) -> dict[str, Any]:
         checked = _partial(check, message, partition)
     elif kind == "funnel":
         checked = _funnel(check, message, partition)
+    elif kind == "experiment":
+        checked = _experiment(check, message, partition)
+    elif kind == "cohort":
+        checked = _cohort(check, message, partition)
     else:
-        check.fail("type", f'must be "progress", "partial" or "funnel", got {_show(kind)}')
+        kinds = '"progress", "partial", "funnel", "experiment" or "cohort"'
+        check.fail("type", f"must be {kinds}, got {_show(kind)}")
     check.raise_errors()
     return checked
 

@@ -372,6 +372,29 @@ class UserState:
             self.recent_encoded = orjson.Fragment(codec.compact_dumps(self.recent))
         return self.recent_encoded
 
+    def sessions_started(self, start: int, end: int, gap_ms: int) -> list[tuple[int, float]]:
+        """(start, engagement score) of the open sessions that start in [start, end), taken
+        as they stand before ``end`` (SPEC 8: a session cut at the end of its first day).
+        Summaries never hold rows at or after ``end`` here: the caller asks once no event
+        before ``end`` can come, before any later row is folded (fold limits trail it)."""
+        found: list[tuple[int, float]] = []
+        for key in self.keys.values():
+            current: SessionPreview | None = None
+            previews: list[SessionPreview] = []
+            if key.summaries:
+                previews = [SessionPreview(summary) for summary in key.summaries]
+                current = previews[-1]
+            for row in key.pending:
+                if row.ts >= end:
+                    break
+                if current is None or row.ts - current.end > gap_ms:
+                    current = SessionPreview(None, row)
+                    previews.append(current)
+                else:
+                    current.add(row)
+            found += [(p.start, p.engagement()) for p in previews if start <= p.start < end]
+        return found
+
     def open_sessions(self, user_id: str, gap_ms: int) -> list[dict[str, Any]]:
         """Every session not yet written out, with its SPEC section 3 figures so far."""
         sessions: list[dict[str, Any]] = []
@@ -684,10 +707,15 @@ class PartitionState:
                 writes.append((codec.window_key(window.start), codec.encode_window(window)))
                 window.dirty = False
                 window.persisted = True
-        if self.journeys is not None:  # shares before their users, both before the clock
-            shares, journey_users = self.journeys.take_writes()
-            writes += shares + journey_users
+        if self.journeys is not None:
+            # SPEC 7-9 shares first: they take contributions from sessions these users
+            # close; the users of those shares after the partition's users, before the clock
+            shares, journey_users, final_shares = self.journeys.take_writes()
+            writes = shares + writes + journey_users
+        else:
+            final_shares = []
         writes.append((codec.CLOCK_KEY, codec.encode_clock(self.clock)))
+        writes += final_shares
         filed = {key for key, _ in self._index_puts}
         writes += [(key, None) for key in self._index_deletes if key not in filed]
         writes += folded
@@ -727,6 +755,11 @@ class PartitionState:
             self.open_users += 1
             if self._next_due is not None and deadline < self._next_due:
                 self._next_due = deadline
+
+    def open_user_ids(self) -> set[str]:
+        """Users with open sessions: filed in the close index, or changed in this batch."""
+        filed = {user_id for _, _, user_id in codec.scan_due(self.store, _NEVER)}
+        return filed | self.dirty_users
 
     def _evict(self) -> None:
         excess = len(self.users) - self.max_users
@@ -777,8 +810,12 @@ def apply_batch(
     state.close_due_sessions(out)
     state.fold_some(len(items) if isinstance(items, list) else 0)
     journeys = state.journeys
+    accepting_from = accept_from(clock, rules)
     if journeys is not None:
-        journeys.expire(accept_from(clock, rules))
+        journeys.expire(accepting_from)
+        journeys.sessions_closed(
+            out.sessions, accepting_from, state.wm_at_start, rules.close_after_ms
+        )
     for item in items:
         if item.offset <= clock.applied:
             continue
@@ -808,7 +845,7 @@ def apply_batch(
             window.count(user_id, row)
             window.applied = item.offset
         if journeys is not None:
-            journeys.add(user_id, row, item.offset, accept_from(clock, rules))
+            journeys.add(user_id, row, item.event, item.offset, accept_from(clock, rules))
         if clock.max_ts is None or ts > clock.max_ts:
             clock.max_ts = ts
             candidate = ts - rules.grace_ms
@@ -818,7 +855,11 @@ def apply_batch(
             clock.last_arrival = item.arrived_ms
     _finalise_windows(state, rules, out, live=live)
     if journeys is not None:
-        out.journeys = journeys.messages(accept_from(clock, rules), live)
+        accepting_now = accept_from(clock, rules)
+        journeys.days_ended(
+            accepting_from, accepting_now, state.open_user_ids, state.user, rules.gap_ms
+        )
+        out.journeys = journeys.messages(accepting_now, live)
     return out
 
 

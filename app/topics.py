@@ -31,6 +31,8 @@ class TopicNames:
     page_view_stats: str = "page-view-stats"
     traffic_stats: str = "traffic-stats"
     funnel_stats: str = "funnel-stats"
+    experiment_stats: str = "experiment-stats"
+    cohort_stats: str = "cohort-stats"
     sink_dead_letters: str = "sink-dlq"
 
     @classmethod

@@ -23,6 +23,7 @@ import random
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -30,8 +31,10 @@ import orjson
 import pytest
 
 from analytics import partition_codec as codec
+from analytics.cohorts import CohortsSpec
 from analytics.combiner import CombinerRules, CombinerState, combine, new_state
 from analytics.enrichment import enrich
+from analytics.experiments import ExperimentsSpec
 from analytics.funnels import parse_funnels
 from analytics.journeys import JourneyRules
 from analytics.partition import (
@@ -652,8 +655,14 @@ FUNNELS = parse_funnels(
     ],
     parse_duration,
 )
-FUNNEL_RULES = replace(RULES, journeys=JourneyRules(funnels=FUNNELS))
-FUNNEL_COMBINER_RULES = replace(COMBINER_RULES, funnels=FUNNELS)
+EXPERIMENTS = ExperimentsSpec(min_users=5, publish_interval_ms=1)
+COHORTS = CohortsSpec(max_day_offset=3)
+FUNNEL_RULES = replace(
+    RULES, journeys=JourneyRules(funnels=FUNNELS, experiments=EXPERIMENTS, cohorts=COHORTS)
+)
+FUNNEL_COMBINER_RULES = replace(
+    COMBINER_RULES, funnels=FUNNELS, experiments=EXPERIMENTS, cohorts=COHORTS
+)
 LATENCY = 50  # ms from an event's time to its arrival, for the simulated wall clock
 TICK_EVERY = 2_000
 SEEDS = (1, 2, 3, 4)
@@ -665,7 +674,7 @@ class Traffic:
     logs: list[list[Arrival | Tick]]  # each partition's log; offset = index
 
 
-def traffic(seed: int, start_ms: int = T0) -> Traffic:
+def traffic(seed: int, start_ms: int = T0, experiment: str = "") -> Traffic:
     """Generated events routed by crc32(user_id) % 4, with ticks carrying the wall clock.
 
     The wall clock is the greatest event time produced so far plus LATENCY, so an event
@@ -679,6 +688,7 @@ def traffic(seed: int, start_ms: int = T0) -> Traffic:
         seed=seed,
         users=40,
         start_ms=start_ms,
+        experiment=experiment,
         span_ms=90 * 60_000,
         events=1_200,
         disorder_ms=9_000,
@@ -781,6 +791,8 @@ class Published:
     traffic: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     sessions: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict)
     funnels: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    experiments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    cohorts: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     republished_sessions: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -791,7 +803,7 @@ def simulate(
 ) -> tuple[Traffic, Published, list[Node]]:
     """Run the partitions and the combiner over ``traffic(seed)``; cached, tests only read it.
     With ``funnels``, the traffic crosses midnight and SPEC 7's funnels are computed too."""
-    data = traffic(seed, T0 - 45 * 60_000 if funnels else T0)
+    data = traffic(seed, T0 - 45 * 60_000, "checkout_button") if funnels else traffic(seed)
     rng = random.Random(f"{seed}/{crashes}/{live}/{funnels}")
     rules = FUNNEL_RULES if funnels else RULES
     combiner_rules = FUNNEL_COMBINER_RULES if funnels else COMBINER_RULES
@@ -830,6 +842,17 @@ def simulate(
             if fkey in result.funnels:
                 result.problems.append(f"funnel row {fkey} published twice")
             result.funnels[fkey] = funnel
+        for row in out.experiments:  # the latest row of each variant counts
+            result.experiments[row["experiment"], row["variant"]] = row
+        for row in out.cohorts:
+            ckey = (row["cohort"], row["day_offset"])
+            if not row["is_final"]:
+                if ckey in result.cohorts:
+                    result.problems.append(f"cohort row {ckey} live after final")
+                continue
+            if ckey in result.cohorts:
+                result.problems.append(f"cohort row {ckey} published twice")
+            result.cohorts[ckey] = row
 
     def publish(msgs: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> None:
         pending.extend(msgs)
@@ -862,7 +885,7 @@ def simulate(
             last = node.log[-1]
             assert isinstance(last, Tick)
             node.log.append(Tick(len(node.log), last.timestamp_ms + 1))
-            publish(*node.process(1, live=False))
+            publish(*node.process(1, live=True))  # live: experiments go out on live rounds
     run_combiner(len(pending))
     return data, result, nodes
 
@@ -1092,3 +1115,51 @@ def test_funnel_days_equal_the_reference(seed: int, crashes: bool) -> None:
     assert compare_funnels(result.funnels, expected) == []
     for node in nodes:  # every day final: nothing of the funnels is left in the tables
         assert [k for k in node.table.data if k.startswith(b"\xff\xfd" + b"F")] == []
+
+
+@pytest.mark.parametrize("crashes", [False, True], ids=["steady", "crashes"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_experiments_equal_the_reference(seed: int, crashes: bool) -> None:
+    """SPEC 9: the last published row of each variant equals the batch figures."""
+    data, result, _ = simulate(seed, crashes=crashes, live=0.3, funnels=True)
+    assert result.problems == []
+    expected = reference.experiments(data.events)
+    assert set(expected) == {"checkout_button"}
+    published = {(e, v) for e, v in result.experiments}
+    want = {(e, v) for e, row in expected.items() for v in row["variants"]}
+    assert published == want
+    for (experiment, variant), row in result.experiments.items():
+        ref = expected[experiment]["variants"][variant]
+        assert row["variant_conflicts"] == expected[experiment]["variant_conflicts"]
+        for name in ("users", "converted_users", "revenue_cents"):
+            assert row[name] == ref[name], (variant, name)
+        control = expected[experiment]["variants"].get(EXPERIMENTS.control_variant)
+        significant = (  # the reference's rule with this test's smaller minimum of users
+            ref["p_value"] is not None
+            and control is not None
+            and ref["p_value"] < EXPERIMENTS.alpha
+            and min(ref["users"], control["users"]) >= EXPERIMENTS.min_users
+        )
+        assert row["significant"] is significant
+        for name in ("conversion_rate_percent", "p_value", "probability_to_beat_control"):
+            a, b = row[name], ref[name]
+            assert (a is None) == (b is None) and (a is None or abs(a - float(b)) < 1e-9), name
+
+
+@pytest.mark.parametrize("crashes", [False, True], ids=["steady", "crashes"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cohort_rows_equal_the_reference(seed: int, crashes: bool) -> None:
+    """SPEC 8 final rows, engagement of sessions cut at midnight included."""
+    data, result, _ = simulate(seed, crashes=crashes, live=0.3, funnels=True)
+    assert result.problems == []
+    last = max(date.fromisoformat(c) + timedelta(days=d) for c, d in result.cohorts)
+    expected = reference.cohorts(data.events, COHORTS.max_day_offset, GAP, last.isoformat())
+    assert set(result.cohorts) == set(expected)
+    assert len(expected) >= 3
+    for key, row in result.cohorts.items():
+        ref = expected[key]
+        for name in ("cohort_size", "retained_users", "cumulative_revenue_cents"):
+            assert row[name] == ref[name], (key, name)
+        for name in ("retention_rate_percent", "average_engagement_score"):
+            assert abs(row[name] - ref[name]) < 1e-9, (key, name, row[name], ref[name])
+    assert any(row["average_engagement_score"] for row in result.cohorts.values())
