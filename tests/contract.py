@@ -164,3 +164,96 @@ def compare_dimensions(
                     f"traffic {key} {name}: {got[key][name]} != {expected[key][ref_name]}"
                 )
     return problems
+
+
+def funnel_config(specs: Iterable[Any]) -> list[dict[str, Any]]:
+    """analytics.funnels.FunnelSpec values as the reference takes funnels (plain dicts)."""
+    return [
+        {
+            "name": spec.name,
+            "window_ms": spec.window_ms,
+            "stages": [{"action": s.action, "page_prefix": s.page_prefix} for s in spec.stages],
+        }
+        for spec in specs
+    ]
+
+
+def compare_funnels(
+    published: Mapping[tuple[str, str], Mapping[str, Any]],
+    expected: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> list[str]:
+    """Final funnel-stats rows by (funnel, day) against the reference's (SPEC 7)."""
+    problems = []
+    for key in sorted(set(published) | set(expected)):
+        ours, theirs = published.get(key), expected.get(key)
+        if ours is None or theirs is None:
+            problems.append(f"{key}: published {ours is not None}, expected {theirs is not None}")
+            continue
+        for k, (mine, ref) in enumerate(zip(ours["stages"], theirs["stages"], strict=True)):
+            for name in ("reached", "median_seconds"):
+                if mine[name] != ref[name]:
+                    problems.append(f"{key} stage {k} {name}: {mine[name]} != {ref[name]}")
+            a, b = mine["drop_off_percent"], ref["drop_off_percent"]
+            if (a is None) != (b is None) or (a is not None and not _close(a, b, 1e-9)):
+                problems.append(f"{key} stage {k} drop_off_percent: {a} != {b}")
+    return problems
+
+
+def compare_experiments(
+    published: Mapping[tuple[str, str], Mapping[str, Any]],
+    expected: Mapping[str, Mapping[str, Any]],
+    spec: Any,
+) -> list[str]:
+    """The latest experiment-stats row of each (experiment, variant) against the reference
+    (SPEC 9). ``significant`` is worked out from the reference's p-value with ``spec``'s
+    threshold and minimum of users (the reference fixes SPEC's 100)."""
+    problems = []
+    want = {(e, v) for e, row in expected.items() for v in row["variants"]}
+    if set(published) != want:
+        problems.append(f"variants published {sorted(published)}, expected {sorted(want)}")
+    for (experiment, variant), row in sorted(published.items()):
+        if (experiment, variant) not in want:
+            continue
+        ref = expected[experiment]["variants"][variant]
+        where = f"{experiment}/{variant}"
+        if row["variant_conflicts"] != expected[experiment]["variant_conflicts"]:
+            problems.append(f"{where} variant_conflicts: {row['variant_conflicts']}")
+        for name in ("users", "converted_users", "revenue_cents"):
+            if row[name] != ref[name]:
+                problems.append(f"{where} {name}: {row[name]} != {ref[name]}")
+        for name in ("conversion_rate_percent", "p_value", "probability_to_beat_control"):
+            a, b = row[name], ref[name]
+            if (a is None) != (b is None) or (a is not None and not _close(a, float(b), 1e-9)):
+                problems.append(f"{where} {name}: {a} != {b}")
+        control = expected[experiment]["variants"].get(spec.control_variant)
+        significant = (
+            ref["p_value"] is not None
+            and control is not None
+            and ref["p_value"] < spec.alpha
+            and min(ref["users"], control["users"]) >= spec.min_users
+        )
+        if row["significant"] is not significant:
+            problems.append(f"{where} significant: {row['significant']}")
+    return problems
+
+
+def compare_cohorts(
+    published: Mapping[tuple[str, int], Mapping[str, Any]],
+    expected: Mapping[tuple[str, int], Mapping[str, Any]],
+) -> list[str]:
+    """Final cohort-stats rows by (cohort, day offset) against the reference's (SPEC 8)."""
+    problems = []
+    if set(published) != set(expected):
+        problems.append(
+            f"rows published {sorted(set(published) - set(expected))[:5]} not expected, "
+            f"expected {sorted(set(expected) - set(published))[:5]} not published"
+        )
+    for key in sorted(set(published) & set(expected)):
+        row, ref = published[key], expected[key]
+        for name in ("cohort_size", "retained_users", "cumulative_revenue_cents"):
+            if row[name] != ref[name]:
+                problems.append(f"{key} {name}: {row[name]} != {ref[name]}")
+        for name in ("retention_rate_percent", "average_engagement_score"):
+            if not _close(row[name], ref[name], 1e-9):
+                problems.append(f"{key} {name}: {row[name]} != {ref[name]}")
+    return problems
