@@ -42,6 +42,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
+from analytics.timeutil import format_ts
 from app import faust_compat
 from app.kafka_security import aiokafka_security
 from app.settings import load_settings
@@ -360,6 +361,21 @@ async def read_all_settled(
 def sentinel_event(user_id: str, event_id: str) -> dict[str, Any]:
     """The default sentinel: a minimal valid event, timestamped at ingestion."""
     return {"event_id": event_id, "user_id": user_id, "action": SENTINEL_ACTION}
+
+
+def closing_messages(partitions: int, ts_ms: int) -> list[tuple[bytes | None, bytes]]:
+    """One ``closing`` event per partition at ``ts_ms``: far later in event time than a test's
+    traffic, it moves every partition's watermark past it, so its figures become final."""
+    messages: list[tuple[bytes | None, bytes]] = []
+    for partition, user_id in sorted(sentinel_user_ids(partitions, "closing").items()):
+        closing = {
+            "event_id": f"closing-{partition}",
+            "user_id": user_id,
+            "action": "closing",
+            "timestamp": format_ts(ts_ms),
+        }
+        messages.append((user_id.encode(), orjson.dumps(closing)))
+    return messages
 
 
 def sentinel_user_ids(partitions: int, tag: str | None = None) -> dict[int, str]:

@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from analytics.timeutil import format_ts, parse_ts
+from analytics.timeutil import parse_ts
 from generator.traffic import TrafficProfile, generate_labelled
 from tests import contract
-from tests.kafka_helpers import TopicReader, produce, sentinel_user_ids
+from tests.kafka_helpers import TopicReader, closing_messages, produce
 from tests.reference import batch as reference
 from tests.worker_process import Services, WorkerPool
 
@@ -52,14 +52,7 @@ def _messages() -> tuple[list[tuple[bytes | None, bytes]], int]:
             key = user.encode() if isinstance(user, str) else None
             messages.append((key, orjson.dumps(event)))
         invalid += kind == "invalid"
-    for partition, user_id in sorted(sentinel_user_ids(PARTITIONS, "closing").items()):
-        closing = {
-            "event_id": f"closing-{partition}",
-            "user_id": user_id,
-            "action": "closing",
-            "timestamp": format_ts(CLOSING_TS),
-        }
-        messages.append((user_id.encode(), orjson.dumps(closing)))
+    messages += closing_messages(PARTITIONS, CLOSING_TS)
     return messages, invalid
 
 

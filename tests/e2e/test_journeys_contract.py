@@ -19,11 +19,10 @@ from typing import Any
 import orjson
 import pytest
 
-from analytics.timeutil import format_ts
 from app.settings import get_settings
 from generator.traffic import TrafficProfile, generate_labelled
 from tests import contract
-from tests.kafka_helpers import ReadTimeout, TopicReader, produce, sentinel_user_ids
+from tests.kafka_helpers import ReadTimeout, TopicReader, closing_messages, produce
 from tests.reference import batch as reference
 from tests.worker_process import Services, WorkerPool
 
@@ -53,15 +52,7 @@ def _messages() -> list[tuple[bytes | None, bytes]]:
     for event, _ in generate_labelled(PROFILE):
         assert isinstance(event, dict)
         messages.append((event["user_id"].encode(), orjson.dumps(event)))
-    for partition, user_id in sorted(sentinel_user_ids(PARTITIONS, "closing").items()):
-        closing = {
-            "event_id": f"closing-{partition}",
-            "user_id": user_id,
-            "action": "closing",
-            "timestamp": format_ts(CLOSING_TS),
-        }
-        messages.append((user_id.encode(), orjson.dumps(closing)))
-    return messages
+    return messages + closing_messages(PARTITIONS, CLOSING_TS)
 
 
 def _latest(records: list[Any], key: Any) -> dict[Any, dict[str, Any]]:
