@@ -102,8 +102,8 @@ PARTITION_RULES = PartitionRules(
     idle_ms=int(_engine.idle_timeout.total_seconds() * 1000),
     journeys=JourneyRules(
         funnels=_settings.funnels,
-        experiments=_settings.experiments.spec(),
-        cohorts=_settings.cohorts.spec(),
+        experiments=_settings.experiments.spec() if _settings.experiments.enabled else None,
+        cohorts=_settings.cohorts.spec() if _settings.cohorts.enabled else None,
     ),
 )
 

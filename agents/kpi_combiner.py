@@ -51,13 +51,14 @@ from tables.staged_table import StagedTable
 log = logging.getLogger(__name__)
 TOPICS = app.topic_names
 _engine = app.analytics_settings.engine
+_journeys = app.analytics_settings
 RULES = CombinerRules(
     partitions=_engine.topic_partitions,
     window_ms=int(_engine.kpi_window.total_seconds() * 1000),
     grace_ms=int(_engine.grace.total_seconds() * 1000),
     funnels=app.analytics_settings.funnels,
-    experiments=app.analytics_settings.experiments.spec(),
-    cohorts=app.analytics_settings.cohorts.spec(),
+    experiments=_journeys.experiments.spec() if _journeys.experiments.enabled else None,
+    cohorts=_journeys.cohorts.spec() if _journeys.cohorts.enabled else None,
 )
 LIMITS = PartialLimits(partitions=RULES.partitions, window_ms=RULES.window_ms)
 PARTITION = 0  # kpi-partials and the combiner's tables have one partition

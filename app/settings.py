@@ -505,6 +505,7 @@ class AnalyticsSettings(Section):
 class ExperimentsSettings(Section):
     """A/B tests (SPEC 9): checked by analytics.experiments, which computes them."""
 
+    enabled: bool = True  # false: no experiment-stats, and no per-user state for them
     control_variant: str = "control"  # the variant the others are compared with
     min_users: int = 100  # both variants need this many users to be ``significant``
     alpha: float = 0.05  # ``significant``: p_value below this
@@ -537,6 +538,7 @@ class ExperimentsSettings(Section):
 class CohortsSettings(Section):
     """Cohorts and retention (SPEC 8): checked by analytics.cohorts, which computes them."""
 
+    enabled: bool = True  # false: no cohort-stats, and no per-user state for them
     max_day_offset: int = 90  # rows for day offsets 0 to this
 
     @model_validator(mode="after")

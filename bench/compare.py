@@ -90,6 +90,12 @@ def delete_topics(bootstrap: str, markers: list[str]) -> None:
 
 
 CROWDED_TOPICS = 100
+WITHOUT_JOURNEYS = {
+    "ANALYTICS__FUNNELS": "[]",
+    "ANALYTICS__EXPERIMENTS__ENABLED": "false",
+    "ANALYTICS__COHORTS__ENABLED": "false",
+}
+"""Worker settings that turn funnels, cohorts and A/B tests off (``--only plain``)."""
 
 
 def warn_if_crowded(bootstrap: str) -> None:
@@ -373,6 +379,22 @@ def run_all(
         runs.append(
             pipeline(services, prefix, group, workload.events, workers, timeout, profile, env)
         )
+    if "plain" in only:  # the same pipeline without SPEC 7-9, on its own copy of the input
+        with bench_topics(services) as (plain_prefix, plain_group):
+            fill(services.kafka_bootstrap, f"{plain_prefix}user-events", workload)
+            plain_env = {**(env or {}), **WITHOUT_JOURNEYS}
+            run = pipeline(
+                services,
+                plain_prefix,
+                plain_group,
+                workload.events,
+                workers,
+                timeout,
+                None,
+                plain_env,
+            )
+            run.name = "without SPEC 7-9"
+            runs.append(run)
     return runs
 
 
@@ -404,7 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
-        "--only", default="ceiling,quix,pipeline", help="which consumers to run, comma-separated"
+        "--only",
+        default="ceiling,quix,pipeline",
+        help="which consumers to run, comma-separated (plain: the pipeline without SPEC 7-9)",
+    )
+    parser.add_argument(
+        "--experiment",
+        action="store_true",
+        help="page views of /pricing and /checkout expose users to an A/B test (SPEC 9)",
     )
     parser.add_argument(
         "--profile", type=Path, help="py-spy the first worker into this file (collapsed stacks)"
@@ -427,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             session_events=length,
             events_per_second=args.events_per_second,
             seed=args.seed,
+            experiment=args.experiment,
         )
         runs = compare(services, workload, args.workers, only, args.profile, env)
         print(report(workload, runs), flush=True)

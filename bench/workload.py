@@ -36,6 +36,7 @@ COUNTRIES = ("US", "IN", "GB", "DE", "BR", "FR", "CA", "JP")
 PAGES = tuple(
     ["/", "/pricing", "/help", "/cart", "/checkout"] + [f"/products/{i}" for i in range(40)]
 )
+EXPOSING_PAGES = ("/pricing", "/checkout")
 # (action, weight): mostly page views, a few conversions
 ACTIONS = (("page_view", 70), ("click", 18), ("add_to_cart", 7), ("purchase", 3), ("signup", 2))
 
@@ -52,6 +53,10 @@ class Workload:
     busy_traffic_share: float = 0.2
     seed: int = 7
     start_ms: int = 1_767_225_600_000
+    experiment: bool = False
+    """Page views of /pricing and /checkout expose the user to an A/B test (SPEC 9): variant
+    ``control`` or ``green`` by user, so SPEC 7-9's cost shows in a run (bench/compare.py
+    ``--only plain``). No random draw depends on it: the rest of the workload is the same."""
 
     @property
     def span_ms(self) -> int:
@@ -89,7 +94,10 @@ def events(workload: Workload) -> Iterator[tuple[bytes, bytes]]:
             "country": countries[user],
         }
         if action == "page_view":
-            event["page"] = rng.choice(PAGES)
+            event["page"] = page = rng.choice(PAGES)
+            if workload.experiment and page in EXPOSING_PAGES:
+                variant = "green" if user % 2 else "control"
+                event["metadata"] = {"experiment": "checkout_button", "variant": variant}
         if action == "purchase":
             event["metadata"] = {"amount": round(rng.uniform(5, 400), 2)}
         yield user_id.encode(), orjson.dumps(event)
