@@ -107,10 +107,13 @@ class JourneyRules:
 class JourneyUser:
     """What SPEC 7-9 remember of one user, and the highest offset applied to it."""
 
-    __slots__ = ("applied", "cohort", "experiments", "filed_at", "funnels")
+    __slots__ = ("applied", "cohort", "experiments", "filed_at", "forgot_day", "funnels")
 
     def __init__(self, funnels: UserFunnels) -> None:
         self.applied = -1
+        self.forgot_day: int | None = None
+        """The day of the lowest acceptable ts ``forget`` last had (memory only): a user
+        forgets at most once a day, not at every event."""
         self.funnels = funnels
         self.experiments = UserExperiments()
         self.cohort = UserCohort()
@@ -347,30 +350,39 @@ class Journeys:
         user = self.user(user_id)
         if offset <= user.applied:
             return
-        if accept_from is not None:
+        if accept_from is not None and accept_from // DAY_MS != user.forgot_day:
             user.forget(accept_from)
-        user.applied = offset
-        self.dirty_users.add(user_id)
+            user.forgot_day = accept_from // DAY_MS
         rules = self.rules
-        if rules.funnels:
+        changed = False  # an event that changes nothing here is not recorded: its replay
+        # changes nothing either, and the user's value is not written again for it
+        if rules.funnels and self.funnel_set.masks(row.action, row.page):
             self._funnels(user.funnels.add(row.ts, row.event_id, row.action, row.page), offset)
+            changed = True
         if rules.experiments is not None:
-            metadata = event.get("metadata") or {}
-            delta = user.experiments.add(
-                row.ts,
-                row.event_id,
-                conversion=row.conversion,
-                revenue_cents=row.revenue_cents,
-                exposure=exposure_of(metadata) if metadata else None,
-            )
-            if delta is not None:
-                self.experiments.apply(delta, [(_EVENT, offset)], (_EVENT, offset))
-                self.experiments.commit()
+            metadata = event.get("metadata")
+            exposure = exposure_of(metadata) if metadata else None
+            if exposure is not None or row.conversion or row.revenue_cents:
+                delta = user.experiments.add(
+                    row.ts,
+                    row.event_id,
+                    conversion=row.conversion,
+                    revenue_cents=row.revenue_cents,
+                    exposure=exposure,
+                )
+                changed = True
+                if delta is not None:
+                    self.experiments.apply(delta, [(_EVENT, offset)], (_EVENT, offset))
+                    self.experiments.commit()
         if rules.cohorts is not None:
             moved = user.cohort.add(rules.cohorts, row.ts, row.revenue_cents)
             if moved is not None:
+                changed = True
                 self.cohorts.apply(moved, [(_EVENT, offset)], (_EVENT, offset))
                 self.cohorts.commit()
+        if changed:
+            user.applied = offset
+            self.dirty_users.add(user_id)
 
     def _funnels(self, changes: list[Any], offset: int) -> None:
         fresh = []
