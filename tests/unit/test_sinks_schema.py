@@ -205,14 +205,18 @@ def funnel_record(
     attempts: tuple[tuple[int, ...], ...] = ((0, 4_000, 9_000), (0, 6_000), (0,)),
     *,
     is_final: bool = True,
+    day: date = DAY,
 ) -> dict[str, Any]:
-    """A funnel-stats record as analytics/journey_combiner.publish makes it: three users, two
-    reaching add_to_cart (after 4 s and 6 s), one of them checkout; nobody purchase."""
+    """A funnel-stats record of the shipped ``checkout`` funnel as
+    analytics/journey_combiner.publish makes it, each attempt the ms of its stages from the
+    day's start; by default three users, two reaching add_to_cart (after 4 s and 6 s), one of
+    them checkout, nobody purchase."""
+    number = day_number(day)
     part = DayPartial()
     for stamps in attempts:
-        part.add([T0 + ms for ms in stamps], +1)
-    final_at = T0 + DAY_MS + CHECKOUT.window_ms
-    record = day_row(CHECKOUT, day_number(DAY), part, final_at if is_final else final_at - 1)
+        part.add([number * DAY_MS + ms for ms in stamps], +1)
+    final_at = (number + 1) * DAY_MS + CHECKOUT.window_ms
+    record = day_row(CHECKOUT, number, part, final_at if is_final else final_at - 1)
     record["durations_ms"] = part.encode()[1]
     parsed: dict[str, Any] = orjson.loads(orjson.dumps(record))  # as the sink decodes it
     return parsed
