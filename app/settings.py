@@ -416,13 +416,23 @@ def with_login(url: str, role: DatabaseRoleSettings) -> str:
     return urlunsplit(parts._replace(netloc=f"{login}@{host}", query=urlencode(query, safe="/")))
 
 
+#: the tables the database sinks can write (sinks/schema.py TABLES; settings cannot import it)
+SINK_TABLES = (
+    "session_metrics",
+    "page_view_stats",
+    "kpi_metrics",
+    "dimension_stats",
+    "funnel_stats",
+)
+
+
 class DatabaseSinkSettings(Section):
     connection_string: str = "postgresql://analytics@127.0.0.1:5432/analytics"
-    #: the sinks write as this role: SELECT, INSERT, UPDATE on their four tables, nothing else
+    #: the sinks write as this role: SELECT, INSERT, UPDATE on their tables, nothing else
     writer: DatabaseRoleSettings = DatabaseRoleSettings()
-    #: the web API's history queries read as this role: SELECT on the four tables
+    #: the web API's history queries read as this role: SELECT on the sink tables
     reader: DatabaseRoleSettings = DatabaseRoleSettings()
-    tables: list[str] = ["session_metrics", "page_view_stats", "kpi_metrics", "dimension_stats"]
+    tables: list[str] = list(SINK_TABLES)
     batch_size: int = Field(100, ge=1, le=100_000)
     flush_interval: Duration = timedelta(seconds=5)
     retry_initial: Duration = timedelta(milliseconds=200)
@@ -485,9 +495,8 @@ class DatabaseSinkSettings(Section):
     @field_validator("tables")
     @classmethod
     def _known_tables(cls, value: list[str]) -> list[str]:
-        known = {"session_metrics", "page_view_stats", "kpi_metrics", "dimension_stats"}
-        if unknown := sorted(set(value) - known):
-            raise ValueError(f"unknown tables {unknown}; known: {sorted(known)}")
+        if unknown := sorted(set(value) - set(SINK_TABLES)):
+            raise ValueError(f"unknown tables {unknown}; known: {sorted(SINK_TABLES)}")
         return value
 
 

@@ -260,6 +260,37 @@ DROP INDEX IF EXISTS page_view_stats_window_start_idx;
 DROP INDEX IF EXISTS dimension_stats_window_start_idx;
 """
 
+# SPEC 7: one row per funnel and UTC day of the attempts' first stage, live until the watermark
+# passes the day's end plus the funnel's window, then final. ``stages`` and ``durations_ms`` are
+# the record's lists as published (sinks.schema.funnel_row checks their shape); the primary key
+# (funnel, day) serves the web API's ranges of one funnel. No BRIN index on plain PostgreSQL:
+# the table holds one row per funnel and day, the key serves every query.
+FUNNEL_TABLE = """
+CREATE TABLE IF NOT EXISTS funnel_stats (
+    funnel       text        NOT NULL CHECK (funnel ~ '^[a-z0-9][a-z0-9_-]{0,62}$'),
+    day          date        NOT NULL,
+    is_final     boolean     NOT NULL,
+    stages       jsonb       NOT NULL CHECK (jsonb_typeof(stages) = 'array'),
+    durations_ms jsonb       NOT NULL CHECK (jsonb_typeof(durations_ms) = 'array'),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (funnel, day)
+);
+COMMENT ON TABLE funnel_stats IS
+    'SPEC 7: one row per funnel and UTC day of the first stage (topic funnel-stats); live rows '
+    '(is_final false) are replaced by the final one; durations_ms holds per transition the '
+    '[ms, count, ...] multiset the median comes from, so days merge exactly';
+"""
+
+# Monthly chunks: a funnel adds one row a day. create_hypertable keeps its (day DESC) index here
+# (the primary key starts with funnel), which serves day ranges over every funnel (Grafana).
+FUNNEL_HYPERTABLE = """
+SELECT create_hypertable('funnel_stats', 'day', chunk_time_interval => INTERVAL '30 days',
+                         if_not_exists => TRUE, migrate_data => TRUE);
+ALTER TABLE funnel_stats SET (timescaledb.compress,
+    timescaledb.compress_segmentby = 'funnel',
+    timescaledb.compress_orderby = 'day DESC');
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sink tables and their natural keys", ANY, CREATE_TABLES),
     Migration(2, "BRIN indexes on the time columns", PLAIN, BRIN_TIME_INDEXES),
@@ -270,8 +301,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         5, "no kpi_hourly, no time index repeating a primary key", TIMESCALE, TIMESCALE_CLEANUP
     ),
+    Migration(6, "funnel_stats (SPEC 7)", ANY, FUNNEL_TABLE),
+    Migration(7, "funnel_stats as a hypertable, compressed", TIMESCALE, FUNNEL_HYPERTABLE),
 )
-HYPERTABLES = ("kpi_metrics", "session_metrics", "page_view_stats", "dimension_stats")
+#: every sink table: hypertables on TimescaleDB, and what the roles get privileges on
+HYPERTABLES = (
+    "kpi_metrics",
+    "session_metrics",
+    "page_view_stats",
+    "dimension_stats",
+    "funnel_stats",
+)
 
 DETECT_MODE = """
 SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),

@@ -23,17 +23,24 @@ times). Session figures are means over those session windows, rebuilt from each 
 figure times its ``total_sessions`` (durations and bounces come back as the exact integers the
 window averaged); for a bucket of one window they equal that window's. ``revenue_per_user``
 needs the bucket's distinct active users, which the table does not hold: it is left out.
+
+Funnels (SPEC 7) over a range of days are merged the way the pipeline merges partitions
+(analytics.funnels): users reached add up per stage (a user counts once per day with an
+attempt), drop-off follows from those sums, and medians come from the merged duration
+multisets each stored day carries (``durations_ms``), so they are exact, not means of medians.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
 
+from analytics.funnels import DayPartial, FunnelPartials, FunnelSpec, day_number, range_row
+from analytics.journey_combiner import final_at
 from analytics.kpis import ratio
 from analytics.timeutil import format_ts
 from sinks.migrations import TIMESCALE
@@ -216,3 +223,77 @@ def closed_session(row: Sequence[Any]) -> dict[str, Any]:
     session["revenue_cents"] = cents
     session["open"] = False
     return session
+
+
+# --------------------------------------------------------------------------- funnels
+
+# The stored days of one funnel in [from, to], each with the funnel's latest final day (one row
+# of nulls but that when the range has none). A final day means the pipeline's watermark has
+# passed its end + the window (analytics/journey_combiner.py), so every day up to it is final.
+FUNNEL_DAYS = """
+SELECT f.latest_final, d.day, d.is_final, d.stages, d.durations_ms
+FROM (SELECT max(day) AS latest_final FROM funnel_stats
+      WHERE funnel = %(funnel)s AND is_final) AS f
+LEFT JOIN funnel_stats AS d
+       ON d.funnel = %(funnel)s AND d.day >= %(from)s AND d.day <= %(to)s
+ORDER BY d.day
+"""
+#: the watermark when no final day is stored: before every day, so none is final
+_NO_WATERMARK_MS = -(2**63)
+
+
+def funnel_days_params(name: str, first: date, last: date) -> dict[str, Any]:
+    return {"funnel": name, "from": first, "to": last}
+
+
+def stored_partial(stages: Sequence[Mapping[str, Any]], durations: Sequence[Any]) -> DayPartial:
+    """A stored day's figures as analytics.funnels adds them: users reached per stage up to the
+    deepest one reached, and the duration multisets of those transitions (sinks.schema has
+    checked that they add up)."""
+    reached = [int(stage["reached"]) for stage in stages]
+    while reached and not reached[-1]:
+        reached.pop()
+    return DayPartial.decode([reached, list(durations[: max(len(reached) - 1, 0)])])
+
+
+def funnel_range(
+    spec: FunnelSpec, first: date, last: date, rows: Sequence[Sequence[Any]]
+) -> dict[str, Any]:
+    """The answer of ``/api/funnels/{name}``: the stored days (rows of ``FUNNEL_DAYS``) as
+    published, and their total (analytics.funnels.range_row). A day stored with other stages
+    than the configured funnel's (the funnel was changed under its name) is shown but not
+    added, and named in ``excluded_from_total``. ``is_final``: every day of the range is final
+    (a final day at or after ``to`` is stored) and every stored day of it is."""
+    days, excluded = [], []
+    partials = FunnelPartials()
+    texts = [stage.text for stage in spec.stages]
+    for _, day, is_final, stages, durations in rows:
+        if day is None:
+            continue
+        days.append(
+            {
+                "funnel": spec.name,
+                "day": day.isoformat(),
+                "is_final": is_final,
+                "stages": stages,
+                "durations_ms": durations,
+            }
+        )
+        if [stage["stage"] for stage in stages] != texts:
+            excluded.append(day.isoformat())
+            continue
+        partials.days[spec.name, day_number(day)] = stored_partial(stages, durations)
+    latest_final = rows[0][0] if rows else None
+    watermark = (
+        final_at(spec, day_number(latest_final)) if latest_final is not None else _NO_WATERMARK_MS
+    )
+    total = range_row(spec, partials, first, last, watermark)
+    return {
+        "funnel": spec.name,
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        "is_final": total["is_final"] and all(day["is_final"] for day in days),
+        "days": days,
+        "total": {"stages": total["stages"]},
+        "excluded_from_total": excluded,
+    }

@@ -1,5 +1,5 @@
-"""The four tables the sinks write (SPEC sections 3-5): which topic feeds each, its columns and
-natural key, how a published record becomes a row, and the upsert that writes a batch.
+"""The five tables the sinks write (SPEC sections 3-5 and 7): which topic feeds each, its columns
+and natural key, how a published record becomes a row, and the upsert that writes a batch.
 
 Everything here is pure (no connection), so it is unit-tested directly. The DDL itself lives in
 ``sinks.migrations``: a migration is frozen text, while the column lists here follow the latest
@@ -14,6 +14,7 @@ kpi_metrics        live-kpis                           window_start
 session_metrics    session-metrics                     user_id, session_id, window_start
 page_view_stats    page-view-stats                     window_start, page
 dimension_stats    traffic-stats                       window_start, dimension, value
+funnel_stats       funnel-stats                        funnel, day
 =================  ==================================  ===================================
 
 ``page_view_stats`` is keyed in the database on ``page_hash``, a column the database generates
@@ -28,8 +29,11 @@ beyond its column (``integer``, ``bigint``, ``numeric(20,2)``), text with a NUL 
 (PostgreSQL text cannot hold one), or a JSON value nested deeper than a JSON column takes.
 JSON columns travel as orjson's encoding, made once here. What the database still refuses
 comes back from sinks.writers.
-``kpi_metrics`` holds live (``is_final`` false) and final windows: a live record updates a live
-row, the final record overwrites it, and nothing overwrites a final row except a final record.
+``kpi_metrics`` holds live (``is_final`` false) and final windows, ``funnel_stats`` live and
+final days: a live record updates a live row, the final record overwrites it, and nothing
+overwrites a final row except a final record. A funnel record is checked for the shape its
+readers rely on (``funnel_row``): its stages, and per transition a duration multiset holding
+one duration per user who reached the next stage, so days merge exactly (web API, SPEC 7).
 An upsert that would not change a row leaves it alone (``updated_at`` stays), so replaying a
 topic into a populated table changes nothing.
 """
@@ -39,7 +43,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
@@ -49,6 +53,7 @@ from psycopg import sql
 from psycopg.adapt import PyFormat
 from psycopg.types.json import Jsonb
 
+from analytics.funnels import MAX_STAGES, MIN_STAGES
 from analytics.timeutil import parse_ts
 
 Row = tuple[Any, ...]
@@ -61,6 +66,7 @@ _MONEY_DIGITS = 18
 INTEGER_RANGES = {"integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
 #: a NUL character in orjson's encoding: ``\u0000`` not itself escaped
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _SHOW = 60  # characters of an offending value quoted in an error
 
 
@@ -145,10 +151,15 @@ def _bool(record: Mapping[str, Any], name: str) -> bool:
 
 
 def _object(record: Mapping[str, Any], name: str) -> Jsonb:
-    """A JSON object for a jsonb column, encoded once here (orjson, the value's own form)."""
+    """A JSON object for a jsonb column."""
     value = _get(record, name)
     if not isinstance(value, dict):
         raise RowError(f"{name}: expected a JSON object, got {_show(value)}")
+    return _jsonb(name, value)
+
+
+def _jsonb(name: str, value: Any) -> Jsonb:
+    """A jsonb column's value, encoded once here (orjson, the value's own form)."""
     try:
         data = orjson.dumps(value)
     except orjson.JSONEncodeError as exc:  # nested deeper than orjson writes (254 levels)
@@ -156,6 +167,22 @@ def _object(record: Mapping[str, Any], name: str) -> Jsonb:
     if b"\\u0000" in data and _JSON_NUL.search(data):
         raise RowError(f"{name}: contains a NUL character, which PostgreSQL jsonb cannot hold")
     return Jsonb(value, dumps=_Encoded(data))
+
+
+def _date(record: Mapping[str, Any], name: str) -> date:
+    """A calendar date written ``YYYY-MM-DD`` (only that form: ``date.fromisoformat`` would
+    take week dates and basic forms too)."""
+    value = _get(record, name)
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
+        raise RowError(f"{name}: expected a date YYYY-MM-DD, got {_show(value)}")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise RowError(f"{name}: {value!r} is not a calendar date") from None
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _money(record: Mapping[str, Any], name: str, cents_name: str | None = None) -> Decimal:
@@ -260,6 +287,81 @@ def dimension_row(r: Mapping[str, Any]) -> Row:
     )
 
 
+def _funnel_stages(record: Mapping[str, Any]) -> tuple[Jsonb, list[int]]:
+    """``stages`` (SPEC 7, analytics.funnels.stage_figures) and its ``reached`` counts:
+    2 to 10 stages, each with its text, users reached (never more than the stage before),
+    and the nullable drop-off and median towards the next stage."""
+    stages = _get(record, "stages")
+    if not isinstance(stages, list) or not MIN_STAGES <= len(stages) <= MAX_STAGES:
+        raise RowError(
+            f"stages: expected a list of {MIN_STAGES} to {MAX_STAGES} stages, got {_show(stages)}"
+        )
+    reached: list[int] = []
+    for k, stage in enumerate(stages):
+        where = f"stages[{k}]"
+        if not isinstance(stage, dict):
+            raise RowError(f"{where}: expected a JSON object, got {_show(stage)}")
+        try:
+            _text(stage, "stage")
+            users = _int(stage, "reached")
+            _float(stage, "drop_off_percent", nullable=True)
+            _float(stage, "median_seconds", nullable=True)
+        except RowError as exc:
+            raise RowError(f"{where}: {exc}") from None
+        assert users is not None
+        if users < 0 or (reached and users > reached[-1]):
+            raise RowError(
+                f"{where}: reached {users} is below 0 or above the stage before's "
+                f"{reached[-1] if reached else 0}"
+            )
+        reached.append(users)
+    return _jsonb("stages", stages), reached
+
+
+def _funnel_durations(record: Mapping[str, Any], reached: Sequence[int]) -> Jsonb:
+    """``durations_ms``: per transition k -> k+1, the flat ``[ms, count, ...]`` multiset of
+    the users who reached stage k+1 (ms ascending, each once: analytics.funnels.DayPartial
+    reads it as a dict), as many durations as ``stages[k+1].reached``. Transitions nobody
+    made may be left out at the end."""
+    value = _get(record, "durations_ms")
+    transitions = len(reached) - 1
+    if not isinstance(value, list) or len(value) > transitions:
+        raise RowError(
+            f"durations_ms: expected a list of at most {transitions} lists (one per "
+            f"transition), got {_show(value)}"
+        )
+    for k in range(transitions):
+        flat = value[k] if k < len(value) else []
+        where = f"durations_ms[{k}]"
+        if not isinstance(flat, list) or len(flat) % 2:
+            raise RowError(f"{where}: expected [ms, count, ms, count, ...], got {_show(flat)}")
+        users, previous = 0, -1
+        for ms, count in zip(flat[::2], flat[1::2], strict=True):
+            if not (_whole(ms) and _whole(count) and ms > previous and count >= 1):
+                raise RowError(
+                    f"{where}: expected whole ms ascending from 0, each once, with counts of 1 "
+                    f"or more, got {_show(ms)}, {_show(count)}"
+                )
+            users, previous = users + count, ms
+        if users != reached[k + 1]:
+            raise RowError(
+                f"{where}: {users} durations, but stages[{k + 1}].reached is {reached[k + 1]}"
+            )
+    return _jsonb("durations_ms", value)
+
+
+def funnel_row(r: Mapping[str, Any]) -> Row:
+    """A ``funnel-stats`` record (analytics/journey_combiner.publish)."""
+    stages, reached = _funnel_stages(r)
+    return (
+        _text(r, "funnel"),
+        _date(r, "day"),
+        _bool(r, "is_final"),
+        stages,
+        _funnel_durations(r, reached),
+    )
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -274,7 +376,7 @@ class TableSpec:
     types: tuple[str, ...]  # each column's SQL type, for the arrays of the bulk upsert
     key: tuple[str, ...]
     convert: Callable[[Mapping[str, Any]], Row]
-    #: kpi_metrics: a row that is final is only overwritten by a final record
+    #: kpi_metrics, funnel_stats: a row that is final is only overwritten by a final record
     final_guard: bool = False
     #: the upsert's ON CONFLICT target when it is not ``key`` (a unique index on columns the
     #: database derives from the key, like page_view_stats' page_hash)
@@ -415,8 +517,19 @@ DIMENSION_STATS = TableSpec(
     convert=dimension_row,
 )
 
+FUNNEL_STATS = TableSpec(
+    name="funnel_stats",
+    topic_field="funnel_stats",
+    columns=("funnel", "day", "is_final", "stages", "durations_ms"),
+    types=("text", "date", "boolean", "jsonb", "jsonb"),
+    key=("funnel", "day"),
+    convert=funnel_row,
+    final_guard=True,
+)
+
 TABLES: dict[str, TableSpec] = {
-    spec.name: spec for spec in (KPI_METRICS, SESSION_METRICS, PAGE_VIEW_STATS, DIMENSION_STATS)
+    spec.name: spec
+    for spec in (KPI_METRICS, SESSION_METRICS, PAGE_VIEW_STATS, DIMENSION_STATS, FUNNEL_STATS)
 }
 
 
@@ -462,9 +575,9 @@ def prepare(
     spec: TableSpec, records: Sequence[Mapping[str, Any]]
 ) -> tuple[list[tuple[int, Row]], list[Rejected]]:
     """Convert a batch's records to rows and keep one row per key: the latest, except that a
-    final KPI record is never replaced by a later live one. Returns ``(index, row)`` pairs in
-    first-seen key order (an upsert may not touch the same row twice) and the records that do
-    not convert."""
+    final KPI or funnel record is never replaced by a later live one. Returns ``(index, row)``
+    pairs in first-seen key order (an upsert may not touch the same row twice) and the records
+    that do not convert."""
     chosen: dict[tuple[Any, ...], tuple[int, Row]] = {}
     rejected: list[Rejected] = []
     for index, record in enumerate(records):
@@ -501,8 +614,8 @@ def _columns(names: Iterable[str], prefix: str | None = None) -> sql.Composable:
 
 def _on_conflict(spec: TableSpec) -> sql.Composed:
     """``ON CONFLICT (key) DO UPDATE``: to the latest value, only when it changes something (so
-    a replay leaves rows and their ``updated_at`` alone) and, for kpi_metrics, never replacing a
-    final row with a live one."""
+    a replay leaves rows and their ``updated_at`` alone) and, for kpi_metrics and funnel_stats,
+    never replacing a final row with a live one."""
     updated = [column for column in spec.columns if column not in spec.key]
     assignments = sql.SQL(", ").join(
         [

@@ -1,9 +1,10 @@
 """What the database sinks' tables hold against what their topics say they must hold.
 
-A sink keeps one row per record key with the latest record's value (a final KPI record wins
-over live ones). ``latest_rows`` computes that from a topic's records in offset order through
-the sink's own row conversion (sinks/schema.py); ``differences`` lists every row missing,
-extra or different. Used by tests/integration/test_sinks.py and the soak (bench/soak.py).
+A sink keeps one row per record key with the latest record's value (a final KPI or funnel
+record wins over live ones). ``latest_rows`` computes that from a topic's records in offset
+order through the sink's own row conversion (sinks/schema.py); ``differences`` lists every
+row missing, extra or different. Used by tests/integration/test_sinks.py and the soak
+(bench/soak.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SINK_TOPICS = {
     "session_metrics": "session-metrics",
     "page_view_stats": "page-view-stats",
     "dimension_stats": "traffic-stats",
+    "funnel_stats": "funnel-stats",
 }
 
 Key = tuple[Any, ...]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import date
 
 from analytics.timeutil import parse_ts
 from analytics.traffic import DIMENSIONS
@@ -21,6 +22,7 @@ MAX_LIMIT = 100
 DEFAULT_MINUTES = 60
 DEFAULT_LIMIT = 10
 _DIGITS = re.compile(r"[0-9]{1,9}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 Query = Iterable[tuple[str, str]]
 
@@ -74,6 +76,18 @@ def parse_time(value: str | None, name: str) -> int | None:
         raise BadParameter(
             name, f"must be an RFC 3339 timestamp like 2026-01-01T00:00:00Z, got {value!r}"
         ) from None
+
+
+def parse_date(value: str | None, name: str) -> date | None:
+    """A calendar date written ``YYYY-MM-DD`` (UTC days); None when absent."""
+    if value is None:
+        return None
+    if not _DATE.fullmatch(value):
+        raise BadParameter(name, f"must be a date like 2026-01-01, got {value!r}")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise BadParameter(name, f"{value!r} is not a calendar date") from None
 
 
 def parse_choice(value: str | None, name: str, choices: Collection[str]) -> str:

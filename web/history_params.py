@@ -6,14 +6,15 @@
 * ``/api/pages/top`` with ``from`` or ``to`` reads the database; with ``minutes`` (or neither)
   the live state; ``minutes`` together with ``from``/``to`` is an error naming the conflict.
 
-``/api/sessions?user_id=`` always reads the database. Parsing reuses web/api_params.py, so
-errors read the same: ``"<parameter>: <reason>"``, an empty value counts as absent.
+``/api/sessions?user_id=`` and ``/api/funnels/{name}?from=&to=`` always read the database.
+Parsing reuses web/api_params.py, so errors read the same: ``"<parameter>: <reason>"``, an
+empty value counts as absent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 
 from sinks.queries import BUCKETS
 from web.api_params import (
@@ -22,6 +23,7 @@ from web.api_params import (
     BadParameter,
     Query,
     parse_choice,
+    parse_date,
     parse_int,
     parse_range,
     parse_user_id,
@@ -34,6 +36,8 @@ DATABASE = "database"
 MAX_BUCKETS = 10_080
 DEFAULT_SESSIONS = 100
 MAX_SESSIONS = 1_000
+#: a funnel answer covers at most this many days (a year, a leap day included)
+MAX_FUNNEL_DAYS = 366
 
 
 def _given(query: Query, name: str) -> bool:
@@ -135,3 +139,30 @@ class SessionsQuery:
         from_ms, to_ms = parse_range(values)
         limit = parse_int(values.get("limit"), "limit", DEFAULT_SESSIONS, 1, MAX_SESSIONS)
         return cls(user_id, from_ms, to_ms, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelRangeQuery:
+    """``GET /api/funnels/{name}?from=&to=``: the UTC days ``from`` to ``to``, both included,
+    at most ``MAX_FUNNEL_DAYS`` of them."""
+
+    first: date
+    last: date
+
+    @classmethod
+    def parse(cls, query: Query) -> FunnelRangeQuery:
+        values = query_values(query, ("from", "to"))
+        first = parse_date(values.get("from"), "from")
+        last = parse_date(values.get("to"), "to")
+        if first is None or last is None:
+            raise BadParameter(
+                "from" if first is None else "to", "required, a date like 2026-01-01"
+            )
+        if last < first:
+            raise BadParameter("to", f"must not be before from ({first.isoformat()})")
+        days = (last - first).days + 1
+        if days > MAX_FUNNEL_DAYS:
+            raise BadParameter(
+                "to", f"from-to spans {days} days, at most {MAX_FUNNEL_DAYS}: ask for fewer days"
+            )
+        return cls(first, last)

@@ -2,7 +2,8 @@
 
 No Faust table routing: the database holds the whole history, so the worker that is asked
 answers. ``/api/sessions`` is a view of its own; the database halves of ``/api/kpis`` and
-``/api/pages/top`` are called by their views in web/api.py (web/history_params.py decides).
+``/api/pages/top`` are called by their views in web/api.py (web/history_params.py decides),
+and web/funnel_views.py answers ``/api/funnels/{name}`` through ``database_answer``.
 Answers carry ``"source": "database"``; a database that cannot answer gives 503 with the
 reason, within sinks.reader.QUERY_TIMEOUT.
 """
@@ -37,12 +38,13 @@ def bad_parameter(view: web.View, problem: BadParameter) -> web.Response:
     return view.json({"error": str(problem)}, status=400)
 
 
-async def _answer(
+async def database_answer(
     view: web.View,
     sql: Query,
     params: Mapping[str, Any],
     build: Callable[[list[tuple[Any, ...]]], dict[str, Any]],
 ) -> web.Response:
+    """``build(rows of sql)`` with ``"source": "database"``, or 503 saying why it cannot be."""
     try:
         rows = await fetch(DATABASE_URL, sql, params)
     except DatabaseUnavailable as exc:
@@ -76,7 +78,7 @@ async def kpi_buckets(view: web.View, query: list[tuple[str, str]]) -> web.Respo
         }
 
     params = queries.kpi_bucket_params(selected.bucket, selected.from_ms, selected.to_ms)
-    return await _answer(view, queries.kpi_buckets_sql, params, build)
+    return await database_answer(view, queries.kpi_buckets_sql, params, build)
 
 
 async def top_pages(view: web.View, query: list[tuple[str, str]]) -> web.Response:
@@ -95,7 +97,7 @@ async def top_pages(view: web.View, query: list[tuple[str, str]]) -> web.Respons
         }
 
     params = queries.top_pages_params(selected.from_ms, selected.to_ms, selected.limit)
-    return await _answer(view, queries.TOP_PAGES, params, build)
+    return await database_answer(view, queries.TOP_PAGES, params, build)
 
 
 @app.page("/api/sessions")
@@ -121,4 +123,4 @@ class SessionHistoryView(web.View):
         params = queries.user_sessions_params(
             selected.user_id, selected.from_ms, selected.to_ms, selected.limit
         )
-        return await _answer(self, queries.USER_SESSIONS, params, build)
+        return await database_answer(self, queries.USER_SESSIONS, params, build)

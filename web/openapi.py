@@ -20,7 +20,7 @@ from web.api_params import (
     MAX_MINUTES,
     MAX_USER_ID_CHARS,
 )
-from web.history_params import DEFAULT_SESSIONS, MAX_BUCKETS, MAX_SESSIONS
+from web.history_params import DEFAULT_SESSIONS, MAX_BUCKETS, MAX_FUNNEL_DAYS, MAX_SESSIONS
 from web.views import INGEST_PATH
 
 
@@ -340,6 +340,59 @@ KPI_BUCKET = _obj(
     }
 )
 
+FUNNEL = _obj(
+    {
+        "name": {**STRING, "description": "the funnel-stats key's first part and the path segment"},
+        "window": {**STRING, "description": "the conversion window, as the settings write it"},
+        "window_ms": INTEGER,
+        "stages": {
+            "type": "array",
+            "items": STRING,
+            "description": "2 to 10, in order: `action` or `action:page-prefix`",
+        },
+    }
+)
+
+FUNNEL_STAGE = _obj(
+    {
+        "stage": {**STRING, "description": "`action` or `action:page-prefix`"},
+        "reached": {
+            **INTEGER,
+            "description": "users whose best attempt of the day reached this stage (over a "
+            "range: added up, a user counting once per day with an attempt)",
+        },
+        "drop_off_percent": {
+            "type": ["number", "null"],
+            "description": "100 * (1 - reached(next) / reached), 0 when reached is 0; null on "
+            "the last stage",
+        },
+        "median_seconds": {
+            "type": ["number", "null"],
+            "description": "median time from this stage to the next over the users who reached "
+            "the next (an even count: the mean of the two middle values); null when none, and "
+            "on the last stage",
+        },
+    }
+)
+
+FUNNEL_DAY = _obj(
+    {
+        "funnel": STRING,
+        "day": {**STRING, "format": "date", "description": "UTC day of the attempts' first stage"},
+        "is_final": {
+            **BOOLEAN,
+            "description": "false until the watermark passes the day's end + the window",
+        },
+        "stages": {"type": "array", "items": _ref("FunnelStage")},
+        "durations_ms": {
+            "type": "array",
+            "items": {"type": "array", "items": INTEGER},
+            "description": "per transition k -> k+1, the flat [ms, count, ms, count, ...] "
+            "multiset the median comes from; transitions nobody made may be left out at the end",
+        },
+    }
+)
+
 CLOSED_SESSION = {
     **SESSION,
     "properties": {
@@ -398,8 +451,8 @@ OPENAPI: dict[str, Any] = {
             "database the sinks write. Any worker answers every request: it forwards live "
             "queries to the worker that holds the state (Faust table routing) and answers "
             "database queries itself; answers with two sources say which (`source`). KPI, "
-            "page and traffic figures follow SPEC sections 4-5; live windows are kept for "
-            "`engine.history_retention` (event time, default 24 h)."
+            "page and traffic figures follow SPEC sections 4-5, funnels section 7; live windows "
+            "are kept for `engine.history_retention` (event time, default 24 h)."
         ),
     },
     "paths": {
@@ -675,6 +728,82 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/funnels": {
+            "get": {
+                "summary": "The configured funnels (SPEC 7)",
+                "description": "The `funnels:` of the configuration, in order. Any worker answers.",
+                "responses": {
+                    "200": _json(
+                        _obj({"funnels": {"type": "array", "items": _ref("Funnel")}}),
+                        "Every configured funnel (none: an empty list).",
+                    ),
+                    "400": BAD_PARAMETER,
+                },
+            }
+        },
+        "/api/funnels/{name}": {
+            "get": {
+                "summary": "A funnel per day and over a range of days, from the database",
+                "description": (
+                    "The days of the funnel_stats table from `from` to `to` (both included), "
+                    "as published on funnel-stats (live or final), and their total: users "
+                    "reached added up per stage, drop-off from those sums, medians from the "
+                    "days' merged durations (exact). A day without attempts has no row. A day "
+                    "stored with other stages than the configured funnel's is listed but left "
+                    "out of the total (`excluded_from_total`). Any worker answers."
+                ),
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "description": "a configured funnel (GET /api/funnels)",
+                        "schema": STRING,
+                    },
+                    *(
+                        {
+                            "name": name,
+                            "in": "query",
+                            "required": True,
+                            "description": f"{role} UTC day, YYYY-MM-DD; at most "
+                            f"{MAX_FUNNEL_DAYS} days from `from` to `to`",
+                            "schema": {"type": "string", "format": "date"},
+                        }
+                        for name, role in (("from", "first"), ("to", "last"))
+                    ),
+                ],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                "source": SOURCE_DATABASE,
+                                "funnel": STRING,
+                                "from": {"type": "string", "format": "date"},
+                                "to": {"type": "string", "format": "date"},
+                                "is_final": {
+                                    **BOOLEAN,
+                                    "description": "every day of the range is final: a final "
+                                    "day at or after `to` is stored, and every stored day of "
+                                    "the range is final",
+                                },
+                                "days": {"type": "array", "items": _ref("FunnelDay")},
+                                "total": _obj(
+                                    {"stages": {"type": "array", "items": _ref("FunnelStage")}}
+                                ),
+                                "excluded_from_total": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "date"},
+                                },
+                            }
+                        ),
+                        "The stored days, oldest first, and their total.",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "404": _json(_ref("Error"), "No funnel of this name is configured."),
+                    "503": DATABASE_UNAVAILABLE,
+                },
+            }
+        },
         "/api/sessions/{user_id}": {
             "get": {
                 "summary": "A user's open and recent sessions and profile counters",
@@ -866,6 +995,9 @@ OPENAPI: dict[str, Any] = {
             "TrafficValue": TRAFFIC_VALUE,
             "KpiBucket": KPI_BUCKET,
             "ClosedSession": CLOSED_SESSION,
+            "Funnel": FUNNEL,
+            "FunnelStage": FUNNEL_STAGE,
+            "FunnelDay": FUNNEL_DAY,
         },
     },
 }

@@ -43,6 +43,8 @@ API_PATHS = {
     "/api/kpis",
     "/api/sessions",  # closed sessions from the database (tests/integration/test_history_api.py)
     "/api/sessions/{user_id}",
+    "/api/funnels",  # the configuration; /api/funnels/{name} reads the database
+    "/api/funnels/{name}",
     "/api/users/{user_id}",
     "/api/pages/top",
     "/api/traffic",

@@ -3,10 +3,11 @@
 The module's worker runs against a fresh database of its own. The test loads rows straight
 through the sinks' writer (sinks.writers.write_batch, the path every sink row takes): final KPI
 windows over four hours across a UTC midnight, with one live window and one window outside the
-range that must not count, page rows (a 10 KB page among them) and closed sessions. It then
-asks the worker over HTTP and compares with sums computed here from the same records. Another
-worker, whose database (a scratch cluster) the test stops and starts, shows the 503 answers,
-a degraded sink on ``/health`` and the recovery.
+range that must not count, page rows (a 10 KB page among them), closed sessions and the days
+of the configured ``checkout`` funnel (two final, one live, and a day of a funnel not
+configured). It then asks the worker over HTTP and compares with sums computed here from the
+same records. Another worker, whose database (a scratch cluster) the test stops and starts,
+shows the 503 answers, a degraded sink on ``/health`` and the recovery.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from tests.kafka_helpers import produce
 from tests.missing_services import service_missing
 from tests.polling import poll
 from tests.scratch_postgres import PG_BIN, ScratchPostgres
+from tests.unit.test_sinks_schema import funnel_record
 from tests.worker_process import Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
@@ -157,6 +160,21 @@ def session_records(users: list[str]) -> list[dict[str, Any]]:
     ]
 
 
+JUNE_1, JUNE_2, JUNE_3 = date(2025, 6, 1), date(2025, 6, 2), date(2025, 6, 3)
+
+
+def funnel_records() -> list[dict[str, Any]]:
+    """June 1: three users, to add_to_cart after 4 s and 6 s, one on to checkout after 5 s.
+    June 2: two users, to add_to_cart after 1 s and 2 s, one on to checkout after 3.001 s.
+    June 3 (live): one user, to add_to_cart after 7 s. A day of a funnel not configured."""
+    return [
+        funnel_record(((0, 4_000, 9_000), (0, 6_000), (0,)), day=JUNE_1),
+        funnel_record(((0, 1_000), (0, 2_000, 5_001)), day=JUNE_2),
+        funnel_record(((0, 7_000),), day=JUNE_3, is_final=False),
+        funnel_record(((0, 1),), day=JUNE_2) | {"funnel": "signup"},
+    ]
+
+
 async def load(url: str, users: list[str]) -> None:
     await migrate_url(url)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -164,6 +182,7 @@ async def load(url: str, users: list[str]) -> None:
             ("kpi_metrics", kpi_records()),
             ("page_view_stats", page_records()),
             ("session_metrics", session_records(users)),
+            ("funnel_stats", funnel_records()),
         ):
             result = await write_batch(conn, TABLES[table], records)
             assert (result.written, result.rejected) == (len(records), []), table
@@ -412,6 +431,93 @@ def test_sessions_of_a_user_from_the_database(loaded: Loaded) -> None:
     assert (status, body["sessions"], body["truncated"]) == (200, [], False)
 
 
+# --------------------------------------------------------------------------- funnels
+
+
+def test_the_configured_funnels(loaded: Loaded) -> None:
+    assert http(loaded.worker, "/api/funnels") == (
+        200,
+        {
+            "funnels": [
+                {
+                    "name": "checkout",
+                    "window": "1d",
+                    "window_ms": 86_400_000,
+                    "stages": ["page_view:/products", "add_to_cart", "checkout", "purchase"],
+                }
+            ]
+        },
+    )
+
+
+def _stages(*figures: tuple[int, float | None, float | None]) -> list[dict[str, Any]]:
+    texts = ["page_view:/products", "add_to_cart", "checkout", "purchase"]
+    return [
+        {"stage": text, "reached": reached, "drop_off_percent": drop, "median_seconds": median}
+        for text, (reached, drop, median) in zip(texts, figures, strict=True)
+    ]
+
+
+def test_a_funnel_over_days_adds_users_and_merges_durations(loaded: Loaded) -> None:
+    status, body = _get(loaded.worker, "/api/funnels/checkout", **{"from": "2025-06-01"},
+                        to="2025-06-02")  # fmt: skip
+    assert status == 200, body
+    first, second = funnel_records()[:2]
+    assert body == {
+        "source": "database",
+        "funnel": "checkout",
+        "from": "2025-06-01",
+        "to": "2025-06-02",
+        "is_final": True,
+        "days": [first, second],  # as published, the other funnel's day left out
+        "total": {
+            # add_to_cart after 1, 2, 4, 6 s: an even count, the mean of 2 s and 4 s (the
+            # days' own medians are 5 s and 1.5 s); checkout after 3.001 s and 5 s
+            "stages": _stages((5, 20.0, 3.0), (4, 50.0, 4.0005), (2, 100.0, None), (0, None, None))
+        },
+        "excluded_from_total": [],
+    }
+    assert [s["median_seconds"] for s in first["stages"][:1] + second["stages"][:1]] == [5.0, 1.5]
+
+
+def test_a_funnel_range_with_a_live_day_is_live(loaded: Loaded) -> None:
+    status, body = _get(loaded.worker, "/api/funnels/checkout", **{"from": "2025-06-01"},
+                        to="2025-06-03")  # fmt: skip
+    assert status == 200, body
+    assert body["is_final"] is False
+    assert [(d["day"], d["is_final"]) for d in body["days"]] == [
+        ("2025-06-01", True),
+        ("2025-06-02", True),
+        ("2025-06-03", False),
+    ]
+    # add_to_cart after 1, 2, 4, 6, 7 s: the middle one
+    assert body["total"]["stages"] == _stages(
+        (6, 100 * (1 / 6), 4.0), (5, 60.0, 4.0005), (2, 100.0, None), (0, None, None)
+    )
+
+
+def test_a_funnel_range_without_attempts_is_final_once_later_days_are(loaded: Loaded) -> None:
+    status, body = _get(loaded.worker, "/api/funnels/checkout", **{"from": "2025-05-01"},
+                        to="2025-05-31")  # fmt: skip
+    assert status == 200, body
+    assert (body["days"], body["is_final"]) == ([], True)  # June 2 is final: May is too
+    assert body["total"]["stages"] == _stages((0, 0.0, None), (0, 0.0, None), (0, 0.0, None),
+                                              (0, None, None))  # fmt: skip
+    status, body = _get(loaded.worker, "/api/funnels/checkout", **{"from": "2025-06-04"},
+                        to="2025-06-05")  # fmt: skip
+    assert (status, body["days"], body["is_final"]) == (200, [], False)
+
+
+def test_a_funnel_that_is_not_configured_is_404_naming_it(loaded: Loaded) -> None:
+    # signup has a day in the table, but the configuration does not name it
+    status, body = _get(loaded.worker, "/api/funnels/signup", **{"from": "2025-06-01"},
+                        to="2025-06-02")  # fmt: skip
+    assert (status, body) == (
+        404,
+        {"error": "funnel 'signup' is not configured (configured: checkout)"},
+    )
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -437,6 +543,18 @@ def test_sessions_of_a_user_from_the_database(loaded: Loaded) -> None:
         ("/api/sessions?user_id=" + "x" * 129, "user_id: must be 1 to 128 characters"),
         ("/api/sessions?user_id=u&limit=5000", "limit: must be a whole number from 1 to 1000"),
         ("/api/sessions?user_id=u&page=2", "page: unknown parameter"),
+        ("/api/funnels?name=checkout", "name: unknown parameter"),
+        ("/api/funnels/checkout?to=2025-06-02", "from: required, a date like 2026-01-01"),
+        ("/api/funnels/checkout?from=2025-06-01", "to: required"),
+        ("/api/funnels/checkout?from=2025-06-01T00:00:00Z&to=2025-06-02",
+         "from: must be a date like 2026-01-01"),
+        ("/api/funnels/checkout?from=2025-06-01&to=2025-06-31",
+         "to: '2025-06-31' is not a calendar date"),
+        ("/api/funnels/checkout?from=2025-06-02&to=2025-06-01",
+         "to: must not be before from (2025-06-02)"),
+        ("/api/funnels/checkout?from=2024-06-01&to=2025-06-02",
+         "to: from-to spans 367 days, at most 366"),
+        ("/api/funnels/checkout?from=2025-06-01&to=2025-06-02&limit=3", "limit: unknown parameter"),
     ],
 )  # fmt: skip
 def test_bad_parameters_are_400_naming_the_parameter(loaded: Loaded, path: str, error: str) -> None:
@@ -452,11 +570,16 @@ def test_openapi_documents_the_history_endpoints(loaded: Loaded) -> None:
     kpis = {p["name"] for p in body["paths"]["/api/kpis"]["get"]["parameters"]}
     pages = {p["name"] for p in body["paths"]["/api/pages/top"]["get"]["parameters"]}
     sessions = {p["name"] for p in body["paths"]["/api/sessions"]["get"]["parameters"]}
-    assert (kpis, pages, sessions) == (
+    funnel = {p["name"] for p in body["paths"]["/api/funnels/{name}"]["get"]["parameters"]}
+    assert (kpis, pages, sessions, funnel) == (
         {"from", "to", "bucket"},
         {"minutes", "from", "to", "limit"},
         {"user_id", "from", "to", "limit"},
+        {"name", "from", "to"},
     )
+    responses = body["paths"]["/api/funnels/{name}"]["get"]["responses"]
+    assert {"200", "400", "404", "503"} <= set(responses)
+    assert {"Funnel", "FunnelDay", "FunnelStage"} <= set(body["components"]["schemas"])
     assert "503" in body["paths"]["/api/sessions"]["get"]["responses"]
     assert "sinks" in body["components"]["schemas"]["Health"]["properties"]
 
@@ -548,6 +671,7 @@ def test_a_database_outage_gives_503_and_a_degraded_sink(
         kpis,
         f"/api/pages/top?from={ts(H0)}&to={ts(H0 + HOUR)}",
         "/api/sessions?user_id=someone",
+        "/api/funnels/checkout?from=2025-06-01&to=2025-06-02",
     ):
         started = time.monotonic()
         status, body = http(worker, path)

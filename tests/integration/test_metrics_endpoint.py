@@ -23,13 +23,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from analytics.timeutil import format_ts, now_ms
 from tests.kafka_helpers import produce
 from tests.polling import poll
+from tests.sink_tables import SINK_TOPICS
 from tests.worker_process import Services, Worker, WorkerPool, free_port
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 8
 NS = "analytics_dashboard"
-SINK_TABLES = ("kpi_metrics", "session_metrics", "page_view_stats", "dimension_stats")
+SINK_TABLES = tuple(SINK_TOPICS)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

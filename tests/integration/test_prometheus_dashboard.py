@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaProducer
 from analytics.timeutil import format_ts, now_ms
 from tests.polling import poll
 from tests.prometheus_process import Prometheus, PrometheusError, prometheus_binary, scrape_config
+from tests.sink_tables import SINK_TOPICS
 from tests.unit.test_grafana_dashboard import PROMETHEUS_TYPE, load_dashboard, targets
 from tests.worker_process import Services, Worker, WorkerPool, free_port
 
@@ -48,7 +49,7 @@ RATE_INTERVAL = f"{4 * SCRAPE_INTERVAL_S}s"
 #: Grafana's value of a regex variable set to "All" (the dashboard's allValue)
 ALL = ".*"
 TICK_S = 0.25
-SINK_TABLES = ("kpi_metrics", "session_metrics", "page_view_stats", "dimension_stats")
+SINK_TABLES = tuple(SINK_TOPICS)
 
 Vector = list[dict[str, Any]]
 

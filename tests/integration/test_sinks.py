@@ -6,8 +6,9 @@ the test stops and starts while traffic flows. Workers get it through ``DATABASE
 
 The tables are checked against the batch reference (tests/reference/batch.py) computed from
 what the enriched topic holds, like tests/e2e/test_analytics_contract.py, and against the
-output topics themselves: one row per record key, with the latest value (a final KPI record
-wins over live ones), nothing missing, nothing extra.
+output topics themselves: one row per record key, with the latest value (a final KPI or funnel
+record wins over live ones), nothing missing, nothing extra. The traffic walks the configured
+``checkout`` funnel, and the closing events come two days later, so its day is final too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -39,6 +41,7 @@ from analytics.sessions import SessionSummary
 from analytics.timeutil import format_ts, parse_ts
 from analytics.traffic import dimension_rows, page_rows
 from analytics.validation import MAX_AMOUNT
+from app.settings import load_settings
 from generator.traffic import TrafficProfile, generate_labelled
 from sinks import migrations as migrations_module
 from sinks import queries, reader
@@ -61,6 +64,7 @@ from tests.scratch_postgres import ScratchPostgres
 from tests.scratch_postgres import missing as missing_postgres_binaries
 from tests.scratch_postgres import scratch_postgres as own_postgres
 from tests.sink_tables import SINK_TOPICS, differences, latest_rows, table_rows
+from tests.unit.test_sinks_schema import funnel_record
 from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
@@ -70,8 +74,20 @@ WINDOW_MS = 60_000
 GAP_MS = 1_800_000
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 SPAN_MS = 3600 * 1000
-CLOSING_TS = START_MS + SPAN_MS + GAP_MS + 10 * WINDOW_MS
+DAY_MS = 86_400_000
+#: past the traffic's sessions and windows, and past its funnel days' end + window (24 h)
+CLOSING_TS = START_MS + 2 * DAY_MS + 10 * WINDOW_MS
 LAST_WINDOW = (START_MS + SPAN_MS - 1) // WINDOW_MS * WINDOW_MS
+#: the funnels of the shipped configuration (configs/analytics-dashboard.yaml), as the
+#: reference reads them
+FUNNELS = [
+    {
+        "name": spec.name,
+        "window_ms": spec.window_ms,
+        "stages": [{"action": s.action, "page_prefix": s.page_prefix} for s in spec.stages],
+    }
+    for spec in load_settings().funnels
+]
 PROFILE = TrafficProfile(
     seed=20261128,
     users=120,
@@ -146,8 +162,9 @@ def _traffic_users() -> set[str]:
 
 
 async def _wait_for_pipeline(bootstrap: str, prefix: str, timeout: float = 240) -> None:
-    """Until the last traffic window is final on live-kpis and every traffic user's sessions
-    are on session-metrics: the pipeline has published every row of the traffic."""
+    """Until the last traffic window is final on live-kpis, every traffic user's sessions
+    are on session-metrics and every funnel day of the reference is final on funnel-stats:
+    the pipeline has published every row of the traffic."""
     await read_until(
         bootstrap,
         f"{prefix}live-kpis",
@@ -164,6 +181,17 @@ async def _wait_for_pipeline(bootstrap: str, prefix: str, timeout: float = 240) 
         lambda records: {r.key.decode() for r in records if r.key} >= users,
         timeout,
     )
+    enriched = await _topic_values(bootstrap, f"{prefix}user-behavior-enriched")
+    days = set(reference.funnel_stats(enriched, FUNNELS))
+    assert days, "the traffic walks no funnel: the funnel_stats checks would hold vacuously"
+    await read_until(
+        bootstrap,
+        f"{prefix}funnel-stats",
+        lambda records: (
+            {(r.json()["funnel"], r.json()["day"]) for r in records if r.json()["is_final"]} >= days
+        ),
+        timeout,
+    )
 
 
 def settled(table: str, row: Mapping[str, Any]) -> bool:
@@ -173,6 +201,8 @@ def settled(table: str, row: Mapping[str, Any]) -> bool:
     hour: those rows are still moving while a test looks."""
     if table == "session_metrics":
         return not str(row["user_id"]).startswith(SENTINEL_PREFIX)
+    if table == "funnel_stats":
+        return bool(row["is_final"])
     return _ms(row["window_start"]) <= LAST_WINDOW
 
 
@@ -197,6 +227,7 @@ class Expected:
     sessions: list[dict[str, Any]]
     pages: dict[tuple[int, str], dict[str, Any]]
     dimensions: dict[tuple[int, str, str], dict[str, Any]]
+    funnels: dict[tuple[str, str], dict[str, Any]]
 
 
 async def _expected(bootstrap: str, prefix: str) -> Expected:
@@ -227,6 +258,7 @@ async def _expected(bootstrap: str, prefix: str) -> Expected:
             for k, v in reference.dimension_stats(enriched, WINDOW_MS).items()
             if k[0] <= LAST_WINDOW
         },
+        funnels=reference.funnel_stats(enriched, FUNNELS),
     )
 
 
@@ -309,6 +341,48 @@ def check_tables(tables: Mapping[str, list[dict[str, Any]]], expected: Expected)
     problems += contract.compare_dimensions(
         window_records(tables["dimension_stats"]), expected.dimensions
     )
+    problems += compare_funnels(tables["funnel_stats"], expected.funnels)
+    return problems
+
+
+def _same(got: tuple[Any, ...], want: tuple[Any, ...]) -> bool:
+    """Equal, numbers within float rounding (drop-off is computed in another order here)."""
+    return all(
+        a == b or (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b))
+        for a, b in zip(got, want, strict=True)
+    )
+
+
+def compare_funnels(
+    rows: list[dict[str, Any]], expected: Mapping[tuple[str, str], dict[str, Any]]
+) -> list[str]:
+    """Every funnel_stats row against the reference's (funnel, day): final, and per stage its
+    text, reached, drop-off and median; the stored durations hold the medians' multisets."""
+    problems = []
+    stored = {(row["funnel"], row["day"].isoformat()): row for row in rows}
+    for key in sorted(set(stored) | set(expected)):
+        row, want = stored.get(key), expected.get(key)
+        if row is None or want is None:
+            problems.append(f"funnel_stats {key}: stored={row is not None} reference={want}")
+            continue
+        got = [
+            (s["stage"], s["reached"], s["drop_off_percent"], s["median_seconds"])
+            for s in row["stages"]
+        ]
+        wanted = [
+            (
+                s["action"] if s["page_prefix"] is None else f"{s['action']}:{s['page_prefix']}",
+                s["reached"],
+                s["drop_off_percent"],
+                s["median_seconds"],
+            )
+            for s in want["stages"]
+        ]
+        if not (row["is_final"] and len(got) == len(wanted) and all(map(_same, got, wanted))):
+            problems.append(f"funnel_stats {key}: {got} final={row['is_final']} != {wanted}")
+        counts = [sum(flat[1::2]) for flat in row["durations_ms"]]
+        if counts != [s["reached"] for s in row["stages"][1 : len(counts) + 1]]:
+            problems.append(f"funnel_stats {key}: durations {counts} != reached")
     return problems
 
 
@@ -523,6 +597,65 @@ async def test_upsert_rules_and_dead_letters_through_the_sinks(
     assert kpis[START_MS]["is_final"] and kpis[START_MS]["total_events"] == 7
     assert kpis[START_MS]["total_revenue"] == Decimal("10.00")
     assert not kpis[START_MS + WINDOW_MS]["is_final"]
+
+
+async def test_funnel_days_through_the_sink_final_wins_and_bad_days_are_dead_lettered(
+    database: str, worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str
+) -> None:
+    """funnel-stats → funnel_stats: live → final → late live leaves the final day; a day the
+    database refuses (a name outside the funnel names' pattern) and one whose durations do not
+    add up to its users (refused before the database) go to sink-dlq naming the problem; the
+    day after them in the partition is written."""
+    bootstrap = services.kafka_bootstrap
+    worker = worker_factory.start(topic_prefix, group_id, extra_env={"DATABASE_URL": database})
+    await worker.await_ready(PARTITIONS, timeout=120)
+
+    live = funnel_record(((0, 4_000),), is_final=False)
+    final = funnel_record()
+    late_live = funnel_record(((0,),), is_final=False)
+    bad_name = funnel_record() | {"funnel": "Checkout!"}
+    uneven = funnel_record() | {"durations_ms": [[4_000, 1], [5_000, 1]]}
+    next_day = funnel_record(is_final=False) | {"day": "2026-01-02"}
+    await produce(
+        bootstrap,
+        f"{topic_prefix}funnel-stats",
+        [
+            Outgoing(b"checkout|2026-01-01", orjson.dumps(record), partition=5)
+            for record in (live, final, late_live, bad_name, uneven, next_day)
+        ],
+    )
+
+    dead = await read_until(
+        bootstrap, f"{topic_prefix}sink-dlq", lambda records: len(records) >= 2, timeout=60
+    )
+    letters = sorted((r.json() for r in dead), key=lambda d: d["offset"])
+    assert [(d["table"], d["topic"], d["partition"], d["offset"]) for d in letters] == [
+        ("funnel_stats", f"{topic_prefix}funnel-stats", 5, 3),
+        ("funnel_stats", f"{topic_prefix}funnel-stats", 5, 4),
+    ]
+    assert letters[0]["sqlstate"] == "23514" and "funnel_stats_funnel_check" in letters[0]["error"]
+    assert letters[0]["value"] == bad_name
+    assert letters[1]["sqlstate"] is None
+    assert "durations_ms[0]: 1 durations, but stages[1].reached is 2" in letters[1]["error"]
+
+    deadline = time.monotonic() + 30
+    while len(rows := await table_rows(database, "funnel_stats")) < 2:
+        assert time.monotonic() < deadline, rows
+        await asyncio.sleep(0.2)  # polling interval, bounded by the deadline
+    days = {row["day"].isoformat(): row for row in rows}
+    assert len(days) == 2, rows
+    assert days["2026-01-01"]["is_final"] and not days["2026-01-02"]["is_final"]
+    # the final day, not the live one before it nor the late live one after it
+    assert days["2026-01-01"]["stages"] == final["stages"]
+    assert (
+        days["2026-01-01"]["durations_ms"]
+        == final["durations_ms"]
+        == [
+            [4_000, 1, 6_000, 1],
+            [5_000, 1],
+        ]
+    )
+    assert worker.alive
 
 
 async def test_records_that_stopped_the_sinks_are_dead_lettered_and_the_worker_goes_on(
@@ -760,6 +893,35 @@ async def test_the_writer_sets_apart_only_the_rows_the_database_refuses(database
     assert await table_rows(database, "page_view_stats") == before
 
 
+async def test_a_final_funnel_day_is_kept_and_a_replay_rewrites_nothing(database: str) -> None:
+    """Upserts by (funnel, day): a live day is replaced by the final one, which no live record
+    replaces, in a batch of its own, in one batch, or row by row; writing the same records
+    again rewrites no row (same xmin and updated_at)."""
+    await migrate_url(database)
+    spec = TABLES["funnel_stats"]
+    live = funnel_record(((0, 4_000),), is_final=False)
+    final = funnel_record()
+    late_live = funnel_record(((0,),), is_final=False)
+    other = funnel_record() | {"funnel": "signup"}
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        assert (await write_batch(conn, spec, [live])).written == 1
+        (row,) = await table_rows(database, "funnel_stats")
+        assert not row["is_final"] and row["stages"] == live["stages"]
+        assert (await write_batch(conn, spec, [final, other])).written == 2
+        before = await table_rows(database, "funnel_stats")
+        for batch in ([late_live], [live, final, late_live], [final, other]):
+            result = await write_batch(conn, spec, batch)
+            assert result.rejected == []
+        assert await write_one_by_one(conn, spec, [(0, spec.convert(late_live))]) == []
+    after = await table_rows(database, "funnel_stats")
+    assert after == before
+    by_key = {(row["funnel"], row["day"].isoformat()): row for row in after}
+    assert set(by_key) == {("checkout", "2026-01-01"), ("signup", "2026-01-01")}
+    stored = by_key["checkout", "2026-01-01"]
+    assert stored["is_final"] and stored["stages"] == final["stages"]
+    assert stored["durations_ms"] == final["durations_ms"]
+
+
 async def test_no_record_stops_a_batch_the_others_are_written(database: str) -> None:
     """Every way one record could fail its batch for ever (issue 9): a value too big for an
     index, for its integer or money column, JSON nested too deep for the client to send or
@@ -925,7 +1087,7 @@ async def test_the_page_hash_migration_keeps_existing_rows(
         )
     monkeypatch.setattr(migrations_module, "MIGRATIONS", MIGRATIONS)
     new = await migrate_url(database)
-    assert [m.version for m in new.applied] == [4]
+    assert [m.version for m in new.applied] == [4, 6]  # and the funnel table, made later
     rows = {row["page"]: row for row in await table_rows(database, "page_view_stats")}
     assert set(rows) == {"/old", "/ünïcode"}
     for page, row in rows.items():

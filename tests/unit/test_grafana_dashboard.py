@@ -56,6 +56,7 @@ REQUIRED: dict[str, list[tuple[str, set[str]]]] = {
         ("Top pages", {"barchart"}),
         ("Traffic by device", {"piechart"}),
         ("Geographic distribution", {"geomap"}),
+        ("Funnel stages", {"table"}),
     ],
     "Performance": [
         ("Processing latency p50 / p95 / p99", {"timeseries"}),
@@ -238,6 +239,7 @@ SQL_KEYWORDS = {
     *("true", "false", "is", "in", "on", "join", "left", "right", "inner", "outer", "cross"),
     *("lateral", "distinct", "over", "partition", "with", "nulls", "first", "last"),
     *("between", "interval", "having", "using", "epoch", "like", "ilike", "any", "all"),
+    "ordinality",
 }
 _TOKEN = re.compile(r'"(?:[^"]|"")*"|[A-Za-z_]\w*|::|\S')
 

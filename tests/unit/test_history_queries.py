@@ -8,12 +8,14 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from analytics.funnels import DayPartial, FunnelSpec, Stage, day_number, day_row
+from analytics.journey_combiner import final_at
 from analytics.timeutil import parse_ts
 from sinks import health, queries, reader
 from sinks.migrations import PLAIN, TIMESCALE
@@ -22,6 +24,8 @@ from web.history_params import (
     DATABASE,
     LIVE,
     MAX_BUCKETS,
+    MAX_FUNNEL_DAYS,
+    FunnelRangeQuery,
     KpiBucketsQuery,
     PageRangeQuery,
     SessionsQuery,
@@ -266,6 +270,146 @@ def test_pages_and_sessions_are_shaped_like_the_live_answers() -> None:
     assert (session["revenue"], session["revenue_cents"]) == (25.5, 2550)
     assert session["open"] is False and session["actions"] == {"page_view": 2}
     assert list(session)[: len(queries.SESSION_COLUMNS)] == list(queries.SESSION_COLUMNS)
+
+
+# --------------------------------------------------------------------------- funnels
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ([], "from: required, a date like 2026-01-01"),
+        ([("from", ""), ("to", "2026-01-01")], "from: required"),
+        ([("from", "2026-01-01")], "to: required, a date like 2026-01-01"),
+        ([("from", "2026-1-01"), ("to", "2026-01-02")],
+         "from: must be a date like 2026-01-01, got '2026-1-01'"),
+        ([("from", "2026-01-01T00:00:00Z"), ("to", "2026-01-02")], "from: must be a date like"),
+        ([("from", "2026-01-01"), ("to", "2026-02-30")], "to: '2026-02-30' is not a calendar date"),
+        ([("from", "2026-01-02"), ("to", "2026-01-01")],
+         "to: must not be before from (2026-01-02)"),
+        ([("from", "2024-01-01"), ("to", "2025-01-01")],
+         "to: from-to spans 367 days, at most 366: ask for fewer days"),
+        ([("from", "2026-01-01"), ("to", "2026-01-02"), ("day", "x")], "day: unknown parameter"),
+        ([("from", "2026-01-01"), ("from", "2026-01-01")], "from: given more than once"),
+    ],
+)  # fmt: skip
+def test_a_funnel_range_needs_two_dates_in_order_and_at_most_a_year(
+    query: list[tuple[str, str]], message: str
+) -> None:
+    assert _error(FunnelRangeQuery.parse, query).startswith(message)
+
+
+def test_a_funnel_range_is_inclusive() -> None:
+    one = FunnelRangeQuery.parse([("from", "2026-01-01"), ("to", "2026-01-01")])
+    assert (one.first, one.last) == (date(2026, 1, 1), date(2026, 1, 1))
+    leap_year = FunnelRangeQuery.parse([("from", "2024-01-01"), ("to", "2024-12-31")])
+    assert (leap_year.last - leap_year.first).days + 1 == MAX_FUNNEL_DAYS == 366
+
+
+CHECKOUT = FunnelSpec(
+    "checkout",
+    (Stage("page_view", "/products"), Stage("add_to_cart"), Stage("checkout"), Stage("purchase")),
+)
+JAN_1, JAN_2, JAN_3 = date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)
+
+
+def funnel_day(day: date, attempts: list[tuple[int, ...]], *, final: bool = True) -> list[Any]:
+    """A stored day (``FUNNEL_DAYS`` columns but the first) made as the combiner makes it."""
+    part = DayPartial()
+    for stamps in attempts:
+        part.add(stamps, +1)
+    number = day_number(day)
+    row = day_row(CHECKOUT, number, part, final_at(CHECKOUT, number) - (0 if final else 1))
+    return [day, row["is_final"], row["stages"], part.encode()[1]]
+
+
+def funnel_rows(latest_final: date | None, *days: list[Any]) -> list[tuple[Any, ...]]:
+    if not days:
+        return [(latest_final, None, None, None, None)]  # the LEFT JOIN's one row
+    return [(latest_final, *day) for day in days]
+
+
+#: Jan 1: three users; to add_to_cart after 4 s and 6 s, one on to checkout after 5 s.
+#: Jan 2: two users, both to add_to_cart (1 s, 2 s), one on to checkout after 3.001 s.
+FIRST = funnel_day(JAN_1, [(0, 4_000, 9_000), (0, 6_000), (0,)])
+SECOND = funnel_day(JAN_2, [(0, 1_000), (0, 2_000, 5_001)])
+
+
+def test_a_funnel_range_adds_the_days_and_merges_their_durations() -> None:
+    answer = queries.funnel_range(CHECKOUT, JAN_1, JAN_2, funnel_rows(JAN_2, FIRST, SECOND))
+    assert [day["day"] for day in answer["days"]] == ["2026-01-01", "2026-01-02"]
+    assert answer["days"][1]["durations_ms"] == [[1_000, 1, 2_000, 1], [3_001, 1]]
+    assert answer["days"][0]["stages"][0]["median_seconds"] == 5.0  # that day's own
+    assert answer["days"][1]["stages"][0]["median_seconds"] == 1.5
+    assert answer["total"] == {
+        "stages": [
+            # 1, 2, 4, 6 s: the mean of the two middle ones (not 3.25, the mean of the medians)
+            {"stage": "page_view:/products", "reached": 5, "drop_off_percent": 20.0,
+             "median_seconds": 3.0},
+            # 3.001 s and 5 s: half a millisecond survives
+            {"stage": "add_to_cart", "reached": 4, "drop_off_percent": 50.0,
+             "median_seconds": 4.0005},
+            {"stage": "checkout", "reached": 2, "drop_off_percent": 100.0,
+             "median_seconds": None},
+            {"stage": "purchase", "reached": 0, "drop_off_percent": None,
+             "median_seconds": None},
+        ]
+    }  # fmt: skip
+    assert (answer["funnel"], answer["from"], answer["to"]) == (
+        "checkout",
+        "2026-01-01",
+        "2026-01-02",
+    )
+    assert answer["is_final"] is True and answer["excluded_from_total"] == []
+    # one day alone: its own figures
+    alone = queries.funnel_range(CHECKOUT, JAN_1, JAN_1, funnel_rows(JAN_2, FIRST))
+    assert alone["total"]["stages"] == FIRST[2]
+
+
+@pytest.mark.parametrize(
+    ("latest_final", "days", "last", "final"),
+    [
+        (JAN_2, [FIRST, SECOND], JAN_2, True),
+        (JAN_3, [FIRST, SECOND], JAN_3, True),  # Jan 3 had no attempt, and is final
+        (JAN_1, [FIRST, SECOND], JAN_2, False),  # Jan 2 is not final yet
+        (JAN_3, [FIRST, funnel_day(JAN_2, [(0,)], final=False)], JAN_2, False),  # not stored yet
+        (None, [], JAN_2, False),  # nothing stored: nothing known to be final
+        (JAN_3, [], JAN_2, True),  # no attempt in the range, which is final
+    ],
+)
+def test_a_funnel_range_is_final_once_every_day_of_it_is(
+    latest_final: date | None, days: list[list[Any]], last: date, final: bool
+) -> None:
+    answer = queries.funnel_range(CHECKOUT, JAN_1, last, funnel_rows(latest_final, *days))
+    assert answer["is_final"] is final
+    assert len(answer["days"]) == len(days)
+
+
+def test_a_funnel_range_without_days_has_a_total_of_nobody() -> None:
+    answer = queries.funnel_range(CHECKOUT, JAN_1, JAN_3, funnel_rows(None))
+    assert answer["days"] == []
+    assert [s["reached"] for s in answer["total"]["stages"]] == [0, 0, 0, 0]
+    assert [s["drop_off_percent"] for s in answer["total"]["stages"]] == [0.0, 0.0, 0.0, None]
+    assert all(s["median_seconds"] is None for s in answer["total"]["stages"])
+
+
+def test_a_day_stored_with_other_stages_is_shown_but_not_added() -> None:
+    """The funnel was changed under its name (analytics.funnels: not supported): such a day
+    cannot be added to the configured stages, and the answer says which days were left out."""
+    changed = funnel_day(JAN_1, [(0, 4_000)])
+    changed[2] = [dict(stage, stage=f"x{k}") for k, stage in enumerate(changed[2])]
+    answer = queries.funnel_range(CHECKOUT, JAN_1, JAN_2, funnel_rows(JAN_2, changed, SECOND))
+    assert [day["day"] for day in answer["days"]] == ["2026-01-01", "2026-01-02"]
+    assert answer["excluded_from_total"] == ["2026-01-01"]
+    assert answer["total"]["stages"] == SECOND[2]
+
+
+def test_the_funnel_query_binds_its_parameters() -> None:
+    params = queries.funnel_days_params("checkout", JAN_1, JAN_2)
+    assert params == {"funnel": "checkout", "from": JAN_1, "to": JAN_2}
+    for name in params:
+        assert f"%({name})s" in queries.FUNNEL_DAYS
+    assert "LEFT JOIN funnel_stats" in queries.FUNNEL_DAYS  # one row even without days
 
 
 # --------------------------------------------------------------------------- reader

@@ -6,23 +6,27 @@ No database here: tests/integration/test_sinks.py runs the same code against Pos
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from analytics.funnels import DayPartial, FunnelSpec, Stage, day_number, day_row
 from analytics.kpis import kpi_figures, trends
 from analytics.rows import Row as EventRow
 from analytics.sessions import session_figures
 from analytics.timeutil import format_ts
 from analytics.traffic import dimension_rows, page_rows
+from app.settings import SINK_TABLES, DatabaseSinkSettings
 from sinks import migrations
 from sinks.db import describe, redact_url, worth_waiting
 from sinks.schema import (
     DIMENSION_STATS,
+    FUNNEL_STATS,
     KPI_METRICS,
     PAGE_VIEW_STATS,
     SESSION_METRICS,
@@ -186,6 +190,135 @@ def test_infinite_or_unparsable_amounts_are_refused() -> None:
             KPI_METRICS.convert(record)
 
 
+# --------------------------------------------------------------------------- funnel records
+
+
+CHECKOUT = FunnelSpec(
+    "checkout",
+    (Stage("page_view", "/products"), Stage("add_to_cart"), Stage("checkout"), Stage("purchase")),
+)
+DAY = date(2026, 1, 1)
+DAY_MS = 86_400_000
+
+
+def funnel_record(
+    attempts: tuple[tuple[int, ...], ...] = ((0, 4_000, 9_000), (0, 6_000), (0,)),
+    *,
+    is_final: bool = True,
+    day: date = DAY,
+) -> dict[str, Any]:
+    """A funnel-stats record of the shipped ``checkout`` funnel as
+    analytics/journey_combiner.publish makes it, each attempt the ms of its stages from the
+    day's start; by default three users, two reaching add_to_cart (after 4 s and 6 s), one of
+    them checkout, nobody purchase."""
+    number = day_number(day)
+    part = DayPartial()
+    for stamps in attempts:
+        part.add([number * DAY_MS + ms for ms in stamps], +1)
+    final_at = (number + 1) * DAY_MS + CHECKOUT.window_ms
+    record = day_row(CHECKOUT, number, part, final_at if is_final else final_at - 1)
+    record["durations_ms"] = part.encode()[1]
+    parsed: dict[str, Any] = orjson.loads(orjson.dumps(record))  # as the sink decodes it
+    return parsed
+
+
+def test_a_funnel_record_becomes_a_row_keeping_its_stages_and_durations() -> None:
+    record = funnel_record()
+    assert record["durations_ms"] == [[4_000, 1, 6_000, 1], [5_000, 1]]  # checkout: none
+    row = as_dict(FUNNEL_STATS, record)
+    assert (row["funnel"], row["day"], row["is_final"]) == ("checkout", DAY, True)
+    assert isinstance(row["stages"], Jsonb) and row["stages"].obj == record["stages"]
+    assert [stage["reached"] for stage in row["stages"].obj] == [3, 2, 1, 0]
+    assert row["stages"].obj[0]["median_seconds"] == 5.0  # (4 s + 6 s) / 2
+    assert row["durations_ms"].obj == record["durations_ms"]
+    assert FUNNEL_STATS.key_of(FUNNEL_STATS.convert(record)) == ("checkout", DAY)
+    assert as_dict(FUNNEL_STATS, funnel_record(is_final=False))["is_final"] is False
+
+
+def _stage(k: int, **changes: Any) -> Any:
+    def change(record: dict[str, Any]) -> None:
+        record["stages"][k].update(changes)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"day": "2026-1-1"}, "day: expected a date YYYY-MM-DD, got '2026-1-1'"),
+        ({"day": "2026-W01-1"}, "day: expected a date YYYY-MM-DD"),
+        ({"day": 20_454}, "day: expected a date YYYY-MM-DD, got 20454"),
+        ({"day": "2026-02-30"}, "day: '2026-02-30' is not a calendar date"),
+        ({"funnel": None}, "funnel: expected text"),
+        ({"is_final": "yes"}, "is_final: expected true or false"),
+        ({"stages": []}, "stages: expected a list of 2 to 10 stages, got []"),
+        ({"stages": {"0": 1}}, "stages: expected a list of 2 to 10 stages"),
+        ({"durations_ms": {}}, "durations_ms: expected a list of at most 3 lists"),
+        ({"durations_ms": [[4_000, 1, 6_000, 1], [5_000, 1], [], []]},
+         "durations_ms: expected a list of at most 3"),
+        ({"durations_ms": [[4_000, 1, 6_000], [5_000, 1]]}, "durations_ms[0]: expected [ms, count"),
+        ({"durations_ms": [[6_000, 1, 4_000, 1], [5_000, 1]]}, "durations_ms[0]: expected whole ms "
+         "ascending from 0, each once, with counts of 1 or more, got 4000, 1"),
+        ({"durations_ms": [[4_000, 2], [5_000, 1]]}, None),  # the same multiset as 4 s twice
+        ({"durations_ms": [[4_000, 1, 4_000, 1], [5_000, 1]]}, "durations_ms[0]: expected whole"),
+        ({"durations_ms": [[4_000, 1, 6_000, 0], [5_000, 1]]}, "durations_ms[0]: expected whole"),
+        ({"durations_ms": [[-1, 2], [5_000, 1]]}, "durations_ms[0]: expected whole"),
+        ({"durations_ms": [[4_000.0, 2], [5_000, 1]]}, "durations_ms[0]: expected whole"),
+        ({"durations_ms": [[4_000, 1], [5_000, 1]]},
+         "durations_ms[0]: 1 durations, but stages[1].reached is 2"),
+        ({"durations_ms": [[4_000, 1, 6_000, 1]]},
+         "durations_ms[1]: 0 durations, but stages[2].reached is 1"),
+        (_stage(1, reached=4), "stages[1]: reached 4 is below 0 or above the stage before's 3"),
+        (_stage(0, reached=-1), "stages[0]: reached -1 is below 0"),
+        (_stage(2, reached="1"), "stages[2]: reached: expected an integer, got '1'"),
+        (_stage(0, stage=None), "stages[0]: stage: expected text"),
+        (_stage(0, median_seconds="5"), "stages[0]: median_seconds: expected a number"),
+        (_stage(3, drop_off_percent=[]), "stages[3]: drop_off_percent: expected a number"),
+        (_stage(0, stage="page_view:/\x00"), "stages: contains a NUL character"),
+        (lambda record: record["stages"][1].pop("reached"), "stages[1]: missing field 'reached'"),
+        (lambda record: record.pop("durations_ms"), "missing field 'durations_ms'"),
+        (lambda record: record["stages"].__setitem__(2, 1), "stages[2]: expected a JSON object"),
+    ],
+)  # fmt: skip
+def test_a_funnel_record_its_readers_cannot_use_is_refused_naming_the_field(
+    change: Any, message: str | None
+) -> None:
+    record = funnel_record()
+    if callable(change):
+        change(record)
+    else:
+        record |= change
+    if message is None:
+        FUNNEL_STATS.convert(record)
+        return
+    with pytest.raises(RowError) as raised:
+        FUNNEL_STATS.convert(record)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_a_funnel_record_may_leave_out_transitions_nobody_made() -> None:
+    """The combiner's lists stop at the deepest stage reached (analytics.funnels.DayPartial)."""
+    record = funnel_record(((0,), (0,)))
+    assert record["durations_ms"] == [] and record["stages"][0]["reached"] == 2
+    assert as_dict(FUNNEL_STATS, record)["durations_ms"].obj == []
+
+
+def test_a_final_funnel_day_is_never_replaced_by_a_later_live_one() -> None:
+    live = funnel_record(((0, 4_000),), is_final=False)
+    final = funnel_record()
+    other_day = funnel_record() | {"day": "2026-01-02"}
+    rows, rejected = prepare(FUNNEL_STATS, [live, final, other_day, live])
+    assert rejected == []
+    assert [(index, row[1], row[2]) for index, row in rows] == [
+        (1, DAY, True),
+        (2, date(2026, 1, 2), True),
+    ]
+    text = bulk_upsert_statement(FUNNEL_STATS).decode()
+    assert 'ON CONFLICT ("funnel", "day") DO UPDATE SET' in text
+    assert 'WHERE (NOT "funnel_stats".is_final OR EXCLUDED.is_final) AND (' in text
+    assert "%b::date[]" in text and text.count("%b::jsonb[]") == 2
+
+
 # --------------------------------------------------------------------------- batch preparation
 
 
@@ -292,21 +425,35 @@ def test_column_types_match_the_tables() -> None:
         "jsonb": "jsonb",
         "text": "text",
         "boolean": "boolean",
+        "date": "date",
     }
     for spec in TABLES.values():
-        block = migrations.CREATE_TABLES.split(f"CREATE TABLE IF NOT EXISTS {spec.name} (")[1]
+        block = create_table(spec.name)
         for column, sql_type in zip(spec.columns, spec.types, strict=True):
             line = next(x for x in block.splitlines() if x.split()[:1] == [column])
             declared = line.split()[1].split("(")[0].rstrip(",")
             assert declared == ddl_type[sql_type].split()[0], (spec.name, column)
 
 
+def create_table(name: str) -> str:
+    """The body of the one migration's ``CREATE TABLE`` of ``name``."""
+    head = f"CREATE TABLE IF NOT EXISTS {name} ("
+    (sql,) = [m.sql for m in migrations.MIGRATIONS if head in m.sql]
+    return sql.split(head)[1].split("\n);")[0]
+
+
 def test_every_table_of_the_settings_has_a_spec_and_a_create_statement() -> None:
-    assert set(TABLES) == {"kpi_metrics", "session_metrics", "page_view_stats", "dimension_stats"}
+    assert set(TABLES) == set(SINK_TABLES) == set(migrations.HYPERTABLES)
+    assert set(TABLES) == {
+        "kpi_metrics",
+        "session_metrics",
+        "page_view_stats",
+        "dimension_stats",
+        "funnel_stats",
+    }
+    assert set(DatabaseSinkSettings().tables) == set(TABLES)  # every sink runs by default
     for spec in TABLES.values():
-        assert f"CREATE TABLE IF NOT EXISTS {spec.name} (" in migrations.CREATE_TABLES
-        block = migrations.CREATE_TABLES.split(f"CREATE TABLE IF NOT EXISTS {spec.name} (")[1]
-        block = block.split(");")[0]
+        block = create_table(spec.name)
         for column in spec.columns:
             assert f"\n    {column} " in block, (spec.name, column)
         assert f"PRIMARY KEY ({', '.join(spec.key)})" in block
@@ -336,10 +483,11 @@ def test_migrations_are_numbered_in_order_and_idempotent_sql() -> None:
 def test_pending_migrations_depend_on_the_mode() -> None:
     plain = [m.version for m in migrations.pending(set(), migrations.PLAIN)]
     timescale = [m.version for m in migrations.pending(set(), migrations.TIMESCALE)]
-    assert plain == [1, 2, 4] and timescale == [1, 3, 4, 5]
-    assert migrations.pending({1, 2, 4}, migrations.PLAIN) == []
+    assert plain == [1, 2, 4, 6] and timescale == [1, 3, 4, 5, 6, 7]
+    assert migrations.pending({1, 2, 4, 6}, migrations.PLAIN) == []
     # a server that gains TimescaleDB later gets its migrations on the next run
-    assert [m.version for m in migrations.pending({1, 2, 4}, migrations.TIMESCALE)] == [3, 5]
+    timescale_later = migrations.pending({1, 2, 4, 6}, migrations.TIMESCALE)
+    assert [m.version for m in timescale_later] == [3, 5, 7]
 
 
 def test_pages_are_keyed_on_a_generated_hash_in_both_modes() -> None:
@@ -356,15 +504,19 @@ def test_pages_are_keyed_on_a_generated_hash_in_both_modes() -> None:
 
 
 def test_plain_mode_indexes_time_with_brin() -> None:
-    for table in TABLES:
+    """The tables of windows; funnel_stats (a row per funnel and day) has its key alone."""
+    windowed = [spec.name for spec in TABLES.values() if "window_start" in spec.columns]
+    assert set(windowed) == set(TABLES) - {"funnel_stats"}
+    for table in windowed:
         assert f"ON {table} USING brin (window_start)" in migrations.BRIN_TIME_INDEXES
+    assert "funnel_stats" not in migrations.BRIN_TIME_INDEXES
 
 
 def test_timescale_mode_creates_hypertables_and_compression() -> None:
     """Migration 3 as applied (its kpi_hourly is dropped again by migration 5)."""
     sql = migrations.TIMESCALE_HYPERTABLES
     assert "CREATE EXTENSION IF NOT EXISTS timescaledb" in sql
-    for table in migrations.HYPERTABLES:
+    for table in set(migrations.HYPERTABLES) - {"funnel_stats"}:  # migration 7's
         assert f"create_hypertable('{table}', 'window_start'" in sql
         assert f"ALTER TABLE {table} SET (timescaledb.compress" in sql
     assert "CREATE MATERIALIZED VIEW IF NOT EXISTS kpi_hourly" in sql
@@ -374,9 +526,26 @@ def test_timescale_mode_creates_hypertables_and_compression() -> None:
     assert "add_continuous_aggregate_policy('kpi_hourly'" in sql
     # compression needs every primary key column among the segmentby / orderby columns
     for spec in TABLES.values():
+        if spec is FUNNEL_STATS:
+            continue
         settings = sql.split(f"ALTER TABLE {spec.name} SET (")[1].split(");")[0]
         for column in spec.key:
             assert column in settings, (spec.name, column)
+
+
+def test_funnel_stats_is_a_table_in_both_modes_and_a_hypertable_on_timescaledb() -> None:
+    (table,) = [m for m in migrations.MIGRATIONS if "funnel_stats (" in m.sql]
+    (hyper,) = [m for m in migrations.MIGRATIONS if "create_hypertable('funnel_stats'" in m.sql]
+    assert (table.mode, hyper.mode) == (migrations.ANY, migrations.TIMESCALE)
+    assert table.version < hyper.version
+    assert "create_hypertable('funnel_stats', 'day'" in hyper.sql
+    settings = hyper.sql.split("ALTER TABLE funnel_stats SET (")[1].split(");")[0]
+    assert (
+        "compress_segmentby = 'funnel'" in settings and "compress_orderby = 'day DESC'" in settings
+    )
+    block = create_table("funnel_stats")
+    assert "CHECK (funnel ~ '^[a-z0-9][a-z0-9_-]{0,62}$')" in block  # analytics.funnels' names
+    assert "day          date        NOT NULL" in block
 
 
 class FakeCursor:

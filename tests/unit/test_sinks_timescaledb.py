@@ -274,13 +274,21 @@ async def test_a_new_timescaledb_database_gets_its_migrations_and_policies(
     with caplog.at_level(logging.INFO, logger="sinks.migrations"):
         report = await migrations.migrate(server)  # type: ignore[arg-type]
     assert report.mode == migrations.TIMESCALE
-    assert [m.version for m in report.applied] == [1, 3, 4, 5]
-    assert server.applied == {1, 3, 4, 5}
-    # the hypertables are made (3), then what 3 left behind is dropped (5)
-    assert server.ran(migrations.TIMESCALE_HYPERTABLES) and server.ran(migrations.TIMESCALE_CLEANUP)
-    assert server.statements.index(migrations.TIMESCALE_HYPERTABLES) < server.statements.index(
-        migrations.TIMESCALE_CLEANUP
+    assert [m.version for m in report.applied] == [1, 3, 4, 5, 6, 7]
+    assert server.applied == {1, 3, 4, 5, 6, 7}
+    # the hypertables are made (3), then what 3 left behind is dropped (5); funnel_stats is
+    # made (6) and becomes a hypertable (7)
+    order = [
+        migrations.TIMESCALE_HYPERTABLES,
+        migrations.TIMESCALE_CLEANUP,
+        migrations.FUNNEL_TABLE,
+        migrations.FUNNEL_HYPERTABLE,
+    ]
+    assert all(server.ran(sql) for sql in order)
+    assert [server.statements.index(sql) for sql in order] == sorted(
+        server.statements.index(sql) for sql in order
     )
+    assert "funnel_stats" in migrations.HYPERTABLES
     assert server.policies == {
         **{("policy_compression", t): timedelta(days=7) for t in migrations.HYPERTABLES},
         **{("policy_retention", t): timedelta(days=90) for t in migrations.HYPERTABLES},
@@ -303,11 +311,11 @@ async def test_a_second_run_changes_nothing() -> None:
     again = server.statements[first:]
     assert report.applied == [] and report.warnings == []
     assert not [s for s in again if "_policy(" in s or s.startswith("INSERT")], again
-    assert server.applied == {1, 3, 4, 5}
+    assert server.applied == {1, 3, 4, 5, 6, 7}
 
 
 async def test_changed_settings_replace_the_policies() -> None:
-    server = TimescaleServer(GOOD, applied={1, 3, 4, 5})
+    server = TimescaleServer(GOOD, applied={1, 3, 4, 5, 6, 7})
     options = migrations.MigrationOptions(
         compress_after=timedelta(hours=36), retention=timedelta(0)
     )
@@ -322,8 +330,8 @@ async def test_the_settings_check_reads_pg_settings_and_the_jobs() -> None:
     server = TimescaleServer({**GOOD, BACKGROUND_WORKERS: "2"})
     server.policies = {("policy_retention", t): timedelta(days=1) for t in migrations.HYPERTABLES}
     (problem,) = await check_worker_settings(server)  # type: ignore[arg-type]
-    # 4 policies + 2 of TimescaleDB's own jobs + a scheduler
-    assert problem.startswith("timescaledb.max_background_workers is 2: set it to at least 7 ")
+    # 5 policies + 2 of TimescaleDB's own jobs + a scheduler
+    assert problem.startswith("timescaledb.max_background_workers is 2: set it to at least 8 ")
 
 
 async def test_a_settings_check_that_fails_is_a_warning_not_a_stop() -> None:
@@ -365,6 +373,8 @@ def test_the_cleanup_drops_kpi_hourly_and_time_indexes_that_repeat_a_key() -> No
     sql = migration.sql
     assert "DROP MATERIALIZED VIEW IF EXISTS kpi_hourly;" in sql
     for spec in TABLES.values():
+        if spec.name == "funnel_stats":  # made by migration 6, after this one
+            continue
         default_index = f"{spec.name}_window_start_idx"
         if (spec.conflict or spec.key)[0] == "window_start":
             assert f"DROP INDEX IF EXISTS {default_index};" in sql
@@ -374,9 +384,11 @@ def test_the_cleanup_drops_kpi_hourly_and_time_indexes_that_repeat_a_key() -> No
 
 
 def test_the_migrations_order_in_both_modes() -> None:
-    assert [m.version for m in migrations.pending(set(), migrations.PLAIN)] == [1, 2, 4]
-    assert [m.version for m in migrations.pending(set(), migrations.TIMESCALE)] == [1, 3, 4, 5]
-    # a database made before migration 5: only it runs
-    assert [m.version for m in migrations.pending({1, 3, 4}, migrations.TIMESCALE)] == [5]
-    # a plain database that gains TimescaleDB later gets 3 and then 5
-    assert [m.version for m in migrations.pending({1, 2, 4}, migrations.TIMESCALE)] == [3, 5]
+    assert [m.version for m in migrations.pending(set(), migrations.PLAIN)] == [1, 2, 4, 6]
+    timescale = migrations.pending(set(), migrations.TIMESCALE)
+    assert [m.version for m in timescale] == [1, 3, 4, 5, 6, 7]
+    # a database made before migration 5: it and the funnel table run
+    assert [m.version for m in migrations.pending({1, 3, 4}, migrations.TIMESCALE)] == [5, 6, 7]
+    # a plain database that gains TimescaleDB later gets 3, 5 and 7
+    later = migrations.pending({1, 2, 4, 6}, migrations.TIMESCALE)
+    assert [m.version for m in later] == [3, 5, 7]
