@@ -21,14 +21,28 @@ from typing import Any
 
 import orjson
 
+from analytics.journeys import JourneyRules
 from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
 from analytics.rows import Arrival
 from analytics.tracking import RawMessage, SeenEvent, TrackedBatch, TrackerRules, track_batch
+from app.settings import get_settings
 from bench.workload import Workload, events
 from tables.memory_store import MemoryStore
 
 
-def run(workload: Workload, batch: int) -> tuple[dict[str, float], dict[str, float]]:
+def journey_rules() -> JourneyRules:
+    """SPEC 7-9 as the shipped configuration has them (funnels, experiments, cohorts)."""
+    settings = get_settings()
+    return JourneyRules(
+        funnels=settings.funnels,
+        experiments=settings.experiments.spec(),
+        cohorts=settings.cohorts.spec(),
+    )
+
+
+def run(
+    workload: Workload, batch: int, journeys: bool = False
+) -> tuple[dict[str, float], dict[str, float]]:
     """CPU µs per event of each stage, and records per event a worker would produce."""
     step_ms = 1000 / workload.events_per_second
     messages = [  # each arrives 50 ms after its event time
@@ -37,7 +51,8 @@ def run(workload: Workload, batch: int) -> tuple[dict[str, float], dict[str, flo
     ]
     seen_store = MemoryStore()
     store = MemoryStore()
-    state = PartitionState(store, PartitionRules())
+    rules_ = PartitionRules(journeys=journey_rules()) if journeys else PartitionRules()
+    state = PartitionState(store, rules_)
     timings = {"track": 0.0, "analyse": 0.0, "state writes": 0.0, "outputs": 0.0}
     records = {"outputs": 0, "dedup changelog": 0, "state changelog": 0}
 
@@ -73,10 +88,12 @@ def run(workload: Workload, batch: int) -> tuple[dict[str, float], dict[str, flo
                 orjson.dumps(session)
             for partial in o.partials:
                 orjson.dumps(partial)
+            for share in o.journeys:
+                orjson.dumps(share)
 
         timed("outputs", outputs)
         writes = timed("state writes", state.take_writes)
-        records["outputs"] += len(chunk) + len(out.sessions) + len(out.partials)
+        records["outputs"] += len(chunk) + len(out.sessions) + len(out.partials) + len(out.journeys)
         records["dedup changelog"] += len(tracked.seen)
         records["state changelog"] += len(writes)
         store.apply(writes)
@@ -91,14 +108,20 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=250, help="users of the one partition")
     parser.add_argument("--session-events", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1_000, help="events per batch")
+    parser.add_argument(
+        "--journeys",
+        action="store_true",
+        help="with SPEC 7-9 (the shipped funnels, experiments, cohorts) and A/B exposures",
+    )
     args = parser.parse_args()
     workload = Workload(
         events=args.events,
         users=args.users,
         session_events=args.session_events,
         events_per_second=100 / 8,  # one partition's share of the compare workload
+        experiment=args.journeys,
     )
-    costs, records = run(workload, args.batch)
+    costs, records = run(workload, args.batch, args.journeys)
     for stage, micros in costs.items():
         print(f"{stage:<14} {micros:6.2f} µs/event")
     total = sum(costs.values())
