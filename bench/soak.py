@@ -726,6 +726,7 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
             "session-metrics",
             "page-view-stats",
             "traffic-stats",
+            "funnel-stats",
             "user-events-dlq",
         )
     }
@@ -886,6 +887,8 @@ async def wait_for_tables(
     def settled(table: str, row: dict[str, Any]) -> bool:
         if table == "session_metrics":
             return str(row["user_id"]) in traffic_users
+        if table == "funnel_stats":  # live days still move; final ones are settled
+            return bool(row["is_final"])
         return int(row["window_start"].timestamp() * 1000) <= last_window
 
     want = {table: latest_rows(TABLES[table], values, settled) for table, values in records.items()}
