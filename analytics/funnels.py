@@ -68,6 +68,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, NamedTuple
 
+import orjson
+
 from analytics.kpis import ratio
 from analytics.validation import ACTION_PATTERN, MAX_PAGE_CHARS
 
@@ -324,11 +326,31 @@ class _Track:
     the sweep of every day with an attempt: never encoded, built from the events when a
     decoded user first takes an event."""
 
-    __slots__ = ("events", "sweeps")
+    __slots__ = ("encoded", "encoded_count", "events", "sweeps")
 
     def __init__(self, events: list[tuple[int, str, int]]) -> None:
         self.events = events
         self.sweeps: list[_DaySweep] | None = None  # by day; None: not built yet
+        self.encoded = bytearray()
+        """The JSON items of ``encode`` for the first ``encoded_count`` events (no brackets):
+        events come after all others nearly always, so a write encodes only the new ones."""
+        self.encoded_count = 0
+
+    def json(self) -> bytes:
+        """``UserFunnels.encode``'s list for this track, as JSON, from the encoded prefix."""
+        events = self.events
+        if self.encoded_count > len(events):
+            self.encoded, self.encoded_count = bytearray(), 0
+        previous = events[self.encoded_count - 1][0] if self.encoded_count else 0
+        new: list[int | str] = []
+        for ts, event_id, mask in events[self.encoded_count :]:
+            new += (ts - previous, event_id, mask)
+            previous = ts
+        if new:
+            items = orjson.dumps(new)[1:-1]
+            self.encoded += b"," + items if self.encoded else items
+            self.encoded_count = len(events)
+        return b"[" + bytes(self.encoded) + b"]"
 
     def add(self, spec: FunnelSpec, ts: int, event_id: str, mask: int) -> list[FunnelChange]:
         events = self.events
@@ -356,6 +378,8 @@ class _Track:
                 changes.append(FunnelChange(spec.name, last_day, (), sweep.best))
             return changes
         events.insert(at, (ts, event_id, mask))
+        if at < self.encoded_count:  # the encoded prefix changed: encoded again in full
+            self.encoded, self.encoded_count = bytearray(), 0
         old_best = {sweep.day: sweep.best for sweep in sweeps}
         kept = [sweep for sweep in sweeps if not first_day <= sweep.day <= last_day]
         for day in range(first_day, last_day + 1):
@@ -389,7 +413,10 @@ class _Track:
 
     def forget(self, spec: FunnelSpec, watermark_ms: int) -> None:
         open_day = first_open_day(spec, watermark_ms)
-        del self.events[: bisect_left(self.events, (open_day * DAY_MS,))]
+        dropped = bisect_left(self.events, (open_day * DAY_MS,))
+        if dropped:
+            del self.events[:dropped]
+            self.encoded, self.encoded_count = bytearray(), 0
         if self.sweeps is not None:
             self.sweeps = [sweep for sweep in self.sweeps if sweep.day >= open_day]
 
@@ -463,6 +490,15 @@ class UserFunnels:
                     previous = ts
                 data[self.funnels.specs[f].name] = flat
         return data
+
+    def encoded(self) -> dict[str, orjson.Fragment]:
+        """``encode()`` as JSON fragments for ``orjson.dumps``, each from its track's encoded
+        prefix plus the events since (the hot path writes a user once per batch)."""
+        return {
+            self.funnels.specs[f].name: orjson.Fragment(track.json())
+            for f, track in enumerate(self.tracks)
+            if track is not None
+        }
 
     @classmethod
     def decode(cls, funnels: FunnelSet, data: Mapping[str, Sequence[Any]]) -> UserFunnels:

@@ -153,7 +153,7 @@ class JourneyUser:
             [
                 self.applied,
                 self.filed_at,
-                self.funnels.encode(),
+                self.funnels.encoded(),
                 self.experiments.encode(),
                 self.cohort.encode(),
             ]

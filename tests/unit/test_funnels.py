@@ -566,3 +566,26 @@ def test_partitions_and_disorder_within_grace_give_the_rows_of_spec_7(
     in_order = sorted(events, key=lambda e: (e.ts, e.event_id))
     assert combined == feed(specs, in_order, watermark)
     assert combined == brute_force_rows(specs, events, watermark)
+
+
+def test_encoded_json_equals_encode_through_appends_inserts_and_forgets() -> None:
+    """The hot path writes ``encoded()`` (each track's JSON from an encoded prefix plus the
+    events since); it must read back as ``encode()`` whatever happened to the events."""
+    user = UserFunnels(FunnelSet([CHECKOUT]))
+    day = 20_000 * DAY_MS
+
+    def same() -> None:
+        assert orjson.loads(orjson.dumps(user.encoded())) == user.encode()
+
+    same()
+    for i in range(5):  # appended in order
+        user.add(day + i * 1_000, f"e{i}", "page_view", "/products/1")
+        same()
+    user.add(day + 2_500, "late", "add_to_cart", "")  # inserted before the encoded end
+    same()
+    user.add(day + 9_000, "e9", "add_to_cart", "")
+    same()
+    user.forget(day + 2 * DAY_MS)  # the day is final: its events go
+    same()
+    user.add(day + 3 * DAY_MS, "next", "page_view", "/products/2")
+    same()
