@@ -14,7 +14,10 @@ Each row carries ``durations_ms``, per transition k -> k+1 the flat ``[ms, count
 multiset its median comes from, so a reader can merge days exactly (``GET
 /api/funnels/{name}?from=&to=``, analytics.funnels.range_row).
 
-State (inside the combiner's JSON state): ``funnels`` = ``{"name|day": {partition: share}}``.
+State (inside the combiner's JSON state): ``funnels`` = ``{"name|day": {partition: [final,
+share]}}``. A partition's final share is not replaced by a live one: a partition replaying
+after a crash shows its day open again on its way back to final, while the combiner already
+knows its watermark passed the day (the same rule as for KPI windows).
 
 Experiments and cohorts come as counters per key, the changed keys of a partition replacing
 its earlier ones; experiments are published on change (at most once per publish interval per
@@ -65,7 +68,12 @@ def take(
     if spec is None or (ready(final_at(spec, day)) and _key(spec.name, day) not in state):
         return False
     key = _key(spec.name, day)
-    state.setdefault(key, {})[str(message["partition"])] = message["partial"]
+    shares = state.setdefault(key, {})
+    partition = str(message["partition"])
+    known = shares.get(partition)
+    if known is not None and known[0] and not message["final"]:
+        return True  # a replay after a crash shows the day open again on its way to final
+    shares[partition] = [message["final"], message["partial"]]
     touched.add(key)
     return True
 
@@ -93,7 +101,7 @@ def publish(
         if not final and not (live and key in touched):
             continue
         total = DayPartial()
-        for share in state[key].values():
+        for _, share in state[key].values():
             total.merge(DayPartial.decode(share))
         row = day_row(spec, day, total, at if final else at - 1)
         row["durations_ms"] = total.encode()[1]
@@ -148,25 +156,31 @@ def take_cohorts(state: dict[str, Any], message: dict[str, Any], touched: set[st
     """A partition's changed (cohort, offset) counters replace its earlier ones; counters of
     a row already published as final (a replay) are ignored.
 
-    State: ``cohorts_open`` = ``{partition: {"cohort|offset": counters}}`` for rows not yet
-    final, ``cohorts_done`` = ``{cohort: [last final offset, size, cumulative cents]}``."""
+    State: ``cohorts_open`` = ``{partition: {"cohort|offset": [*counters, final]}}`` for rows
+    not yet final (a partition's final counters are not replaced by live ones, as for funnel
+    days), ``cohorts_done`` = ``{cohort: [last final offset, size, cumulative cents]}``."""
     done = state.setdefault("cohorts_done", {})
     mine = state.setdefault("cohorts_open", {}).setdefault(str(message["partition"]), {})
+    final = int(message["final"])
     for cohort, offset, *counters in message["counters"]:
         finished = done.get(str(cohort))
         if finished is not None and offset <= finished[0]:
             continue
-        mine[f"{cohort}|{offset}"] = counters
-        touched.add(f"{cohort}|{offset}")
+        key = f"{cohort}|{offset}"
+        known = mine.get(key)
+        if known is not None and known[-1] and not final:
+            continue  # a replay shows the row open again on its way back to final
+        mine[key] = [*counters, final]
+        touched.add(key)
 
 
 def _open_sum(state: dict[str, Any], cohort: int, offset: int) -> list[int]:
     total = [0, 0, 0, 0]
     key = f"{cohort}|{offset}"
     for shares in state.get("cohorts_open", {}).values():
-        counters = shares.get(key)
+        counters = shares.get(key)  # the four counters, then whether they are final
         if counters:
-            total = [a + b for a, b in zip(total, counters, strict=True)]
+            total = [a + b for a, b in zip(total, counters[:4], strict=True)]
     return total
 
 

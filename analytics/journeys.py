@@ -86,9 +86,22 @@ class StateStore(Protocol):
 
 
 class OpenUser(Protocol):
-    """What the cohort engagement needs of a user's sessions (analytics.partition.UserState)."""
+    """What the cohort engagement needs of a user's sessions (analytics.partition.UserState):
+    the user's earliest event (its cohort: the partition's user value is the one whose
+    sessions close, while the user's SPEC 7-9 value may trail it after a crash) and the
+    sessions that start on a day."""
+
+    first_seen: int | None
 
     def sessions_started(self, start: int, end: int, gap_ms: int) -> list[tuple[int, float]]: ...
+
+
+def _cohort_of(first_seen: int) -> UserCohort:
+    """A user's cohort as its engagement shares need it: the day of its earliest event, final
+    once a session of it can close or be cut (no earlier event can come any more)."""
+    cohort = UserCohort()
+    cohort.cohort = first_seen // DAY_MS
+    return cohort
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,17 +356,30 @@ class Journeys:
     # ------------------------------------------------------------------ events
 
     def add(
-        self, user_id: str, row: Row, event: dict[str, Any], offset: int, accept_from: int | None
+        self,
+        user_id: str,
+        row: Row,
+        event: dict[str, Any],
+        offset: int,
+        accept_from: int | None,
+        same_day: bool = False,
     ) -> None:
         """Take one on-time event of ``user_id`` (input ``offset``); ``accept_from`` is the
-        lowest ts an event may still have (None before the first watermark)."""
+        lowest ts an event may still have (None before the first watermark). ``same_day``:
+        the user's latest event so far is on the event's UTC day, so the cohort has the day
+        already and, without revenue, the event changes nothing of it: then an event no
+        funnel names, without exposure, conversion or revenue, is not looked at at all."""
+        rules = self.rules
+        if same_day and not (row.conversion or row.revenue_cents):
+            funnel_event = rules.funnels and self.funnel_set.masks(row.action, row.page)
+            if not funnel_event and not (rules.experiments is not None and event.get("metadata")):
+                return
         user = self.user(user_id)
         if offset <= user.applied:
             return
         if accept_from is not None and accept_from // DAY_MS != user.forgot_day:
             user.forget(accept_from)
             user.forgot_day = accept_from // DAY_MS
-        rules = self.rules
         changed = False  # an event that changes nothing here is not recorded: its replay
         # changes nothing either, and the user's value is not written again for it
         if rules.funnels and self.funnel_set.masks(row.action, row.page):
@@ -406,6 +432,7 @@ class Journeys:
         accepting_from: int | None,
         wm_at_start: int | None,
         close_after_ms: int,
+        first_seen: Callable[[str], int | None],
     ) -> None:
         """The engagement of sessions closed by the batch's starting watermark whose first
         day could still take events then (module docstring); ``accepting_from`` is the
@@ -417,10 +444,10 @@ class Journeys:
             start = session["window_start_ms"]
             if (start // DAY_MS + 1) * DAY_MS <= accepting_from:
                 continue  # counted when its day's end passed, cut there
-            user = self.stored_user(session["user_id"])
-            if user is None or user.cohort.cohort is None:
-                continue  # a session without a user value: written before cohorts existed
-            delta = user.cohort.session(spec, start, session["engagement_score"])
+            first = first_seen(session["user_id"])
+            if first is None:
+                continue
+            delta = _cohort_of(first).session(spec, start, session["engagement_score"])
             deadline = session["window_end_ms"] + close_after_ms
             day_end = (start // DAY_MS + 1) * DAY_MS
             if delta is not None:  # not if its day's cut counted it (before a crash)
@@ -456,11 +483,11 @@ class Journeys:
                 if state is None:
                     continue
                 sessions = state.sessions_started(day * DAY_MS, end, gap_ms)
-                journey = self.stored_user(user_id) if sessions else None
-                if journey is None or journey.cohort.cohort is None:
+                if not sessions or state.first_seen is None:
                     continue
+                cohort = _cohort_of(state.first_seen)
                 for start, score in sessions:
-                    delta = journey.cohort.session(spec, start, score)
+                    delta = cohort.session(spec, start, score)
                     if delta is not None:
                         self.cohorts.apply(delta, [(_CUT, end)], (_CUT, end))
             self.cohorts.commit()

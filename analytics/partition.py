@@ -56,6 +56,7 @@ LIVE_COUNTERS = ("events", "page_views", "conversions", "revenue_cents", "purcha
 """The event counters of an open window that need no user: its live figures."""
 
 _NEVER = 2**62
+DAY_MS = 86_400_000
 FOLD_ROWS_AT_LEAST = 32  # rows folded per batch when users wait for it
 FOLD_ROWS_PER_EVENT = 2  # ... plus this many per event of the batch: more than come in
 
@@ -756,6 +757,11 @@ class PartitionState:
             if self._next_due is not None and deadline < self._next_due:
                 self._next_due = deadline
 
+    def first_seen(self, user_id: str) -> int | None:
+        """The time of the user's earliest event (None: a user never seen)."""
+        user = self.user(user_id)
+        return user.first_seen if user is not None else None
+
     def open_user_ids(self) -> set[str]:
         """Users with open sessions: filed in the close index, or changed in this batch."""
         filed = {user_id for _, _, user_id in codec.scan_due(self.store, _NEVER)}
@@ -814,7 +820,7 @@ def apply_batch(
     if journeys is not None:
         journeys.expire(accepting_from)
         journeys.sessions_closed(
-            out.sessions, accepting_from, state.wm_at_start, rules.close_after_ms
+            out.sessions, accepting_from, state.wm_at_start, rules.close_after_ms, state.first_seen
         )
     for item in items:
         if item.offset <= clock.applied:
@@ -832,6 +838,9 @@ def apply_batch(
         user_id: str = item.user or item.event["user_id"]
         user = state.user_for_update(user_id)
         window = state.window_for_update(window_start(ts, rules.window_ms))
+        # the user's latest event before this one, unless the user has this one already (a
+        # replay: its SPEC 7-9 state may not, so that looks at it in full)
+        last_seen = user.last_seen if item.offset > user.applied else None
         if item.offset > user.applied:
             first_before = user.first_seen
             if user.add(row, rules.gap_ms):
@@ -845,7 +854,8 @@ def apply_batch(
             window.count(user_id, row)
             window.applied = item.offset
         if journeys is not None:
-            journeys.add(user_id, row, item.event, item.offset, accept_from(clock, rules))
+            same_day = last_seen is not None and last_seen // DAY_MS == ts // DAY_MS
+            journeys.add(user_id, row, item.event, item.offset, accept_from(clock, rules), same_day)
         if clock.max_ts is None or ts > clock.max_ts:
             clock.max_ts = ts
             candidate = ts - rules.grace_ms
