@@ -48,15 +48,15 @@ Cost per user, for one who walked the shipped ``checkout`` funnel once (four mat
   typical_user().encode())))"``; a fifth event 47 s later adds 47 bytes (its quoted id 38,
   its ts as a difference from the one before, its stage mask), kept until its day is final
   (the same test checks both figures);
-- decoded, in Python: 1,313 bytes, from ``.venv/bin/python -c "from tests.unit.test_funnels
+- decoded, in Python: 1,549 bytes, from ``.venv/bin/python -c "from tests.unit.test_funnels
   import memory_per_user; print(memory_per_user())"`` (tracemalloc over 1,000 such users:
   the events, the four id strings 340 of them, and the day's sweep, which is never encoded).
 
 Time: an event that comes after all of its user's others (the usual order) is one step of
-each open day's sweep, O(attempts still waiting); one that arrives out of order rebuilds the
-sweeps of the days it can change, O(events of those days). A decoded user builds its sweeps
-when it first takes an event. ``FunnelSet.masks`` says in one dict lookup whether an event
-matters to any funnel at all.
+each open day's sweep, O(attempts waiting for a stage the event matches); one that arrives
+out of order rebuilds the sweeps of the days it can change, O(events of those days). A
+decoded user builds its sweeps when it first takes an event. ``FunnelSet.masks`` says in
+one dict lookup whether an event matters to any funnel at all.
 """
 
 from __future__ import annotations
@@ -269,48 +269,60 @@ class FunnelChange(NamedTuple):
 
 class _DaySweep:
     """SPEC 7's attempts of one day, followed through the user's events in (ts, event_id)
-    order. ``members`` holds the attempts that may still go on, in the order they started,
-    each as (the stage it waits for, its start number, the ts of its stages so far). An
-    event matching stage k fills it for every attempt waiting for k whose window it is in:
-    each takes the first such event after its previous stage, as SPEC says. An attempt
-    whose window has passed is let go, and so is one that can no longer beat ``best``, the
-    day's best attempt so far (most stages, then earliest t1, then earliest start).
+    order. ``groups`` holds the attempts that may still go on by the stage they wait for,
+    each group in the order its attempts started, each attempt as (its start number, the ts
+    of its stages so far). An event matching stage k fills it for every attempt waiting for
+    k whose window it is in: each takes the first such event after its previous stage, as
+    SPEC says; the groups are taken from the last stage down, so an attempt the event moves
+    on is not filled again by it. Only the groups of the stages the event matches are
+    looked at. An attempt whose window has passed is let go, and so is one that can no
+    longer beat ``best``, the day's best attempt so far (most stages, then earliest t1, then
+    earliest start).
 
     An event after all others (the usual order) is one ``step``; one that arrives out of
     order rebuilds the sweeps of the days it can change from the events."""
 
-    __slots__ = ("best", "best_start", "day", "members", "starts")
+    __slots__ = ("best", "best_start", "day", "groups", "starts")
 
     def __init__(self, day: int) -> None:
         self.day = day
-        self.members: list[tuple[int, int, tuple[int, ...]]] = []
+        self.groups: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
         self.starts = 0
         self.best: tuple[int, ...] = ()
         self.best_start = 0
 
     def step(self, ts: int, mask: int, n_stages: int, window_ms: int) -> None:
         """Take the next event in (ts, event_id) order."""
-        members = self.members
-        if members and members[0][2][0] < ts - window_ms:
-            members = [m for m in members if m[2][0] >= ts - window_ms]  # in start order
-        if members and mask > 1:
-            filled = []
-            for waits_for, start, stamps in members:
-                if mask >> waits_for & 1:
-                    stamps = (*stamps, ts)
-                    waits_for += 1
+        groups = self.groups
+        oldest = ts - window_ms
+        for k in [k for k, group in groups.items() if group[0][1][0] < oldest]:
+            group = [member for member in groups[k] if member[1][0] >= oldest]
+            if group:
+                groups[k] = group
+            else:
+                del groups[k]
+        if mask > 1 and groups:
+            for k in sorted(groups, reverse=True):
+                if not mask >> k & 1:
+                    continue
+                moved = [(start, (*stamps, ts)) for start, stamps in groups.pop(k)]
+                for start, stamps in moved:
                     self._consider(start, stamps)
-                    if waits_for == n_stages:
-                        continue
-                filled.append((waits_for, start, stamps))
-            members = filled
+                if k + 1 < n_stages:
+                    following = groups.get(k + 1)
+                    groups[k + 1] = sorted(following + moved) if following else moved
             if len(self.best) == n_stages:  # started later: cannot beat it
-                members = [m for m in members if (m[2][0], m[1]) < (self.best[0], self.best_start)]
+                first = (self.best[0], self.best_start)
+                for k in list(groups):
+                    kept = [m for m in groups[k] if (m[1][0], m[0]) < first]
+                    if kept:
+                        groups[k] = kept
+                    else:
+                        del groups[k]
         if mask & 1 and self.day == ts // DAY_MS and len(self.best) < n_stages:
             self._consider(self.starts, (ts,))
-            members.append((1, self.starts, (ts,)))
+            groups.setdefault(1, []).append((self.starts, (ts,)))
             self.starts += 1
-        self.members = members
 
     def _consider(self, start: int, stamps: tuple[int, ...]) -> None:
         best = self.best
