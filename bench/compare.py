@@ -42,6 +42,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.workload import Workload, events
+from tests.kafka_helpers import delete_topics
 from tests.worker_process import (
     REPO_ROOT,
     Services,
@@ -73,20 +74,6 @@ def create_topic(bootstrap: str, name: str) -> None:
     futures = admin.create_topics([NewTopic(name, PARTITIONS, 1)])
     for future in futures.values():
         future.result(30)
-
-
-def delete_topics(bootstrap: str, markers: list[str]) -> None:
-    """Delete the run's topics (any name containing one of ``markers``: its topic prefix, its
-    Faust app id, which Quix's changelogs carry too). Topics left behind by every run made
-    each client's metadata requests slower: on a broker with 2,000 of them, decoding metadata
-    was 12 % of a worker's time."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [t for t in admin.list_topics(timeout=30).topics if any(m in t for m in markers)]
-    for future in admin.delete_topics(names, operation_timeout=60).values() if names else []:
-        try:
-            future.result(60)
-        except Exception as exc:  # a topic already gone: nothing to clean
-            print(f"topic not deleted: {exc}", file=sys.stderr)
 
 
 CROWDED_TOPICS = 100

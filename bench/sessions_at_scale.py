@@ -26,8 +26,9 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.compare import PARTITIONS, bench_services, create_topic, delete_topics
+from bench.compare import PARTITIONS, bench_services, create_topic
 from generator.traffic import format_ts
+from tests.kafka_helpers import delete_topics
 from tests.worker_process import (
     Worker,
     WorkerPool,
