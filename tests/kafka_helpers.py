@@ -374,7 +374,11 @@ def delete_topics(bootstrap: str, markers: list[str]) -> None:
         k: v for k, v in librdkafka_config(load_settings()).items() if k != "bootstrap.servers"
     }
     admin = AdminClient({**security, "bootstrap.servers": bootstrap})
-    names = [t for t in admin.list_topics(timeout=30).topics if any(m in t for m in markers)]
+    names = [
+        t
+        for t in admin.list_topics(timeout=30).topics
+        if not t.startswith("__") and any(m in t for m in markers)  # never the broker's own
+    ]
     for future in admin.delete_topics(names, operation_timeout=60).values() if names else []:
         try:
             future.result(60)
