@@ -36,7 +36,7 @@ Modules:
 - ``sink``: one table's writer: its connection, the schema gate, retries and health.
 - ``writers``: one batch in one transaction; rows that can never be written are set apart.
 - ``retry``: which errors are retried, and the capped exponential backoff.
-- ``schema``: the five tables' columns and natural keys, record → row conversion, upsert SQL.
+- ``schema``: the seven tables' columns and natural keys, record → row conversion, upsert SQL.
 - ``migrations``: versioned, idempotent schema migrations (worker start, ``faust -A app migrate``);
   ``roles``: the writer and reader roles; ``timescale_settings``: the server settings
   TimescaleDB's jobs need; ``db``: connections and start-up errors; ``chunks``: hypertable
