@@ -44,7 +44,7 @@ Modules:
 - ``health``: the process-wide state of every sink (``sink_health()``).
 - ``queries``, ``reader``: the history queries of the web API over the tables, and running
   them with bounded waiting (``/api/kpis?bucket=``, ``/api/pages/top?from=``, ``/api/sessions``,
-  ``/api/funnels/{name}``).
+  ``/api/funnels/{name}``, ``/api/experiments``, ``/api/cohorts``).
 
 This package imports ``analytics`` and ``app`` (settings, metrics, Kafka client options) and
 nothing above them: ``agents`` and ``web`` use it, never the reverse (docs/architecture.md,
