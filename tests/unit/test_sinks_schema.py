@@ -242,6 +242,23 @@ def test_a_funnel_record_becomes_a_row_keeping_its_stages_and_durations() -> Non
     assert as_dict(FUNNEL_STATS, funnel_record(is_final=False))["is_final"] is False
 
 
+def assert_refused(
+    spec: TableSpec, record: dict[str, Any], change: Any, message: str | None
+) -> None:
+    """``record`` changed by ``change`` (fields to set, or a function that edits it) is refused
+    with an error starting with ``message``; with ``message`` None it becomes a row."""
+    if callable(change):
+        change(record)
+    else:
+        record |= change
+    if message is None:
+        check_columns(spec, spec.convert(record))
+        return
+    with pytest.raises(RowError) as raised:
+        check_columns(spec, spec.convert(record))
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
 def _stage(k: int, **changes: Any) -> Any:
     def change(record: dict[str, Any]) -> None:
         record["stages"][k].update(changes)
@@ -290,17 +307,7 @@ def _stage(k: int, **changes: Any) -> Any:
 def test_a_funnel_record_its_readers_cannot_use_is_refused_naming_the_field(
     change: Any, message: str | None
 ) -> None:
-    record = funnel_record()
-    if callable(change):
-        change(record)
-    else:
-        record |= change
-    if message is None:
-        FUNNEL_STATS.convert(record)
-        return
-    with pytest.raises(RowError) as raised:
-        FUNNEL_STATS.convert(record)
-    assert str(raised.value).startswith(message), str(raised.value)
+    assert_refused(FUNNEL_STATS, funnel_record(), change, message)
 
 
 def test_a_funnel_record_may_leave_out_transitions_nobody_made() -> None:
@@ -369,13 +376,6 @@ def test_experiment_records_become_rows_with_money_from_cents() -> None:
     assert EXPERIMENT_STATS.key_of(EXPERIMENT_STATS.convert(green)) == ("checkout_button", "green")
 
 
-def _field(name: str, value: Any) -> Any:
-    def change(record: dict[str, Any]) -> None:
-        record[name] = value
-
-    return change
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -404,19 +404,7 @@ def _field(name: str, value: Any) -> Any:
 def test_an_experiment_record_that_cannot_be_is_refused_naming_the_field(
     change: Any, message: str | None
 ) -> None:
-    record = experiment_records()[1]
-    if callable(change):
-        change(record)
-    else:
-        record |= change
-    if message is None:
-        row = EXPERIMENT_STATS.convert(record)
-        check_columns(EXPERIMENT_STATS, row)
-        return
-    with pytest.raises(RowError) as raised:
-        row = EXPERIMENT_STATS.convert(record)
-        check_columns(EXPERIMENT_STATS, row)
-    assert str(raised.value).startswith(message), str(raised.value)
+    assert_refused(EXPERIMENT_STATS, experiment_records()[1], change, message)
 
 
 def test_an_experiment_row_is_the_latest_record_of_its_variant() -> None:
@@ -500,17 +488,7 @@ def test_a_cohort_record_becomes_a_row_with_revenue_from_cents() -> None:
 def test_a_cohort_record_that_cannot_be_is_refused_naming_the_field(
     change: Any, message: str | None
 ) -> None:
-    record = cohort_record()
-    if callable(change):
-        change(record)
-    else:
-        record |= change
-    if message is None:
-        COHORT_STATS.convert(record)
-        return
-    with pytest.raises(RowError) as raised:
-        COHORT_STATS.convert(record)
-    assert str(raised.value).startswith(message), str(raised.value)
+    assert_refused(COHORT_STATS, cohort_record(), change, message)
 
 
 def test_a_final_cohort_row_is_never_replaced_by_a_later_live_one() -> None:
