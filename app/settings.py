@@ -423,6 +423,8 @@ SINK_TABLES = (
     "kpi_metrics",
     "dimension_stats",
     "funnel_stats",
+    "experiment_stats",
+    "cohort_stats",
 )
 
 

@@ -727,6 +727,8 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
             "page-view-stats",
             "traffic-stats",
             "funnel-stats",
+            "experiment-stats",
+            "cohort-stats",
             "user-events-dlq",
         )
     }
@@ -887,8 +889,10 @@ async def wait_for_tables(
     def settled(table: str, row: dict[str, Any]) -> bool:
         if table == "session_metrics":
             return str(row["user_id"]) in traffic_users
-        if table == "funnel_stats":  # live days still move; final ones are settled
+        if table in ("funnel_stats", "cohort_stats"):  # live rows still move; final ones don't
             return bool(row["is_final"])
+        if table == "experiment_stats":  # no final rows: the latest record of each variant
+            return True
         return int(row["window_start"].timestamp() * 1000) <= last_window
 
     want = {table: latest_rows(TABLES[table], values, settled) for table, values in records.items()}

@@ -36,7 +36,7 @@ Modules:
 - ``sink``: one table's writer: its connection, the schema gate, retries and health.
 - ``writers``: one batch in one transaction; rows that can never be written are set apart.
 - ``retry``: which errors are retried, and the capped exponential backoff.
-- ``schema``: the five tables' columns and natural keys, record → row conversion, upsert SQL.
+- ``schema``: the seven tables' columns and natural keys, record → row conversion, upsert SQL.
 - ``migrations``: versioned, idempotent schema migrations (worker start, ``faust -A app migrate``);
   ``roles``: the writer and reader roles; ``timescale_settings``: the server settings
   TimescaleDB's jobs need; ``db``: connections and start-up errors; ``chunks``: hypertable
@@ -44,7 +44,7 @@ Modules:
 - ``health``: the process-wide state of every sink (``sink_health()``).
 - ``queries``, ``reader``: the history queries of the web API over the tables, and running
   them with bounded waiting (``/api/kpis?bucket=``, ``/api/pages/top?from=``, ``/api/sessions``,
-  ``/api/funnels/{name}``).
+  ``/api/funnels/{name}``, ``/api/experiments``, ``/api/cohorts``).
 
 This package imports ``analytics`` and ``app`` (settings, metrics, Kafka client options) and
 nothing above them: ``agents`` and ``web`` use it, never the reverse (docs/architecture.md,

@@ -8,7 +8,8 @@ its own transaction. Running the migrations again is a no-op.
 Two modes, decided by what the server offers:
 
 * **timescaledb** (the extension is available and preloaded, or already created): the tables
-  become hypertables on their time column, with a compression and a retention policy
+  become hypertables on their time column (all but ``experiment_stats``, which has none), with
+  a compression and a retention policy
   (``sinks.timescaledb.compress_after`` / ``retention``, reconciled on every run). The server
   settings the policy jobs need are checked on every run (sinks.timescale_settings), with a
   warning naming each one that is too low.
@@ -291,6 +292,75 @@ ALTER TABLE funnel_stats SET (timescaledb.compress,
     timescaledb.compress_orderby = 'day DESC');
 """
 
+# SPEC 9: the current figures of each experiment's variants, one row per (experiment, variant),
+# the latest experiment-stats record (no is_final: the figures count every event so far).
+# The names are the exposures' metadata values (non-empty strings, sinks.schema.experiment_row);
+# a pair too long for the primary key's index (about 2.7 KB) is refused by the database.
+EXPERIMENT_TABLE = """
+CREATE TABLE IF NOT EXISTS experiment_stats (
+    experiment                  text             NOT NULL CHECK (experiment <> ''),
+    variant                     text             NOT NULL CHECK (variant <> ''),
+    users                       bigint           NOT NULL CHECK (users >= 0),
+    converted_users             bigint           NOT NULL,
+    conversion_rate_percent     double precision NOT NULL,
+    revenue                     numeric(20, 2)   NOT NULL CHECK (revenue >= 0),
+    revenue_per_user            numeric(20, 2)   NOT NULL CHECK (revenue_per_user >= 0),
+    variant_conflicts           bigint           NOT NULL CHECK (variant_conflicts >= 0),
+    p_value                     double precision,
+    probability_to_beat_control double precision,
+    significant                 boolean          NOT NULL,
+    updated_at                  timestamptz      NOT NULL DEFAULT now(),
+    PRIMARY KEY (experiment, variant),
+    CHECK (converted_users BETWEEN 0 AND users),
+    CHECK (conversion_rate_percent BETWEEN 0 AND 100),
+    CHECK (p_value BETWEEN 0 AND 1),
+    CHECK (probability_to_beat_control BETWEEN 0 AND 1),
+    CHECK (NOT significant OR p_value IS NOT NULL)
+);
+COMMENT ON TABLE experiment_stats IS
+    'SPEC 9: the latest figures of each experiment and variant (topic experiment-stats), over '
+    'all events so far; p_value and probability_to_beat_control are null for the control and '
+    'in experiments without one';
+"""
+
+# SPEC 8: one row per cohort (UTC date of the users' first event) and day offset, live until the
+# watermark passes the end of day cohort + day_offset, then final. The primary key
+# (cohort, day_offset) serves the web API's retention triangles (a range of cohorts).
+COHORT_TABLE = """
+CREATE TABLE IF NOT EXISTS cohort_stats (
+    cohort                      date             NOT NULL,
+    day_offset                  integer          NOT NULL CHECK (day_offset BETWEEN 0 AND 3660),
+    is_final                    boolean          NOT NULL,
+    cohort_size                 bigint           NOT NULL CHECK (cohort_size > 0),
+    retained_users              bigint           NOT NULL,
+    retention_rate_percent      double precision NOT NULL,
+    cumulative_revenue          numeric(20, 2)   NOT NULL CHECK (cumulative_revenue >= 0),
+    cumulative_revenue_per_user numeric(20, 2)   NOT NULL,
+    average_engagement_score    double precision NOT NULL,
+    updated_at                  timestamptz      NOT NULL DEFAULT now(),
+    PRIMARY KEY (cohort, day_offset),
+    CHECK (retained_users BETWEEN 0 AND cohort_size),
+    CHECK (retention_rate_percent BETWEEN 0 AND 100),
+    CHECK (cumulative_revenue_per_user >= 0),
+    CHECK (average_engagement_score BETWEEN 0 AND 100)
+);
+COMMENT ON TABLE cohort_stats IS
+    'SPEC 8: one row per cohort date and day offset (topic cohort-stats); live rows (is_final '
+    'false) are replaced by the final one; cumulative_revenue is the cohort''s revenue up to the '
+    'end of day cohort + day_offset';
+"""
+
+# Monthly chunks on the cohort date (a cohort adds max_day_offset + 1 rows over as many days).
+# The primary key starts with cohort and serves every time range, so no default (cohort DESC)
+# index (what migration 5 had to drop on the window tables).
+COHORT_HYPERTABLE = """
+SELECT create_hypertable('cohort_stats', 'cohort', chunk_time_interval => INTERVAL '30 days',
+                         create_default_indexes => FALSE,
+                         if_not_exists => TRUE, migrate_data => TRUE);
+ALTER TABLE cohort_stats SET (timescaledb.compress,
+    timescaledb.compress_orderby = 'cohort DESC, day_offset');
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sink tables and their natural keys", ANY, CREATE_TABLES),
     Migration(2, "BRIN indexes on the time columns", PLAIN, BRIN_TIME_INDEXES),
@@ -303,15 +373,22 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(6, "funnel_stats (SPEC 7)", ANY, FUNNEL_TABLE),
     Migration(7, "funnel_stats as a hypertable, compressed", TIMESCALE, FUNNEL_HYPERTABLE),
+    Migration(8, "experiment_stats (SPEC 9)", ANY, EXPERIMENT_TABLE),
+    Migration(9, "cohort_stats (SPEC 8)", ANY, COHORT_TABLE),
+    Migration(10, "cohort_stats as a hypertable, compressed", TIMESCALE, COHORT_HYPERTABLE),
 )
-#: every sink table: hypertables on TimescaleDB, and what the roles get privileges on
+#: the sink tables that are hypertables on TimescaleDB, with compression and retention policies
 HYPERTABLES = (
     "kpi_metrics",
     "session_metrics",
     "page_view_stats",
     "dimension_stats",
     "funnel_stats",
+    "cohort_stats",
 )
+#: every sink table, what the roles get privileges on: experiment_stats stays a plain table on
+#: TimescaleDB too (a row per variant, current figures, no time to partition or retain by)
+SINK_TABLES = (*HYPERTABLES, "experiment_stats")
 
 DETECT_MODE = """
 SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
@@ -409,7 +486,7 @@ async def migrate(conn: Connection, options: MigrationOptions | None = None) -> 
                     (migration.version, migration.name, mode),
                 )
             report.applied.append(migration)
-        report.notes.extend(await reconcile_roles(conn, options.roles, HYPERTABLES))
+        report.notes.extend(await reconcile_roles(conn, options.roles, SINK_TABLES))
         if mode == TIMESCALE:
             report.notes.extend(await reconcile_policies(conn, options))
             report.warnings.extend(await check_worker_settings(conn))

@@ -28,6 +28,11 @@ Funnels (SPEC 7) over a range of days are merged the way the pipeline merges par
 (analytics.funnels): users reached add up per stage (a user counts once per day with an
 attempt), drop-off follows from those sums, and medians come from the merged duration
 multisets each stored day carries (``durations_ms``), so they are exact, not means of medians.
+
+Experiments (SPEC 9) and cohorts (SPEC 8) are shown as stored, in the form their topics
+published them (money as 2 decimals with the exact cents beside it): an experiment's rows are
+its variants' latest figures over all events so far; a range of cohorts is a retention
+triangle, each cohort's cells from day offset 0 up to the offset asked for.
 """
 
 from __future__ import annotations
@@ -296,4 +301,148 @@ def funnel_range(
         "days": days,
         "total": {"stages": total["stages"]},
         "excluded_from_total": excluded,
+    }
+
+
+# --------------------------------------------------------------------------- experiments
+
+# The first ``limit`` experiments by name (code point order) and every row of their variants;
+# the view asks for one experiment more than it shows, to tell whether more exist.
+EXPERIMENTS = """
+SELECT s.experiment, s.variant, s.users, s.converted_users, s.conversion_rate_percent,
+       s.revenue, s.revenue_per_user, s.variant_conflicts, s.p_value,
+       s.probability_to_beat_control, s.significant, s.updated_at
+FROM (SELECT experiment FROM experiment_stats GROUP BY experiment
+      ORDER BY experiment COLLATE "C" LIMIT %(limit)s) AS e
+JOIN experiment_stats AS s ON s.experiment = e.experiment
+ORDER BY s.experiment COLLATE "C", s.variant COLLATE "C"
+"""
+#: one experiment's variants (a range of the primary key), the same columns
+EXPERIMENT = """
+SELECT s.experiment, s.variant, s.users, s.converted_users, s.conversion_rate_percent,
+       s.revenue, s.revenue_per_user, s.variant_conflicts, s.p_value,
+       s.probability_to_beat_control, s.significant, s.updated_at
+FROM experiment_stats AS s WHERE s.experiment = %(experiment)s
+ORDER BY s.variant COLLATE "C"
+"""
+
+
+def experiments_params(limit: int) -> dict[str, Any]:
+    return {"limit": limit + 1}
+
+
+def experiment_params(name: str) -> dict[str, Any]:
+    return {"experiment": name}
+
+
+def _variant(row: Sequence[Any]) -> dict[str, Any]:
+    """A stored variant as experiment-stats published it (analytics.experiments.rows)."""
+    (experiment, variant, users, converted, rate, revenue, per_user, conflicts, p_value,
+     beats, significant) = row[:11]  # fmt: skip
+    cents = _cents(revenue)
+    return {
+        "experiment": experiment,
+        "variant": variant,
+        "users": users,
+        "converted_users": converted,
+        "conversion_rate_percent": rate,
+        "revenue": round(cents / 100, 2),
+        "revenue_cents": cents,
+        "revenue_per_user": float(per_user),
+        "variant_conflicts": conflicts,
+        "p_value": p_value,
+        "probability_to_beat_control": beats,
+        "significant": significant,
+    }
+
+
+def experiment_groups(rows: Sequence[Sequence[Any]], control: str) -> list[dict[str, Any]]:
+    """Rows of ``EXPERIMENTS`` or ``EXPERIMENT`` (ordered by experiment) as one object per
+    experiment: its users (the variants' added up: a user is in one variant), its
+    ``variant_conflicts`` (the experiment's figure, carried by every variant row; the largest
+    if a write is half done), when a row of it was last written, and its variants, the control
+    first, then by name (as analytics.experiments.rows publishes them)."""
+    groups: dict[str, list[Sequence[Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[0], []).append(row)
+    answer = []
+    for experiment, members in groups.items():
+        variants = [_variant(row) for row in members]
+        variants.sort(key=lambda v: (v["variant"] != control, v["variant"].encode()))
+        answer.append(
+            {
+                "experiment": experiment,
+                "users": sum(v["users"] for v in variants),
+                "variant_conflicts": max(v["variant_conflicts"] for v in variants),
+                "updated_at": format_ts(as_ms(max(row[11] for row in members))),
+                "variants": variants,
+            }
+        )
+    return answer
+
+
+def experiment_list(rows: Sequence[Sequence[Any]], control: str, limit: int) -> dict[str, Any]:
+    """The answer of ``/api/experiments``: at most ``limit`` experiments, ``truncated`` when
+    the database holds more (``rows`` come from ``experiments_params(limit)``)."""
+    groups = experiment_groups(rows, control)
+    return {
+        "control_variant": control,
+        "limit": limit,
+        "truncated": len(groups) > limit,
+        "experiments": groups[:limit],
+    }
+
+
+# --------------------------------------------------------------------------- cohorts
+
+# The stored cells of the cohorts from ``from`` to ``to`` (both included) up to day offset
+# ``days``: a range of the primary key (cohort, day_offset).
+COHORT_CELLS = """
+SELECT cohort, day_offset, is_final, cohort_size, retained_users, retention_rate_percent,
+       cumulative_revenue, cumulative_revenue_per_user, average_engagement_score
+FROM cohort_stats
+WHERE cohort >= %(from)s AND cohort <= %(to)s AND day_offset <= %(days)s
+ORDER BY cohort, day_offset
+"""
+
+
+def cohort_cells_params(first: date, last: date, days: int) -> dict[str, Any]:
+    return {"from": first, "to": last, "days": days}
+
+
+def _cohort_cell(row: Sequence[Any]) -> dict[str, Any]:
+    """A stored cell as cohort-stats published it (analytics.cohorts.cohort_row)."""
+    (cohort, offset, is_final, size, retained, rate, revenue, per_user, engagement) = row
+    return {
+        "cohort": cohort.isoformat(),
+        "day_offset": offset,
+        "cohort_size": size,
+        "retained_users": retained,
+        "retention_rate_percent": rate,
+        "cumulative_revenue_per_user": float(per_user),
+        "cumulative_revenue_cents": _cents(revenue),
+        "average_engagement_score": engagement,
+        "is_final": is_final,
+    }
+
+
+def retention_triangle(
+    first: date, last: date, days: int, rows: Sequence[Sequence[Any]]
+) -> dict[str, Any]:
+    """The answer of ``/api/cohorts``: per stored cohort of the range (oldest first) its size
+    and its stored cells from day offset 0 up to ``days``, as published (live or final). A
+    cohort's size is its latest cell's (the largest offset stored): a cohort can still lose
+    users to an earlier one while its first day is live, never after."""
+    cohorts: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        cell = _cohort_cell(row)
+        cohorts.setdefault(cell["cohort"], []).append(cell)
+    return {
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        "days": days,
+        "cohorts": [
+            {"cohort": cohort, "cohort_size": cells[-1]["cohort_size"], "days": cells}
+            for cohort, cells in cohorts.items()
+        ],
     }

@@ -5,9 +5,9 @@ history API, both reconciled by the migrations, which run as the tables' owner.
 role       setting                         privileges
 =========  ==============================  ====================================================
 owner      ``connection_string``'s user    owns the tables; runs the migrations (DDL)
-writer     ``sinks.timescaledb.writer``    ``SELECT, INSERT, UPDATE`` on the five sink tables:
+writer     ``sinks.timescaledb.writer``    ``SELECT, INSERT, UPDATE`` on the seven sink tables:
                                            the batched upsert reads the row it may replace
-reader     ``sinks.timescaledb.reader``    ``SELECT`` on the five sink tables
+reader     ``sinks.timescaledb.reader``    ``SELECT`` on the seven sink tables
 =========  ==============================  ====================================================
 
 Neither may delete, truncate, alter or create anything, nor read ``schema_migrations``. On

@@ -1,5 +1,6 @@
-"""The five tables the sinks write (SPEC sections 3-5 and 7): which topic feeds each, its columns
-and natural key, how a published record becomes a row, and the upsert that writes a batch.
+"""The seven tables the sinks write (SPEC sections 3-5 and 7-9): which topic feeds each, its
+columns and natural key, how a published record becomes a row, and the upsert that writes a
+batch.
 
 Everything here is pure (no connection), so it is unit-tested directly. The DDL itself lives in
 ``sinks.migrations``: a migration is frozen text, while the column lists here follow the latest
@@ -15,6 +16,8 @@ session_metrics    session-metrics                     user_id, session_id, wind
 page_view_stats    page-view-stats                     window_start, page
 dimension_stats    traffic-stats                       window_start, dimension, value
 funnel_stats       funnel-stats                        funnel, day
+experiment_stats   experiment-stats                    experiment, variant
+cohort_stats       cohort-stats                        cohort, day_offset
 =================  ==================================  ===================================
 
 ``page_view_stats`` is keyed in the database on ``page_hash``, a column the database generates
@@ -30,10 +33,15 @@ beyond its column (``integer``, ``bigint``, ``numeric(20,2)``), text with a NUL 
 JSON columns travel as orjson's encoding, made once here. What the database still refuses
 comes back from sinks.writers.
 ``kpi_metrics`` holds live (``is_final`` false) and final windows, ``funnel_stats`` live and
-final days: a live record updates a live row, the final record overwrites it, and nothing
-overwrites a final row except a final record. A funnel record is checked for the shape its
-readers rely on (``funnel_row``): its stages, and per transition a duration multiset holding
-one duration per user who reached the next stage, so days merge exactly (web API, SPEC 7).
+final days, ``cohort_stats`` live and final (cohort, day offset) cells: a live record updates a
+live row, the final record overwrites it, and nothing overwrites a final row except a final
+record. ``experiment_stats`` has no final rows (SPEC 9 counts all events so far): the latest
+record of a variant is its row. A funnel record is checked for the shape its readers rely on
+(``funnel_row``): its stages, and per transition a duration multiset holding one duration per
+user who reached the next stage, so days merge exactly (web API, SPEC 7). Experiment and
+cohort records are checked for counts that cannot be (``experiment_row``, ``cohort_row``):
+more converted or retained users than users, a probability outside [0, 1], an offset beyond
+the ones a cohort can have.
 An upsert that would not change a row leaves it alone (``updated_at`` stays), so replaying a
 topic into a populated table changes nothing.
 """
@@ -53,6 +61,7 @@ from psycopg import sql
 from psycopg.adapt import PyFormat
 from psycopg.types.json import Jsonb
 
+from analytics.cohorts import MAX_DAY_OFFSET
 from analytics.funnels import MAX_STAGES, MIN_STAGES
 from analytics.timeutil import parse_ts
 
@@ -362,6 +371,64 @@ def funnel_row(r: Mapping[str, Any]) -> Row:
     )
 
 
+def _count(record: Mapping[str, Any], name: str, low: int = 0, high: int | None = None) -> int:
+    """A whole number of users (or days) from ``low`` to ``high`` (another field's value)."""
+    value = _int(record, name)
+    assert value is not None
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low}" + ("" if high is None else f" to {high}")
+        raise RowError(f"{name}: expected a whole number {bounds}, got {value}")
+    return value
+
+
+def _probability(record: Mapping[str, Any], name: str) -> float | None:
+    """A probability: null (nothing to compare with) or a number from 0 to 1."""
+    value = _float(record, name, nullable=True)
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise RowError(f"{name}: expected a probability from 0 to 1 or null, got {value!r}")
+    return value
+
+
+def experiment_row(r: Mapping[str, Any]) -> Row:
+    """An ``experiment-stats`` record (analytics.experiments.rows, published by
+    analytics/journey_combiner.publish_experiments): a variant's figures so far."""
+    experiment, variant = _text(r, "experiment"), _text(r, "variant")
+    for name, value in (("experiment", experiment), ("variant", variant)):
+        if not value:
+            raise RowError(f"{name}: expected a non-empty name, got ''")
+    users = _count(r, "users")
+    return (
+        experiment,
+        variant,
+        users,
+        _count(r, "converted_users", 0, users),
+        _float(r, "conversion_rate_percent"),
+        _money(r, "revenue", "revenue_cents"),
+        _money(r, "revenue_per_user"),
+        _count(r, "variant_conflicts"),
+        _probability(r, "p_value"),
+        _probability(r, "probability_to_beat_control"),
+        _bool(r, "significant"),
+    )
+
+
+def cohort_row(r: Mapping[str, Any]) -> Row:
+    """A ``cohort-stats`` record (analytics.cohorts.cohort_row, published by
+    analytics/journey_combiner.publish_cohorts): one cell of a cohort's retention triangle."""
+    size = _count(r, "cohort_size", 1)
+    return (
+        _date(r, "cohort"),
+        _count(r, "day_offset", 0, MAX_DAY_OFFSET),
+        _bool(r, "is_final"),
+        size,
+        _count(r, "retained_users", 0, size),
+        _float(r, "retention_rate_percent"),
+        _money(r, "cumulative_revenue", "cumulative_revenue_cents"),
+        _money(r, "cumulative_revenue_per_user"),
+        _float(r, "average_engagement_score"),
+    )
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -376,7 +443,7 @@ class TableSpec:
     types: tuple[str, ...]  # each column's SQL type, for the arrays of the bulk upsert
     key: tuple[str, ...]
     convert: Callable[[Mapping[str, Any]], Row]
-    #: kpi_metrics, funnel_stats: a row that is final is only overwritten by a final record
+    #: kpi_metrics, funnel_stats, cohort_stats: a final row is only overwritten by a final record
     final_guard: bool = False
     #: the upsert's ON CONFLICT target when it is not ``key`` (a unique index on columns the
     #: database derives from the key, like page_view_stats' page_hash)
@@ -527,9 +594,80 @@ FUNNEL_STATS = TableSpec(
     final_guard=True,
 )
 
+EXPERIMENT_STATS = TableSpec(
+    name="experiment_stats",
+    topic_field="experiment_stats",
+    columns=(
+        "experiment",
+        "variant",
+        "users",
+        "converted_users",
+        "conversion_rate_percent",
+        "revenue",
+        "revenue_per_user",
+        "variant_conflicts",
+        "p_value",
+        "probability_to_beat_control",
+        "significant",
+    ),
+    types=(
+        "text",
+        "text",
+        "bigint",
+        "bigint",
+        "float8",
+        "numeric",
+        "numeric",
+        "bigint",
+        "float8",
+        "float8",
+        "boolean",
+    ),
+    key=("experiment", "variant"),
+    convert=experiment_row,
+)
+
+COHORT_STATS = TableSpec(
+    name="cohort_stats",
+    topic_field="cohort_stats",
+    columns=(
+        "cohort",
+        "day_offset",
+        "is_final",
+        "cohort_size",
+        "retained_users",
+        "retention_rate_percent",
+        "cumulative_revenue",
+        "cumulative_revenue_per_user",
+        "average_engagement_score",
+    ),
+    types=(
+        "date",
+        "integer",
+        "boolean",
+        "bigint",
+        "bigint",
+        "float8",
+        "numeric",
+        "numeric",
+        "float8",
+    ),
+    key=("cohort", "day_offset"),
+    convert=cohort_row,
+    final_guard=True,
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
-    for spec in (KPI_METRICS, SESSION_METRICS, PAGE_VIEW_STATS, DIMENSION_STATS, FUNNEL_STATS)
+    for spec in (
+        KPI_METRICS,
+        SESSION_METRICS,
+        PAGE_VIEW_STATS,
+        DIMENSION_STATS,
+        FUNNEL_STATS,
+        EXPERIMENT_STATS,
+        COHORT_STATS,
+    )
 }
 
 
@@ -575,9 +713,9 @@ def prepare(
     spec: TableSpec, records: Sequence[Mapping[str, Any]]
 ) -> tuple[list[tuple[int, Row]], list[Rejected]]:
     """Convert a batch's records to rows and keep one row per key: the latest, except that a
-    final KPI or funnel record is never replaced by a later live one. Returns ``(index, row)``
-    pairs in first-seen key order (an upsert may not touch the same row twice) and the records
-    that do not convert."""
+    final KPI, funnel or cohort record is never replaced by a later live one. Returns
+    ``(index, row)`` pairs in first-seen key order (an upsert may not touch the same row twice)
+    and the records that do not convert."""
     chosen: dict[tuple[Any, ...], tuple[int, Row]] = {}
     rejected: list[Rejected] = []
     for index, record in enumerate(records):
@@ -614,8 +752,8 @@ def _columns(names: Iterable[str], prefix: str | None = None) -> sql.Composable:
 
 def _on_conflict(spec: TableSpec) -> sql.Composed:
     """``ON CONFLICT (key) DO UPDATE``: to the latest value, only when it changes something (so
-    a replay leaves rows and their ``updated_at`` alone) and, for kpi_metrics and funnel_stats,
-    never replacing a final row with a live one."""
+    a replay leaves rows and their ``updated_at`` alone) and, for the tables with a
+    ``final_guard``, never replacing a final row with a live one."""
     updated = [column for column in spec.columns if column not in spec.key]
     assignments = sql.SQL(", ").join(
         [

@@ -1,9 +1,9 @@
 """What the database sinks' tables hold against what their topics say they must hold.
 
-A sink keeps one row per record key with the latest record's value (a final KPI or funnel
-record wins over live ones). ``latest_rows`` computes that from a topic's records in offset
-order through the sink's own row conversion (sinks/schema.py); ``differences`` lists every
-row missing, extra or different. Used by tests/integration/test_sinks.py and the soak
+A sink keeps one row per record key with the latest record's value (a final KPI, funnel or
+cohort record wins over live ones). ``latest_rows`` computes that from a topic's records in
+offset order through the sink's own row conversion (sinks/schema.py); ``differences`` lists
+every row missing, extra or different. Used by tests/integration/test_sinks.py and the soak
 (bench/soak.py).
 """
 
@@ -23,6 +23,8 @@ SINK_TOPICS = {
     "page_view_stats": "page-view-stats",
     "dimension_stats": "traffic-stats",
     "funnel_stats": "funnel-stats",
+    "experiment_stats": "experiment-stats",
+    "cohort_stats": "cohort-stats",
 }
 
 Key = tuple[Any, ...]

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from aiohttp import web as aiohttp_web
 from faust import web
 
 from analytics.funnels import FunnelSpec
@@ -22,7 +21,7 @@ from sinks import queries
 from sinks.migrations import duration_text
 from web.api_params import BadParameter, no_parameters
 from web.history_params import FunnelRangeQuery
-from web.history_views import bad_parameter, database_answer
+from web.history_views import bad_parameter, database_answer, query_items
 
 FUNNELS = {spec.name: spec for spec in app.analytics_settings.funnels}
 
@@ -46,17 +45,13 @@ def not_configured(name: str) -> dict[str, str]:
     return {"error": f"funnel {name!r} is not configured (configured: {known})"}
 
 
-def _query(request: web.Request) -> list[tuple[str, str]]:
-    return list(cast(aiohttp_web.Request, request).query.items())
-
-
 @app.page("/api/funnels")
 class FunnelsView(web.View):
     """The funnels of the configuration."""
 
     async def get(self, request: web.Request) -> web.Response:
         try:
-            no_parameters(_query(request))
+            no_parameters(query_items(request))
         except BadParameter as problem:
             return bad_parameter(self, problem)
         return self.json({"funnels": funnel_list(list(FUNNELS.values()))})
@@ -71,7 +66,7 @@ class FunnelHistoryView(web.View):
         if spec is None:
             return self.json(not_configured(name), status=404)
         try:
-            selected = FunnelRangeQuery.parse(_query(request))
+            selected = FunnelRangeQuery.parse(query_items(request))
         except BadParameter as problem:
             return bad_parameter(self, problem)
 

@@ -6,7 +6,8 @@
 * ``/api/pages/top`` with ``from`` or ``to`` reads the database; with ``minutes`` (or neither)
   the live state; ``minutes`` together with ``from``/``to`` is an error naming the conflict.
 
-``/api/sessions?user_id=`` and ``/api/funnels/{name}?from=&to=`` always read the database.
+``/api/sessions?user_id=``, ``/api/funnels/{name}?from=&to=``, ``/api/experiments`` and
+``/api/cohorts?from=&to=&days=`` always read the database.
 Parsing reuses web/api_params.py, so errors read the same: ``"<parameter>: <reason>"``, an
 empty value counts as absent.
 """
@@ -38,6 +39,10 @@ DEFAULT_SESSIONS = 100
 MAX_SESSIONS = 1_000
 #: a funnel answer covers at most this many days (a year, a leap day included)
 MAX_FUNNEL_DAYS = 366
+#: a retention triangle covers at most this many cohorts (days), like a funnel's range
+MAX_COHORT_DAYS = 366
+DEFAULT_EXPERIMENTS = 100
+MAX_EXPERIMENTS = 1_000
 
 
 def _given(query: Query, name: str) -> bool:
@@ -141,6 +146,21 @@ class SessionsQuery:
         return cls(user_id, from_ms, to_ms, limit)
 
 
+def parse_day_range(values: dict[str, str], most: int) -> tuple[date, date]:
+    """``from`` and ``to``, required dates (UTC days, both included), ``to`` not before
+    ``from``, at most ``most`` days from one to the other."""
+    first = parse_date(values.get("from"), "from")
+    last = parse_date(values.get("to"), "to")
+    if first is None or last is None:
+        raise BadParameter("from" if first is None else "to", "required, a date like 2026-01-01")
+    if last < first:
+        raise BadParameter("to", f"must not be before from ({first.isoformat()})")
+    days = (last - first).days + 1
+    if days > most:
+        raise BadParameter("to", f"from-to spans {days} days, at most {most}: ask for fewer days")
+    return first, last
+
+
 @dataclass(frozen=True, slots=True)
 class FunnelRangeQuery:
     """``GET /api/funnels/{name}?from=&to=``: the UTC days ``from`` to ``to``, both included,
@@ -152,17 +172,35 @@ class FunnelRangeQuery:
     @classmethod
     def parse(cls, query: Query) -> FunnelRangeQuery:
         values = query_values(query, ("from", "to"))
-        first = parse_date(values.get("from"), "from")
-        last = parse_date(values.get("to"), "to")
-        if first is None or last is None:
-            raise BadParameter(
-                "from" if first is None else "to", "required, a date like 2026-01-01"
-            )
-        if last < first:
-            raise BadParameter("to", f"must not be before from ({first.isoformat()})")
-        days = (last - first).days + 1
-        if days > MAX_FUNNEL_DAYS:
-            raise BadParameter(
-                "to", f"from-to spans {days} days, at most {MAX_FUNNEL_DAYS}: ask for fewer days"
-            )
-        return cls(first, last)
+        return cls(*parse_day_range(values, MAX_FUNNEL_DAYS))
+
+
+@dataclass(frozen=True, slots=True)
+class CohortRangeQuery:
+    """``GET /api/cohorts?from=&to=&days=``: the cohorts (UTC dates of the users' first event)
+    ``from`` to ``to``, both included, at most ``MAX_COHORT_DAYS`` of them, each with its day
+    offsets 0 to ``days``; ``days`` is at most the configured ``cohorts.max_day_offset``
+    (``most_days``, also its default): no cell beyond it is ever published."""
+
+    first: date
+    last: date
+    days: int
+
+    @classmethod
+    def parse(cls, query: Query, most_days: int) -> CohortRangeQuery:
+        values = query_values(query, ("from", "to", "days"))
+        first, last = parse_day_range(values, MAX_COHORT_DAYS)
+        days = parse_int(values.get("days"), "days", most_days, 0, most_days)
+        return cls(first, last, days)
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentsQuery:
+    """``GET /api/experiments?limit=``: the first ``limit`` experiments by name."""
+
+    limit: int = DEFAULT_EXPERIMENTS
+
+    @classmethod
+    def parse(cls, query: Query) -> ExperimentsQuery:
+        values = query_values(query, ("limit",))
+        return cls(parse_int(values.get("limit"), "limit", DEFAULT_EXPERIMENTS, 1, MAX_EXPERIMENTS))

@@ -3,9 +3,10 @@
 No Faust table routing: the database holds the whole history, so the worker that is asked
 answers. ``/api/sessions`` is a view of its own; the database halves of ``/api/kpis`` and
 ``/api/pages/top`` are called by their views in web/api.py (web/history_params.py decides),
-and web/funnel_views.py answers ``/api/funnels/{name}`` through ``database_answer``.
-Answers carry ``"source": "database"``; a database that cannot answer gives 503 with the
-reason, within sinks.reader.QUERY_TIMEOUT.
+and web/funnel_views.py, web/experiment_views.py and web/cohort_views.py answer theirs
+through ``database_answer``. Answers carry ``"source": "database"``; a database that cannot
+answer gives 503 with the reason, within sinks.reader.QUERY_TIMEOUT; what the database does
+not hold (``NotStored``) gives 404 with the reason.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def _ts(ms: int | None) -> str | None:
     return format_ts(ms) if ms is not None else None
 
 
+class NotStored(LookupError):
+    """What a request names is not in the database; ``str()`` says what (a 404)."""
+
+
+def query_items(request: web.Request) -> list[tuple[str, str]]:
+    """The request's query parameters, in order, repeated ones included."""
+    return list(cast(aiohttp_web.Request, request).query.items())
+
+
 def bad_parameter(view: web.View, problem: BadParameter) -> web.Response:
     return view.json({"error": str(problem)}, status=400)
 
@@ -44,12 +54,17 @@ async def database_answer(
     params: Mapping[str, Any],
     build: Callable[[list[tuple[Any, ...]]], dict[str, Any]],
 ) -> web.Response:
-    """``build(rows of sql)`` with ``"source": "database"``, or 503 saying why it cannot be."""
+    """``build(rows of sql)`` with ``"source": "database"``, 503 saying why it cannot be, or
+    404 when ``build`` finds nothing stored of what was asked (``NotStored``)."""
     try:
         rows = await fetch(DATABASE_URL, sql, params)
     except DatabaseUnavailable as exc:
         return view.json({"error": f"database unavailable: {exc}", "source": DATABASE}, status=503)
-    return view.bytes(answer_json({"source": DATABASE, **build(rows)}), content_type=JSON)
+    try:
+        body = build(rows)
+    except NotStored as missing:
+        return view.json({"error": str(missing), "source": DATABASE}, status=404)
+    return view.bytes(answer_json({"source": DATABASE, **body}), content_type=JSON)
 
 
 def answer_json(body: Mapping[str, Any]) -> bytes:
@@ -106,7 +121,7 @@ class SessionHistoryView(web.View):
 
     async def get(self, request: web.Request) -> web.Response:
         try:
-            selected = SessionsQuery.parse(cast(aiohttp_web.Request, request).query.items())
+            selected = SessionsQuery.parse(query_items(request))
         except BadParameter as problem:
             return bad_parameter(self, problem)
 

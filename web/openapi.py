@@ -20,8 +20,19 @@ from web.api_params import (
     MAX_MINUTES,
     MAX_USER_ID_CHARS,
 )
-from web.history_params import DEFAULT_SESSIONS, MAX_BUCKETS, MAX_FUNNEL_DAYS, MAX_SESSIONS
+from web.history_params import (
+    DEFAULT_EXPERIMENTS,
+    DEFAULT_SESSIONS,
+    MAX_BUCKETS,
+    MAX_COHORT_DAYS,
+    MAX_EXPERIMENTS,
+    MAX_FUNNEL_DAYS,
+    MAX_SESSIONS,
+)
 from web.views import INGEST_PATH
+
+#: cohorts.max_day_offset: no cohort cell beyond it is published
+MAX_DAY_OFFSET = app.analytics_settings.cohorts.max_day_offset
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -122,6 +133,20 @@ def _time_parameter(name: str, role: str, note: str) -> dict[str, Any]:
         "description": f"{role}; RFC 3339, no offset means UTC; {note}",
         "schema": {"type": "string", "format": "date-time"},
     }
+
+
+def _day_range(what: str, most: int) -> list[dict[str, Any]]:
+    """``from`` and ``to``: required dates, both included, at most ``most`` days apart."""
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": True,
+            "description": f"{role} {what}, YYYY-MM-DD; at most {most} days from `from` to `to`",
+            "schema": {"type": "string", "format": "date"},
+        }
+        for name, role in (("from", "first"), ("to", "last"))
+    ]
 
 
 LIMIT = {
@@ -393,6 +418,99 @@ FUNNEL_DAY = _obj(
     }
 )
 
+NULLABLE_PROBABILITY: dict[str, Any] = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+
+EXPERIMENT_VARIANT = _obj(
+    {
+        "experiment": {**STRING, "description": "`metadata.experiment` of the exposures"},
+        "variant": {**STRING, "description": "`metadata.variant` of the users' first exposure"},
+        "users": {**INTEGER, "description": "users whose first exposure was to this variant"},
+        "converted_users": {
+            **INTEGER,
+            "description": "of them, users with a conversion event at or after their exposure",
+        },
+        "conversion_rate_percent": {**NUMBER, "description": "100 * converted_users / users"},
+        "revenue": {**MONEY, "description": "their purchase revenue at or after exposure"},
+        "revenue_cents": CENTS,
+        "revenue_per_user": {**MONEY, "description": "revenue / users"},
+        "variant_conflicts": {
+            **INTEGER,
+            "description": "the experiment's users later exposed to another variant (they stay "
+            "in their first); the same on every variant of the experiment",
+        },
+        "p_value": {
+            **NULLABLE_PROBABILITY,
+            "description": "two-sided two-proportion z-test with pooled variance against the "
+            "control (1 when the pooled rate is 0 or 1); null for the control itself and in an "
+            "experiment without one",
+        },
+        "probability_to_beat_control": {
+            **NULLABLE_PROBABILITY,
+            "description": "P(pV > pC), both Beta(1 + conversions, 1 + non-conversions), exact; "
+            "null like p_value",
+        },
+        "significant": {
+            **BOOLEAN,
+            "description": "p_value < experiments.alpha (0.05) with at least "
+            "experiments.min_users (100) users in this variant and in the control",
+        },
+    }
+)
+
+EXPERIMENT = _obj(
+    {
+        "experiment": STRING,
+        "users": {**INTEGER, "description": "its variants' users added up (a user is in one)"},
+        "variant_conflicts": INTEGER,
+        "updated_at": {**TIMESTAMP, "description": "when a variant of it was last stored"},
+        "variants": {
+            "type": "array",
+            "items": _ref("ExperimentVariant"),
+            "description": "the control first, then the others by name; figures over all "
+            "events so far, as last published on experiment-stats",
+        },
+    }
+)
+
+COHORT_CELL = _obj(
+    {
+        "cohort": {**STRING, "format": "date", "description": "UTC date of the users' first event"},
+        "day_offset": {**INTEGER, "description": "d: the cell is about day cohort + d"},
+        "cohort_size": {**INTEGER, "description": "users of the cohort"},
+        "retained_users": {**INTEGER, "description": "cohort users with an event on day c + d"},
+        "retention_rate_percent": {**NUMBER, "description": "100 * retained_users / cohort_size"},
+        "cumulative_revenue_per_user": {
+            **MONEY,
+            "description": "the cohort's revenue with ts before the end of day c + d, divided "
+            "by cohort_size",
+        },
+        "cumulative_revenue_cents": {**CENTS, "description": "that revenue (not per user)"},
+        "average_engagement_score": {
+            **NUMBER,
+            "description": "mean SPEC 3 score of the cohort's sessions starting on day c + d, each "
+            "cut at that day's end; 0 when none",
+        },
+        "is_final": {
+            **BOOLEAN,
+            "description": "false until the watermark passes the end of day c + d",
+        },
+    }
+)
+
+COHORT = _obj(
+    {
+        "cohort": {**STRING, "format": "date"},
+        "cohort_size": {**INTEGER, "description": "the size its latest stored cell says"},
+        "days": {
+            "type": "array",
+            "items": _ref("CohortCell"),
+            "description": "its stored cells from day offset 0 up to `days`, as published on "
+            "cohort-stats (live or final); a day not yet begun, or begun without a cell "
+            "published yet, has none",
+        },
+    }
+)
+
 CLOSED_SESSION = {
     **SESSION,
     "properties": {
@@ -451,8 +569,9 @@ OPENAPI: dict[str, Any] = {
             "database the sinks write. Any worker answers every request: it forwards live "
             "queries to the worker that holds the state (Faust table routing) and answers "
             "database queries itself; answers with two sources say which (`source`). KPI, "
-            "page and traffic figures follow SPEC sections 4-5, funnels section 7; live windows "
-            "are kept for `engine.history_retention` (event time, default 24 h)."
+            "page and traffic figures follow SPEC sections 4-5, funnels, cohorts and A/B tests "
+            "sections 7-9; live windows are kept for `engine.history_retention` (event time, "
+            "default 24 h)."
         ),
     },
     "paths": {
@@ -760,17 +879,7 @@ OPENAPI: dict[str, Any] = {
                         "description": "a configured funnel (GET /api/funnels)",
                         "schema": STRING,
                     },
-                    *(
-                        {
-                            "name": name,
-                            "in": "query",
-                            "required": True,
-                            "description": f"{role} UTC day, YYYY-MM-DD; at most "
-                            f"{MAX_FUNNEL_DAYS} days from `from` to `to`",
-                            "schema": {"type": "string", "format": "date"},
-                        }
-                        for name, role in (("from", "first"), ("to", "last"))
-                    ),
+                    *_day_range("UTC day", MAX_FUNNEL_DAYS),
                 ],
                 "responses": {
                     "200": _json(
@@ -800,6 +909,129 @@ OPENAPI: dict[str, Any] = {
                     ),
                     "400": BAD_PARAMETER,
                     "404": _json(_ref("Error"), "No funnel of this name is configured."),
+                    "503": DATABASE_UNAVAILABLE,
+                },
+            }
+        },
+        "/api/experiments": {
+            "get": {
+                "summary": "The A/B tests and their variants' figures, from the database (SPEC 9)",
+                "description": (
+                    "Every experiment the experiment_stats table holds (the `metadata.experiment` "
+                    "values of the exposures so far), by name in code point order, each with its "
+                    "variants' current figures as last published on experiment-stats. Any "
+                    "worker answers."
+                ),
+                "parameters": [
+                    {
+                        **LIMIT,
+                        "description": "at most this many experiments",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_EXPERIMENTS,
+                            "default": DEFAULT_EXPERIMENTS,
+                        },
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                "source": SOURCE_DATABASE,
+                                "control_variant": {
+                                    **STRING,
+                                    "description": "experiments.control_variant",
+                                },
+                                "limit": INTEGER,
+                                "truncated": {
+                                    **BOOLEAN,
+                                    "description": "more experiments are stored than `limit`",
+                                },
+                                "experiments": {"type": "array", "items": _ref("Experiment")},
+                            }
+                        ),
+                        "The stored experiments (none: an empty list).",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "503": DATABASE_UNAVAILABLE,
+                },
+            }
+        },
+        "/api/experiments/{name}": {
+            "get": {
+                "summary": "One A/B test and its variants' figures, from the database (SPEC 9)",
+                "description": "The experiment's variants, the control first. Any worker answers.",
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "description": "the experiment (`metadata.experiment`), URL-encoded",
+                        "schema": STRING,
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            **EXPERIMENT,
+                            "properties": {
+                                "source": SOURCE_DATABASE,
+                                "control_variant": STRING,
+                                **EXPERIMENT["properties"],
+                            },
+                            "required": ["source", "control_variant", *EXPERIMENT["required"]],
+                        },
+                        "The experiment.",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "404": _json(
+                        _ref("Error"),
+                        "No row of this experiment is stored (no exposure to it yet); the body "
+                        "also has `source: database`.",
+                    ),
+                    "503": DATABASE_UNAVAILABLE,
+                },
+            }
+        },
+        "/api/cohorts": {
+            "get": {
+                "summary": "Cohorts and retention as a triangle, from the database (SPEC 8)",
+                "description": (
+                    "The cohorts (UTC dates of users' first events) from `from` to `to` that "
+                    "have users, oldest first, each with its cells of the cohort_stats table "
+                    "for day offsets 0 to `days`, as published on cohort-stats (live or final). "
+                    "Any worker answers."
+                ),
+                "parameters": [
+                    *_day_range("cohort (UTC day)", MAX_COHORT_DAYS),
+                    {
+                        "name": "days",
+                        "in": "query",
+                        "description": "the last day offset shown; at most (and by default) "
+                        "cohorts.max_day_offset",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": MAX_DAY_OFFSET,
+                            "default": MAX_DAY_OFFSET,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                "source": SOURCE_DATABASE,
+                                "from": {"type": "string", "format": "date"},
+                                "to": {"type": "string", "format": "date"},
+                                "days": INTEGER,
+                                "cohorts": {"type": "array", "items": _ref("Cohort")},
+                            }
+                        ),
+                        "The stored cohorts of the range with their cells.",
+                    ),
+                    "400": BAD_PARAMETER,
                     "503": DATABASE_UNAVAILABLE,
                 },
             }
@@ -998,6 +1230,10 @@ OPENAPI: dict[str, Any] = {
             "Funnel": FUNNEL,
             "FunnelStage": FUNNEL_STAGE,
             "FunnelDay": FUNNEL_DAY,
+            "ExperimentVariant": EXPERIMENT_VARIANT,
+            "Experiment": EXPERIMENT,
+            "CohortCell": COHORT_CELL,
+            "Cohort": COHORT,
         },
     },
 }

@@ -45,6 +45,9 @@ API_PATHS = {
     "/api/sessions/{user_id}",
     "/api/funnels",  # the configuration; /api/funnels/{name} reads the database
     "/api/funnels/{name}",
+    "/api/experiments",  # from the database (tests/integration/test_history_api.py)
+    "/api/experiments/{name}",
+    "/api/cohorts",
     "/api/users/{user_id}",
     "/api/pages/top",
     "/api/traffic",

@@ -3,11 +3,13 @@
 The module's worker runs against a fresh database of its own. The test loads rows straight
 through the sinks' writer (sinks.writers.write_batch, the path every sink row takes): final KPI
 windows over four hours across a UTC midnight, with one live window and one window outside the
-range that must not count, page rows (a 10 KB page among them), closed sessions and the days
+range that must not count, page rows (a 10 KB page among them), closed sessions, the days
 of the configured ``checkout`` funnel (two final, one live, and a day of a funnel not
-configured). It then asks the worker over HTTP and compares with sums computed here from the
-same records. Another worker, whose database (a scratch cluster) the test stops and starts,
-shows the 503 answers, a degraded sink on ``/health`` and the recovery.
+configured), the variants of three experiments and the cells of three cohorts. It then asks
+the worker over HTTP and compares with sums computed here from the same records, and each
+answer of the SPEC 8-9 endpoints with its OpenAPI schema. Another worker, whose database (a
+scratch cluster) the test stops and starts, shows the 503 answers, a degraded sink on
+``/health`` and the recovery.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import psycopg
 import pytest
@@ -38,7 +41,12 @@ from tests.kafka_helpers import produce
 from tests.missing_services import service_missing
 from tests.polling import poll
 from tests.scratch_postgres import PG_BIN, ScratchPostgres
-from tests.unit.test_sinks_schema import funnel_record
+from tests.unit.test_sinks_schema import (
+    BUTTON,
+    cohort_record,
+    experiment_records,
+    funnel_record,
+)
 from tests.worker_process import Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
@@ -175,6 +183,38 @@ def funnel_records() -> list[dict[str, Any]]:
     ]
 
 
+#: three experiments: one with a control, one without, and one whose name needs quoting in a path
+EXPERIMENTS = {
+    "checkout_button": BUTTON,
+    "hero banner/v2": {"b": (5, 1, 0, 0), "a": (4, 0, 0, 0)},
+    "pricing": {"control": (200, 20, 0, 0), "cheaper": (210, 42, 105_000, 0)},
+}
+
+
+def experiment_stats_records() -> list[dict[str, Any]]:
+    return [
+        record
+        for name, variants in EXPERIMENTS.items()
+        for record in experiment_records(variants, name)
+    ]
+
+
+def cohort_records() -> list[dict[str, Any]]:
+    """June 1: 40 users, day 0 and 1 final, day 2 live (a later live day 0 record of June 1
+    is written first and replaced). June 2: 7 users, day 0 final, day 1 live. June 3: day 0
+    live. May 31: two days, before the ranges asked."""
+    return [
+        cohort_record(0, size=40, retained=40, cumulative_cents=50_000, cohort=JUNE_1),
+        cohort_record(1, size=40, retained=10, cohort=JUNE_1),
+        cohort_record(2, size=40, retained=4, engagement=(0, 0), is_final=False, cohort=JUNE_1),
+        cohort_record(0, size=7, retained=7, cumulative_cents=700, cohort=JUNE_2),
+        cohort_record(1, size=7, retained=1, cumulative_cents=1_999, cohort=JUNE_2, is_final=False),
+        cohort_record(0, size=3, retained=3, cumulative_cents=0, cohort=JUNE_3, is_final=False),
+        cohort_record(0, size=2, retained=2, cohort=date(2025, 5, 31)),
+        cohort_record(1, size=2, retained=1, cohort=date(2025, 5, 31)),
+    ]
+
+
 async def load(url: str, users: list[str]) -> None:
     await migrate_url(url)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -183,6 +223,8 @@ async def load(url: str, users: list[str]) -> None:
             ("page_view_stats", page_records()),
             ("session_metrics", session_records(users)),
             ("funnel_stats", funnel_records()),
+            ("experiment_stats", experiment_stats_records()),
+            ("cohort_stats", cohort_records()),
         ):
             result = await write_batch(conn, TABLES[table], records)
             assert (result.written, result.rejected) == (len(records), []), table
@@ -518,6 +560,126 @@ def test_a_funnel_that_is_not_configured_is_404_naming_it(loaded: Loaded) -> Non
     )
 
 
+# --------------------------------------------------------------------------- experiments
+
+
+def valid(worker: Worker, body: Any, path: str, status: str = "200") -> None:
+    """Check ``body`` against the worker's own OpenAPI schema of ``path``'s answer."""
+    _, document = http(worker, "/openapi.json")
+    schema = document["paths"][path]["get"]["responses"][status]["content"]["application/json"]
+    jsonschema.Draft202012Validator({**document, **schema["schema"]}).validate(body)
+
+
+def test_the_stored_experiments_with_their_variants_as_published(loaded: Loaded) -> None:
+    status, body = http(loaded.worker, "/api/experiments")
+    assert status == 200, body
+    valid(loaded.worker, body, "/api/experiments")
+    published = experiment_stats_records()
+    assert [e["experiment"] for e in body["experiments"]] == [
+        "checkout_button",
+        "hero banner/v2",
+        "pricing",
+    ]
+    assert (body["source"], body["control_variant"], body["limit"], body["truncated"]) == (
+        "database",
+        "control",
+        100,
+        False,
+    )
+    button, hero, pricing = body["experiments"]
+    # every variant exactly as experiment-stats published it, the control first
+    assert button["variants"] == published[:2]
+    assert [v["variant"] for v in hero["variants"]] == ["a", "b"]  # no control: by name
+    assert hero["variants"] == sorted(published[2:4], key=lambda v: v["variant"])
+    assert pricing["variants"] == published[4:]
+    assert (button["users"], button["variant_conflicts"]) == (230, 3)
+    green = button["variants"][1]
+    assert (green["users"], green["converted_users"], green["conversion_rate_percent"]) == (
+        110,
+        22,
+        20.0,
+    )
+    assert (green["revenue"], green["revenue_cents"], green["revenue_per_user"]) == (
+        980.1,
+        98_010,
+        8.91,
+    )
+    assert green["significant"] is True and 0 < green["p_value"] < 0.05
+    assert pricing["variants"][1]["significant"] is True  # 10 % against 20 %, 200+ users each
+    for experiment in body["experiments"]:
+        assert experiment["updated_at"].endswith("Z")
+
+
+def test_the_experiment_list_is_limited_and_says_so(loaded: Loaded) -> None:
+    status, body = _get(loaded.worker, "/api/experiments", limit=2)
+    assert status == 200, body
+    assert [e["experiment"] for e in body["experiments"]] == ["checkout_button", "hero banner/v2"]
+    assert (body["limit"], body["truncated"]) == (2, True)
+
+
+def test_one_experiment_by_name(loaded: Loaded) -> None:
+    status, body = http(loaded.worker, "/api/experiments/checkout_button")
+    assert status == 200, body
+    valid(loaded.worker, body, "/api/experiments/{name}")
+    assert body["source"] == "database" and body["control_variant"] == "control"
+    assert (body["experiment"], body["users"]) == ("checkout_button", 230)
+    assert body["variants"] == experiment_stats_records()[:2]
+    quoted = "/api/experiments/" + urllib.parse.quote("hero banner/v2", safe="")
+    status, body = http(loaded.worker, quoted)
+    assert (status, body["experiment"]) == (200, "hero banner/v2"), body
+
+
+def test_an_experiment_without_stored_figures_is_404_naming_it(loaded: Loaded) -> None:
+    status, body = http(loaded.worker, "/api/experiments/no_such_test")
+    assert (status, body) == (
+        404,
+        {
+            "error": "experiment 'no_such_test' has no stored figures (no exposure yet)",
+            "source": "database",
+        },
+    )
+    valid(loaded.worker, body, "/api/experiments/{name}", "404")
+
+
+# --------------------------------------------------------------------------- cohorts
+
+
+def test_a_retention_triangle_of_the_stored_cohorts(loaded: Loaded) -> None:
+    status, body = _get(loaded.worker, "/api/cohorts", **{"from": "2025-06-01"}, to="2025-06-03")
+    assert status == 200, body
+    valid(loaded.worker, body, "/api/cohorts")
+    june_1, june_2, june_3 = cohort_records()[:3], cohort_records()[3:5], cohort_records()[5:6]
+    assert body == {
+        "source": "database",
+        "from": "2025-06-01",
+        "to": "2025-06-03",
+        "days": 90,  # cohorts.max_day_offset
+        "cohorts": [
+            {"cohort": "2025-06-01", "cohort_size": 40, "days": june_1},
+            {"cohort": "2025-06-02", "cohort_size": 7, "days": june_2},
+            {"cohort": "2025-06-03", "cohort_size": 3, "days": june_3},
+        ],
+    }
+    first = body["cohorts"][0]["days"]
+    assert [cell["retention_rate_percent"] for cell in first] == [100.0, 25.0, 10.0]
+    assert [cell["cumulative_revenue_cents"] for cell in first] == [50_000, 123_456, 123_456]
+    assert [cell["is_final"] for cell in first] == [True, True, False]
+
+
+def test_a_retention_triangle_up_to_a_day_offset(loaded: Loaded) -> None:
+    status, body = _get(
+        loaded.worker, "/api/cohorts", **{"from": "2025-05-01"}, to="2025-06-02", days=1
+    )
+    assert status == 200, body
+    assert [(c["cohort"], [d["day_offset"] for d in c["days"]]) for c in body["cohorts"]] == [
+        ("2025-05-31", [0, 1]),
+        ("2025-06-01", [0, 1]),
+        ("2025-06-02", [0, 1]),
+    ]
+    status, body = _get(loaded.worker, "/api/cohorts", **{"from": "2025-07-01"}, to="2025-07-31")
+    assert (status, body["cohorts"]) == (200, [])
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -555,6 +717,17 @@ def test_a_funnel_that_is_not_configured_is_404_naming_it(loaded: Loaded) -> Non
         ("/api/funnels/checkout?from=2024-06-01&to=2025-06-02",
          "to: from-to spans 367 days, at most 366"),
         ("/api/funnels/checkout?from=2025-06-01&to=2025-06-02&limit=3", "limit: unknown parameter"),
+        ("/api/experiments?limit=0", "limit: must be a whole number from 1 to 1000, got '0'"),
+        ("/api/experiments?name=pricing", "name: unknown parameter"),
+        ("/api/experiments/pricing?variant=control", "variant: unknown parameter"),
+        ("/api/cohorts?to=2025-06-02", "from: required, a date like 2026-01-01"),
+        ("/api/cohorts?from=2025-06-01", "to: required, a date like 2026-01-01"),
+        ("/api/cohorts?from=2025-06-02&to=2025-06-01", "to: must not be before from (2025-06-02)"),
+        ("/api/cohorts?from=2024-06-01&to=2025-06-02", "to: from-to spans 367 days, at most 366"),
+        ("/api/cohorts?from=2025-06-01&to=2025-06-02&days=91",
+         "days: must be a whole number from 0 to 90, got '91'"),
+        ("/api/cohorts?from=2025-06-01&to=2025-06-02&days=x", "days: must be a whole number"),
+        ("/api/cohorts?from=2025-06-01&to=2025-06-02&limit=3", "limit: unknown parameter"),
     ],
 )  # fmt: skip
 def test_bad_parameters_are_400_naming_the_parameter(loaded: Loaded, path: str, error: str) -> None:
@@ -571,12 +744,23 @@ def test_openapi_documents_the_history_endpoints(loaded: Loaded) -> None:
     pages = {p["name"] for p in body["paths"]["/api/pages/top"]["get"]["parameters"]}
     sessions = {p["name"] for p in body["paths"]["/api/sessions"]["get"]["parameters"]}
     funnel = {p["name"] for p in body["paths"]["/api/funnels/{name}"]["get"]["parameters"]}
-    assert (kpis, pages, sessions, funnel) == (
+    experiments = {p["name"] for p in body["paths"]["/api/experiments"]["get"]["parameters"]}
+    experiment = {p["name"] for p in body["paths"]["/api/experiments/{name}"]["get"]["parameters"]}
+    cohorts = {p["name"] for p in body["paths"]["/api/cohorts"]["get"]["parameters"]}
+    assert (kpis, pages, sessions, funnel, experiments, experiment, cohorts) == (
         {"from", "to", "bucket"},
         {"minutes", "from", "to", "limit"},
         {"user_id", "from", "to", "limit"},
         {"name", "from", "to"},
+        {"limit"},
+        {"name"},
+        {"from", "to", "days"},
     )
+    for path in ("/api/experiments", "/api/experiments/{name}", "/api/cohorts"):
+        assert {"200", "400", "503"} <= set(body["paths"][path]["get"]["responses"]), path
+    assert "404" in body["paths"]["/api/experiments/{name}"]["get"]["responses"]
+    schemas = set(body["components"]["schemas"])
+    assert {"Experiment", "ExperimentVariant", "Cohort", "CohortCell"} <= schemas
     responses = body["paths"]["/api/funnels/{name}"]["get"]["responses"]
     assert {"200", "400", "404", "503"} <= set(responses)
     assert {"Funnel", "FunnelDay", "FunnelStage"} <= set(body["components"]["schemas"])
@@ -672,6 +856,9 @@ def test_a_database_outage_gives_503_and_a_degraded_sink(
         f"/api/pages/top?from={ts(H0)}&to={ts(H0 + HOUR)}",
         "/api/sessions?user_id=someone",
         "/api/funnels/checkout?from=2025-06-01&to=2025-06-02",
+        "/api/experiments",
+        "/api/experiments/pricing",
+        "/api/cohorts?from=2025-06-01&to=2025-06-02",
     ):
         started = time.monotonic()
         status, body = http(worker, path)

@@ -6,9 +6,10 @@ the test stops and starts while traffic flows. Workers get it through ``DATABASE
 
 The tables are checked against the batch reference (tests/reference/batch.py) computed from
 what the enriched topic holds, like tests/e2e/test_analytics_contract.py, and against the
-output topics themselves: one row per record key, with the latest value (a final KPI or funnel
-record wins over live ones), nothing missing, nothing extra. The traffic walks the configured
-``checkout`` funnel, and the closing events come two days later, so its day is final too.
+output topics themselves: one row per record key, with the latest value (a final KPI, funnel
+or cohort record wins over live ones), nothing missing, nothing extra. The traffic walks the
+configured ``checkout`` funnel and carries an A/B test, and the closing events come two days
+later, so its funnel day and its cohort's first two days are final too.
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ from tests.scratch_postgres import ScratchPostgres
 from tests.scratch_postgres import missing as missing_postgres_binaries
 from tests.scratch_postgres import scratch_postgres as own_postgres
 from tests.sink_tables import SINK_TOPICS, differences, latest_rows, table_rows
-from tests.unit.test_sinks_schema import funnel_record
+from tests.unit.test_sinks_schema import (
+    BUTTON,
+    cohort_record,
+    experiment_records,
+    funnel_record,
+)
 from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
@@ -78,6 +84,7 @@ DAY_MS = 86_400_000
 #: past the traffic's sessions and windows, and past its funnel days' end + window (24 h)
 CLOSING_TS = START_MS + 2 * DAY_MS + 10 * WINDOW_MS
 LAST_WINDOW = (START_MS + SPAN_MS - 1) // WINDOW_MS * WINDOW_MS
+SETTINGS = load_settings()
 #: the funnels of the shipped configuration (configs/analytics-dashboard.yaml), as the
 #: reference reads them
 FUNNELS = [
@@ -86,7 +93,7 @@ FUNNELS = [
         "window_ms": spec.window_ms,
         "stages": [{"action": s.action, "page_prefix": s.page_prefix} for s in spec.stages],
     }
-    for spec in load_settings().funnels
+    for spec in SETTINGS.funnels
 ]
 PROFILE = TrafficProfile(
     seed=20261128,
@@ -97,7 +104,10 @@ PROFILE = TrafficProfile(
     disorder_ms=8_000,
     duplicate_rate=0.02,
     invalid_rate=0.01,
+    experiment="checkout_button",
 )
+#: the traffic's cohort (its first and only day) and the days the closing events make final
+COHORT_DAY, LAST_FINAL_DAY = "2026-01-01", "2026-01-02"
 
 
 # --------------------------------------------------------------------------- databases
@@ -163,8 +173,9 @@ def _traffic_users() -> set[str]:
 
 async def _wait_for_pipeline(bootstrap: str, prefix: str, timeout: float = 240) -> None:
     """Until the last traffic window is final on live-kpis, every traffic user's sessions
-    are on session-metrics and every funnel day of the reference is final on funnel-stats:
-    the pipeline has published every row of the traffic."""
+    are on session-metrics, every funnel day of the reference is final on funnel-stats, the
+    latest experiment-stats rows are the reference's and the cohort rows of the days the
+    closing events passed are final: the pipeline has published every row of the traffic."""
     await read_until(
         bootstrap,
         f"{prefix}live-kpis",
@@ -192,6 +203,47 @@ async def _wait_for_pipeline(bootstrap: str, prefix: str, timeout: float = 240) 
         ),
         timeout,
     )
+    traffic = _traffic_events(enriched)
+    experiments = reference.experiments(traffic)
+    assert experiments["checkout_button"]["variant_conflicts"] > 0, "no conflicts to store"
+    spec = SETTINGS.experiments.spec()
+
+    def latest(records: list[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(r.json()["experiment"], r.json()["variant"]): r.json() for r in records}
+
+    # experiment rows come on change, at most once a second: until the last one is there
+    await read_until(
+        bootstrap,
+        f"{prefix}experiment-stats",
+        lambda records: not contract.compare_experiments(latest(records), experiments, spec),
+        timeout,
+    )
+    cells = set(_expected_cohorts(traffic))
+    await read_until(
+        bootstrap,
+        f"{prefix}cohort-stats",
+        lambda records: (
+            {(r.json()["cohort"], r.json()["day_offset"]) for r in records if r.json()["is_final"]}
+            >= cells
+        ),
+        timeout,
+    )
+
+
+def _traffic_events(enriched: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The enriched events of the traffic: one copy each, without the closing events."""
+    return [
+        e
+        for e in contract.one_copy_each(enriched, lambda e: e["event_id"])
+        if not str(e["user_id"]).startswith(SENTINEL_PREFIX)
+    ]
+
+
+def _expected_cohorts(traffic: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The reference's cohort rows of the days the closing events made final."""
+    cells = reference.cohorts(traffic, SETTINGS.cohorts.max_day_offset, GAP_MS, LAST_FINAL_DAY)
+    assert set(cells) == {(COHORT_DAY, 0), (COHORT_DAY, 1)}, sorted(cells)
+    return cells
 
 
 def settled(table: str, row: Mapping[str, Any]) -> bool:
@@ -201,8 +253,10 @@ def settled(table: str, row: Mapping[str, Any]) -> bool:
     hour: those rows are still moving while a test looks."""
     if table == "session_metrics":
         return not str(row["user_id"]).startswith(SENTINEL_PREFIX)
-    if table == "funnel_stats":
+    if table in ("funnel_stats", "cohort_stats"):
         return bool(row["is_final"])
+    if table == "experiment_stats":  # no final rows: the latest, once the traffic is in
+        return True
     return _ms(row["window_start"]) <= LAST_WINDOW
 
 
@@ -228,6 +282,8 @@ class Expected:
     pages: dict[tuple[int, str], dict[str, Any]]
     dimensions: dict[tuple[int, str, str], dict[str, Any]]
     funnels: dict[tuple[str, str], dict[str, Any]]
+    experiments: dict[str, dict[str, Any]]
+    cohorts: dict[tuple[str, int], dict[str, Any]]
 
 
 async def _expected(bootstrap: str, prefix: str) -> Expected:
@@ -259,6 +315,8 @@ async def _expected(bootstrap: str, prefix: str) -> Expected:
             if k[0] <= LAST_WINDOW
         },
         funnels=reference.funnel_stats(enriched, FUNNELS),
+        experiments=reference.experiments(_traffic_events(enriched_all)),
+        cohorts=_expected_cohorts(_traffic_events(enriched_all)),
     )
 
 
@@ -319,6 +377,27 @@ async def snapshot(url: str) -> dict[str, list[dict[str, Any]]]:
     return tables
 
 
+def _values(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows without what a write changes (updated_at, xmin), in a stable order."""
+    values = [{k: v for k, v in row.items() if k not in ("updated_at", "xmin")} for row in rows]
+    return sorted(values, key=repr)
+
+
+def assert_replay_changed_nothing(
+    after: Mapping[str, list[dict[str, Any]]], before: Mapping[str, list[dict[str, Any]]]
+) -> None:
+    """Every settled row as it was, not even rewritten (same updated_at and xmin). An
+    experiment_stats row holds the same values again, but may have been rewritten: a replay
+    passes through a variant's earlier records before its latest, and with no is_final
+    nothing tells the sink which record is the newer (docs/sinks.md, "A/B tests")."""
+    assert set(after) == set(before)
+    for table in before:
+        if table == "experiment_stats":
+            assert _values(after[table]) == _values(before[table])
+        else:
+            assert after[table] == before[table], table
+
+
 def _problems_against_topics(
     tables: Mapping[str, list[dict[str, Any]]], expected: Expected
 ) -> list[str]:
@@ -342,7 +421,33 @@ def check_tables(tables: Mapping[str, list[dict[str, Any]]], expected: Expected)
         window_records(tables["dimension_stats"]), expected.dimensions
     )
     problems += compare_funnels(tables["funnel_stats"], expected.funnels)
+    problems += contract.compare_experiments(
+        experiment_records_of(tables["experiment_stats"]),
+        expected.experiments,
+        SETTINGS.experiments.spec(),
+    )
+    problems += contract.compare_cohorts(
+        cohort_records_of(tables["cohort_stats"]), expected.cohorts
+    )
     return problems
+
+
+def cohort_records_of(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """cohort_stats rows in the form tests/contract.compare_cohorts reads."""
+    return {
+        (row["cohort"].isoformat(), row["day_offset"]): dict(
+            row, cumulative_revenue_cents=_cents(row["cumulative_revenue"])
+        )
+        for row in rows
+    }
+
+
+def experiment_records_of(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """experiment_stats rows in the form tests/contract.compare_experiments reads."""
+    return {
+        (row["experiment"], row["variant"]): dict(row, revenue_cents=_cents(row["revenue"]))
+        for row in rows
+    }
 
 
 def _same(got: tuple[Any, ...], want: tuple[Any, ...]) -> bool:
@@ -455,7 +560,7 @@ async def test_tables_equal_the_batch_reference_and_a_replay_changes_nothing(
     assert await _topic_values(bootstrap, f"{topic_prefix}sink-dlq") == []
 
     await replay_topics(bootstrap, topic_prefix, database)
-    assert await snapshot(database) == before  # same values, same updated_at and xmin
+    assert_replay_changed_nothing(await snapshot(database), before)
 
 
 async def test_database_outage_loses_nothing_and_duplicates_nothing(
@@ -511,7 +616,7 @@ async def test_database_outage_loses_nothing_and_duplicates_nothing(
     assert worker.alive and second.alive
 
     await replay_topics(bootstrap, topic_prefix, url)
-    assert await snapshot(url) == tables
+    assert_replay_changed_nothing(await snapshot(url), tables)
 
 
 async def test_upsert_rules_and_dead_letters_through_the_sinks(
@@ -655,6 +760,79 @@ async def test_funnel_days_through_the_sink_final_wins_and_bad_days_are_dead_let
             [5_000, 1],
         ]
     )
+    assert worker.alive
+
+
+async def test_experiment_and_cohort_rows_through_the_sinks_and_bad_ones_dead_lettered(
+    database: str, worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str
+) -> None:
+    """experiment-stats → experiment_stats: a variant's later record replaces the earlier one
+    (fewer users included: no is_final); cohort-stats → cohort_stats: live → final → late live
+    leaves the final cell. On each topic a record the database refuses (negative revenue) and
+    one refused before it (more converted or retained users than users) go to sink-dlq naming
+    the problem, and the records after them in the partition are written. (The records the
+    database refuses have keys of their own: a record followed by another of its key in the
+    same batch is replaced by it before the database is asked.)"""
+    bootstrap = services.kafka_bootstrap
+    worker = worker_factory.start(topic_prefix, group_id, extra_env={"DATABASE_URL": database})
+    await worker.await_ready(PARTITIONS, timeout=120)
+
+    control, green = experiment_records()
+    fewer = experiment_records(BUTTON | {"green": (109, 22, 98_010, 2)})[1]
+    refunded = green | {"variant": "blue", "revenue": -1.0, "revenue_cents": -100}
+    too_many = green | {"converted_users": 111}
+    experiments = [green, refunded, too_many, fewer, control]
+    live, final = cohort_record(retained=9, is_final=False), cohort_record()
+    late_live = cohort_record(retained=8, is_final=False)
+    negative = cohort_record(3) | {"cumulative_revenue_cents": -1}
+    overfull = cohort_record(2) | {"retained_users": 41}
+    next_cell = cohort_record(2, retained=4, is_final=False)
+    cohorts = [live, final, late_live, negative, overfull, next_cell]
+    for topic, records in (("experiment-stats", experiments), ("cohort-stats", cohorts)):
+        await produce(
+            bootstrap,
+            f"{topic_prefix}{topic}",
+            [Outgoing(b"k", orjson.dumps(record), partition=6) for record in records],
+        )
+
+    dead = await read_until(
+        bootstrap, f"{topic_prefix}sink-dlq", lambda records: len(records) >= 4, timeout=60
+    )
+    letters = sorted((r.json() for r in dead), key=lambda d: (d["table"], d["offset"]))
+    assert [(d["table"], d["topic"], d["partition"], d["offset"]) for d in letters] == [
+        ("cohort_stats", f"{topic_prefix}cohort-stats", 6, 3),
+        ("cohort_stats", f"{topic_prefix}cohort-stats", 6, 4),
+        ("experiment_stats", f"{topic_prefix}experiment-stats", 6, 1),
+        ("experiment_stats", f"{topic_prefix}experiment-stats", 6, 2),
+    ]
+    assert letters[0]["sqlstate"] == "23514"
+    assert "cohort_stats_cumulative_revenue_check" in letters[0]["error"]
+    assert letters[0]["value"] == negative
+    assert letters[1]["sqlstate"] is None
+    assert "retained_users: expected a whole number from 0 to 40, got 41" in letters[1]["error"]
+    assert letters[2]["sqlstate"] == "23514"
+    assert "experiment_stats_revenue_check" in letters[2]["error"]
+    assert letters[3]["sqlstate"] is None
+    assert "converted_users: expected a whole number from 0 to 110, got 111" in letters[3]["error"]
+
+    deadline = time.monotonic() + 30
+    while True:
+        experiment_rows = await table_rows(database, "experiment_stats")
+        cohort_rows = await table_rows(database, "cohort_stats")
+        variants = {row["variant"]: row for row in experiment_rows}
+        cells = {row["day_offset"]: row for row in cohort_rows}
+        if set(variants) == {"control", "green"} and set(cells) == {1, 2}:
+            break
+        assert time.monotonic() < deadline, (experiment_rows, cohort_rows)
+        await asyncio.sleep(0.2)  # polling interval, bounded by the deadline
+    assert len(experiment_rows) == 2 and len(cohort_rows) == 2
+    assert variants["green"]["users"] == 109  # the later record, fewer users and all
+    assert variants["green"]["revenue"] == Decimal("980.10")
+    assert variants["control"]["p_value"] is None and variants["green"]["p_value"] > 0
+    # the final cell, not the live one before it nor the late live one after it
+    assert cells[1]["is_final"] and cells[1]["retained_users"] == 10
+    assert cells[1]["cumulative_revenue"] == Decimal("1234.56")
+    assert not cells[2]["is_final"] and cells[2]["retained_users"] == 4
     assert worker.alive
 
 
@@ -922,6 +1100,72 @@ async def test_a_final_funnel_day_is_kept_and_a_replay_rewrites_nothing(database
     assert stored["durations_ms"] == final["durations_ms"]
 
 
+async def test_a_final_cohort_cell_is_kept_and_a_replay_rewrites_nothing(database: str) -> None:
+    """Upserts by (cohort, day_offset): a live cell is replaced by the final one, which no live
+    record replaces, in a batch of its own, in one batch, or row by row; writing the same
+    records again rewrites no row (same xmin and updated_at)."""
+    await migrate_url(database)
+    spec = TABLES["cohort_stats"]
+    live = cohort_record(retained=9, is_final=False)
+    final = cohort_record()
+    late_live = cohort_record(retained=8, is_final=False)
+    day_0 = cohort_record(0, retained=40)
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        assert (await write_batch(conn, spec, [live])).written == 1
+        (row,) = await table_rows(database, "cohort_stats")
+        assert not row["is_final"] and row["retained_users"] == 9
+        assert (await write_batch(conn, spec, [final, day_0])).written == 2
+        before = await table_rows(database, "cohort_stats")
+        for batch in ([late_live], [live, final, late_live], [final, day_0]):
+            result = await write_batch(conn, spec, batch)
+            assert result.rejected == []
+        assert await write_one_by_one(conn, spec, [(0, spec.convert(late_live))]) == []
+    after = await table_rows(database, "cohort_stats")
+    assert after == before
+    by_offset = {row["day_offset"]: row for row in after}
+    assert set(by_offset) == {0, 1}
+    assert by_offset[0]["retention_rate_percent"] == 100.0
+    stored = by_offset[1]
+    assert stored["is_final"] and stored["retained_users"] == 10
+    assert (stored["cumulative_revenue"], stored["cumulative_revenue_per_user"]) == (
+        Decimal("1234.56"),
+        Decimal("30.86"),
+    )
+    assert stored["average_engagement_score"] == 50.0
+
+
+async def test_experiment_rows_are_the_latest_records_and_a_replay_rewrites_nothing(
+    database: str,
+) -> None:
+    """Upserts by (experiment, variant): the latest record wins, with fewer users too (a late
+    exposure can move a user to another variant); writing the same records again rewrites no
+    row. A pair of names too long for the primary key's index is refused by the database
+    alone (SQLSTATE 54000); the other variants are written."""
+    await migrate_url(database)
+    spec = TABLES["experiment_stats"]
+    control, green = experiment_records()
+    fewer = experiment_records(BUTTON | {"green": (109, 22, 98_010, 2)})[1]
+    long_name = experiment_records(experiment=HUGE_PAGE)
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        assert (await write_batch(conn, spec, [control, green])).written == 2
+        result = await write_batch(conn, spec, [fewer, *long_name])
+        assert result.written == 1
+        assert [(r.index, r.sqlstate) for r in result.rejected] == [(1, "54000"), (2, "54000")]
+        assert "experiment_stats: ProgramLimitExceeded: index row" in result.rejected[0].error
+        before = await table_rows(database, "experiment_stats")
+        assert (await write_batch(conn, spec, [control, fewer])).rejected == []
+    after = await table_rows(database, "experiment_stats")
+    assert after == before
+    by_variant = {row["variant"]: row for row in after}
+    assert set(by_variant) == {"control", "green"}
+    assert by_variant["green"]["users"] == 109 and by_variant["green"]["converted_users"] == 22
+    assert by_variant["green"]["conversion_rate_percent"] == pytest.approx(100 * 22 / 109)
+    assert by_variant["green"]["revenue_per_user"] == Decimal("8.99")  # 980.10 / 109
+    assert by_variant["green"]["p_value"] == fewer["p_value"]
+    assert by_variant["control"]["significant"] is False
+    assert by_variant["control"]["probability_to_beat_control"] is None
+
+
 async def test_no_record_stops_a_batch_the_others_are_written(database: str) -> None:
     """Every way one record could fail its batch for ever (issue 9): a value too big for an
     index, for its integer or money column, JSON nested too deep for the client to send or
@@ -1087,7 +1331,7 @@ async def test_the_page_hash_migration_keeps_existing_rows(
         )
     monkeypatch.setattr(migrations_module, "MIGRATIONS", MIGRATIONS)
     new = await migrate_url(database)
-    assert [m.version for m in new.applied] == [4, 6]  # and the funnel table, made later
+    assert [m.version for m in new.applied] == [4, 6, 8, 9]  # and the SPEC 7-9 tables, made later
     rows = {row["page"]: row for row in await table_rows(database, "page_view_stats")}
     assert set(rows) == {"/old", "/ünïcode"}
     for page, row in rows.items():

@@ -7,9 +7,9 @@ series), a SQL query only tables and columns that the migrations create on plain
 allowed: the panels must work on both). The parsers are checked on wrong queries too, so a
 check that cannot fail does not pass for one that holds.
 
-The last test (marked ``integration``) also runs every SQL query, macros expanded the way
+The last tests (marked ``integration``) also run every SQL query, macros expanded the way
 Grafana expands them for plain PostgreSQL, as ``EXPLAIN`` in a database migrated by the
-project's own migrations.
+project's own migrations, and the A/B test and cohort tables over rows the sinks wrote.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,9 @@ from psycopg.conninfo import make_conninfo
 
 from sinks import migrations
 from sinks.schema import TABLES
+from sinks.writers import write_batch
 from tests.missing_services import service_missing
+from tests.unit.test_sinks_schema import BUTTON, COHORT, cohort_record, experiment_records
 from tests.worker_process import Services
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +61,8 @@ REQUIRED: dict[str, list[tuple[str, set[str]]]] = {
         ("Traffic by device", {"piechart"}),
         ("Geographic distribution", {"geomap"}),
         ("Funnel stages", {"table"}),
+        ("A/B tests", {"table"}),
+        ("Cohort retention", {"table", "heatmap"}),
     ],
     "Performance": [
         ("Processing latency p50 / p95 / p99", {"timeseries"}),
@@ -514,13 +520,12 @@ def test_the_dashboard_provider_and_home_dashboard() -> None:
 # --------------------------------------------------------------------------- the real database
 
 
-def expand_macros(query: str) -> str:
-    """Grafana's PostgreSQL macros, as rendered without TimescaleDB, over a fixed hour."""
-    query = re.sub(
-        r"\$__timeFilter\((\w+)\)",
-        r"\1 BETWEEN '2026-01-01T00:00:00Z' AND '2026-01-01T01:00:00Z'",
-        query,
-    )
+def expand_macros(
+    query: str, start: str = "2026-01-01T00:00:00Z", end: str = "2026-01-01T01:00:00Z"
+) -> str:
+    """Grafana's PostgreSQL macros, as rendered without TimescaleDB, over a fixed hour (or
+    the range from ``start`` to ``end``)."""
+    query = re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 BETWEEN '{start}' AND '{end}'", query)
     query = re.sub(
         r"\$__timeGroupAlias\((\w+),\s*\$__interval\)",
         r'floor(extract(epoch from \1) / 60) * 60 AS "time"',
@@ -556,3 +561,70 @@ async def test_sql_queries_run_on_the_migrated_database(services: Services) -> N
                     await conn.execute(("EXPLAIN " + expand_macros(target["rawSql"])).encode())
                 except psycopg.Error as exc:
                     pytest.fail(f"{title}: {exc}")
+
+
+def _panel_sql(title: str) -> str:
+    (query,) = [str(t["rawSql"]) for panel_title, t in targets("sql") if panel_title == title]
+    return query
+
+
+@pytest.mark.integration
+async def test_the_experiment_and_cohort_panels_show_the_stored_figures(
+    services: Services,
+) -> None:
+    """The 'A/B tests' and 'Cohort retention' tables over rows the sinks' writer stored:
+    a row per variant (the control first) and a row per cohort with its day columns, the
+    size of its latest cell, and no value for a day without a cell."""
+    server = services.database_url
+    if not server:
+        service_missing("PostgreSQL", "DATABASE_URL is not set")
+    cells = [
+        cohort_record(0, retained=40),
+        cohort_record(1, retained=10),
+        cohort_record(7, retained=3, is_final=False),
+        cohort_record(0, size=8, retained=8, cohort=date(2025, 12, 31)),  # outside the range
+    ]
+    with _scratch_database(server) as url:
+        await migrations.migrate_url(url)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for table, records in (
+                ("experiment_stats", experiment_records(BUTTON | {"Blue": (50, 5, 0, 0)})),
+                ("cohort_stats", cells),
+            ):
+                result = await write_batch(conn, TABLES[table], records)
+                assert result.rejected == []
+            await conn.execute(b"SET TimeZone = 'UTC'")
+            now = (await (await conn.execute(b"SELECT now()")).fetchone() or [None])[0]
+            assert now is not None
+            since = (now - timedelta(minutes=1)).isoformat()
+            cursor = await conn.execute(
+                expand_macros(_panel_sql("A/B tests"), since, now.isoformat()).encode()
+            )
+            experiments = await cursor.fetchall()
+            cursor = await conn.execute(
+                expand_macros(
+                    _panel_sql("Cohort retention"), "2026-01-01T00:00:00Z", "2026-01-31T00:00:00Z"
+                ).encode()
+            )
+            names = [column.name for column in cursor.description or []]
+            cohorts = await cursor.fetchall()
+    assert [(row[0], row[1], row[2]) for row in experiments] == [
+        ("checkout_button", "control", 120),
+        ("checkout_button", "Blue", 50),
+        ("checkout_button", "green", 110),
+    ]
+    green = experiments[2]
+    assert green[3:5] == (22, Decimal("20.00"))  # converted, conversion %
+    assert green[5] == Decimal("8.91") and green[8] is True and green[9] == 3
+    assert experiments[0][6] is None and experiments[0][7] is None  # the control: no comparison
+    assert names[:4] == ["cohort", "users", "day 0", "day 1"] and names[-1] == "day 90"
+    (january,) = cohorts
+    by_name = dict(zip(names, january, strict=True))
+    assert (by_name["cohort"], by_name["users"]) == (COHORT, 40)
+    assert [by_name[f"day {d}"] for d in (0, 1, 2, 7, 90)] == [
+        Decimal("100.0"),
+        Decimal("25.0"),
+        None,
+        Decimal("7.5"),
+        None,
+    ]

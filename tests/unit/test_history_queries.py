@@ -16,15 +16,20 @@ import pytest
 
 from analytics.funnels import DayPartial, FunnelSpec, Stage, day_number, day_row
 from analytics.journey_combiner import final_at
-from analytics.timeutil import parse_ts
+from analytics.timeutil import format_ts, parse_ts
 from sinks import health, queries, reader
 from sinks.migrations import PLAIN, TIMESCALE
+from sinks.schema import COHORT_STATS, EXPERIMENT_STATS
+from tests.unit.test_sinks_schema import BUTTON, cohort_record, experiment_records
 from web.api_params import BadParameter
 from web.history_params import (
     DATABASE,
     LIVE,
     MAX_BUCKETS,
+    MAX_COHORT_DAYS,
     MAX_FUNNEL_DAYS,
+    CohortRangeQuery,
+    ExperimentsQuery,
     FunnelRangeQuery,
     KpiBucketsQuery,
     PageRangeQuery,
@@ -410,6 +415,182 @@ def test_the_funnel_query_binds_its_parameters() -> None:
     for name in params:
         assert f"%({name})s" in queries.FUNNEL_DAYS
     assert "LEFT JOIN funnel_stats" in queries.FUNNEL_DAYS  # one row even without days
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ([("limit", "0")], "limit: must be a whole number from 1 to 1000, got '0'"),
+        ([("limit", "1001")], "limit: must be a whole number from 1 to 1000"),
+        ([("limit", "ten")], "limit: must be a whole number from 1 to 1000, got 'ten'"),
+        ([("experiment", "x")], "experiment: unknown parameter (this endpoint takes: limit)"),
+    ],
+)
+def test_the_experiment_list_takes_a_limit_only(query: list[tuple[str, str]], message: str) -> None:
+    assert _error(ExperimentsQuery.parse, query).startswith(message)
+
+
+def test_the_experiment_list_shows_100_experiments_unless_asked() -> None:
+    assert ExperimentsQuery.parse([]).limit == 100
+    assert ExperimentsQuery.parse([("limit", "")]).limit == 100
+    assert ExperimentsQuery.parse([("limit", "1000")]).limit == 1000
+
+
+#: when the rows were written (the stored rows' updated_at)
+WRITTEN = datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
+
+
+def stored_variants(
+    experiment: str,
+    variants: dict[str, tuple[int, int, int, int]],
+    written: datetime = WRITTEN,
+) -> list[tuple[Any, ...]]:
+    """Rows of ``EXPERIMENTS`` as the sink stores experiment-stats records (by variant name)."""
+    records = experiment_records(variants, experiment)
+    rows = [(*EXPERIMENT_STATS.convert(record), written) for record in records]
+    return sorted(rows, key=lambda row: row[1].encode())
+
+
+def test_stored_variants_are_shown_as_published_the_control_first() -> None:
+    rows = stored_variants("checkout_button", BUTTON | {"Blue": (30, 3, 0, 0)})
+    assert [row[1] for row in rows] == ["Blue", "control", "green"]  # as the SQL orders them
+    (experiment,) = queries.experiment_groups(rows, "control")
+    published = {r["variant"]: r for r in experiment_records(BUTTON | {"Blue": (30, 3, 0, 0)})}
+    assert [v["variant"] for v in experiment["variants"]] == ["control", "Blue", "green"]
+    for variant in experiment["variants"]:
+        assert variant == published[variant["variant"]]  # every field, as published
+    assert experiment["variants"][2]["revenue"] == 980.1
+    assert experiment["variants"][2]["revenue_cents"] == 98_010
+    assert experiment["variants"][2]["revenue_per_user"] == 8.91
+    assert (experiment["experiment"], experiment["users"]) == ("checkout_button", 260)
+    assert experiment["variant_conflicts"] == 3
+    assert experiment["updated_at"] == "2026-01-02T03:04:05.678Z"
+
+
+def test_an_experiment_without_a_control_is_shown_by_variant_name() -> None:
+    rows = stored_variants("hero", {"b": (5, 1, 0, 0), "a": (4, 0, 0, 0)})
+    (experiment,) = queries.experiment_groups(rows, "control")
+    assert [v["variant"] for v in experiment["variants"]] == ["a", "b"]
+    assert all(v["p_value"] is None and v["significant"] is False for v in experiment["variants"])
+
+
+def test_the_experiment_list_says_when_more_are_stored() -> None:
+    later = WRITTEN + timedelta(seconds=1)
+    rows = [
+        *stored_variants("a_test", {"control": (10, 1, 0, 0), "x": (10, 2, 0, 0)}),
+        *stored_variants("b_test", {"control": (1, 0, 0, 0)}, later),
+        *stored_variants("c_test", {"control": (1, 0, 0, 0)}),
+    ]
+    answer = queries.experiment_list(rows, "control", 2)
+    assert [e["experiment"] for e in answer["experiments"]] == ["a_test", "b_test"]
+    assert (answer["limit"], answer["truncated"], answer["control_variant"]) == (2, True, "control")
+    assert answer["experiments"][1]["updated_at"] == format_ts(parse_ts("2026-01-02T03:04:06.678Z"))
+    whole = queries.experiment_list(rows, "control", 3)
+    assert (len(whole["experiments"]), whole["truncated"]) == (3, False)
+    assert queries.experiment_list([], "control", 100) == {
+        "control_variant": "control",
+        "limit": 100,
+        "truncated": False,
+        "experiments": [],
+    }
+
+
+def test_the_experiment_queries_bind_their_parameters() -> None:
+    assert queries.experiments_params(100) == {"limit": 101}  # one more: are there more?
+    assert "LIMIT %(limit)s" in queries.EXPERIMENTS
+    assert queries.experiment_params("a b/c") == {"experiment": "a b/c"}
+    assert "WHERE s.experiment = %(experiment)s" in queries.EXPERIMENT
+    for text in (queries.EXPERIMENTS, queries.EXPERIMENT):
+        assert 'COLLATE "C"' in text  # code point order, as the answer sorts
+
+
+# --------------------------------------------------------------------------- cohorts
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ([], "from: required, a date like 2026-01-01"),
+        ([("from", "2026-01-01")], "to: required, a date like 2026-01-01"),
+        ([("from", "2026-01-01"), ("to", "2026-1-2")],
+         "to: must be a date like 2026-01-01, got '2026-1-2'"),
+        ([("from", "2026-01-02"), ("to", "2026-01-01")],
+         "to: must not be before from (2026-01-02)"),
+        ([("from", "2025-01-01"), ("to", "2026-01-02")],
+         "to: from-to spans 367 days, at most 366: ask for fewer days"),
+        ([("from", "2026-01-01"), ("to", "2026-01-02"), ("days", "91")],
+         "days: must be a whole number from 0 to 90, got '91'"),
+        ([("from", "2026-01-01"), ("to", "2026-01-02"), ("days", "-1")],
+         "days: must be a whole number from 0 to 90"),
+        ([("from", "2026-01-01"), ("to", "2026-01-02"), ("day", "1")],
+         "day: unknown parameter (this endpoint takes: from, to, days)"),
+        ([("from", "2026-01-01"), ("to", "2026-01-02"), ("days", "1"), ("days", "2")],
+         "days: given more than once"),
+    ],
+)  # fmt: skip
+def test_a_cohort_range_needs_two_dates_and_days_up_to_the_configured_offset(
+    query: list[tuple[str, str]], message: str
+) -> None:
+    assert _error(CohortRangeQuery.parse, query, 90).startswith(message)
+
+
+def test_a_cohort_range_defaults_to_every_configured_offset() -> None:
+    every = CohortRangeQuery.parse([("from", "2026-01-01"), ("to", "2026-01-07")], 90)
+    assert (every.first, every.last, every.days) == (date(2026, 1, 1), date(2026, 1, 7), 90)
+    day_0 = CohortRangeQuery.parse(
+        [("from", "2026-01-01"), ("to", "2026-01-01"), ("days", "0")], 90
+    )
+    assert day_0.days == 0
+    year = CohortRangeQuery.parse([("from", "2024-01-01"), ("to", "2024-12-31")], 30)
+    assert (year.last - year.first).days + 1 == MAX_COHORT_DAYS == 366
+
+
+def stored_cells(*records: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Rows of ``COHORT_CELLS`` as the sink stores cohort-stats records (by cohort, offset)."""
+    rows = [COHORT_STATS.convert(record) for record in records]
+    return sorted(rows, key=lambda row: (row[0], row[1]))
+
+
+def test_a_retention_triangle_shows_each_cohort_with_its_cells_as_published() -> None:
+    jan_1 = [
+        cohort_record(0, retained=40, cumulative_cents=50_000),
+        cohort_record(1, retained=10, cumulative_cents=123_456),
+        cohort_record(2, retained=4, cumulative_cents=123_456, engagement=(0, 0), is_final=False),
+    ]
+    # a later cohort whose first day is live: two of its users may still move to Jan 1
+    jan_2 = [cohort_record(0, size=7, retained=7, cohort=JAN_2, is_final=False)]
+    answer = queries.retention_triangle(JAN_1, JAN_3, 2, stored_cells(*jan_2, *jan_1))
+    assert (answer["from"], answer["to"], answer["days"]) == ("2026-01-01", "2026-01-03", 2)
+    first, second = answer["cohorts"]
+    assert (first["cohort"], first["cohort_size"], first["days"]) == ("2026-01-01", 40, jan_1)
+    assert (second["cohort"], second["cohort_size"], second["days"]) == ("2026-01-02", 7, jan_2)
+    assert [cell["retention_rate_percent"] for cell in first["days"]] == [100.0, 25.0, 10.0]
+    assert first["days"][1]["cumulative_revenue_cents"] == 123_456
+    assert first["days"][1]["cumulative_revenue_per_user"] == 30.86
+    assert first["days"][2]["average_engagement_score"] == 0.0
+    assert queries.retention_triangle(JAN_1, JAN_1, 0, [])["cohorts"] == []
+
+
+def test_a_cohort_size_is_its_latest_cells() -> None:
+    """While a cohort's first day is live its users can move to an earlier cohort (a late
+    event), so an earlier cell may carry an older size."""
+    cells = stored_cells(
+        cohort_record(0, size=9, retained=9, is_final=False),
+        cohort_record(1, size=8, retained=2, is_final=False),
+    )
+    (cohort,) = queries.retention_triangle(JAN_1, JAN_1, 90, cells)["cohorts"]
+    assert cohort["cohort_size"] == 8
+
+
+def test_the_cohort_query_binds_its_parameters() -> None:
+    params = queries.cohort_cells_params(JAN_1, JAN_3, 7)
+    assert params == {"from": JAN_1, "to": JAN_3, "days": 7}
+    for name in params:
+        assert f"%({name})s" in queries.COHORT_CELLS
+    assert "ORDER BY cohort, day_offset" in queries.COHORT_CELLS
 
 
 # --------------------------------------------------------------------------- reader

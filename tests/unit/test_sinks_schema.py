@@ -6,6 +6,7 @@ No database here: tests/integration/test_sinks.py runs the same code against Pos
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,6 +16,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from analytics.cohorts import MAX_DAY_OFFSET, cohort_row
+from analytics.experiments import ExperimentPartial, ExperimentsSpec
+from analytics.experiments import rows as experiment_rows
 from analytics.funnels import DayPartial, FunnelSpec, Stage, day_number, day_row
 from analytics.kpis import kpi_figures, trends
 from analytics.rows import Row as EventRow
@@ -25,7 +29,9 @@ from app.settings import SINK_TABLES, DatabaseSinkSettings
 from sinks import migrations
 from sinks.db import describe, redact_url, worth_waiting
 from sinks.schema import (
+    COHORT_STATS,
     DIMENSION_STATS,
+    EXPERIMENT_STATS,
     FUNNEL_STATS,
     KPI_METRICS,
     PAGE_VIEW_STATS,
@@ -34,6 +40,7 @@ from sinks.schema import (
     RowError,
     TableSpec,
     bulk_upsert_statement,
+    check_columns,
     column_arrays,
     prepare,
     upsert_statement,
@@ -235,6 +242,23 @@ def test_a_funnel_record_becomes_a_row_keeping_its_stages_and_durations() -> Non
     assert as_dict(FUNNEL_STATS, funnel_record(is_final=False))["is_final"] is False
 
 
+def assert_refused(
+    spec: TableSpec, record: dict[str, Any], change: Any, message: str | None
+) -> None:
+    """``record`` changed by ``change`` (fields to set, or a function that edits it) is refused
+    with an error starting with ``message``; with ``message`` None it becomes a row."""
+    if callable(change):
+        change(record)
+    else:
+        record |= change
+    if message is None:
+        check_columns(spec, spec.convert(record))
+        return
+    with pytest.raises(RowError) as raised:
+        check_columns(spec, spec.convert(record))
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
 def _stage(k: int, **changes: Any) -> Any:
     def change(record: dict[str, Any]) -> None:
         record["stages"][k].update(changes)
@@ -283,17 +307,7 @@ def _stage(k: int, **changes: Any) -> Any:
 def test_a_funnel_record_its_readers_cannot_use_is_refused_naming_the_field(
     change: Any, message: str | None
 ) -> None:
-    record = funnel_record()
-    if callable(change):
-        change(record)
-    else:
-        record |= change
-    if message is None:
-        FUNNEL_STATS.convert(record)
-        return
-    with pytest.raises(RowError) as raised:
-        FUNNEL_STATS.convert(record)
-    assert str(raised.value).startswith(message), str(raised.value)
+    assert_refused(FUNNEL_STATS, funnel_record(), change, message)
 
 
 def test_a_funnel_record_may_leave_out_transitions_nobody_made() -> None:
@@ -317,6 +331,180 @@ def test_a_final_funnel_day_is_never_replaced_by_a_later_live_one() -> None:
     assert 'ON CONFLICT ("funnel", "day") DO UPDATE SET' in text
     assert 'WHERE (NOT "funnel_stats".is_final OR EXCLUDED.is_final) AND (' in text
     assert "%b::date[]" in text and text.count("%b::jsonb[]") == 2
+
+
+# --------------------------------------------------------------------------- experiment records
+
+#: per variant: users, converted users, revenue cents, users who also saw another variant
+Counters = tuple[int, int, int, int]
+BUTTON: dict[str, Counters] = {"control": (120, 12, 59_880, 1), "green": (110, 22, 98_010, 2)}
+
+
+def experiment_records(
+    variants: Mapping[str, Counters] = BUTTON, experiment: str = "checkout_button"
+) -> list[dict[str, Any]]:
+    """experiment-stats records as analytics/journey_combiner.publish_experiments makes them
+    (analytics.experiments.rows): the control first, then the variants by name."""
+    partial = ExperimentPartial()
+    for variant, counters in variants.items():
+        partial.add((experiment, variant), counters)
+    records: list[dict[str, Any]] = orjson.loads(
+        orjson.dumps(experiment_rows(ExperimentsSpec(), partial))
+    )  # as the sink decodes them
+    return records
+
+
+def test_experiment_records_become_rows_with_money_from_cents() -> None:
+    control, green = experiment_records()
+    assert (control["variant"], green["variant"]) == ("control", "green")
+    row = as_dict(EXPERIMENT_STATS, green)
+    assert (row["experiment"], row["variant"], row["users"], row["converted_users"]) == (
+        "checkout_button",
+        "green",
+        110,
+        22,
+    )
+    assert row["conversion_rate_percent"] == 20.0
+    assert (row["revenue"], row["revenue_per_user"]) == (Decimal("980.10"), Decimal("8.91"))
+    assert row["variant_conflicts"] == 3  # the experiment's: 1 + 2 users
+    assert row["p_value"] == green["p_value"] and 0 < row["p_value"] < 0.05
+    assert row["probability_to_beat_control"] == green["probability_to_beat_control"] > 0.9
+    assert row["significant"] is True  # p < 0.05, 110 and 120 users
+    control_row = as_dict(EXPERIMENT_STATS, control)
+    assert (control_row["p_value"], control_row["probability_to_beat_control"]) == (None, None)
+    assert control_row["significant"] is False
+    assert EXPERIMENT_STATS.key_of(EXPERIMENT_STATS.convert(green)) == ("checkout_button", "green")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"experiment": ""}, "experiment: expected a non-empty name, got ''"),
+        ({"variant": None}, "variant: expected text, got None"),
+        ({"users": -1}, "users: expected a whole number from 0, got -1"),
+        ({"users": 1.5}, "users: expected an integer, got 1.5"),
+        ({"converted_users": 111},
+         "converted_users: expected a whole number from 0 to 110, got 111"),
+        ({"converted_users": -1}, "converted_users: expected a whole number from 0 to 110"),
+        ({"variant_conflicts": -2}, "variant_conflicts: expected a whole number from 0, got -2"),
+        ({"conversion_rate_percent": "20"}, "conversion_rate_percent: expected a number"),
+        ({"revenue_cents": "98010"}, "revenue_cents: expected an integer"),
+        ({"revenue_per_user": None}, "revenue_per_user: expected an amount, got None"),
+        ({"p_value": 1.5}, "p_value: expected a probability from 0 to 1 or null, got 1.5"),
+        ({"p_value": -0.0}, None),
+        ({"p_value": 1}, None),
+        ({"probability_to_beat_control": -0.1},
+         "probability_to_beat_control: expected a probability from 0 to 1 or null, got -0.1"),
+        ({"significant": None}, "significant: expected true or false, got None"),
+        ({"experiment": "x\x00"}, "experiment: contains a NUL character"),
+        (lambda record: record.pop("variant_conflicts"), "missing field 'variant_conflicts'"),
+        (lambda record: record.pop("revenue_cents"), None),  # then from revenue, to the cent
+    ],
+)  # fmt: skip
+def test_an_experiment_record_that_cannot_be_is_refused_naming_the_field(
+    change: Any, message: str | None
+) -> None:
+    assert_refused(EXPERIMENT_STATS, experiment_records()[1], change, message)
+
+
+def test_an_experiment_row_is_the_latest_record_of_its_variant() -> None:
+    """No is_final (SPEC 9 counts all events so far): a later record replaces an earlier one,
+    whatever it says, even with fewer users (a late exposure moved one to another variant)."""
+    first = experiment_records()[1]
+    later = experiment_records({"control": BUTTON["control"], "green": (109, 22, 98_010, 2)})[1]
+    rows, rejected = prepare(EXPERIMENT_STATS, [first, experiment_records()[0], later])
+    assert rejected == []
+    assert [(index, row[1], row[2]) for index, row in rows] == [
+        (2, "green", 109),
+        (1, "control", 120),
+    ]
+    text = bulk_upsert_statement(EXPERIMENT_STATS).decode()
+    assert 'ON CONFLICT ("experiment", "variant") DO UPDATE SET' in text
+    assert "is_final" not in text
+    assert text.count("%b::numeric[]") == 2 and text.count("%b::float8[]") == 3
+
+
+# --------------------------------------------------------------------------- cohort records
+
+
+COHORT = date(2026, 1, 1)
+
+
+def cohort_record(
+    offset: int = 1,
+    *,
+    size: int = 40,
+    retained: int = 10,
+    cumulative_cents: int = 123_456,
+    engagement: tuple[int, int] = (2_500_000, 5),
+    is_final: bool = True,
+    cohort: date = COHORT,
+) -> dict[str, Any]:
+    """A cohort-stats record as analytics/journey_combiner.publish_cohorts makes it
+    (analytics.cohorts.cohort_row): ``engagement`` is (sum of scores x 10,000, sessions)."""
+    counters = [retained, 0, *engagement]
+    record = cohort_row(
+        day_number(cohort), offset, size, counters, cumulative_cents, final=is_final
+    )
+    parsed: dict[str, Any] = orjson.loads(orjson.dumps(record))
+    return parsed
+
+
+def test_a_cohort_record_becomes_a_row_with_revenue_from_cents() -> None:
+    record = cohort_record()
+    assert record["cohort"] == "2026-01-01" and record["retention_rate_percent"] == 25.0
+    row = as_dict(COHORT_STATS, record)
+    assert (row["cohort"], row["day_offset"], row["is_final"]) == (COHORT, 1, True)
+    assert (row["cohort_size"], row["retained_users"]) == (40, 10)
+    assert row["retention_rate_percent"] == 25.0
+    assert row["cumulative_revenue"] == Decimal("1234.56")
+    assert row["cumulative_revenue_per_user"] == Decimal("30.86")  # 1234.56 / 40 = 30.864
+    assert row["average_engagement_score"] == 50.0  # 250 over 5 sessions
+    assert COHORT_STATS.key_of(COHORT_STATS.convert(record)) == (COHORT, 1)
+    assert as_dict(COHORT_STATS, cohort_record(is_final=False))["is_final"] is False
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"cohort": "2026-01-01T00:00:00Z"}, "cohort: expected a date YYYY-MM-DD"),
+        ({"cohort": "2026-02-29"}, "cohort: '2026-02-29' is not a calendar date"),
+        ({"day_offset": -1}, "day_offset: expected a whole number from 0 to 3660, got -1"),
+        ({"day_offset": MAX_DAY_OFFSET + 1}, "day_offset: expected a whole number from 0 to 3660"),
+        ({"day_offset": MAX_DAY_OFFSET}, None),
+        ({"day_offset": "1"}, "day_offset: expected an integer, got '1'"),
+        ({"cohort_size": 0}, "cohort_size: expected a whole number from 1, got 0"),
+        ({"retained_users": 41}, "retained_users: expected a whole number from 0 to 40, got 41"),
+        ({"retention_rate_percent": None}, "retention_rate_percent: expected a number"),
+        ({"cumulative_revenue_cents": 1.5}, "cumulative_revenue_cents: expected an integer"),
+        ({"cumulative_revenue_per_user": "x"}, "cumulative_revenue_per_user: expected an amount"),
+        ({"average_engagement_score": True}, "average_engagement_score: expected a number"),
+        ({"is_final": 1}, "is_final: expected true or false, got 1"),
+        ({"cumulative_revenue_cents": 10**20 + 1},
+         "cumulative_revenue: 1.00000000000000000001E+18 is beyond numeric(20, 2)"),
+        (lambda record: record.pop("cohort_size"), "missing field 'cohort_size'"),
+    ],
+)  # fmt: skip
+def test_a_cohort_record_that_cannot_be_is_refused_naming_the_field(
+    change: Any, message: str | None
+) -> None:
+    assert_refused(COHORT_STATS, cohort_record(), change, message)
+
+
+def test_a_final_cohort_row_is_never_replaced_by_a_later_live_one() -> None:
+    live = cohort_record(retained=9, is_final=False)
+    final = cohort_record()
+    next_offset = cohort_record(2, retained=4, is_final=False)
+    rows, rejected = prepare(COHORT_STATS, [live, final, next_offset, live])
+    assert rejected == []
+    assert [(index, row[1], row[2], row[4]) for index, row in rows] == [
+        (1, 1, True, 10),
+        (2, 2, False, 4),
+    ]
+    text = bulk_upsert_statement(COHORT_STATS).decode()
+    assert 'ON CONFLICT ("cohort", "day_offset") DO UPDATE SET' in text
+    assert 'WHERE (NOT "cohort_stats".is_final OR EXCLUDED.is_final) AND (' in text
+    assert "%b::date[]" in text and "%b::integer[]" in text
 
 
 # --------------------------------------------------------------------------- batch preparation
@@ -443,14 +631,18 @@ def create_table(name: str) -> str:
 
 
 def test_every_table_of_the_settings_has_a_spec_and_a_create_statement() -> None:
-    assert set(TABLES) == set(SINK_TABLES) == set(migrations.HYPERTABLES)
+    assert set(TABLES) == set(SINK_TABLES) == set(migrations.SINK_TABLES)
     assert set(TABLES) == {
         "kpi_metrics",
         "session_metrics",
         "page_view_stats",
         "dimension_stats",
         "funnel_stats",
+        "experiment_stats",
+        "cohort_stats",
     }
+    # a plain table on TimescaleDB too: no time column to partition or retain by
+    assert set(migrations.HYPERTABLES) == set(TABLES) - {"experiment_stats"}
     assert set(DatabaseSinkSettings().tables) == set(TABLES)  # every sink runs by default
     for spec in TABLES.values():
         block = create_table(spec.name)
@@ -483,11 +675,11 @@ def test_migrations_are_numbered_in_order_and_idempotent_sql() -> None:
 def test_pending_migrations_depend_on_the_mode() -> None:
     plain = [m.version for m in migrations.pending(set(), migrations.PLAIN)]
     timescale = [m.version for m in migrations.pending(set(), migrations.TIMESCALE)]
-    assert plain == [1, 2, 4, 6] and timescale == [1, 3, 4, 5, 6, 7]
-    assert migrations.pending({1, 2, 4, 6}, migrations.PLAIN) == []
+    assert plain == [1, 2, 4, 6, 8, 9] and timescale == [1, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert migrations.pending({1, 2, 4, 6, 8, 9}, migrations.PLAIN) == []
     # a server that gains TimescaleDB later gets its migrations on the next run
-    timescale_later = migrations.pending({1, 2, 4, 6}, migrations.TIMESCALE)
-    assert [m.version for m in timescale_later] == [3, 5, 7]
+    timescale_later = migrations.pending({1, 2, 4, 6, 8, 9}, migrations.TIMESCALE)
+    assert [m.version for m in timescale_later] == [3, 5, 7, 10]
 
 
 def test_pages_are_keyed_on_a_generated_hash_in_both_modes() -> None:
@@ -504,19 +696,24 @@ def test_pages_are_keyed_on_a_generated_hash_in_both_modes() -> None:
 
 
 def test_plain_mode_indexes_time_with_brin() -> None:
-    """The tables of windows; funnel_stats (a row per funnel and day) has its key alone."""
+    """The tables of windows; funnel_stats (a row per funnel and day), experiment_stats (a row
+    per variant) and cohort_stats (a row per cohort and offset) have their keys alone."""
     windowed = [spec.name for spec in TABLES.values() if "window_start" in spec.columns]
-    assert set(windowed) == set(TABLES) - {"funnel_stats"}
+    keyed = {"funnel_stats", "experiment_stats", "cohort_stats"}
+    assert set(windowed) == set(TABLES) - keyed
     for table in windowed:
         assert f"ON {table} USING brin (window_start)" in migrations.BRIN_TIME_INDEXES
-    assert "funnel_stats" not in migrations.BRIN_TIME_INDEXES
+    plain_sql = "".join(m.sql for m in migrations.pending(set(), migrations.PLAIN))
+    for table in keyed:
+        assert table not in migrations.BRIN_TIME_INDEXES
+        assert f"ON {table} " not in plain_sql  # no index but the primary key
 
 
 def test_timescale_mode_creates_hypertables_and_compression() -> None:
     """Migration 3 as applied (its kpi_hourly is dropped again by migration 5)."""
     sql = migrations.TIMESCALE_HYPERTABLES
     assert "CREATE EXTENSION IF NOT EXISTS timescaledb" in sql
-    for table in set(migrations.HYPERTABLES) - {"funnel_stats"}:  # migration 7's
+    for table in set(migrations.HYPERTABLES) - {"funnel_stats", "cohort_stats"}:  # 7's, 10's
         assert f"create_hypertable('{table}', 'window_start'" in sql
         assert f"ALTER TABLE {table} SET (timescaledb.compress" in sql
     assert "CREATE MATERIALIZED VIEW IF NOT EXISTS kpi_hourly" in sql
@@ -526,7 +723,7 @@ def test_timescale_mode_creates_hypertables_and_compression() -> None:
     assert "add_continuous_aggregate_policy('kpi_hourly'" in sql
     # compression needs every primary key column among the segmentby / orderby columns
     for spec in TABLES.values():
-        if spec is FUNNEL_STATS:
+        if spec in (FUNNEL_STATS, EXPERIMENT_STATS, COHORT_STATS):
             continue
         settings = sql.split(f"ALTER TABLE {spec.name} SET (")[1].split(");")[0]
         for column in spec.key:
@@ -546,6 +743,34 @@ def test_funnel_stats_is_a_table_in_both_modes_and_a_hypertable_on_timescaledb()
     block = create_table("funnel_stats")
     assert "CHECK (funnel ~ '^[a-z0-9][a-z0-9_-]{0,62}$')" in block  # analytics.funnels' names
     assert "day          date        NOT NULL" in block
+
+
+def test_cohort_stats_is_a_table_in_both_modes_and_a_hypertable_on_its_date() -> None:
+    (table,) = [m for m in migrations.MIGRATIONS if "cohort_stats (" in m.sql]
+    (hyper,) = [m for m in migrations.MIGRATIONS if "create_hypertable('cohort_stats'" in m.sql]
+    assert (table.mode, hyper.mode) == (migrations.ANY, migrations.TIMESCALE)
+    assert table.version < hyper.version
+    assert "create_hypertable('cohort_stats', 'cohort'" in hyper.sql
+    # the primary key starts with cohort: no (cohort DESC) index beside it (migration 5's lesson)
+    assert "create_default_indexes => FALSE" in hyper.sql
+    settings = hyper.sql.split("ALTER TABLE cohort_stats SET (")[1].split(");")[0]
+    assert "compress_orderby = 'cohort DESC, day_offset'" in settings  # every key column
+    block = " ".join(create_table("cohort_stats").split())
+    assert f"CHECK (day_offset BETWEEN 0 AND {MAX_DAY_OFFSET})" in block
+    assert "CHECK (retained_users BETWEEN 0 AND cohort_size)" in block
+    assert "cohort date NOT NULL" in block
+
+
+def test_experiment_stats_is_a_plain_table_in_both_modes() -> None:
+    (table,) = [m for m in migrations.MIGRATIONS if "experiment_stats (" in m.sql]
+    assert table.mode == migrations.ANY
+    assert not [m for m in migrations.MIGRATIONS if "experiment_stats'" in m.sql]
+    assert "experiment_stats" in migrations.SINK_TABLES  # the roles get it
+    assert "experiment_stats" not in migrations.HYPERTABLES  # no policies
+    block = " ".join(create_table("experiment_stats").split())
+    assert "CHECK (converted_users BETWEEN 0 AND users)" in block
+    assert "CHECK (NOT significant OR p_value IS NOT NULL)" in block
+    assert "p_value double precision," in block  # null for the control
 
 
 class FakeCursor:

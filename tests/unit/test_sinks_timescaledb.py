@@ -274,21 +274,26 @@ async def test_a_new_timescaledb_database_gets_its_migrations_and_policies(
     with caplog.at_level(logging.INFO, logger="sinks.migrations"):
         report = await migrations.migrate(server)  # type: ignore[arg-type]
     assert report.mode == migrations.TIMESCALE
-    assert [m.version for m in report.applied] == [1, 3, 4, 5, 6, 7]
-    assert server.applied == {1, 3, 4, 5, 6, 7}
+    assert [m.version for m in report.applied] == [1, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert server.applied == {1, 3, 4, 5, 6, 7, 8, 9, 10}
     # the hypertables are made (3), then what 3 left behind is dropped (5); funnel_stats is
-    # made (6) and becomes a hypertable (7)
+    # made (6) and becomes a hypertable (7); experiment_stats is made (8) and stays a table;
+    # cohort_stats is made (9) and becomes a hypertable (10)
     order = [
         migrations.TIMESCALE_HYPERTABLES,
         migrations.TIMESCALE_CLEANUP,
         migrations.FUNNEL_TABLE,
         migrations.FUNNEL_HYPERTABLE,
+        migrations.EXPERIMENT_TABLE,
+        migrations.COHORT_TABLE,
+        migrations.COHORT_HYPERTABLE,
     ]
     assert all(server.ran(sql) for sql in order)
     assert [server.statements.index(sql) for sql in order] == sorted(
         server.statements.index(sql) for sql in order
     )
-    assert "funnel_stats" in migrations.HYPERTABLES
+    assert {"funnel_stats", "cohort_stats"} <= set(migrations.HYPERTABLES)
+    assert "experiment_stats" not in migrations.HYPERTABLES  # no policies for it
     assert server.policies == {
         **{("policy_compression", t): timedelta(days=7) for t in migrations.HYPERTABLES},
         **{("policy_retention", t): timedelta(days=90) for t in migrations.HYPERTABLES},
@@ -311,11 +316,11 @@ async def test_a_second_run_changes_nothing() -> None:
     again = server.statements[first:]
     assert report.applied == [] and report.warnings == []
     assert not [s for s in again if "_policy(" in s or s.startswith("INSERT")], again
-    assert server.applied == {1, 3, 4, 5, 6, 7}
+    assert server.applied == {1, 3, 4, 5, 6, 7, 8, 9, 10}
 
 
 async def test_changed_settings_replace_the_policies() -> None:
-    server = TimescaleServer(GOOD, applied={1, 3, 4, 5, 6, 7})
+    server = TimescaleServer(GOOD, applied={1, 3, 4, 5, 6, 7, 8, 9, 10})
     options = migrations.MigrationOptions(
         compress_after=timedelta(hours=36), retention=timedelta(0)
     )
@@ -330,8 +335,8 @@ async def test_the_settings_check_reads_pg_settings_and_the_jobs() -> None:
     server = TimescaleServer({**GOOD, BACKGROUND_WORKERS: "2"})
     server.policies = {("policy_retention", t): timedelta(days=1) for t in migrations.HYPERTABLES}
     (problem,) = await check_worker_settings(server)  # type: ignore[arg-type]
-    # 5 policies + 2 of TimescaleDB's own jobs + a scheduler
-    assert problem.startswith("timescaledb.max_background_workers is 2: set it to at least 8 ")
+    # 6 policies + 2 of TimescaleDB's own jobs + a scheduler
+    assert problem.startswith("timescaledb.max_background_workers is 2: set it to at least 9 ")
 
 
 async def test_a_settings_check_that_fails_is_a_warning_not_a_stop() -> None:
@@ -373,22 +378,24 @@ def test_the_cleanup_drops_kpi_hourly_and_time_indexes_that_repeat_a_key() -> No
     sql = migration.sql
     assert "DROP MATERIALIZED VIEW IF EXISTS kpi_hourly;" in sql
     for spec in TABLES.values():
-        if spec.name == "funnel_stats":  # made by migration 6, after this one
+        if spec.name in ("funnel_stats", "experiment_stats", "cohort_stats"):  # made later
             continue
         default_index = f"{spec.name}_window_start_idx"
         if (spec.conflict or spec.key)[0] == "window_start":
             assert f"DROP INDEX IF EXISTS {default_index};" in sql
         else:  # session_metrics: its key starts with user_id, this is its time index
             assert default_index not in sql
-    assert set(migrations.HYPERTABLES) == set(TABLES)
+    assert set(migrations.HYPERTABLES) == set(TABLES) - {"experiment_stats"}
 
 
 def test_the_migrations_order_in_both_modes() -> None:
-    assert [m.version for m in migrations.pending(set(), migrations.PLAIN)] == [1, 2, 4, 6]
+    plain = migrations.pending(set(), migrations.PLAIN)
+    assert [m.version for m in plain] == [1, 2, 4, 6, 8, 9]
     timescale = migrations.pending(set(), migrations.TIMESCALE)
-    assert [m.version for m in timescale] == [1, 3, 4, 5, 6, 7]
-    # a database made before migration 5: it and the funnel table run
-    assert [m.version for m in migrations.pending({1, 3, 4}, migrations.TIMESCALE)] == [5, 6, 7]
-    # a plain database that gains TimescaleDB later gets 3, 5 and 7
-    later = migrations.pending({1, 2, 4, 6}, migrations.TIMESCALE)
-    assert [m.version for m in later] == [3, 5, 7]
+    assert [m.version for m in timescale] == [1, 3, 4, 5, 6, 7, 8, 9, 10]
+    # a database made before migration 5: it and the SPEC 7-9 tables run
+    before_5 = migrations.pending({1, 3, 4}, migrations.TIMESCALE)
+    assert [m.version for m in before_5] == [5, 6, 7, 8, 9, 10]
+    # a plain database that gains TimescaleDB later gets 3, 5, 7 and 10
+    later = migrations.pending({1, 2, 4, 6, 8, 9}, migrations.TIMESCALE)
+    assert [m.version for m in later] == [3, 5, 7, 10]
