@@ -2,7 +2,8 @@
 
     live-kpis       → kpi_metrics        session-metrics → session_metrics
     page-view-stats → page_view_stats    traffic-stats   → dimension_stats
-    funnel-stats    → funnel_stats
+    funnel-stats    → funnel_stats       experiment-stats → experiment_stats
+    cohort-stats    → cohort_stats
 
 The sinks themselves (consumer groups, batches, writes, dead letters, offset commits, in that
 order) are the ``sinks`` package; this module only hands them the worker's settings, topics and
