@@ -75,6 +75,7 @@ COHORT = b"\xff\xfdK"
 EXPIRY = b"\xff\xfdX"
 _OFFSET = 2**63
 _NEVER = -(2**62)
+_NEVER_DUE = 2**62
 
 Write = tuple[bytes, bytes | None]
 
@@ -291,6 +292,10 @@ def _expiry_key(at: int, user_id: str) -> bytes:
     return EXPIRY + (at + _OFFSET).to_bytes(8, "big") + user_id.encode()
 
 
+def _expiry_time(key: bytes) -> int:
+    return int.from_bytes(key[len(EXPIRY) : len(EXPIRY) + 8], "big") - _OFFSET
+
+
 def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
@@ -316,6 +321,8 @@ class Journeys:
     experiments: _Shares = field(init=False)
     cohorts: _Shares = field(init=False)
     final_cohorts: list[list[Any]] = field(default_factory=list)
+    next_expiry: int | None = None
+    """The earliest time in the expiry index (None: not read yet)."""
     index_writes: list[Write] = field(default_factory=list)
     index_deletes: list[bytes] = field(default_factory=list)
     longest_window_ms: int = field(init=False)
@@ -506,6 +513,9 @@ class Journeys:
         itself says whether it is due."""
         if accept_from is None:
             return
+        if self.next_expiry is not None and accept_from < self.next_expiry:
+            return  # nothing in the index is due: it need not be read (a scan per batch was
+            # 4 % of the hot path: it merges the writes still in flight)
         stop = EXPIRY + (accept_from + 1 + _OFFSET).to_bytes(8, "big")
         for key, _ in list(self.store.scan(EXPIRY, stop)):
             self.index_deletes.append(key)
@@ -513,11 +523,13 @@ class Journeys:
             user = self.stored_user(user_id)
             if user is None:
                 continue
-            at = int.from_bytes(key[len(EXPIRY) : len(EXPIRY) + 8], "big") - _OFFSET
+            at = _expiry_time(key)
             if user.filed_at == at:
                 user.filed_at = None
             user.forget(accept_from)
             self.dirty_users.add(user_id)
+        following = next(iter(self.store.scan(stop, _prefix_end(EXPIRY))), None)
+        self.next_expiry = _NEVER_DUE if following is None else _expiry_time(following[0])
 
     # ------------------------------------------------------------------ output
 
@@ -596,6 +608,8 @@ class Journeys:
                     self.index_deletes.append(_expiry_key(user.filed_at, user_id))
                 if due is not None:
                     index.append((_expiry_key(due, user_id), b""))
+                    if self.next_expiry is not None and due < self.next_expiry:
+                        self.next_expiry = due
                 user.filed_at = due
             users.append((_user_key(user_id), user.encode()))
         filed = {key for key, _ in index}
