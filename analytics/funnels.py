@@ -455,9 +455,18 @@ class UserFunnels:
         #: by funnel index; None while the funnel has no event of this user
         self.tracks: list[_Track | None] = [None] * len(funnels.specs)
 
-    def add(self, ts_ms: int, event_id: str, action: str, page: str | None) -> list[FunnelChange]:
-        """Take one event; returns the (funnel, day) best attempts it changed."""
-        matched = self.funnels.masks(action, page or "")
+    def add(
+        self,
+        ts_ms: int,
+        event_id: str,
+        action: str,
+        page: str | None,
+        matched: dict[int, int] | None = None,
+    ) -> list[FunnelChange]:
+        """Take one event; returns the (funnel, day) best attempts it changed. ``matched``:
+        ``FunnelSet.masks`` of the event when the caller has it already."""
+        if matched is None:
+            matched = self.funnels.masks(action, page or "")
         if not matched:
             return []
         changes: list[FunnelChange] = []

@@ -377,10 +377,15 @@ class Journeys:
         already and, without revenue, the event changes nothing of it: then an event no
         funnel names, without exposure, conversion or revenue, is not looked at at all."""
         rules = self.rules
-        if same_day and not (row.conversion or row.revenue_cents):
-            funnel_event = rules.funnels and self.funnel_set.masks(row.action, row.page)
-            if not funnel_event and not (rules.experiments is not None and event.get("metadata")):
-                return
+        matched = self.funnel_set.masks(row.action, row.page) if rules.funnels else None
+        exposure = None
+        if rules.experiments is not None:
+            metadata = event.get("metadata")
+            if metadata:
+                exposure = exposure_of(metadata)
+        conversion, cents = row.conversion, row.revenue_cents
+        if same_day and not (matched or exposure or conversion or cents):
+            return
         user = self.user(user_id)
         if offset <= user.applied:
             return
@@ -389,26 +394,20 @@ class Journeys:
             user.forgot_day = accept_from // DAY_MS
         changed = False  # an event that changes nothing here is not recorded: its replay
         # changes nothing either, and the user's value is not written again for it
-        if rules.funnels and self.funnel_set.masks(row.action, row.page):
-            self._funnels(user.funnels.add(row.ts, row.event_id, row.action, row.page), offset)
+        if matched:
+            changes = user.funnels.add(row.ts, row.event_id, row.action, row.page, matched)
+            self._funnels(changes, offset)
             changed = True
-        if rules.experiments is not None:
-            metadata = event.get("metadata")
-            exposure = exposure_of(metadata) if metadata else None
-            if exposure is not None or row.conversion or row.revenue_cents:
-                delta = user.experiments.add(
-                    row.ts,
-                    row.event_id,
-                    conversion=row.conversion,
-                    revenue_cents=row.revenue_cents,
-                    exposure=exposure,
-                )
-                changed = True
-                if delta is not None:
-                    self.experiments.apply(delta, [(_EVENT, offset)], (_EVENT, offset))
-                    self.experiments.commit()
+        if rules.experiments is not None and (exposure is not None or conversion or cents):
+            delta = user.experiments.add(
+                row.ts, row.event_id, conversion=conversion, revenue_cents=cents, exposure=exposure
+            )
+            changed = True
+            if delta is not None:
+                self.experiments.apply(delta, [(_EVENT, offset)], (_EVENT, offset))
+                self.experiments.commit()
         if rules.cohorts is not None:
-            moved = user.cohort.add(rules.cohorts, row.ts, row.revenue_cents)
+            moved = user.cohort.add(rules.cohorts, row.ts, cents)
             if moved is not None:
                 changed = True
                 self.cohorts.apply(moved, [(_EVENT, offset)], (_EVENT, offset))
