@@ -74,6 +74,7 @@ from analytics.kpis import ratio
 from analytics.validation import ACTION_PATTERN, MAX_PAGE_CHARS
 
 DAY_MS = 86_400_000
+_NO_START = 2**62  # ``_DaySweep.earliest`` with no attempt
 DEFAULT_WINDOW_MS = DAY_MS
 MAX_WINDOW_MS = 30 * DAY_MS
 MIN_STAGES, MAX_STAGES = 2, 10
@@ -282,11 +283,12 @@ class _DaySweep:
     An event after all others (the usual order) is one ``step``; one that arrives out of
     order rebuilds the sweeps of the days it can change from the events."""
 
-    __slots__ = ("best", "best_start", "day", "groups", "starts")
+    __slots__ = ("best", "best_start", "day", "earliest", "groups", "starts")
 
     def __init__(self, day: int) -> None:
         self.day = day
         self.groups: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+        self.earliest = _NO_START  # the earliest t1 of an attempt in ``groups``
         self.starts = 0
         self.best: tuple[int, ...] = ()
         self.best_start = 0
@@ -295,12 +297,14 @@ class _DaySweep:
         """Take the next event in (ts, event_id) order."""
         groups = self.groups
         oldest = ts - window_ms
-        for k in [k for k, group in groups.items() if group[0][1][0] < oldest]:
-            group = [member for member in groups[k] if member[1][0] >= oldest]
-            if group:
-                groups[k] = group
-            else:
-                del groups[k]
+        if self.earliest < oldest:  # some attempts' windows have passed: let them go
+            for k in list(groups):
+                group = [member for member in groups[k] if member[1][0] >= oldest]
+                if group:
+                    groups[k] = group
+                else:
+                    del groups[k]
+            self.earliest = min((g[0][1][0] for g in groups.values()), default=_NO_START)
         if mask > 1 and groups:
             for k in sorted(groups, reverse=True):
                 if not mask >> k & 1:
@@ -319,9 +323,13 @@ class _DaySweep:
                         groups[k] = kept
                     else:
                         del groups[k]
+                self.earliest = min((g[0][1][0] for g in groups.values()), default=_NO_START)
         if mask & 1 and self.day == ts // DAY_MS and len(self.best) < n_stages:
-            self._consider(self.starts, (ts,))
+            if not self.best:  # else a later one-stage attempt cannot beat the best
+                self._consider(self.starts, (ts,))
             groups.setdefault(1, []).append((self.starts, (ts,)))
+            if ts < self.earliest:
+                self.earliest = ts
             self.starts += 1
 
     def _consider(self, start: int, stamps: tuple[int, ...]) -> None:
@@ -366,9 +374,12 @@ class _Track:
 
     def add(self, spec: FunnelSpec, ts: int, event_id: str, mask: int) -> list[FunnelChange]:
         events = self.events
-        at = bisect_left(events, (ts, event_id))
-        if at < len(events) and events[at][0] == ts and events[at][1] == event_id:
-            return []
+        if not events or (ts, event_id) > events[-1][:2]:
+            at = len(events)  # after every other event: the usual order
+        else:
+            at = bisect_left(events, (ts, event_id))
+            if at < len(events) and events[at][0] == ts and events[at][1] == event_id:
+                return []
         sweeps = self.sweeps
         if sweeps is None:
             sweeps = self.sweeps = self._build_all(spec)
