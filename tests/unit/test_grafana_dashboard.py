@@ -14,11 +14,8 @@ project's own migrations, and the A/B test and cohort tables over rows the sinks
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -28,11 +25,11 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from psycopg.conninfo import make_conninfo
 
 from sinks import migrations
 from sinks.schema import TABLES
 from sinks.writers import write_batch
+from tests.databases import scratch_database
 from tests.missing_services import service_missing
 from tests.unit.test_sinks_schema import BUTTON, COHORT, cohort_record, experiment_records
 from tests.worker_process import Services
@@ -535,25 +532,12 @@ def expand_macros(
     return query
 
 
-@contextlib.contextmanager
-def _scratch_database(server_url: str) -> Iterator[str]:
-    name = f"grafana_{uuid.uuid4().hex[:10]}"
-    admin = make_conninfo(server_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    try:
-        yield make_conninfo(server_url, dbname=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-
-
 @pytest.mark.integration
 async def test_sql_queries_run_on_the_migrated_database(services: Services) -> None:
     server = services.database_url
     if not server:
         service_missing("PostgreSQL", "DATABASE_URL is not set")
-    with _scratch_database(server) as url:
+    with scratch_database(server, "grafana") as url:
         await migrations.migrate_url(url)
         async with await psycopg.AsyncConnection.connect(url) as conn:
             for title, target in targets("sql"):
@@ -584,7 +568,7 @@ async def test_the_experiment_and_cohort_panels_show_the_stored_figures(
         cohort_record(7, retained=3, is_final=False),
         cohort_record(0, size=8, retained=8, cohort=date(2025, 12, 31)),  # outside the range
     ]
-    with _scratch_database(server) as url:
+    with scratch_database(server, "grafana") as url:
         await migrations.migrate_url(url)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             for table, records in (
