@@ -421,6 +421,23 @@ def test_the_dashboard_has_the_four_groups_and_their_panels() -> None:
     assert dashboard["uid"] and dashboard["title"]
 
 
+#: panels over rows per day or per experiment, and the time range of their own (timeFrom):
+#: within the dashboard's default last hour they would show today's rows at most
+OWN_RANGE = {"Funnel stages": "7d", "A/B tests": "30d", "Cohort retention": "30d"}
+
+
+def test_panels_over_days_or_experiments_have_a_range_of_their_own() -> None:
+    assert load_dashboard()["time"]["from"] == "now-1h"
+    panels = {panel["title"]: panel for panel in all_panels(load_dashboard())}
+    assert {title: panels[title].get("timeFrom") for title in OWN_RANGE} == OWN_RANGE
+    by_date = {
+        title
+        for title, target in targets("sql")
+        if re.search(r"\$__timeFilter\((day|cohort|updated_at)\)", target["rawSql"])
+    }
+    assert by_date == set(OWN_RANGE)
+
+
 def test_panels_have_unique_ids_and_do_not_overlap() -> None:
     dashboard = load_dashboard()
     ids = [panel["id"] for panel in dashboard["panels"]]
