@@ -24,7 +24,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +33,12 @@ from playwright.sync_api import Page, sync_playwright
 from analytics.timeutil import parse_ts
 from generator.cli import restamp, send_to_kafka
 from generator.traffic import Event, Kind, TrafficProfile, generate_labelled
+from tests.dashboard_page import CHROMIUM, CHROMIUM_ARGS, require_chromium, shown_text
 from tests.polling import poll
 from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PARTITIONS = 8
 # the KPI window of the test's worker: short, so a live window and then its final record come
 # within seconds; DASHBOARD_WINDOW_S=60 with SAVE_SCREENSHOT=1 for the README's images
@@ -79,21 +68,6 @@ SESSION_TILES = (
     "bounce_rate_percent",
     "conversion_rate_percent",
 )
-
-
-def shown_text(value: Any, kind: str) -> str:
-    """What the page shows for a figure: JavaScript's toFixed rounds the exact binary value
-    half up, as Decimal does here."""
-    if value is None:
-        return "—"
-    exact = Decimal(value)
-    if kind == "money":
-        return f"{exact.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
-    if kind == "percent":
-        return f"{exact.quantize(Decimal('0.1'), ROUND_HALF_UP)}%"
-    if kind == "seconds":
-        return f"{exact.quantize(Decimal('0.1'), ROUND_HALF_UP)} s"
-    return f"{round(value):,}"
 
 
 def get_json(worker: Worker, path: str) -> Any:
@@ -236,8 +210,7 @@ def save(path: Path, name: str) -> Path:
 def test_dashboard_shows_the_api_figures_live(
     worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str, tmp_path: Path
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/browser.sh (apt-get install chromium)")
+    require_chromium()
     worker = worker_factory(
         topic_prefix,
         group_id,
