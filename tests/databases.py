@@ -7,8 +7,9 @@ database, so its rows and grants never meet another test's.
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 from psycopg import sql
@@ -42,3 +43,19 @@ async def fresh_database(server_url: str, prefix: str = "sinks") -> AsyncIterato
     finally:
         with contextlib.suppress(psycopg.Error):
             await admin(server_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str = "scratch") -> Iterator[str]:
+    """``fresh_database`` for synchronous tests (a browser test's thread is playwright's); the
+    URL keeps ``server_url``'s password, if any, so workers can be given it."""
+    dbname = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    name = sql.Identifier(dbname)
+    postgres = make_conninfo(server_url, dbname="postgres")
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    try:
+        yield urllib.parse.urlsplit(server_url)._replace(path=f"/{dbname}").geturl()
+    finally:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))

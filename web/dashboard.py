@@ -1,6 +1,8 @@
 """The built-in live dashboard (docs/dashboard.md): ``GET /dashboard`` serves a page whose
-script and style come from this package (web/static/), and ``GET /dashboard/stream`` pushes
+scripts and style come from this package (web/static/), and ``GET /dashboard/stream`` pushes
 the KPI windows to it as Server-Sent Events from the worker's live feed (web/live_feed.py).
+Its funnel, retention and A/B test panels (panels.js) read the API instead, every 10 s: those
+figures are database rows (web/funnel_views.py, web/cohort_views.py, web/experiment_views.py).
 
 Nothing is loaded from the internet: the page is plain HTML, CSS and hand-written JavaScript
 drawing inline SVG, and its Content-Security-Policy allows only this server.
@@ -18,7 +20,11 @@ from faust import web
 from app import app, faust_compat
 from web.live_feed import feed
 
-ASSET_TYPES = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+ASSET_TYPES = {
+    "dashboard.js": "text/javascript",
+    "panels.js": "text/javascript",
+    "dashboard.css": "text/css",
+}
 PAGE_FILE = "dashboard.html"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "

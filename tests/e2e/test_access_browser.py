@@ -9,10 +9,11 @@ rate limit is spent). A page from an origin not in the list cannot post at all. 
 with a read token configured, challenges the browser to log in (HTTP Basic), and opens once the
 browser answers with the token as the password; its Server-Sent Events stream, which cannot set
 headers of its own, is authorised by the same login and delivers the snapshots, the second
-once the worker's feed has primed itself from its own API with the read token.
+once the worker's feed has primed itself from its own API with the read token; the funnel,
+retention and A/B test panels read the API with the same login.
 
 Chromium is Debian's (scripts/browser.sh), driven by playwright as in
-tests/e2e/test_dashboard_browser.py.
+tests/e2e/test_dashboard_browser.py (tests/dashboard_page.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, sync_playwright
 
-from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.dashboard_page import CHROMIUM, CHROMIUM_ARGS
 from tests.polling import poll
 from tests.worker_process import Worker, WorkerPool, free_port
 
@@ -166,12 +167,27 @@ def test_a_page_on_an_allowed_origin_posts_events_and_the_dashboard_needs_the_to
                 operator = browser.new_context(
                     http_credentials={"username": "operator", "password": READ}
                 ).new_page()
+                answers: list[tuple[str, int]] = []
+                operator.on("response", lambda r: answers.append((r.url, r.status)))
                 operator.goto(worker.url + "/dashboard")
                 # the second snapshot comes once the worker's feed has read its own API, which
                 # needs the read token too (web/live_feed.py)
                 operator.wait_for_function(
                     "() => document.body.dataset.snapshots >= 2", timeout=30_000
                 )
+                # the panels' requests to the API (web/static/panels.js) carry the same login
+                operator.wait_for_function(
+                    "() => document.body.dataset.panelReads >= 1", timeout=30_000
+                )
+                funnels = operator.eval_on_selector_all(
+                    "#funnel-select option", "options => options.map(o => o.value)"
+                )
+                assert funnels == ["checkout"]
+                read = {url.removeprefix(worker.url).partition("?")[0]: status
+                        for url, status in answers if "/api/" in url}  # fmt: skip
+                assert {"/api/funnels", "/api/funnels/checkout", "/api/cohorts",
+                        "/api/experiments"} <= set(read), read  # fmt: skip
+                assert 401 not in read.values(), read
             finally:
                 browser.close()
 

@@ -5,13 +5,19 @@ by Python playwright, whose wheel carries its own driver: no browser is download
 Chromium fails the test with the command to run, it is not skipped.
 
 The page is opened before any traffic, so everything it shows arrives over its Server-Sent
-Events stream. Then fifteen windows of back-dated traffic (final windows for the charts and
-breakdowns) and live traffic flow, on 20 s KPI windows so that the test waits seconds, not
-minutes; the tiles must equal ``/api/kpis/current`` while the window is live (its trends
-marked provisional), and again once the traffic has stopped and the window is final (its
-trends not). The desktop screenshot, taken while the traffic flows, is
-saved for the README (``SAVE_SCREENSHOT=1`` writes docs/images/, otherwise only the test's
-temporary folder), and a phone viewport must render without horizontal scrolling.
+Events stream. Then six days of sparse back-dated traffic with an A/B test (cohorts with day
+offsets, funnel days, an experiment), fifteen windows of back-dated traffic (final windows for
+the charts and breakdowns) and live traffic with a second A/B test flow, on 20 s KPI windows
+so that the test waits seconds, not minutes; the tiles must equal ``/api/kpis/current`` while
+the window is live (its trends marked provisional), and again once the traffic has stopped and
+the window is final (its trends not). The funnel, retention and A/B test panels, which poll
+the API, must then show what ``/api/funnels/checkout``, ``/api/cohorts`` and
+``/api/experiments`` answer (tests/e2e/test_dashboard_panels_browser.py checks their formatting
+against rows of known figures). The worker has a database of its own, so no other test's rows
+show. The desktop screenshot, taken while the traffic flows, is saved for the README
+(``SAVE_SCREENSHOT=1`` writes docs/images/, otherwise only the test's temporary folder), and a
+phone viewport must render without horizontal scrolling (screenshots of its top and of its
+funnel and retention panels).
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +38,32 @@ from playwright.sync_api import Page, sync_playwright
 
 from analytics.timeutil import parse_ts
 from generator.cli import restamp, send_to_kafka
-from generator.traffic import Event, Kind, TrafficProfile, generate_labelled
+from generator.traffic import DAY_MS, Event, Kind, TrafficProfile, generate_labelled
+from tests.dashboard_page import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    experiment_rows,
+    funnel_stages,
+    heat_map,
+    require_chromium,
+    shown_text,
+    variant_cells,
+)
+from tests.databases import scratch_database
+from tests.missing_services import service_missing
 from tests.polling import poll
 from tests.worker_process import REPO_ROOT, Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PARTITIONS = 8
 # the KPI window of the test's worker: short, so a live window and then its final record come
 # within seconds; DASHBOARD_WINDOW_S=60 with SAVE_SCREENSHOT=1 for the README's images
 WINDOW_S = int(os.environ.get("DASHBOARD_WINDOW_S", "20"))
 WINDOW_MS = WINDOW_S * 1000
 BACKFILL_WINDOWS = 15
+HISTORY_DAYS = 6  # before the backfill: cohorts with day offsets, funnel days, an A/B test
+HISTORY_EVENTS = 3_000
 LIVE_RATE = 40  # events/s
 IMAGES = REPO_ROOT / "docs" / "images"
 # tile -> how the page formats it (web/static/dashboard.js)
@@ -79,21 +87,6 @@ SESSION_TILES = (
     "bounce_rate_percent",
     "conversion_rate_percent",
 )
-
-
-def shown_text(value: Any, kind: str) -> str:
-    """What the page shows for a figure: JavaScript's toFixed rounds the exact binary value
-    half up, as Decimal does here."""
-    if value is None:
-        return "—"
-    exact = Decimal(value)
-    if kind == "money":
-        return f"{exact.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
-    if kind == "percent":
-        return f"{exact.quantize(Decimal('0.1'), ROUND_HALF_UP)}%"
-    if kind == "seconds":
-        return f"{exact.quantize(Decimal('0.1'), ROUND_HALF_UP)} s"
-    return f"{round(value):,}"
 
 
 def get_json(worker: Worker, path: str) -> Any:
@@ -130,7 +123,14 @@ class Traffic:
 
     def _live(self) -> Iterator[tuple[Event | bytes, Kind]]:
         profile = TrafficProfile(
-            seed=11, users=200, start_ms=int(time.time() * 1000), span_ms=3_600_000, events=10**6
+            seed=11,
+            users=200,
+            start_ms=int(time.time() * 1000),
+            span_ms=3_600_000,
+            events=10**6,
+            checkout_action=True,
+            experiment="hero_banner",
+            variants=("control", "wide"),
         )
         for item in generate_labelled(profile):
             if self._stop.is_set():
@@ -140,12 +140,30 @@ class Traffic:
     def _run(self) -> None:
         now = int(time.time() * 1000)
         start = (now // WINDOW_MS - BACKFILL_WINDOWS) * WINDOW_MS
+        # users user-00000 to user-00199 come back in the backfill and live traffic: the
+        # history's cohorts get today's offsets, about half of each
+        history = TrafficProfile(
+            seed=5,
+            users=400,
+            start_ms=start - 3_600_000 - HISTORY_DAYS * DAY_MS,  # an hour before the backfill
+            span_ms=HISTORY_DAYS * DAY_MS,
+            events=HISTORY_EVENTS,
+            checkout_action=True,
+            experiment="checkout_button",
+        )
         backfill = TrafficProfile(
-            seed=7, users=200, start_ms=start, span_ms=now - start - 5_000, events=4_000
+            seed=7,
+            users=200,
+            start_ms=start,
+            span_ms=now - start - 5_000,
+            events=4_000,
+            checkout_action=True,
         )
         bootstrap = self.services.kafka_bootstrap
         try:
-            past = (event for event, _ in generate_labelled(backfill))
+            past = (
+                event for profile in (history, backfill) for event, _ in generate_labelled(profile)
+            )
             self.sent += asyncio.run(send_to_kafka(past, bootstrap, self.topic, 0, False))
             live = (event for event, _ in restamp(self._live()))
             began = time.monotonic()
@@ -224,6 +242,66 @@ def trend_basis(page: Page) -> str | None:
     return basis
 
 
+PANELS_FILLED = """() =>
+    ['funnel-card', 'cohort-card', 'experiment-card']
+        .every(id => document.getElementById(id).dataset.state === 'shown')
+    && document.querySelectorAll('#experiments tr.group').length === 2"""
+
+
+def panels_against_api(page: Page, worker: Worker) -> list[str]:
+    """Where the funnel, retention and A/B test panels differ from what the API answers for
+    the funnel and days they show ([]: nowhere)."""
+    problems: list[str] = []
+    funnel = page.eval_on_selector("#funnel-card", "c => ({...c.dataset})")
+    answer = get_json(
+        worker, f"/api/funnels/{funnel['funnel']}?from={funnel['from']}&to={funnel['to']}"
+    )
+    stages = answer["total"]["stages"] if answer["days"] else []  # no days: an empty panel
+    expected = [
+        {
+            "stage": stage["stage"],
+            "reached": stage["reached"],
+            "drop_off_percent": stage["drop_off_percent"],
+            "reached_text": f"{shown_text(stage['reached'], 'int')} · "
+            + shown_text(100 * stage["reached"] / (stages[0]["reached"] or 1), "percent"),
+        }
+        for stage in stages
+    ]
+    shown = [{k: v for k, v in s.items() if k != "drop_text"} for s in funnel_stages(page)]
+    if shown != expected:
+        problems.append(f"funnel: shown {shown}, API {expected}")
+
+    cohorts = page.eval_on_selector("#cohort-card", "c => ({...c.dataset})")
+    answer = get_json(worker, f"/api/cohorts?from={cohorts['from']}&to={cohorts['to']}")
+    expected_cells = {
+        cohort["cohort"]: {
+            str(cell["day_offset"]): (
+                cell["retention_rate_percent"],
+                shown_text(cell["retention_rate_percent"], "percent"),
+                not cell["is_final"],
+            )
+            for cell in cohort["days"]
+        }
+        for cohort in answer["cohorts"]
+    }
+    shown_cells = {
+        cohort: {offset: cell[:3] for offset, cell in row["cells"].items()}
+        for cohort, row in heat_map(page).items()
+    }
+    if shown_cells != expected_cells:
+        problems.append(f"heat map: shown {shown_cells}, API {expected_cells}")
+
+    answer = get_json(worker, "/api/experiments")
+    expected_rows = {
+        (variant["experiment"], variant["variant"]): variant_cells(variant)
+        for experiment in answer["experiments"]
+        for variant in experiment["variants"]
+    }
+    if experiment_rows(page) != expected_rows:
+        problems.append(f"experiments: shown {experiment_rows(page)}, API {expected_rows}")
+    return problems
+
+
 def save(path: Path, name: str) -> Path:
     """Copy a screenshot into docs/images when SAVE_SCREENSHOT=1."""
     if os.environ.get("SAVE_SCREENSHOT") == "1":
@@ -233,15 +311,34 @@ def save(path: Path, name: str) -> Path:
     return path
 
 
+@pytest.fixture
+def database(services: Services) -> Iterator[str]:
+    """A database of the test's own: the panels list every stored experiment, so rows of other
+    tests would show. Requested before ``worker_factory``, so it is dropped after the worker
+    has stopped."""
+    if not services.database_url:
+        service_missing("PostgreSQL", "DATABASE_URL is not set")
+    with scratch_database(services.database_url, "dashboard") as url:
+        yield url
+
+
 def test_dashboard_shows_the_api_figures_live(
-    worker_factory: WorkerPool, services: Services, topic_prefix: str, group_id: str, tmp_path: Path
+    database: str,
+    worker_factory: WorkerPool,
+    services: Services,
+    topic_prefix: str,
+    group_id: str,
+    tmp_path: Path,
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/browser.sh (apt-get install chromium)")
+    require_chromium()
     worker = worker_factory(
         topic_prefix,
         group_id,
-        {"ANALYTICS__ENGINE__GRACE": "3s", "ANALYTICS__ENGINE__KPI_WINDOW": f"{WINDOW_S}s"},
+        {
+            "ANALYTICS__ENGINE__GRACE": "3s",
+            "ANALYTICS__ENGINE__KPI_WINDOW": f"{WINDOW_S}s",
+            "DATABASE_URL": database,
+        },
     )
     worker.wait_ready(PARTITIONS)
     traffic = Traffic(services, topic_prefix + "user-events")
@@ -281,6 +378,10 @@ def test_dashboard_shows_the_api_figures_live(
                 previous_start = parse_ts(answer[0]["window_start"]) - WINDOW_MS
                 return answer if previous_start >= traffic.live_since_ms else None
 
+            # the panels filled from the database: the history's funnel days, cohorts and
+            # experiment, and the live traffic's experiment
+            page.wait_for_function(PANELS_FILLED, timeout=60_000)
+
             live, shown = poll(live_and_shown, bool, 180, "live window on the page and in the API")
             assert_tiles_show(live, shown)
             assert live["trends_provisional"] is True
@@ -315,6 +416,8 @@ def test_dashboard_shows_the_api_figures_live(
                 ]
 
             poll(pages_match, bool, 30, "top pages equal to the API")
+            poll(lambda: panels_against_api(page, worker), lambda d: d == [], 60,
+                 "panels equal to the API")  # fmt: skip
 
             phone = browser.new_page(
                 viewport={"width": 390, "height": 844},
@@ -327,12 +430,18 @@ def test_dashboard_shows_the_api_figures_live(
             phone.wait_for_function(
                 "() => document.querySelectorAll('#pages td.page').length > 0", timeout=30_000
             )
+            phone.wait_for_function(PANELS_FILLED, timeout=30_000)
             assert shown_window(phone) == shown_window(page)
             widths = phone.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             assert widths[0] <= widths[1], f"horizontal scroll on a phone: {widths}"
             phone_shot = tmp_path / "dashboard-phone.png"
             phone.screenshot(path=str(phone_shot))
             save(phone_shot, "dashboard-phone.png")
+            # the funnel and retention panels, further down
+            phone.eval_on_selector("#funnel-card", "card => card.scrollIntoView()")
+            phone_shot = tmp_path / "dashboard-phone-panels.png"
+            phone.screenshot(path=str(phone_shot))
+            save(phone_shot, "dashboard-phone-panels.png")
             assert errors == []
         finally:
             if traffic.running:

@@ -14,11 +14,8 @@ project's own migrations, and the A/B test and cohort tables over rows the sinks
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -28,11 +25,11 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from psycopg.conninfo import make_conninfo
 
 from sinks import migrations
 from sinks.schema import TABLES
 from sinks.writers import write_batch
+from tests.databases import scratch_database
 from tests.missing_services import service_missing
 from tests.unit.test_sinks_schema import BUTTON, COHORT, cohort_record, experiment_records
 from tests.worker_process import Services
@@ -424,6 +421,23 @@ def test_the_dashboard_has_the_four_groups_and_their_panels() -> None:
     assert dashboard["uid"] and dashboard["title"]
 
 
+#: panels over rows per day or per experiment, and the time range of their own (timeFrom):
+#: within the dashboard's default last hour they would show today's rows at most
+OWN_RANGE = {"Funnel stages": "7d", "A/B tests": "30d", "Cohort retention": "30d"}
+
+
+def test_panels_over_days_or_experiments_have_a_range_of_their_own() -> None:
+    assert load_dashboard()["time"]["from"] == "now-1h"
+    panels = {panel["title"]: panel for panel in all_panels(load_dashboard())}
+    assert {title: panels[title].get("timeFrom") for title in OWN_RANGE} == OWN_RANGE
+    by_date = {
+        title
+        for title, target in targets("sql")
+        if re.search(r"\$__timeFilter\((day|cohort|updated_at)\)", target["rawSql"])
+    }
+    assert by_date == set(OWN_RANGE)
+
+
 def test_panels_have_unique_ids_and_do_not_overlap() -> None:
     dashboard = load_dashboard()
     ids = [panel["id"] for panel in dashboard["panels"]]
@@ -535,25 +549,12 @@ def expand_macros(
     return query
 
 
-@contextlib.contextmanager
-def _scratch_database(server_url: str) -> Iterator[str]:
-    name = f"grafana_{uuid.uuid4().hex[:10]}"
-    admin = make_conninfo(server_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    try:
-        yield make_conninfo(server_url, dbname=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-
-
 @pytest.mark.integration
 async def test_sql_queries_run_on_the_migrated_database(services: Services) -> None:
     server = services.database_url
     if not server:
         service_missing("PostgreSQL", "DATABASE_URL is not set")
-    with _scratch_database(server) as url:
+    with scratch_database(server, "grafana") as url:
         await migrations.migrate_url(url)
         async with await psycopg.AsyncConnection.connect(url) as conn:
             for title, target in targets("sql"):
@@ -584,7 +585,7 @@ async def test_the_experiment_and_cohort_panels_show_the_stored_figures(
         cohort_record(7, retained=3, is_final=False),
         cohort_record(0, size=8, retained=8, cohort=date(2025, 12, 31)),  # outside the range
     ]
-    with _scratch_database(server) as url:
+    with scratch_database(server, "grafana") as url:
         await migrations.migrate_url(url)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             for table, records in (

@@ -75,6 +75,9 @@
     return node;
   }
 
+  // shared with the panels' script (panels.js), which is loaded after this one
+  window.dashboardKit = Object.freeze({ el, format });
+
   function svg(tag, attributes) {
     const node = document.createElementNS(SVG, tag);
     for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, value);
