@@ -39,6 +39,7 @@ from tests.worker_process import (
 )
 
 GRACE_MS = 10_000
+WARM_UP_MS = 5_000
 
 
 def send(bootstrap: str, topic: str, rate: float, seconds: float, users: int) -> int:
@@ -46,6 +47,9 @@ def send(bootstrap: str, topic: str, rate: float, seconds: float, users: int) ->
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 1, "partitioner": "murmur2_random"}
     )
+    # connected, with the topic's leaders known, before the first timestamp: else the first
+    # second's events carry this producer's own start-up (~1 s) as the pipeline's latency
+    producer.list_topics(topic, timeout=30)
     started = time.monotonic()
     n = 0
     total = int(rate * seconds)
@@ -181,6 +185,9 @@ def measure(args: argparse.Namespace, services: Services, prefix: str, group: st
         if (event := orjson.loads(v or b"{}"))["event_id"] in inputs
     ]
     per_event = [latency for _, latency in timed]
+    # a fresh worker's first rounds (connections, first fetches, first writes of every
+    # store) are not the steady state the targets are about: shown apart
+    warm = [latency for sent_ms, latency in timed if sent_ms - started_ms >= WARM_UP_MS]
     worst: dict[int, float] = {}
     for sent_ms, latency in timed:
         second = (sent_ms - started_ms) // 1000
@@ -209,6 +216,7 @@ def measure(args: argparse.Namespace, services: Services, prefix: str, group: st
         f"{workdir}"
     )
     print(f"produce -> enriched ({len(per_event):,} events): {quantiles(per_event)}")
+    print(f"  after the first {WARM_UP_MS // 1000} s ({len(warm):,} events): {quantiles(warm)}")
     print(
         f"window close -> final record ({len(per_window)} windows of {args.kpi_window}): "
         f"{quantiles(per_window)}"
