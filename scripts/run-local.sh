@@ -85,8 +85,11 @@ cat >&2 <<INFO
   Worker log:        $worker_log   (its "analytics worker ready" line names the metrics port)
 
 INFO
+# sample traffic that walks the shipped checkout funnel and sees an A/B test, so the
+# dashboard's funnel and A/B panels have something to show
 .venv/bin/analytics-generate --target http --url "$url" --rate "${RATE:-50}" \
-  --users "${USERS:-200}" --duration "${DURATION:-3600}" &
+  --users "${USERS:-200}" --duration "${DURATION:-3600}" \
+  --checkout-action --experiment checkout_button &
 generator=$!
 traffic_status=0
 wait "$generator" || traffic_status=$?
