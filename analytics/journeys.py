@@ -30,8 +30,10 @@ A cohort share key (cohort, offset) is final, sent and dropped in the batch whos
 passes the end of day cohort + offset; a funnel day when it passes the day's end + the
 funnel's window. Experiment keys stay (they count users since the start).
 
-**Keys** (analytics.partition_codec keeps the other ``\\xff\\xfd`` prefixes): ``J`` + user_id
-for a user's value, ``F`` + funnel + ``\\x00`` + day for a funnel day's share, ``E`` / ``K`` +
+**Where**: a user's SPEC 7-9 state is the last field of their value in the partition state
+(``UserState.journey``, analytics.partition_codec), so it is written with the sessions in one
+record. Keys of its own (analytics.partition_codec keeps the other ``\\xff\\xfd`` prefixes):
+``F`` + funnel + ``\\x00`` + day for a funnel day's share, ``E`` / ``K`` +
 the JSON of an (experiment, variant) / (cohort day, offset) key, ``X`` + time + user_id for the
 expiry index (users whose funnel days or recent conversions the watermark will make final:
 then their values shrink, else a user never seen again would keep them for ever).
@@ -68,7 +70,6 @@ from analytics.funnels import (
 )
 from analytics.rows import Row
 
-USER = b"\xff\xfdJ"
 FUNNEL_DAY = b"\xff\xfdF"
 EXPERIMENT = b"\xff\xfdE"
 COHORT = b"\xff\xfdK"
@@ -84,6 +85,13 @@ class StateStore(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
 
     def scan(self, start: bytes, stop: bytes) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+class JourneyHolder(Protocol):
+    """The partition's user value (analytics.partition.UserState), which carries the user's
+    SPEC 7-9 state: a JourneyUser once used, its stored data before, None when there is none."""
+
+    journey: Any
 
 
 class OpenUser(Protocol):
@@ -162,20 +170,22 @@ class JourneyUser:
             times.append((cohort.cohort + max(cohort.days) + 1) * DAY_MS)
         return max(times) if times else None
 
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                self.applied,
-                self.filed_at,
-                self.funnels.encoded(),
-                self.experiments.encode(),
-                self.cohort.encode(),
-            ]
-        )
+    def data(self, *, fragments: bool = True) -> list[Any]:
+        """What the user's value in the partition state holds of SPEC 7-9 (one value per
+        user: a second one would be a second record per changed user per round). With
+        ``fragments``, the funnel events as orjson fragments kept between writes."""
+        funnels: Any = self.funnels.encoded() if fragments else self.funnels.encode()
+        return [
+            self.applied,
+            self.filed_at,
+            funnels,
+            self.experiments.encode(),
+            self.cohort.encode(),
+        ]
 
     @classmethod
-    def decode(cls, data: bytes, funnel_set: FunnelSet) -> JourneyUser:
-        applied, filed_at, funnels, experiments, cohort = orjson.loads(data)
+    def of_data(cls, data: list[Any], funnel_set: FunnelSet) -> JourneyUser:
+        applied, filed_at, funnels, experiments, cohort = data
         user = cls(UserFunnels.decode(funnel_set, funnels))
         user.applied = int(applied)
         user.filed_at = filed_at
@@ -280,10 +290,6 @@ class _Applied:
     changed: bool = False
 
 
-def _user_key(user_id: str) -> bytes:
-    return USER + user_id.encode()
-
-
 def _funnel_key(name: str, day: int) -> bytes:
     return FUNNEL_DAY + name.encode() + b"\x00" + str(day).encode()
 
@@ -310,10 +316,12 @@ class Journeys:
 
     store: StateStore
     rules: JourneyRules
-    max_users: int = 0
+    holder: Callable[[str], JourneyHolder]
+    """The user's value in the partition state, marked as changed (``user_for_update``)."""
+    exists: Callable[[str], bool]
+    """Whether the partition knows the user (``user`` is not None)."""
     funnel_set: FunnelSet = field(init=False)
-    users: dict[str, JourneyUser] = field(default_factory=dict)
-    dirty_users: set[str] = field(default_factory=set)
+    dirty_users: dict[str, JourneyHolder] = field(default_factory=dict)
     funnel_days: FunnelPartials = field(default_factory=FunnelPartials)
     funnel_applied: dict[tuple[str, int], _Applied] = field(default_factory=dict)
     deleted_days: list[tuple[str, int]] = field(default_factory=list)
@@ -342,23 +350,17 @@ class Journeys:
     # ------------------------------------------------------------------ users
 
     def user(self, user_id: str) -> JourneyUser:
-        found = self.users.get(user_id)
-        if found is None:
-            stored = self.store.get(_user_key(user_id))
-            if stored is None:
+        """The user's SPEC 7-9 state, on its partition value (which this marks as changed)."""
+        holder = self.holder(user_id)
+        found = holder.journey
+        if not isinstance(found, JourneyUser):
+            if found is None:
                 found = JourneyUser(UserFunnels(self.funnel_set))
             else:
-                found = JourneyUser.decode(stored, self.funnel_set)
-            self.users[user_id] = found
-        elif self.max_users:  # least recently used last out
-            del self.users[user_id]
-            self.users[user_id] = found
+                found = JourneyUser.of_data(found, self.funnel_set)
+            holder.journey = found
+        self.dirty_users[user_id] = holder
         return found
-
-    def stored_user(self, user_id: str) -> JourneyUser | None:
-        if user_id in self.users or self.store.get(_user_key(user_id)) is not None:
-            return self.user(user_id)
-        return None
 
     # ------------------------------------------------------------------ events
 
@@ -414,7 +416,6 @@ class Journeys:
                 self.cohorts.commit()
         if changed:
             user.applied = offset
-            self.dirty_users.add(user_id)
 
     def _funnels(self, changes: list[Any], offset: int) -> None:
         fresh = []
@@ -500,7 +501,9 @@ class Journeys:
 
     def _first_day(self) -> int | None:
         days = [
-            user.cohort.cohort for user in self.users.values() if user.cohort.cohort is not None
+            holder.journey.cohort.cohort
+            for holder in self.dirty_users.values()
+            if isinstance(holder.journey, JourneyUser) and holder.journey.cohort.cohort is not None
         ]
         return min(days) if days else None
 
@@ -519,14 +522,13 @@ class Journeys:
         for key, _ in list(self.store.scan(EXPIRY, stop)):
             self.index_deletes.append(key)
             user_id = key[len(EXPIRY) + 8 :].decode()
-            user = self.stored_user(user_id)
-            if user is None:
+            if not self.exists(user_id):
                 continue
+            user = self.user(user_id)
             at = _expiry_time(key)
             if user.filed_at == at:
                 user.filed_at = None
             user.forget(accept_from)
-            self.dirty_users.add(user_id)
         following = next(iter(self.store.scan(stop, _prefix_end(EXPIRY))), None)
         self.next_expiry = _NEVER_DUE if following is None else _expiry_time(following[0])
 
@@ -572,11 +574,12 @@ class Journeys:
                 out.append({"type": "cohort", "final": False, "counters": changes})
         return out
 
-    def take_writes(self) -> tuple[list[Write], list[Write], list[Write]]:
-        """This batch's writes: (shares, users, deletions of final shares), to be written
-        in that order, the deletions after the partition's clock (a prefix that holds them
-        must hold the clock that says they are final, or a replay would count into an empty
-        share again)."""
+    def take_writes(self) -> tuple[list[Write], list[Write]]:
+        """This batch's writes: (shares and expiry entries, to be written before the users;
+        deletions of final shares and old entries, after the partition's clock: a prefix that
+        holds them must hold the clock that says they are final, or a replay would count
+        into an empty share again). The users' SPEC 7-9 state goes in their partition
+        values."""
         shares: list[Write] = []
         for at, applied in self.funnel_applied.items():
             if applied.dirty:
@@ -591,15 +594,15 @@ class Journeys:
         self.deleted_days = []
         shares += self.experiments.writes() + self.cohorts.writes()
         deletions += self.experiments.deletions() + self.cohorts.deletions()
-        users: list[Write] = []
         index = self.index_writes
-        for user_id in self.dirty_users:
-            user = self.users[user_id]
+        for user_id, holder in self.dirty_users.items():
+            user = holder.journey
+            if not isinstance(user, JourneyUser):
+                continue
             if user.is_empty:
-                users.append((_user_key(user_id), None))
+                holder.journey = None
                 if user.filed_at is not None:
                     self.index_deletes.append(_expiry_key(user.filed_at, user_id))
-                del self.users[user_id]
                 continue
             due = user.expires_at(self.longest_window_ms)
             if due != user.filed_at:
@@ -610,20 +613,14 @@ class Journeys:
                     if self.next_expiry is not None and due < self.next_expiry:
                         self.next_expiry = due
                 user.filed_at = due
-            users.append((_user_key(user_id), user.encode()))
         filed = {key for key, _ in index}
-        # index entries before the users they name, old ones deleted after them
-        users = index + users + [(key, None) for key in self.index_deletes if key not in filed]
+        # index entries before the users they name (the partition's user values, written
+        # after these shares), old ones deleted after the clock
+        shares += index
+        deletions += [(key, None) for key in self.index_deletes if key not in filed]
         self.index_writes, self.index_deletes = [], []
-        self.dirty_users = set()
-        self._evict()
-        return shares, users, deletions
-
-    def _evict(self) -> None:
-        excess = len(self.users) - self.max_users
-        if self.max_users and excess > 0:
-            for user_id in list(self.users)[:excess]:
-                del self.users[user_id]
+        self.dirty_users = {}
+        return shares, deletions
 
 
 def _funnel_message(name: str, day: int, part: DayPartial, *, final: bool) -> dict[str, Any]:

@@ -279,6 +279,7 @@ class UserState:
         "first_seen",
         "folded_until",
         "index_at",
+        "journey",
         "keys",
         "last_seen",
         "pieces",
@@ -303,6 +304,9 @@ class UserState:
         self.folded_until: int | None = None
         self.index_at: int | None = None
         self.keys: dict[str, SessionKey] = {}
+        self.journey: Any = None
+        """The user's SPEC 7-9 state (analytics.journeys.JourneyUser), its stored data until
+        first used, None when there is none: kept in this value, not one of its own."""
         self.rows_added: list[Row] = []  # pending rows to store, since the last write
         self.rows_folded: list[Row] = []  # pending rows to delete: in summaries now
         self.pieces: list[bytes] = []  # keys of its stored value's pieces, when too large
@@ -542,7 +546,9 @@ class PartitionState:
         if stored is not None:
             self._load_legacy(stored)
         self.journeys = (
-            Journeys(store, rules.journeys, max_users) if rules.journeys.active else None
+            Journeys(store, rules.journeys, self.user_for_update, self._known)
+            if rules.journeys.active
+            else None
         )
 
     # ------------------------------------------------------------------ loading
@@ -676,6 +682,12 @@ class PartitionState:
     def take_writes(self) -> list[Write]:
         """This batch's changes, in the order a restore may cut anywhere (module docstring),
         and the start of the next batch."""
+        shares: list[Write] = []
+        final_shares: list[Write] = []
+        if self.journeys is not None:
+            # SPEC 7-9 shares first: they hold what these users' values (written after
+            # them, with their SPEC 7-9 state) and the sessions they close contributed
+            shares, final_shares = self.journeys.take_writes()
         rows: list[Write] = []
         users: list[Write] = []
         folded: list[Write] = []
@@ -699,7 +711,7 @@ class PartitionState:
         # A user's new rows and index entries before the user that counts them; the rows it
         # folded and its old index entries deleted only after the clock: any prefix of
         # these writes reads back as a state a replay repairs (module docstring).
-        writes = rows + self._index_puts + users
+        writes = shares + rows + self._index_puts + users
         for window in self.windows.values():
             if window.new_users:
                 writes += [(codec.member_key(window.start, u), b"") for u in window.new_users]
@@ -708,13 +720,6 @@ class PartitionState:
                 writes.append((codec.window_key(window.start), codec.encode_window(window)))
                 window.dirty = False
                 window.persisted = True
-        if self.journeys is not None:
-            # SPEC 7-9 shares first: they take contributions from sessions these users
-            # close; the users of those shares after the partition's users, before the clock
-            shares, journey_users, final_shares = self.journeys.take_writes()
-            writes = shares + writes + journey_users
-        else:
-            final_shares = []
         writes.append((codec.CLOCK_KEY, codec.encode_clock(self.clock)))
         writes += final_shares
         filed = {key for key, _ in self._index_puts}
@@ -756,6 +761,9 @@ class PartitionState:
             self.open_users += 1
             if self._next_due is not None and deadline < self._next_due:
                 self._next_due = deadline
+
+    def _known(self, user_id: str) -> bool:
+        return self.user(user_id) is not None
 
     def first_seen(self, user_id: str) -> int | None:
         """The time of the user's earliest event (None: a user never seen)."""

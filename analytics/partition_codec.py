@@ -159,13 +159,26 @@ def _encode_summaries(key: SessionKey) -> orjson.Fragment:
 
 
 def encode_user(user: UserState) -> bytes:
-    """The user's value: everything but its pending rows (they have keys of their own)."""
+    """The user's value: everything but its pending rows (they have keys of their own), and
+    its SPEC 7-9 state last when it has one (analytics.journeys)."""
     try:
         keys = {session_id: _encode_summaries(key) for session_id, key in user.keys.items()}
-        return compact_dumps(_user_fields(user, user.recent_json(), keys))
+        fields = _user_fields(user, user.recent_json(), keys)
+        if user.journey is not None:
+            fields.append(_journey_data(user.journey, fragments=True))
+        return compact_dumps(fields)
     except orjson.JSONEncodeError:  # a sum past 64 bits (module docstring)
         plain = {sid: [s.encode() for s in key.summaries] for sid, key in user.keys.items()}
-        return wide_dumps(_user_fields(user, user.recent, plain))
+        fields = _user_fields(user, user.recent, plain)
+        if user.journey is not None:
+            fields.append(_journey_data(user.journey, fragments=False))
+        return wide_dumps(fields)
+
+
+def _journey_data(journey: Any, *, fragments: bool) -> Any:
+    """A user's SPEC 7-9 state as stored: its data as read, or an analytics.journeys
+    JourneyUser's."""
+    return journey if isinstance(journey, list) else journey.data(fragments=fragments)
 
 
 def _user_fields(user: UserState, recent: Any, keys: dict[str, Any]) -> list[Any]:
@@ -288,6 +301,9 @@ def decode_user(data: bytes) -> UserState:
     if isinstance(value, dict):
         return _legacy_user(value)
     user = UserState()
+    if len(value) > 13:  # the SPEC 7-9 state, decoded by analytics.journeys when used
+        user.journey = value[13]
+        value = value[:13]
     (
         _,
         user.first_seen,
