@@ -349,9 +349,11 @@ class Journeys:
 
     # ------------------------------------------------------------------ users
 
-    def user(self, user_id: str) -> JourneyUser:
-        """The user's SPEC 7-9 state, on its partition value (which this marks as changed)."""
-        holder = self.holder(user_id)
+    def user(self, user_id: str, holder: JourneyHolder | None = None) -> JourneyUser:
+        """The user's SPEC 7-9 state, on its partition value (which this marks as changed;
+        ``holder``: that value, when the caller has it in hand already)."""
+        if holder is None:
+            holder = self.holder(user_id)
         found = holder.journey
         if not isinstance(found, JourneyUser):
             if found is None:
@@ -372,6 +374,7 @@ class Journeys:
         offset: int,
         accept_from: int | None,
         same_day: bool = False,
+        holder: JourneyHolder | None = None,
     ) -> None:
         """Take one on-time event of ``user_id`` (input ``offset``); ``accept_from`` is the
         lowest ts an event may still have (None before the first watermark). ``same_day``:
@@ -388,7 +391,7 @@ class Journeys:
         conversion, cents = row.conversion, row.revenue_cents
         if same_day and not (matched or exposure or conversion or cents):
             return
-        user = self.user(user_id)
+        user = self.user(user_id, holder)
         if offset <= user.applied:
             return
         if accept_from is not None and accept_from // DAY_MS != user.forgot_day:

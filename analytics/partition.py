@@ -863,7 +863,9 @@ def apply_batch(
             window.applied = item.offset
         if journeys is not None:
             same_day = last_seen is not None and last_seen // DAY_MS == ts // DAY_MS
-            journeys.add(user_id, row, item.event, item.offset, accept_from(clock, rules), same_day)
+            journeys.add(
+                user_id, row, item.event, item.offset, accept_from(clock, rules), same_day, user
+            )
         if clock.max_ts is None or ts > clock.max_ts:
             clock.max_ts = ts
             candidate = ts - rules.grace_ms
