@@ -22,7 +22,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.kafka_helpers import delete_topics
 from tests.missing_services import report_missing, service_missing
 from tests.worker_process import (
     Services,
@@ -157,12 +155,6 @@ def _pool(services: Services, workdir: Path) -> Iterator[WorkerPool]:
     finally:
         _POOLS.remove(pool)
         pool.stop_all()
-        markers = sorted({marker for launch in pool.launched() for marker in launch})
-        if markers:  # the topics of the workers' tests: a broker crowded by them slows all
-            try:
-                delete_topics(services.kafka_bootstrap, markers)
-            except Exception as exc:  # a broker that is gone or refuses: nothing to clean
-                print(f"topics of {markers} not deleted: {exc}", file=sys.stderr)
 
 
 @pytest.fixture

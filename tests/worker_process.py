@@ -359,10 +359,6 @@ class WorkerPool:
         topic_prefix, group_id, extra_env, tls = self._launches[worker.name]
         return self.start(topic_prefix, group_id, extra_env, tls, again=worker)
 
-    def launched(self) -> list[tuple[str, str]]:
-        """(topic prefix, group id) of every worker started (their topics carry them)."""
-        return [(prefix, group) for prefix, group, _, _ in self._launches.values()]
-
     def stop_all(self, timeout: float = 30) -> None:
         """SIGTERM every live worker at once, then wait for each (SIGKILL after ``timeout``)."""
         for worker in self.workers:
