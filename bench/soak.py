@@ -75,7 +75,7 @@ from bench.workload import Workload, events
 from sinks.health import DEGRADED
 from sinks.schema import TABLES
 from tests import contract
-from tests.kafka_helpers import SENTINEL_PREFIX, TopicReader, sentinel_user_ids
+from tests.kafka_helpers import SENTINEL_PREFIX, TopicReader, closing_messages
 from tests.own_kafka import OwnBroker, own_broker
 from tests.polling import poll
 from tests.reference import batch as reference
@@ -682,14 +682,8 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
     last_window = reference.window_start(last_ts, WINDOW_MS)
     closing_ts = last_ts + GAP_MS + 10 * WINDOW_MS
     producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"})
-    for partition, user_id in sorted(sentinel_user_ids(PARTITIONS, "closing").items()):
-        closing = {
-            "event_id": f"closing-{partition}",
-            "user_id": user_id,
-            "action": "closing",
-            "timestamp": format_ts(closing_ts),
-        }
-        producer.produce(f"{prefix}user-events", orjson.dumps(closing), user_id.encode())
+    for user_key, closing in closing_messages(PARTITIONS, closing_ts):
+        producer.produce(f"{prefix}user-events", closing, user_key)
     if producer.flush(30):
         raise RuntimeError("the closing events were not delivered")
 

@@ -55,9 +55,9 @@ from tests.kafka_helpers import (
     SENTINEL_PREFIX,
     Outgoing,
     TopicReader,
+    closing_messages,
     produce,
     read_until,
-    sentinel_user_ids,
 )
 from tests.missing_services import service_missing
 from tests.reference import batch as reference
@@ -87,14 +87,7 @@ LAST_WINDOW = (START_MS + SPAN_MS - 1) // WINDOW_MS * WINDOW_MS
 SETTINGS = load_settings()
 #: the funnels of the shipped configuration (configs/analytics-dashboard.yaml), as the
 #: reference reads them
-FUNNELS = [
-    {
-        "name": spec.name,
-        "window_ms": spec.window_ms,
-        "stages": [{"action": s.action, "page_prefix": s.page_prefix} for s in spec.stages],
-    }
-    for spec in SETTINGS.funnels
-]
+FUNNELS = contract.funnel_config(SETTINGS.funnels)
 PROFILE = TrafficProfile(
     seed=20261128,
     users=120,
@@ -146,21 +139,7 @@ def _traffic() -> tuple[Messages, Messages]:
         else:
             user = event.get("user_id")
             traffic.append((user.encode() if isinstance(user, str) else None, orjson.dumps(event)))
-    closing: Messages = [
-        (
-            user_id.encode(),
-            orjson.dumps(
-                {
-                    "event_id": f"closing-{partition}",
-                    "user_id": user_id,
-                    "action": "closing",
-                    "timestamp": format_ts(CLOSING_TS),
-                }
-            ),
-        )
-        for partition, user_id in sorted(sentinel_user_ids(PARTITIONS, "closing").items())
-    ]
-    return traffic, closing
+    return traffic, closing_messages(PARTITIONS, CLOSING_TS)
 
 
 def _traffic_users() -> set[str]:
