@@ -73,9 +73,8 @@ from typing import Any, NamedTuple
 from analytics.counter_table import CounterTable
 from analytics.kpis import ratio
 from analytics.plain_spec import checked_keys, whole_number
-from analytics.timeutil import format_ts
+from analytics.timeutil import DAY_MS, day_of, day_text, format_ts
 
-DAY_MS = 86_400_000
 MAX_DAY_OFFSET = 3_660  # ten years of offsets: rows per cohort are max_day_offset + 1
 
 
@@ -96,16 +95,6 @@ class CohortsSpec:
         spec = cls(**data)
         whole_number(prefix, "max_day_offset", spec.max_day_offset, 0, MAX_DAY_OFFSET)
         return spec
-
-
-def day_of(ts_ms: int) -> int:
-    """The UTC day number of an epoch-ms time."""
-    return ts_ms // DAY_MS
-
-
-def date_text(day: int) -> str:
-    """``YYYY-MM-DD`` of a UTC day number."""
-    return format_ts(day * DAY_MS)[:10]
 
 
 # --------------------------------------------------------------------------- 2. per user
@@ -187,7 +176,7 @@ class UserCohort:
         its start (the module docstring says when to call); None beyond ``max_day_offset``."""
         cohort = self.cohort
         if cohort is None or day_of(session_start_ms) < cohort:
-            first = "none" if cohort is None else date_text(cohort)
+            first = "none" if cohort is None else day_text(cohort)
             raise ValueError(
                 f"a session starting at {format_ts(session_start_ms)} is before the user's "
                 f"cohort day ({first}): add the session's events first"
@@ -279,7 +268,7 @@ def cohort_row(
     them, ``cumulative_cents`` the cohort's revenue on days 0 to ``offset``."""
     retained, _, engagement, sessions = counters
     return {
-        "cohort": date_text(cohort),
+        "cohort": day_text(cohort),
         "day_offset": offset,
         "cohort_size": size,
         "retained_users": retained,

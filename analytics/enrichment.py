@@ -28,7 +28,7 @@ from typing import Any
 
 import ua_parser
 
-from analytics.timeutil import parse_ts
+from analytics.timeutil import DAY_MS, parse_ts
 from analytics.validation import amount_to_cents
 
 __all__ = ["DEFAULT_RULES", "EnrichmentRules", "enrich", "parse_user_agent"]
@@ -39,7 +39,6 @@ DEFAULT_CONVERSION_ACTIONS = frozenset(
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 _MS_PER_HOUR = 3_600_000
-_MS_PER_DAY = 86_400_000
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
 
 _BOT = re.compile(
@@ -151,7 +150,7 @@ def enrich(
         "is_high_value": cents >= rules.high_value_revenue_cents
         or event["duration"] > rules.high_value_duration_ms,
         "hour_of_day": ts_ms // _MS_PER_HOUR % 24,
-        "day_of_week": DAYS[(ts_ms // _MS_PER_DAY + _EPOCH_WEEKDAY) % 7],
+        "day_of_week": DAYS[(ts_ms // DAY_MS + _EPOCH_WEEKDAY) % 7],
         "device": device if device else derived,
         "browser": browser,
         "os": os,

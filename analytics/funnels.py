@@ -71,15 +71,14 @@ from typing import Any, NamedTuple
 import orjson
 
 from analytics.kpis import ratio
+from analytics.timeutil import DAY_MS, day_number, day_text
 from analytics.validation import ACTION_PATTERN, MAX_PAGE_CHARS
 
-DAY_MS = 86_400_000
 _NO_START = 2**62  # ``_DaySweep.earliest`` with no attempt
 DEFAULT_WINDOW_MS = DAY_MS
 MAX_WINDOW_MS = 30 * DAY_MS
 MIN_STAGES, MAX_STAGES = 2, 10
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-_EPOCH_DAY = date(1970, 1, 1)
 
 # --------------------------------------------------------------------------- 1. spec
 
@@ -202,19 +201,6 @@ def _stage(action: str, prefix: str | None, where: str) -> Stage:
             "(leave it out to match every page)"
         )
     return Stage(action, prefix)
-
-
-def day_of(ts_ms: int) -> int:
-    """The UTC day of an epoch-ms instant, as days since 1970-01-01."""
-    return ts_ms // DAY_MS
-
-
-def day_text(day: int) -> str:
-    return (_EPOCH_DAY + timedelta(days=day)).isoformat()
-
-
-def day_number(value: date) -> int:
-    return (value - _EPOCH_DAY).days
 
 
 def first_open_day(spec: FunnelSpec, watermark_ms: int) -> int:

@@ -33,7 +33,8 @@ from typing import Any
 from analytics.cohorts import CohortsSpec, cohort_row
 from analytics.experiments import ExperimentPartial, ExperimentsSpec
 from analytics.experiments import rows as experiment_rows
-from analytics.funnels import DAY_MS, DayPartial, FunnelSpec, day_row
+from analytics.funnels import DayPartial, FunnelSpec, day_row
+from analytics.timeutil import DAY_MS
 
 Ready = Callable[[int], bool]
 """Whether every partition's lowest acceptable ts has reached a time (the combiner's rule for

@@ -60,7 +60,6 @@ from analytics.cohorts import CohortPartial, CohortsSpec, UserCohort
 from analytics.counter_table import CounterTable
 from analytics.experiments import ExperimentPartial, ExperimentsSpec, UserExperiments, exposure_of
 from analytics.funnels import (
-    DAY_MS,
     DayPartial,
     FunnelPartials,
     FunnelSet,
@@ -69,6 +68,7 @@ from analytics.funnels import (
     is_final,
 )
 from analytics.rows import Row
+from analytics.timeutil import DAY_MS
 
 FUNNEL_DAY = b"\xff\xfdF"
 EXPERIMENT = b"\xff\xfdE"
@@ -205,7 +205,6 @@ class _Shares:
         self.tokens: dict[tuple[Any, ...], list[int]] = {}
         self.marks: dict[tuple[Any, ...], tuple[int, int]] = {}
         self.dirty: set[tuple[Any, ...]] = set()
-        self.changed: set[tuple[Any, ...]] = set()
         self.dropped: set[tuple[Any, ...]] = set()
         for key, value in store.scan(prefix, _prefix_end(prefix)):
             at = tuple(orjson.loads(key[len(prefix) :]))
@@ -213,7 +212,7 @@ class _Shares:
             self.tokens[at] = stored[:slots]
             if any(stored[slots:]) or table.KEEP_ZEROS:
                 table.counters[at] = stored[slots:]
-            self.changed.add(at)  # sent again: what changed before a restart may not have been
+            table.changed.add(at)  # sent again: what changed before a restart may not have been
 
     def apply(
         self, delta: Any, conditions: Sequence[tuple[int, int]], mark: tuple[int, int]
@@ -239,7 +238,6 @@ class _Shares:
         for key in fresh:
             self.marks[key] = mark
             self.dirty.add(key)
-            self.changed.add(key)
 
     def commit(self) -> None:
         for key, (slot, stamp) in self.marks.items():
@@ -254,14 +252,8 @@ class _Shares:
         """A key no contribution can reach any more: forgotten here (the combiner has it)
         once this batch has written what it took (``writes``, before the users whose
         changes it holds) and deleted it (``deletions``, after the clock)."""
-        self.changed.discard(key)
+        self.table.changed.discard(key)
         self.dropped.add(key)
-
-    def take_changes(self) -> list[list[Any]]:
-        changes = [[*key, *self.counters(key)] for key in sorted(self.changed)]
-        self.changed.clear()
-        self.table.changed.clear()  # the table's own record of them, not used here
-        return changes
 
     def writes(self) -> list[Write]:
         out: list[Write] = []
@@ -569,10 +561,10 @@ class Journeys:
                     part = self.funnel_days.days.get((name, day), DayPartial())
                     out.append(_funnel_message(name, day, part, final=False))
                     applied.changed = False
-            changes = self.experiments.take_changes()
+            changes = self.experiments.table.take_changes()
             if changes:
                 out.append({"type": "experiment", "counters": changes})
-            changes = self.cohorts.take_changes()
+            changes = self.cohorts.table.take_changes()
             if changes:
                 out.append({"type": "cohort", "final": False, "counters": changes})
         return out

@@ -40,6 +40,7 @@ import orjson
 
 from analytics import wide_json
 from analytics.record_chunks import ChunkError, marker
+from analytics.timeutil import DAY_MS
 from analytics.traffic import DIMENSIONS
 from analytics.validation import FieldError
 
@@ -233,7 +234,8 @@ def _partial(check: _Check, message: dict[str, Any], partition: int) -> dict[str
 
 
 MAX_FUNNEL_NAME = 63  # analytics.funnels: names of 1-63 characters
-MAX_DAY = MAX_MS // 86_400_000
+MAX_DAY = MAX_MS // DAY_MS
+MIN_DAY = MIN_MS // DAY_MS
 
 
 def _funnel(check: _Check, message: dict[str, Any], partition: int) -> dict[str, Any]:
@@ -242,7 +244,7 @@ def _funnel(check: _Check, message: dict[str, Any], partition: int) -> dict[str,
     name = message.get("funnel", MISSING)
     if type(name) is not str or not 0 < len(name) <= MAX_FUNNEL_NAME:
         check.fail("funnel", f"must be a funnel name, got {_show(name)}")
-    day = check.integer("day", message.get("day", MISSING), MIN_MS // 86_400_000, MAX_DAY)
+    day = check.integer("day", message.get("day", MISSING), MIN_DAY, MAX_DAY)
     final = message.get("final", MISSING)
     if type(final) is not bool:
         check.fail("final", f"must be true or false, got {_show(final)}")
@@ -296,7 +298,7 @@ def _counter_rows(
                 if type(row[j]) is not str or not 0 < len(row[j]) <= MAX_NAME:
                     check.fail(f"{where}[{j}]", f"must be a {names[j]} name")
         else:
-            check.integer(f"{where}[0]", row[0], MIN_MS // 86_400_000, MAX_DAY)
+            check.integer(f"{where}[0]", row[0], MIN_DAY, MAX_DAY)
             check.integer(f"{where}[1]", row[1], 0, 100_000)
         for j in range(2, 6):  # differences of counters may pass through zero, never below
             check.integer(f"{where}[{j}]", row[j], 0, MAX_COUNTER)

@@ -50,13 +50,13 @@ from analytics import partition_codec as codec
 from analytics.journeys import JourneyRules, Journeys
 from analytics.rows import Arrival, Row, Tick, row_of
 from analytics.sessions import SessionPreview, SessionSummary
+from analytics.timeutil import DAY_MS
 from analytics.windows import window_end, window_start
 
 LIVE_COUNTERS = ("events", "page_views", "conversions", "revenue_cents", "purchases")
 """The event counters of an open window that need no user: its live figures."""
 
 _NEVER = 2**62
-DAY_MS = 86_400_000
 FOLD_ROWS_AT_LEAST = 32  # rows folded per batch when users wait for it
 FOLD_ROWS_PER_EVENT = 2  # ... plus this many per event of the batch: more than come in
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import functools
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 __all__ = ["format_ts", "is_canonical", "now_ms", "parse_ts"]
 
+DAY_MS = 86_400_000
+"""A UTC day in milliseconds: funnels, cohorts and day-of-week work on day numbers ts // DAY_MS."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
 _ONE_MS = timedelta(milliseconds=1)
 _MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z, what format_ts can write
 _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -106,3 +109,18 @@ def parse_ts(text: str) -> int:
 def now_ms() -> int:
     """Wall-clock time as epoch milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def day_of(ts_ms: int) -> int:
+    """The UTC day of an epoch-ms instant, as days since 1970-01-01."""
+    return ts_ms // DAY_MS
+
+
+def day_text(day: int) -> str:
+    """``YYYY-MM-DD`` of a UTC day number."""
+    return (_EPOCH_DAY + timedelta(days=day)).isoformat()
+
+
+def day_number(value: date) -> int:
+    """The UTC day number of a date."""
+    return (value - _EPOCH_DAY).days

@@ -44,10 +44,10 @@ from typing import Any
 
 from psycopg import sql
 
-from analytics.funnels import DayPartial, FunnelPartials, FunnelSpec, day_number, range_row
+from analytics.funnels import DayPartial, FunnelPartials, FunnelSpec, range_row
 from analytics.journey_combiner import final_at
 from analytics.kpis import ratio
-from analytics.timeutil import format_ts
+from analytics.timeutil import day_number, format_ts
 from sinks.migrations import TIMESCALE
 from sinks.schema import SESSION_METRICS
 

@@ -16,17 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.cohorts import (
-    DAY_MS,
     CohortPartial,
     CohortsSpec,
     Delta,
     Share,
     UserCohort,
     combine,
-    date_text,
     rows,
 )
 from analytics.sessions import engagement_score
+from analytics.timeutil import DAY_MS, day_text
 from app.settings import ConfigurationError, load_settings
 from tests.grace_disorder import arrival_order, watermarks
 
@@ -300,7 +299,7 @@ def brute_force(events: list[Event], max_offset: int) -> list[dict[str, Any]]:
             day_scores = scores[(cohort, d)]
             expected.append(
                 {
-                    "cohort": date_text(cohort),
+                    "cohort": day_text(cohort),
                     "day_offset": d,
                     "cohort_size": len(members),
                     "retained_users": retained,

@@ -21,7 +21,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from analytics.funnels import (
-    DAY_MS,
     DayPartial,
     FunnelChange,
     FunnelPartials,
@@ -35,6 +34,7 @@ from analytics.funnels import (
     range_row,
     rows,
 )
+from analytics.timeutil import DAY_MS
 from app.settings import DEFAULT_CONFIG_FILE, parse_duration
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

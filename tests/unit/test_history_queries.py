@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from analytics.funnels import DayPartial, FunnelSpec, Stage, day_number, day_row
+from analytics.funnels import DayPartial, FunnelSpec, Stage, day_row
 from analytics.journey_combiner import final_at
-from analytics.timeutil import format_ts, parse_ts
+from analytics.timeutil import day_number, format_ts, parse_ts
 from sinks import health, queries, reader
 from sinks.migrations import PLAIN, TIMESCALE
 from sinks.schema import COHORT_STATS, EXPERIMENT_STATS

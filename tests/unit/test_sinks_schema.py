@@ -19,11 +19,11 @@ from psycopg.types.json import Jsonb
 from analytics.cohorts import MAX_DAY_OFFSET, cohort_row
 from analytics.experiments import ExperimentPartial, ExperimentsSpec
 from analytics.experiments import rows as experiment_rows
-from analytics.funnels import DayPartial, FunnelSpec, Stage, day_number, day_row
+from analytics.funnels import DayPartial, FunnelSpec, Stage, day_row
 from analytics.kpis import kpi_figures, trends
 from analytics.rows import Row as EventRow
 from analytics.sessions import session_figures
-from analytics.timeutil import format_ts
+from analytics.timeutil import day_number, format_ts
 from analytics.traffic import dimension_rows, page_rows
 from app.settings import SINK_TABLES, DatabaseSinkSettings
 from sinks import migrations
