@@ -130,7 +130,11 @@ def publish_experiments(
 ) -> list[dict[str, Any]]:
     """Rows of the experiments that changed, each at most once per ``publish_interval_ms``
     (``now_ms``: the partitions' latest append time); one that must wait is published by a
-    later batch (``experiments_due``)."""
+    later batch (``experiments_due``).
+
+    Each row carries the experiment's ``version``: the publication's time, or one more than
+    the last one when that is not earlier, so it grows with every publication of the
+    experiment; a reader keeps the row of the highest (the sink: sinks.schema)."""
     due = set(state.get("experiments_due", [])) | touched
     if not due:
         return []
@@ -145,9 +149,14 @@ def publish_experiments(
             experiment, _, variant = key.partition("|")
             if experiment in ready:
                 combined.add((experiment, variant), counters)
+    versions = state.setdefault("experiments_version", {})
     for experiment in ready:
         published[experiment] = now_ms
-    return experiment_rows(spec, combined, ready)
+        versions[experiment] = max(now_ms, versions.get(experiment, 0) + 1)
+    rows = experiment_rows(spec, combined, ready)
+    for row in rows:
+        row["version"] = versions[row["experiment"]]
+    return rows
 
 
 # --------------------------------------------------------------------------- cohorts (SPEC 8)

@@ -361,6 +361,16 @@ ALTER TABLE cohort_stats SET (timescaledb.compress,
     timescaledb.compress_orderby = 'cohort DESC, day_offset');
 """
 
+# SPEC 9 rows are "latest wins": each experiment-stats record carries the combiner's number of
+# its publication (``version``), and the upsert keeps a row of a higher one (sinks.schema).
+# Rows written before this migration count as version 0.
+EXPERIMENT_VERSION = """
+ALTER TABLE experiment_stats ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
+COMMENT ON COLUMN experiment_stats.version IS
+    'the combiner''s number of this publication of the experiment: grows with each one; a '
+    'record of a lower version never replaces the row';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sink tables and their natural keys", ANY, CREATE_TABLES),
     Migration(2, "BRIN indexes on the time columns", PLAIN, BRIN_TIME_INDEXES),
@@ -376,6 +386,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "experiment_stats (SPEC 9)", ANY, EXPERIMENT_TABLE),
     Migration(9, "cohort_stats (SPEC 8)", ANY, COHORT_TABLE),
     Migration(10, "cohort_stats as a hypertable, compressed", TIMESCALE, COHORT_HYPERTABLE),
+    Migration(
+        11, "experiment_stats rows carry their publication's version", ANY, EXPERIMENT_VERSION
+    ),
 )
 #: the sink tables that are hypertables on TimescaleDB, with compression and retention policies
 HYPERTABLES = (

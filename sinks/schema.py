@@ -36,7 +36,10 @@ comes back from sinks.writers.
 final days, ``cohort_stats`` live and final (cohort, day offset) cells: a live record updates a
 live row, the final record overwrites it, and nothing overwrites a final row except a final
 record. ``experiment_stats`` has no final rows (SPEC 9 counts all events so far): the latest
-record of a variant is its row. A funnel record is checked for the shape its readers rely on
+record of a variant is its row, and a record never replaces one of a higher ``version`` (the
+combiner numbers an experiment's publications; a sink whose partition moved to another worker
+while it waited for the database must not overwrite the newer row written there).
+A funnel record is checked for the shape its readers rely on
 (``funnel_row``): its stages, and per transition a duration multiset holding one duration per
 user who reached the next stage, so days merge exactly (web API, SPEC 7). Experiment and
 cohort records are checked for counts that cannot be (``experiment_row``, ``cohort_row``):
@@ -409,6 +412,7 @@ def experiment_row(r: Mapping[str, Any]) -> Row:
         _probability(r, "p_value"),
         _probability(r, "probability_to_beat_control"),
         _bool(r, "significant"),
+        _count(r, "version") if "version" in r else 0,
     )
 
 
@@ -445,6 +449,10 @@ class TableSpec:
     convert: Callable[[Mapping[str, Any]], Row]
     #: kpi_metrics, funnel_stats, cohort_stats: a final row is only overwritten by a final record
     final_guard: bool = False
+    #: experiment_stats: a column that grows with each publication of a key; a row is never
+    #: replaced by a record of a lower one (a sink that waited for the database while its
+    #: partition moved to another worker must not overwrite the newer row written there)
+    version: str | None = None
     #: the upsert's ON CONFLICT target when it is not ``key`` (a unique index on columns the
     #: database derives from the key, like page_view_stats' page_hash)
     conflict: tuple[str, ...] = ()
@@ -454,6 +462,14 @@ class TableSpec:
 
     def is_final(self, row: Row) -> bool:
         return bool(row[self.columns.index("is_final")])
+
+    def is_older(self, row: Row, than: Row) -> bool:
+        """Whether ``row`` may not replace ``than`` (an older version of the key's row)."""
+        if self.version is None:
+            return False
+        at = self.columns.index(self.version)
+        older: bool = row[at] < than[at]
+        return older
 
 
 KPI_METRICS = TableSpec(
@@ -609,6 +625,7 @@ EXPERIMENT_STATS = TableSpec(
         "p_value",
         "probability_to_beat_control",
         "significant",
+        "version",
     ),
     types=(
         "text",
@@ -622,9 +639,11 @@ EXPERIMENT_STATS = TableSpec(
         "float8",
         "float8",
         "boolean",
+        "bigint",
     ),
     key=("experiment", "variant"),
     convert=experiment_row,
+    version="version",
 )
 
 COHORT_STATS = TableSpec(
@@ -713,7 +732,8 @@ def prepare(
     spec: TableSpec, records: Sequence[Mapping[str, Any]]
 ) -> tuple[list[tuple[int, Row]], list[Rejected]]:
     """Convert a batch's records to rows and keep one row per key: the latest, except that a
-    final KPI, funnel or cohort record is never replaced by a later live one. Returns
+    final KPI, funnel or cohort record is never replaced by a later live one, nor an
+    experiment record by one of a lower version. Returns
     ``(index, row)`` pairs in first-seen key order (an upsert may not touch the same row twice)
     and the records that do not convert."""
     chosen: dict[tuple[Any, ...], tuple[int, Row]] = {}
@@ -730,11 +750,9 @@ def prepare(
             continue
         key = spec.key_of(row)
         known = chosen.get(key)
-        if (
-            known is not None
-            and spec.final_guard
-            and spec.is_final(known[1])
-            and not spec.is_final(row)
+        if known is not None and (
+            (spec.final_guard and spec.is_final(known[1]) and not spec.is_final(row))
+            or spec.is_older(row, known[1])
         ):
             continue
         chosen[key] = (index, row)
@@ -753,7 +771,8 @@ def _columns(names: Iterable[str], prefix: str | None = None) -> sql.Composable:
 def _on_conflict(spec: TableSpec) -> sql.Composed:
     """``ON CONFLICT (key) DO UPDATE``: to the latest value, only when it changes something (so
     a replay leaves rows and their ``updated_at`` alone) and, for the tables with a
-    ``final_guard``, never replacing a final row with a live one."""
+    ``final_guard``, never replacing a final row with a live one, for those with a
+    ``version``, never with a lower version."""
     updated = [column for column in spec.columns if column not in spec.key]
     assignments = sql.SQL(", ").join(
         [
@@ -770,6 +789,12 @@ def _on_conflict(spec: TableSpec) -> sql.Composed:
     if spec.final_guard:
         condition = sql.SQL("(NOT {table}.is_final OR EXCLUDED.is_final) AND {changed}").format(
             table=sql.Identifier(spec.name), changed=condition
+        )
+    if spec.version is not None:
+        condition = sql.SQL("EXCLUDED.{version} >= {table}.{version} AND {changed}").format(
+            version=sql.Identifier(spec.version),
+            table=sql.Identifier(spec.name),
+            changed=condition,
         )
     return sql.SQL("ON CONFLICT ({key}) DO UPDATE SET {assignments} WHERE {condition}").format(
         key=_columns(spec.conflict or spec.key), assignments=assignments, condition=condition

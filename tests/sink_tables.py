@@ -49,6 +49,17 @@ def comparable(value: Any) -> Any:
     return value
 
 
+def figures(spec: TableSpec, row: Row) -> tuple[Any, ...]:
+    """A row's values without its version: an experiment published again with the same
+    figures (its changed shares arrived after the publish interval) has a higher version,
+    and may do so after a test read the topic."""
+    return tuple(
+        comparable(value)
+        for column, value in zip(spec.columns, row, strict=True)
+        if column != spec.version
+    )
+
+
 def latest_rows(
     spec: TableSpec,
     records: list[dict[str, Any]],
@@ -78,6 +89,6 @@ def differences(
         got_row, want_row = stored.get(key), want.get(key)
         if got_row is None or want_row is None:
             problems.append(f"{spec.name} {key}: stored={got_row is not None} topic={want_row}")
-        elif tuple(map(comparable, got_row)) != tuple(map(comparable, want_row)):
+        elif figures(spec, got_row) != figures(spec, want_row):
             problems.append(f"{spec.name} {key}: stored {got_row} != latest record {want_row}")
     return problems

@@ -1117,9 +1117,10 @@ async def test_experiment_rows_are_the_latest_records_and_a_replay_rewrites_noth
     database: str,
 ) -> None:
     """Upserts by (experiment, variant): the latest record wins, with fewer users too (a late
-    exposure can move a user to another variant); writing the same records again rewrites no
-    row. A pair of names too long for the primary key's index is refused by the database
-    alone (SQLSTATE 54000); the other variants are written."""
+    exposure can move a user to another variant), unless the row holds a higher version;
+    writing the same records again rewrites no row. A pair of names too long for the
+    primary key's index is refused by the database alone (SQLSTATE 54000); the other
+    variants are written."""
     await migrate_url(database)
     spec = TABLES["experiment_stats"]
     control, green = experiment_records()
@@ -1143,6 +1144,16 @@ async def test_experiment_rows_are_the_latest_records_and_a_replay_rewrites_noth
     assert by_variant["green"]["p_value"] == fewer["p_value"]
     assert by_variant["control"]["significant"] is False
     assert by_variant["control"]["probability_to_beat_control"] is None
+    assert by_variant["green"]["version"] == 0  # records without one
+
+    # a stale batch (a sink that waited for the database while its partition moved) after
+    # the newer row: the version keeps the newer
+    newer, stale = dict(green, version=7), dict(fewer, version=3)
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        assert (await write_batch(conn, spec, [newer])).written == 1
+        assert (await write_batch(conn, spec, [stale])).rejected == []
+    kept = {row["variant"]: row for row in await table_rows(database, "experiment_stats")}
+    assert (kept["green"]["users"], kept["green"]["version"]) == (green["users"], 7)
 
 
 async def test_no_record_stops_a_batch_the_others_are_written(database: str) -> None:

@@ -450,7 +450,8 @@ def stored_variants(
 ) -> list[tuple[Any, ...]]:
     """Rows of ``EXPERIMENTS`` as the sink stores experiment-stats records (by variant name)."""
     records = experiment_records(variants, experiment)
-    rows = [(*EXPERIMENT_STATS.convert(record), written) for record in records]
+    shown = EXPERIMENT_STATS.columns.index("version")  # the query selects the columns before it
+    rows = [(*EXPERIMENT_STATS.convert(record)[:shown], written) for record in records]
     return sorted(rows, key=lambda row: row[1].encode())
 
 

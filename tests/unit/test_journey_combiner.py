@@ -77,3 +77,20 @@ def test_experiment_rows_wait_for_the_publish_interval_then_go_out() -> None:
     assert journey_combiner.publish_experiments(state, spec, touched, now_ms=5_500) == []
     later = journey_combiner.publish_experiments(state, spec, set(), now_ms=6_000)
     assert [row["users"] for row in later] == [11]
+
+
+def test_every_publication_of_an_experiment_has_a_higher_version() -> None:
+    """The version grows with each publication, also within one millisecond (no publish
+    interval): the sink keeps the row of the highest, so a stale batch cannot overwrite a
+    newer row."""
+    spec = ExperimentsSpec(publish_interval_ms=0)
+    state: dict[str, Any] = {}
+    versions = []
+    for users, now_ms in ((10, 5_000), (11, 5_000), (13, 9_000)):
+        touched: set[str] = set()
+        share = {"partition": 0, "counters": [["x", "control", users, 2, 0, 0]]}
+        journey_combiner.take_experiments(state, share, touched)
+        (row,) = journey_combiner.publish_experiments(state, spec, touched, now_ms=now_ms)
+        assert row["users"] == users
+        versions.append(row["version"])
+    assert versions == [5_000, 5_001, 9_000]

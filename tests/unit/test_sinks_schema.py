@@ -6,6 +6,7 @@ No database here: tests/integration/test_sinks.py runs the same code against Pos
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -510,6 +511,24 @@ def test_a_final_cohort_row_is_never_replaced_by_a_later_live_one() -> None:
 # --------------------------------------------------------------------------- batch preparation
 
 
+def test_an_experiment_row_is_never_replaced_by_one_of_a_lower_version() -> None:
+    """A sink that waited for the database while its partition moved to another worker
+    writes an older batch after the new owner wrote a newer one: the version keeps the newer
+    row, in a batch and in the database; a record without a version (published before
+    versions existed) counts as version 0."""
+    control, green = experiment_records()
+    newer = dict(green, users=green["users"] + 5, version=20)
+    older = dict(green, version=10)
+    rows, rejected = prepare(EXPERIMENT_STATS, [control, newer, older])
+    assert rejected == []
+    assert [(index, row[1], row[-1]) for index, row in rows] == [
+        (0, "control", 0),
+        (1, "green", 20),
+    ]
+    text = bulk_upsert_statement(EXPERIMENT_STATS).decode()
+    assert 'WHERE EXCLUDED."version" >= "experiment_stats"."version" AND (' in text
+
+
 def test_prepare_keeps_the_latest_record_per_key() -> None:
     records = [
         kpi_record(is_final=False, total_events=1),
@@ -624,10 +643,13 @@ def test_column_types_match_the_tables() -> None:
 
 
 def create_table(name: str) -> str:
-    """The body of the one migration's ``CREATE TABLE`` of ``name``."""
+    """The body of the one migration's ``CREATE TABLE`` of ``name``, with a line per column
+    later migrations add (``ALTER TABLE name ADD COLUMN IF NOT EXISTS column type ...``)."""
     head = f"CREATE TABLE IF NOT EXISTS {name} ("
     (sql,) = [m.sql for m in migrations.MIGRATIONS if head in m.sql]
-    return sql.split(head)[1].split("\n);")[0]
+    added = re.compile(rf"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS (\w+ [^;]+);")
+    later = [f"\n    {c}" for m in migrations.MIGRATIONS for c in added.findall(m.sql)]
+    return sql.split(head)[1].split("\n);")[0] + "".join(later)
 
 
 def test_every_table_of_the_settings_has_a_spec_and_a_create_statement() -> None:
@@ -675,10 +697,10 @@ def test_migrations_are_numbered_in_order_and_idempotent_sql() -> None:
 def test_pending_migrations_depend_on_the_mode() -> None:
     plain = [m.version for m in migrations.pending(set(), migrations.PLAIN)]
     timescale = [m.version for m in migrations.pending(set(), migrations.TIMESCALE)]
-    assert plain == [1, 2, 4, 6, 8, 9] and timescale == [1, 3, 4, 5, 6, 7, 8, 9, 10]
-    assert migrations.pending({1, 2, 4, 6, 8, 9}, migrations.PLAIN) == []
+    assert plain == [1, 2, 4, 6, 8, 9, 11] and timescale == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert migrations.pending({1, 2, 4, 6, 8, 9, 11}, migrations.PLAIN) == []
     # a server that gains TimescaleDB later gets its migrations on the next run
-    timescale_later = migrations.pending({1, 2, 4, 6, 8, 9}, migrations.TIMESCALE)
+    timescale_later = migrations.pending({1, 2, 4, 6, 8, 9, 11}, migrations.TIMESCALE)
     assert [m.version for m in timescale_later] == [3, 5, 7, 10]
 
 
