@@ -105,6 +105,7 @@ PARTITION_RULES = PartitionRules(
         experiments=_settings.experiments.spec() if _settings.experiments.enabled else None,
         cohorts=_settings.cohorts.spec() if _settings.cohorts.enabled else None,
     ),
+    custom_kpis=_settings.custom_kpis,
 )
 
 

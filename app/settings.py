@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from analytics.cohorts import CohortsSpec
+from analytics.custom_kpis import NO_CUSTOM_KPIS, CustomKpis, parse_custom_kpis
 from analytics.experiments import ExperimentsSpec
 from analytics.funnels import FunnelSpec, parse_funnels
 
@@ -585,14 +586,19 @@ class Settings(BaseSettings):
     access: AccessSettings = AccessSettings()
     #: SPEC 7 funnels, read by analytics.funnels.parse_funnels (durations as everywhere here)
     funnels: tuple[FunnelSpec, ...] = ()
+    #: SPEC 10 custom KPIs, read by analytics.custom_kpis.parse_custom_kpis
+    custom_kpis: CustomKpis = NO_CUSTOM_KPIS
 
     @model_validator(mode="before")
     @classmethod
-    def _funnels(cls, data: Any) -> Any:
-        """The ``funnels`` list becomes specs here, so its errors name the funnel and stage
-        (``funnels[1].stages[2]: ...``) rather than pydantic's view of the dataclasses."""
+    def _specs(cls, data: Any) -> Any:
+        """The ``funnels`` and ``custom_kpis`` lists become specs here, so their errors name
+        the entry and field (``funnels[1].stages[2]: ...``, ``custom_kpis[0].count: ...``)
+        rather than pydantic's view of the dataclasses."""
         if isinstance(data, dict) and "funnels" in data:
-            return {**data, "funnels": parse_funnels(data["funnels"], parse_duration)}
+            data = {**data, "funnels": parse_funnels(data["funnels"], parse_duration)}
+        if isinstance(data, dict) and "custom_kpis" in data:
+            data = {**data, "custom_kpis": parse_custom_kpis(data["custom_kpis"])}
         return data
 
     @classmethod

@@ -246,6 +246,7 @@ def kpi_row(r: Mapping[str, Any]) -> Row:
         _object(r, "trends"),
         _int(r, "late_events_total"),
         _bool(r, "is_final"),
+        _object(r, "custom") if "custom" in r else _jsonb("custom", {}),
     )
 
 
@@ -497,6 +498,7 @@ KPI_METRICS = TableSpec(
         "trends",
         "late_events_total",
         "is_final",
+        "custom",
     ),
     types=(
         "timestamptz",
@@ -507,6 +509,7 @@ KPI_METRICS = TableSpec(
         "jsonb",
         "bigint",
         "boolean",
+        "jsonb",
     ),
     key=("window_start",),
     convert=kpi_row,
