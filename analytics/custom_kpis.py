@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from analytics.config_entries import entry_name, known_keys
 from analytics.validation import ACTION_PATTERN
 
 COUNTER_PREFIX = "custom."
@@ -117,16 +118,8 @@ def parse_custom_kpis(data: Any, where: str = "custom_kpis") -> CustomKpis:
     seen: set[str] = set()
     for i, item in enumerate(data):
         at = f"{where}[{i}]"
-        if not isinstance(item, Mapping):
-            raise ValueError(f"{at}: must be a mapping with name and count or ratio_percent")
-        if unknown := sorted(set(item) - {"name", "count", "ratio_percent"}):
-            raise ValueError(f"{at}.{unknown[0]}: unknown key (name, count, ratio_percent)")
-        name = item.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValueError(
-                f"{at}.name: required, 1-63 of a-z 0-9 _ starting with a letter or digit, "
-                f"got {name!r}"
-            )
+        item = known_keys(item, ("name", "count", "ratio_percent"), at)
+        name = entry_name(item, _NAME, "1-63 of a-z 0-9 _ starting with a letter or digit", at)
         if name in seen:
             raise ValueError(f"{at}.name: {name!r} names another custom KPI already")
         seen.add(name)
@@ -151,10 +144,7 @@ def parse_custom_kpis(data: Any, where: str = "custom_kpis") -> CustomKpis:
 def _parse_filter(value: Any, where: str) -> EventFilter:
     if value is None:
         return EventFilter()
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where}: must be a mapping of action, page_prefix, metadata")
-    if unknown := sorted(set(value) - {"action", "page_prefix", "metadata"}):
-        raise ValueError(f"{where}.{unknown[0]}: unknown key (action, page_prefix, metadata)")
+    value = known_keys(value, ("action", "page_prefix", "metadata"), where)
     action = value.get("action")
     if action is not None and (not isinstance(action, str) or not ACTION_PATTERN.fullmatch(action)):
         raise ValueError(f"{where}.action: must match [a-z0-9_.:-]{{1,64}}, got {action!r}")
@@ -178,10 +168,7 @@ def _parse_filter(value: Any, where: str) -> EventFilter:
 
 
 def _parse_ratio(value: Any, where: str) -> tuple[str, str]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{where}: must be a mapping with numerator and denominator")
-    if unknown := sorted(set(value) - {"numerator", "denominator"}):
-        raise ValueError(f"{where}.{unknown[0]}: unknown key (numerator, denominator)")
+    value = known_keys(value, ("numerator", "denominator"), where)
     names = []
     for field in ("numerator", "denominator"):
         named = value.get(field)
