@@ -74,6 +74,13 @@ class CustomKpis:
     def names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.counts) + tuple(r[0] for r in self.ratios)
 
+    def kinds(self) -> dict[str, str]:
+        """Each KPI's name and kind (``count`` or ``ratio_percent``), in record order: how
+        the dashboard shows them."""
+        kinds = dict.fromkeys((name for name, _ in self.counts), "count")
+        kinds.update((name, "ratio_percent") for name, _, _ in self.ratios)
+        return kinds
+
     def matching(self, event: Mapping[str, Any]) -> list[str]:
         """The counters (``custom.<name>``) an event adds one to."""
         return [COUNTER_PREFIX + name for name, f in self.counts if f.matches(event)]
