@@ -189,6 +189,15 @@ KPI_PROPERTIES: dict[str, Any] = {
     "average_engagement_score": NUMBER,
     "conversion_rate_percent": NUMBER,
     "conversions_per_session": NUMBER,
+    "total_bounces": {**INTEGER, "description": "sessions of one event (bounce_rate_percent's)"},
+    "total_session_duration_ms": {
+        **INTEGER,
+        "description": "the sessions' summed duration (average_session_duration_seconds')",
+    },
+    "total_engagement_x10000": {
+        **INTEGER,
+        "description": "the sessions' summed engagement scores x 10,000, each rounded",
+    },
     "trends": {
         "type": "object",
         "additionalProperties": _ref("Trend"),
