@@ -1375,7 +1375,7 @@ async def test_kpi_windows_stored_before_the_session_counters_get_them_worked_ba
     )
     async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
         await conn.execute(
-            f"INSERT INTO kpi_metrics ({columns}) VALUES"  # noqa: S608 (fixed text)
+            f"INSERT INTO kpi_metrics ({columns}) VALUES"
             " ('2026-01-01T00:00Z', '2026-01-01T00:01Z', 3, 3, 3, 3, 1, 5, 0, 0, 0, 0, 0,"
             "  12.345666666666666, 66.66666666666667, 41.23456666666667, '{}', 0, true),"
             " ('2026-01-01T00:01Z', '2026-01-01T00:02Z', 3, 1, 0, NULL, 1, 1, 0, 0, 0, 0, 0,"
