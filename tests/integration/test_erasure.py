@@ -15,28 +15,46 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from analytics.timeutil import format_ts, parse_ts
+from app.settings import get_settings
+from sinks.consumer import DeadLetterTopic, SinkConsumer
+from sinks.migrations import MigrationOptions
+from sinks.retry import RetryPolicy
+from sinks.schema import SESSION_METRICS
+from sinks.sink import SchemaGate, TableSink
 from tests.databases import scratch_database
 from tests.integration.test_api import http, ingest, user_path
-from tests.kafka_helpers import Record, partition_for, read_to_end, sentinel_user_ids
+from tests.kafka_helpers import (
+    Outgoing,
+    Record,
+    partition_for,
+    produce,
+    read_to_end,
+    sentinel_user_ids,
+)
 from tests.missing_services import service_missing
 from tests.polling import poll
+from tests.unit.test_sinks_schema import session_record
 from tests.worker_process import Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 8
 MINUTE = 60_000
+HOUR = 60 * MINUTE
 START = parse_ts("2025-05-05T10:00:00Z")
 ADMIN_TOKEN = "erasure-admin-token-" + uuid.uuid4().hex
 
@@ -59,6 +77,15 @@ def owned_partitions(worker: Worker) -> set[int]:
     health = worker.health()
     assert health is not None and health[0] == 200, health
     return set(health[1]["worker"]["user_events_partitions"])
+
+
+def sessions_of(database: str, user_id: str) -> list[str]:
+    with psycopg.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT session_id FROM session_metrics WHERE user_id = %s ORDER BY window_start",
+            (user_id,),
+        ).fetchall()
+    return [row[0] for row in rows]
 
 
 def rows_of(database: str, user_id: str) -> int:
@@ -102,6 +129,54 @@ def database(services: Services) -> Iterator[str]:
         service_missing("PostgreSQL", "DATABASE_URL is not set")
     with scratch_database(services.database_url, "erasure") as url:
         yield url
+
+
+async def test_the_session_sink_deletes_in_offset_order(
+    services: Services, topic_prefix: str, database: str
+) -> None:
+    """The race of sinks/erasure.py: a session closed just before the erasure (its record
+    before the tombstone, here in the same batch) is deleted with the user's other rows, and
+    the session of the user back after the erasure (a new user) is kept."""
+    topic = topic_prefix + "session-metrics"
+    user = f"race-{uuid.uuid4().hex[:8]}"
+    before = {**session_record(), "user_id": user}
+    back = {**before, "session_id": "back", "window_start": ts(HOUR), "window_end": ts(HOUR)}
+    key = user.encode()
+    messages = [Outgoing(key, orjson.dumps(before)), Outgoing(key, None)]
+    admin = AdminClient({"bootstrap.servers": services.kafka_bootstrap})
+    for created in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        created.result(30)
+    await produce(services.kafka_bootstrap, topic, [*messages, Outgoing(key, orjson.dumps(back))])
+    letters: list[Any] = []
+
+    async def publish(records: list[Any]) -> int:
+        letters.extend(records)
+        return len(records)
+
+    schema = SchemaGate(database, MigrationOptions())
+    await schema.at_startup(timedelta(seconds=30))
+    writer = TableSink(SESSION_METRICS, topic, database, schema, RetryPolicy())
+    sink = SinkConsumer(
+        SESSION_METRICS,
+        topic,
+        writer,
+        f"{topic}-sink",
+        get_settings(),
+        DeadLetterTopic(topic + "-dlq", publish),
+        eraser=writer,
+    )
+    running = asyncio.ensure_future(sink.run())
+    try:
+        deadline = time.monotonic() + 60
+        while (found := sessions_of(database, user)) != ["back"]:
+            assert time.monotonic() < deadline, f"the user's rows: {found}"
+            assert not running.done(), running
+            await asyncio.sleep(0.2)  # polling interval, bounded by the deadline
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await writer.close()
+    assert letters == []
 
 
 def test_an_erased_user_cannot_be_read_anywhere_afterwards(
