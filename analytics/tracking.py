@@ -49,6 +49,8 @@ class RawMessage(NamedTuple):
     offset: int
     timestamp_ms: int
     tick: bool = False
+    erase: bool = False
+    """An erasure request (analytics.erasure): no event, handled in a round of its own."""
 
 
 class SeenEvent(NamedTuple):
@@ -119,6 +121,8 @@ def track_batch(
         if message.tick:
             timeline.append(Tick(message.offset, message.timestamp_ms))
             continue
+        if message.erase:  # not an event: analytics.erasure handles it, neither counted
+            continue  # nor dead-lettered
         try:
             _track(message, out, topic, lookup, rules)
         except EventRejected as rejected:

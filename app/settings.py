@@ -568,6 +568,13 @@ class MetricsSettings(Section):
     namespace: str = "analytics_dashboard"
 
 
+class ErasureSettings(Section):
+    """``DELETE /api/users/{user_id}`` (analytics.erasure): how long the request waits for
+    the tracker to have erased the user before answering 202 (queued) instead of 200."""
+
+    wait: Duration = timedelta(seconds=10)
+
+
 class Settings(BaseSettings):
     """The whole configuration of one worker."""
 
@@ -584,6 +591,7 @@ class Settings(BaseSettings):
     cohorts: CohortsSettings = CohortsSettings()
     metrics: MetricsSettings = MetricsSettings()
     access: AccessSettings = AccessSettings()
+    erasure: ErasureSettings = ErasureSettings()
     #: SPEC 7 funnels, read by analytics.funnels.parse_funnels (durations as everywhere here)
     funnels: tuple[FunnelSpec, ...] = ()
     #: SPEC 10 custom KPIs, read by analytics.custom_kpis.parse_custom_kpis
