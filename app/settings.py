@@ -39,6 +39,7 @@ from pydantic_settings import (
 from analytics.cohorts import CohortsSpec
 from analytics.experiments import ExperimentsSpec
 from analytics.funnels import FunnelSpec, parse_funnels
+from analytics.privacy import IpMode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "configs" / "analytics-dashboard.yaml"
@@ -567,6 +568,12 @@ class MetricsSettings(Section):
     namespace: str = "analytics_dashboard"
 
 
+class PrivacySettings(Section):
+    """SPEC 10: what leaves the tracker of an event's ``ip_address`` (analytics.privacy)."""
+
+    ip: IpMode = "anonymize"  # anonymize: IPv4 /24, IPv6 /48; drop: null; keep: unchanged
+
+
 class Settings(BaseSettings):
     """The whole configuration of one worker."""
 
@@ -583,6 +590,7 @@ class Settings(BaseSettings):
     cohorts: CohortsSettings = CohortsSettings()
     metrics: MetricsSettings = MetricsSettings()
     access: AccessSettings = AccessSettings()
+    privacy: PrivacySettings = PrivacySettings()
     #: SPEC 7 funnels, read by analytics.funnels.parse_funnels (durations as everywhere here)
     funnels: tuple[FunnelSpec, ...] = ()
 
