@@ -29,7 +29,7 @@ async def tail(self: object, topic: str, last: int, follow: bool) -> None:
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(app.analytics_settings), enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = await _partitions(full)
+        partitions = await topic_partitions(full)
         if not partitions:
             print(f"no topic {full!r}", file=sys.stderr)
             return
@@ -57,7 +57,7 @@ async def _at_end(
     return [await consumer.position(tp) >= ends[tp] for tp in tps]
 
 
-async def _partitions(topic: str) -> list[int]:
+async def topic_partitions(topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(**aiokafka_kwargs(app.analytics_settings))
     await admin.start()
     try:

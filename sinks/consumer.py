@@ -179,21 +179,7 @@ class SinkConsumer:
         records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
         for lost in [tp for tp in self.pending if tp not in owned]:
             del self.pending[lost]  # its new owner reads the chunks again
-        values, sources, dead = decode(self.spec, records)
-        if self.shape is not None:
-            values, sources, incomplete = self.gathered(values, sources, self.shape)
-            dead += incomplete
-        result = await self.writer.write(values)
-        dead += [
-            dead_letter(self.spec, sources[bad.index], bad.error, bad.sqlstate)
-            for bad in result.rejected
-        ]
-        metrics.sink_batch(self.spec.name, len(records), result.written, len(dead))
-        if dead:
-            log.warning(
-                "sink %s: %d records to %s", self.spec.name, len(dead), self.dead_letters.name
-            )
-            await self.dead_letters.send(dead)
+        await self.write(records)
         offsets = next_offsets(records)
         owned = consumer.assignment()
         offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
@@ -210,6 +196,27 @@ class SinkConsumer:
             log.info(
                 "sink %s: offsets not committed (%s); they will be read again", self.spec.name, exc
             )
+
+    async def write(self, records: list[ConsumerRecord[Any, Any]]) -> int:
+        """Write a batch of records in offset order (until committed) and dead-letter its
+        rejects; returns how many were dead-lettered. ``faust -A app sinks rebuild`` writes
+        through this too (sinks/rebuild.py)."""
+        values, sources, dead = decode(self.spec, records)
+        if self.shape is not None:
+            values, sources, incomplete = self.gathered(values, sources, self.shape)
+            dead += incomplete
+        result = await self.writer.write(values)
+        dead += [
+            dead_letter(self.spec, sources[bad.index], bad.error, bad.sqlstate)
+            for bad in result.rejected
+        ]
+        metrics.sink_batch(self.spec.name, len(records), result.written, len(dead))
+        if dead:
+            log.warning(
+                "sink %s: %d records to %s", self.spec.name, len(dead), self.dead_letters.name
+            )
+            await self.dead_letters.send(dead)
+        return len(dead)
 
     def gathered(
         self, values: list[dict[str, Any]], sources: list[Any], shape: Shape

@@ -105,10 +105,13 @@ def unreadable(
     return IngestOutcome(400, _rejected_body(errors), [], [dead])
 
 
-def ingest_single(body: bytes, received_ms: int, ip_mode: IpMode = "anonymize") -> IngestOutcome:
-    """One event: 202 with its event_id, or 400/413 naming the problem."""
+def ingest_single(
+    body: bytes, received_ms: int, ip_mode: IpMode = "anonymize", source: str = "http"
+) -> IngestOutcome:
+    """One event: 202 with its event_id, or 400/413 naming the problem. ``source`` names
+    the door in dead letters (``faust -A app replay`` passes ``replay``)."""
     if len(body) > MAX_EVENT_BYTES:
-        return too_large(len(body), MAX_EVENT_BYTES, "http", body, received_ms, ip_mode)
+        return too_large(len(body), MAX_EVENT_BYTES, source, body, received_ms, ip_mode)
     try:
         accepted = _accept(decode_json(body), received_ms, ip_mode)
     except EventRejected as rejected:
@@ -116,7 +119,7 @@ def ingest_single(body: bytes, received_ms: int, ip_mode: IpMode = "anonymize") 
             400,
             _rejected_body(rejected.errors),
             [],
-            [_dead(body, rejected.errors, "http", received_ms, ip_mode)],
+            [_dead(body, rejected.errors, source, received_ms, ip_mode)],
         )
     return IngestOutcome(202, {"event_id": accepted.event_id}, [accepted])
 
