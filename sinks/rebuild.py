@@ -19,6 +19,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 
+from app import faust_compat
 from app.kafka_security import aiokafka_kwargs
 from app.settings import Settings
 from app.topics import TopicNames
@@ -102,8 +103,7 @@ async def _from_start(
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(settings), enable_auto_commit=False)
     await consumer.start()
     try:
-        if sink.topic not in await consumer.topics():
-            raise RebuildRefused(f"no topic {sink.topic!r}")
+        await faust_compat.refresh_consumer_metadata(consumer)
         partitions = consumer.partitions_for_topic(sink.topic)
         if not partitions:
             raise RebuildRefused(f"no topic {sink.topic!r}")

@@ -374,3 +374,28 @@ class WorkerPool:
             f"{worker.log_tail(lines)}"
             for worker in self.workers
         )
+
+
+def faust_command(
+    args: list[str], services: Services, topic_prefix: str, group_id: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m faust -A app ARGS`` (an operator command, not a worker) against the
+    test's topics; ``env`` adds to or overrides the environment (DATABASE_URL, ...)."""
+    environment = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        KAFKA_BOOTSTRAP=services.kafka_bootstrap,
+        DATABASE_URL=services.database_url,
+        ANALYTICS__ENGINE__TOPIC_PREFIX=topic_prefix,
+        ANALYTICS__SOURCES__KAFKA__GROUP_ID=group_id,
+    )
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "app", *args],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
