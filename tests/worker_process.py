@@ -278,12 +278,14 @@ class WorkerPool:
         tls: TlsFiles | None = None,
         *,
         again: Worker | None = None,
+        log_level: str = "info",
     ) -> Worker:
         """Launch ``python -m faust -A app worker``; call ``wait_ready`` before using it.
 
         With ``tls`` (a certificate for 127.0.0.1) the worker serves HTTPS only. ``again``:
         a worker that has exited, started anew with its name, port and data directory (its
-        local RocksDB state kept); ``restart`` does that with its settings."""
+        local RocksDB state kept); ``restart`` does that with its settings. ``log_level``:
+        the project's loggers' level (``-l``; libraries: app/log_levels.py)."""
         if again is None:
             name = f"w{len(self.workers) + 1}"
             port = free_port()
@@ -331,7 +333,7 @@ class WorkerPool:
             str(self.workdir / name),
             "worker",
             "-l",
-            "info",
+            log_level,
         ]
         with log_path.open("ab") as log:
             log.write(f"$ {' '.join(command)}\n".encode())

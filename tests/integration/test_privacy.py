@@ -4,9 +4,11 @@ Distinctive addresses go in through every door: ``POST /ingest`` and ``/ingest/b
 events, events invalid for another reason, an invalid address) and straight into
 ``user-events`` (valid, invalid, and a message keyed wrongly, which the tracker re-keys).
 Once the pipeline has written its rows, every record of every topic of the test (its prefix
-and its Faust app id), every row of every table of its database and the worker's whole log
-are searched. The one place a full address may sit is ``user-events`` itself, in exactly
-the messages the test produced there: that topic holds what producers write.
+and its Faust app id), every row of every table of its database, the worker's whole log (at
+debug level), what ``faust -A app tail user-events`` prints and the web API's answers about
+the test's users are searched. The one place a full address may sit is ``user-events``
+itself, in exactly the messages the test produced there: that topic holds what producers
+write.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tests.kafka_helpers import (
     security,
 )
 from tests.missing_services import service_missing
-from tests.worker_process import Services, WorkerPool
+from tests.worker_process import Services, WorkerPool, faust_command
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +79,12 @@ async def post(url: str, body: Any) -> int:
         return response.status
 
 
+async def get(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200, await response.text()
+        return await response.text()
+
+
 async def all_topics(bootstrap: str, prefixes: tuple[str, ...]) -> list[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security())
     await admin.start()
@@ -112,7 +120,9 @@ async def test_no_full_address_reaches_a_topic_table_or_log(
         service_missing("PostgreSQL", "DATABASE_URL is not set")
     bootstrap = services.kafka_bootstrap
     async with fresh_database(services.database_url, "privacy") as database:
-        worker = worker_factory.start(topic_prefix, group_id, {"DATABASE_URL": database})
+        worker = worker_factory.start(
+            topic_prefix, group_id, {"DATABASE_URL": database}, log_level="debug"
+        )
         await worker.await_ready(PARTITIONS, timeout=120)
         v4, v6, bad4, bad6 = HTTP_FULL
         assert await post(worker.url + "/ingest", event(1, v4)) == 202
@@ -154,6 +164,16 @@ async def test_no_full_address_reaches_a_topic_table_or_log(
         assert f"{topic_prefix}user-behavior-enriched" in topics
         assert any("changelog" in t for t in topics), topics
         records = {t: await read_to_end(bootstrap, t) for t in topics}
+        tail = faust_command(
+            ["tail", "user-events", "--last", "100"], services, topic_prefix, group_id
+        )
+        assert tail.returncode == 0, tail.stderr
+        assert TOPIC_FULL[t4] in tail.stdout  # the topic holds the full one: tail cuts it
+        answers = [
+            await get(worker.url + f"/api/{what}/privacy-user-{n}")
+            for what in ("users", "sessions")
+            for n in (1, 3, 7, 8)
+        ]
         log = worker.log_path.read_text(errors="replace")
 
         # not vacuous: the anonymised forms are there, the invalid ones dead-lettered
@@ -178,6 +198,8 @@ async def test_no_full_address_reaches_a_topic_table_or_log(
 
         for full in [*HTTP_FULL, HTTP_INVALID, *TOPIC_FULL]:
             assert full not in log, f"{full} in the worker log"
+            assert full not in tail.stdout + tail.stderr, f"{full} printed by faust tail"
+            assert not [a for a in answers if full in a], f"{full} in a web API answer"
             for table, dump in dumps.items():
                 assert full not in dump, f"{full} in table {table}"
             for topic, found in records.items():
