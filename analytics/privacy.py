@@ -34,7 +34,7 @@ REMOVED = "[ip removed]"
 
 _6TO4 = ipaddress.IPv6Network("2002::/16")
 _TOKEN = re.compile(r"[0-9A-Fa-f]*(?:[:.][0-9A-Fa-f]*)+")
-_V4_SHAPE = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.)\d{1,3}(?!\d)")
+_V4_SHAPE = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.)\d{1,3}(?!\d)", re.ASCII)
 
 
 def anonymize_ip(canonical: str) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from analytics.dead_letters import bounded_dead_letter
 from analytics.enrichment import EnrichmentRules, enrich
@@ -172,3 +174,23 @@ def test_ingest_produces_and_dead_letters_anonymised_addresses() -> None:
     sent = b"".join(a.value for a in batch.accepted) + orjson.dumps(batch.dead_letters)
     assert b"203.0.113.77" not in sent and b"198.51.100.9" not in sent
     assert len(batch.accepted) == len(batch.dead_letters) == 1
+
+
+DELIMITERS = st.text(alphabet=' "{},=[]/\n\tghijklmnopqrstuvwxyz', max_size=8)
+
+
+@given(
+    address=st.ip_addresses(),
+    before=DELIMITERS,
+    after=DELIMITERS.filter(lambda text: not text.startswith("%")),
+    mode=st.sampled_from(["anonymize", "drop"]),
+)
+def test_no_full_address_survives_scrubbing(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, before: str, after: str, mode: IpMode
+) -> None:
+    """Any address between characters that cannot continue it comes out anonymised (or
+    removed): the full text is left only when it already is its own anonymised form."""
+    text = str(address)
+    scrubbed = scrub_text(before + text + after, mode)
+    cut = REMOVED if mode == "drop" else anonymize_ip(text)
+    assert scrubbed == before + cut + after
