@@ -40,6 +40,7 @@ from analytics.cohorts import CohortsSpec
 from analytics.custom_kpis import NO_CUSTOM_KPIS, CustomKpis, parse_custom_kpis
 from analytics.experiments import ExperimentsSpec
 from analytics.funnels import FunnelSpec, parse_funnels
+from analytics.privacy import IpMode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "configs" / "analytics-dashboard.yaml"
@@ -575,6 +576,12 @@ class ErasureSettings(Section):
     wait: Duration = timedelta(seconds=10)
 
 
+class PrivacySettings(Section):
+    """SPEC 10: what leaves the tracker of an event's ``ip_address`` (analytics.privacy)."""
+
+    ip: IpMode = "anonymize"  # anonymize: IPv4 /24, IPv6 /48; drop: null; keep: unchanged
+
+
 class Settings(BaseSettings):
     """The whole configuration of one worker."""
 
@@ -592,6 +599,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     access: AccessSettings = AccessSettings()
     erasure: ErasureSettings = ErasureSettings()
+
+    privacy: PrivacySettings = PrivacySettings()
     #: SPEC 7 funnels, read by analytics.funnels.parse_funnels (durations as everywhere here)
     funnels: tuple[FunnelSpec, ...] = ()
     #: SPEC 10 custom KPIs, read by analytics.custom_kpis.parse_custom_kpis

@@ -183,20 +183,7 @@ class SinkConsumer:
         records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
         for lost in [tp for tp in self.pending if tp not in owned]:
             del self.pending[lost]  # its new owner reads the chunks again
-        dead: list[dict[str, Any]] = []
-        written = 0
-        cut = runs(records) if self.eraser is not None else [(records, [])]
-        for run, erased in cut:  # tombstones: the users' rows deleted in order (sinks.erasure)
-            if run or len(cut) == 1:
-                written += await self._write(run, dead)
-            if erased and self.eraser is not None:
-                await self.eraser.erase(erased)
-        metrics.sink_batch(self.spec.name, len(records), written, len(dead))
-        if dead:
-            log.warning(
-                "sink %s: %d records to %s", self.spec.name, len(dead), self.dead_letters.name
-            )
-            await self.dead_letters.send(dead)
+        await self.write(records)
         offsets = next_offsets(records)
         owned = consumer.assignment()
         offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
@@ -213,6 +200,27 @@ class SinkConsumer:
             log.info(
                 "sink %s: offsets not committed (%s); they will be read again", self.spec.name, exc
             )
+
+    async def write(self, records: list[ConsumerRecord[Any, Any]]) -> int:
+        """Write a batch of records in offset order (until committed), deleting the rows of
+        users erased in between (tombstones, sinks.erasure), and dead-letter its rejects;
+        returns how many were dead-lettered. ``faust -A app sinks rebuild`` writes through
+        this too (sinks/rebuild.py)."""
+        dead: list[dict[str, Any]] = []
+        written = 0
+        cut = runs(records) if self.eraser is not None else [(records, [])]
+        for run, erased in cut:  # tombstones: the users' rows deleted in order (sinks.erasure)
+            if run or len(cut) == 1:
+                written += await self._write(run, dead)
+            if erased and self.eraser is not None:
+                await self.eraser.erase(erased)
+        metrics.sink_batch(self.spec.name, len(records), written, len(dead))
+        if dead:
+            log.warning(
+                "sink %s: %d records to %s", self.spec.name, len(dead), self.dead_letters.name
+            )
+            await self.dead_letters.send(dead)
+        return len(dead)
 
     async def _write(self, records: list[ConsumerRecord[Any, Any]], dead: list[Any]) -> int:
         """Write records (until committed); their dead letters go into ``dead``."""
