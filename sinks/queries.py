@@ -46,9 +46,10 @@ from psycopg import sql
 
 from analytics.funnels import DayPartial, FunnelPartials, FunnelSpec, range_row
 from analytics.journey_combiner import final_at
-from analytics.kpis import ratio, ratio_figures
+from analytics.kpis import ratio_figures
 from analytics.money import cents_of, currency, currency_per
 from analytics.timeutil import datetime_of, day_number, format_ts, ms_of
+from analytics.traffic import avg_time_on_page_ms
 from sinks.migrations import TIMESCALE
 from sinks.schema import SESSION_METRICS
 
@@ -86,8 +87,8 @@ GROUP BY 1
 ORDER BY 1
 """)
 
-# Pages ordered like SPEC section 5 and web/api_queries.top_pages: views descending, then the
-# page in code point order (the C collation compares UTF-8 bytes, which is the same order).
+# Pages ordered by analytics.traffic.page_rank: views descending, then the page in code point
+# order (the C collation compares UTF-8 bytes, which is the same order).
 TOP_PAGES = """
 SELECT page,
        sum(views)::bigint AS views,
@@ -205,7 +206,7 @@ def top_page(row: Sequence[Any]) -> dict[str, Any]:
         "views": views,
         "visitor_windows": visitors,
         "total_time_on_page_ms": time_ms,
-        "avg_time_on_page_ms": ratio(time_ms, views),
+        "avg_time_on_page_ms": avg_time_on_page_ms(time_ms, views),
     }
 
 
