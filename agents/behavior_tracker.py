@@ -60,15 +60,10 @@ from analytics.enrichment import EnrichmentRules, parse_user_agent
 from analytics.erasure import Erased
 from analytics.journeys import JourneyRules
 from analytics.money import currency
-from analytics.partition import (
-    PartitionOutput,
-    PartitionRules,
-    PartitionState,
-    Write,
-    apply_batch,
-)
+from analytics.partition import PartitionOutput, PartitionRules, PartitionState, apply_batch
 from analytics.record_chunks import PARTIAL, SESSION
 from analytics.rows import Arrival
+from analytics.state_store import Write
 from analytics.timeutil import format_ts
 from analytics.tracking import RawMessage, TrackedBatch, TrackerRules, track_batch
 from analytics.validation import FieldError

@@ -19,7 +19,8 @@ from confluent_kafka import Message
 
 from agents.kafka_io import Delivery
 from analytics.erasure import ERASE_HEADER, Erased
-from analytics.partition import PartitionOutput, PartitionRules, PartitionState, Write
+from analytics.partition import PartitionOutput, PartitionRules, PartitionState
+from analytics.state_store import Write
 from analytics.tracking import RawMessage, SeenEvent, TrackedBatch
 from app.metrics import BatchFigures
 from tables.overlay_store import OverlayStore

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from analytics import journeys, partition_codec
-from analytics.partition import PartitionState, StateStore, Write
+from analytics.partition import PartitionState
+from analytics.state_store import StateStore, Write
 
 T = TypeVar("T")
 

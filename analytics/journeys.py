@@ -88,14 +88,14 @@ class StateStore(Protocol):
 
 
 class JourneyHolder(Protocol):
-    """The partition's user value (analytics.partition.UserState), which carries the user's
+    """The partition's user value (analytics.user_state.UserState), which carries the user's
     SPEC 7-9 state: a JourneyUser once used, its stored data before, None when there is none."""
 
     journey: Any
 
 
 class OpenUser(Protocol):
-    """What the cohort engagement needs of a user's sessions (analytics.partition.UserState):
+    """What the cohort engagement needs of a user's sessions (analytics.user_state.UserState):
     the user's earliest event (its cohort: the partition's user value is the one whose
     sessions close, while the user's SPEC 7-9 value may trail it after a crash) and the
     sessions that start on a day."""

@@ -38,32 +38,26 @@ below those are skipped, so a restored prefix is repaired exactly by re-delivery
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import orjson
+from typing import Any
 
 from analytics import partition_codec as codec
 from analytics.custom_kpis import NO_CUSTOM_KPIS, CustomKpis
 from analytics.custom_kpis import is_counter as is_custom_counter
 from analytics.journeys import JourneyRules, Journeys
 from analytics.rows import Arrival, Row, Tick, row_of
-from analytics.sessions import SessionPreview, SessionSummary
+from analytics.state_store import StateStore, Write
 from analytics.timeutil import DAY_MS
+from analytics.user_state import UserState
+from analytics.watermark import Clock, accept_from, advance_idle
+from analytics.window_state import LIVE_COUNTERS, PageTally, WindowState
 from analytics.windows import window_end, window_start
-
-LIVE_COUNTERS = ("events", "page_views", "conversions", "revenue_cents", "purchases")
-"""The event counters of an open window that need no user: its live figures."""
 
 _NEVER = 2**62
 FOLD_ROWS_AT_LEAST = 32  # rows folded per batch when users wait for it
 FOLD_ROWS_PER_EVENT = 2  # ... plus this many per event of the batch: more than come in
-
-RECENT_SESSIONS = 10
-"""Closed sessions a user value keeps as summaries, newest first, for the web API."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,437 +85,6 @@ class PartitionOutput:
     journeys: list[dict[str, Any]] = field(default_factory=list)
     """Shares of SPEC 7-9 figures for the combiner (analytics.journeys)."""
     late_events: int = 0
-
-
-class StateStore(Protocol):
-    """Where a partition's state is read from: its table partition (RocksDB), or a dict."""
-
-    def get(self, key: bytes) -> bytes | None: ...
-
-    def scan(self, start: bytes, stop: bytes) -> Iterable[tuple[bytes, bytes]]:
-        """Items with ``start <= key < stop``, in key order."""
-        ...
-
-
-Write = tuple[bytes, bytes | None]
-"""A key and its new value; None deletes the key."""
-
-
-class SessionKey:
-    """One (user, session_id): summaries of sessions not yet closed, oldest first, and the
-    pending rows, in (ts, event_id) order. The summaries are stored in the user's value,
-    each pending row under a key of its own (analytics.partition_codec), so an event costs
-    the same to store however long its session is."""
-
-    __slots__ = ("encoded", "first_closed", "first_end", "pending", "summaries", "walk")
-
-    def __init__(self) -> None:
-        self.summaries: list[SessionSummary] = []
-        self.pending: list[Row] = []
-        self.walk: _Walk | None = None
-        """Where the last ``previews`` stopped, to go on from there (not stored)."""
-        self.encoded: Any = None
-        """The summaries' JSON while unchanged (analytics.partition_codec): most of a
-        user's session keys wait unchanged for their sessions to close."""
-        self.first_end: int | None = None
-        self.first_closed = False
-        """``first_session_end`` and whether a later session exists, kept up to date as
-        rows come in order; None when it must be worked out again."""
-
-    def add(self, row: Row, gap_ms: int) -> bool:
-        """Take a row in; False when it is there already (a replay after a crash that kept
-        the row but not its user)."""
-        pending = self.pending
-        if not pending or row > pending[-1]:
-            previous = pending[-1].ts if pending else None
-            pending.append(row)
-            self._extend_first(previous, row.ts, gap_ms)
-            return True
-        index = bisect.bisect_left(pending, row)
-        if index < len(pending) and pending[index] == row:
-            return False
-        pending.insert(index, row)
-        if self.walk is not None and index < self.walk.hi:
-            self.walk = None  # a row before where it stopped: walk again
-        self.first_end = None
-        return True
-
-    def _extend_first(self, previous: int | None, ts: int, gap_ms: int) -> None:
-        """A row after all others: the oldest session grows, or a later one begins."""
-        if self.first_end is None or self.first_closed:
-            return
-        if previous is None and self.summaries:
-            previous = self.summaries[-1].end
-        if previous is not None and ts - previous > gap_ms:
-            self.first_closed = True
-        else:
-            self.first_end = ts
-
-    def changed(self) -> None:
-        """Its summaries or the start of its rows changed: nothing cached holds."""
-        self.encoded = None
-        self.walk = None
-        self.first_end = None
-
-    def fold(self, limit: int, gap_ms: int) -> list[Row]:
-        """Move the pending rows older than ``limit`` into the summaries; returns them."""
-        pending = self.pending
-        cut = bisect.bisect_left(pending, limit, key=_ts)
-        if not cut:
-            return []
-        summaries = self.summaries
-        current = summaries[-1] if summaries else None
-        folded = pending[:cut]
-        for row in folded:
-            if current is None or row.ts - current.end > gap_ms:
-                current = SessionSummary(row)
-                summaries.append(current)
-            else:
-                current.add(row)
-        del pending[:cut]
-        self.changed()
-        return folded
-
-    def first_session_end(self, gap_ms: int) -> int | None:
-        """Last ts of the oldest session (summaries and pending rows taken together)."""
-        if self.first_end is not None:
-            return self.first_end
-        summaries, rows = self.summaries, self.pending
-        closed = len(summaries) > 1
-        if summaries:
-            end = summaries[0].end
-        elif rows:
-            end, rows = rows[0].ts, rows[1:]
-        else:
-            return None
-        if not closed:
-            for row in rows:
-                if row.ts - end > gap_ms:
-                    closed = True
-                    break
-                end = row.ts
-        self.first_end, self.first_closed = end, closed
-        return end
-
-    def window_rows(self, start: int, end: int) -> tuple[int, int]:
-        """The index range of the pending rows with ts in [start, end)."""
-        pending = self.pending
-        return bisect.bisect_left(pending, start, key=_ts), bisect.bisect_left(
-            pending, end, key=_ts
-        )
-
-    def previews(self, lo: int, hi: int, gap_ms: int) -> list[SessionPreview]:
-        """The sessions with a row among ``pending[lo:hi]`` (a window's rows), as of
-        ``pending[hi]``: those a KPI window counts (SPEC section 4).
-
-        Goes on from where the last call stopped when it can (the same window, grown; or a
-        later one): a window's live figures, asked again and again as its rows arrive, and
-        consecutive windows each cost the new rows only. The previews it returns are
-        changed by the next call: read them before."""
-        rows = self.pending
-        walk = self.walk
-        if walk is not None and walk.hi <= hi and walk.lo == lo:
-            done, current, active, index = walk.done, walk.current, walk.active, walk.hi
-        elif walk is not None and walk.hi <= lo:
-            done, current, active, index = [], walk.current, False, walk.hi
-        else:
-            index = lo
-            while index > 0 and rows[index].ts - rows[index - 1].ts <= gap_ms:
-                index -= 1
-            summaries = self.summaries
-            current = None
-            if index == 0 and summaries and rows[0].ts - summaries[-1].end <= gap_ms:
-                current = SessionPreview(summaries[-1])
-            done, active = [], False
-        while index < hi:
-            row = rows[index]
-            if current is None or row.ts - current.end > gap_ms:
-                if current is not None and active:
-                    done.append(current)
-                current = SessionPreview(None, row)
-                active = index >= lo
-            else:
-                current.add(row)
-                if index >= lo:
-                    active = True
-            index += 1
-        self.walk = _Walk(lo, hi, done, current, active)
-        return [*done, current] if current is not None and active else list(done)
-
-
-class _Walk:
-    """Where ``SessionKey.previews`` stopped: the window's first row, the row after the
-    last one taken, the sessions of the window already complete, the current one."""
-
-    __slots__ = ("active", "current", "done", "hi", "lo")
-
-    def __init__(
-        self,
-        lo: int,
-        hi: int,
-        done: list[SessionPreview],
-        current: SessionPreview | None,
-        active: bool,
-    ) -> None:
-        self.lo, self.hi, self.done, self.current, self.active = lo, hi, done, current, active
-
-
-def _ts(row: Row) -> int:
-    return row.ts
-
-
-class UserState:
-    """One user: profile counters, open sessions by session key, and bookkeeping."""
-
-    __slots__ = (
-        "applied",
-        "closed_sessions",
-        "countries",
-        "devices",
-        "events",
-        "first_seen",
-        "folded_until",
-        "index_at",
-        "journey",
-        "keys",
-        "last_seen",
-        "pieces",
-        "recent",
-        "recent_encoded",
-        "revenue_cents",
-        "rows_added",
-        "rows_folded",
-    )
-
-    def __init__(self) -> None:
-        self.first_seen: int | None = None
-        self.last_seen: int | None = None
-        self.events = 0
-        self.revenue_cents = 0
-        self.devices: list[str] = []
-        self.countries: list[str] = []
-        self.closed_sessions = 0
-        self.recent: list[dict[str, Any]] = []
-        self.recent_encoded: Any = None
-        self.applied = -1
-        self.folded_until: int | None = None
-        self.index_at: int | None = None
-        self.keys: dict[str, SessionKey] = {}
-        self.journey: Any = None
-        """The user's SPEC 7-9 state (analytics.journeys.JourneyUser), its stored data until
-        first used, None when there is none: kept in this value, not one of its own."""
-        self.rows_added: list[Row] = []  # pending rows to store, since the last write
-        self.rows_folded: list[Row] = []  # pending rows to delete: in summaries now
-        self.pieces: list[bytes] = []  # keys of its stored value's pieces, when too large
-
-    def add(self, row: Row, gap_ms: int) -> bool:
-        """Count an on-time event in the profile and keep it as a pending row; False when
-        the row was there already (see ``SessionKey.add``)."""
-        if self.first_seen is None or row.ts < self.first_seen:
-            self.first_seen = row.ts
-        if self.last_seen is None or row.ts > self.last_seen:
-            self.last_seen = row.ts
-        self.events += 1
-        self.revenue_cents += row.revenue_cents
-        if row.device and row.device not in self.devices:
-            self.devices = sorted([*self.devices, row.device])
-        if row.country and row.country not in self.countries:
-            self.countries = sorted([*self.countries, row.country])
-        key = self.keys.get(row.session_id)
-        if key is None:
-            key = self.keys[row.session_id] = SessionKey()
-        if key.add(row, gap_ms):
-            self.rows_added.append(row)
-            return True
-        return False
-
-    def fold(self, limit: int | None, gap_ms: int) -> None:
-        if limit is None or (self.folded_until is not None and self.folded_until >= limit):
-            return
-        for key in self.keys.values():
-            self.rows_folded += key.fold(limit, gap_ms)
-        self.folded_until = limit
-
-    def close_deadline(self, rules: PartitionRules) -> int | None:
-        """The earliest watermark at which one of the user's sessions can be written."""
-        ends = [key.first_session_end(rules.gap_ms) for key in self.keys.values()]
-        known = [end for end in ends if end is not None]
-        return min(known) + rules.close_after_ms if known else None
-
-    def close_sessions(self, user_id: str, watermark: int, rules: PartitionRules) -> list[Any]:
-        """Write out and forget the folded sessions that can no longer change."""
-        closed: list[dict[str, Any]] = []
-        for session_id, key in list(self.keys.items()):
-            summaries = key.summaries
-            while summaries and summaries[0].end + rules.close_after_ms <= watermark:
-                if len(summaries) == 1 and key.pending:
-                    first = key.pending[0].ts
-                    if first - summaries[0].end <= rules.gap_ms:
-                        break  # still growing: cannot happen once folded, kept as a guard
-                closed.append(summaries.pop(0).figures(user_id))
-                key.changed()
-            if not summaries and not key.pending:
-                del self.keys[session_id]
-        if closed:
-            self.closed_sessions += len(closed)
-            summaries_ = [session_summary(figures) for figures in closed]
-            newest_first = sorted(
-                [*summaries_, *self.recent],
-                key=lambda s: (s["end_ms"], s["session_id"]),
-                reverse=True,
-            )
-            self.recent = newest_first[:RECENT_SESSIONS]
-            self.recent_encoded = None
-        return closed
-
-    def recent_json(self) -> Any:
-        """``recent`` as JSON (an orjson fragment), kept until it changes."""
-        if self.recent_encoded is None:
-            self.recent_encoded = orjson.Fragment(codec.compact_dumps(self.recent))
-        return self.recent_encoded
-
-    def sessions_started(self, start: int, end: int, gap_ms: int) -> list[tuple[int, float]]:
-        """(start, engagement score) of the open sessions that start in [start, end), taken
-        as they stand before ``end`` (SPEC 8: a session cut at the end of its first day).
-        Summaries never hold rows at or after ``end`` here: the caller asks once no event
-        before ``end`` can come, before any later row is folded (fold limits trail it)."""
-        found: list[tuple[int, float]] = []
-        for key in self.keys.values():
-            current: SessionPreview | None = None
-            previews: list[SessionPreview] = []
-            if key.summaries:
-                previews = [SessionPreview(summary) for summary in key.summaries]
-                current = previews[-1]
-            for row in key.pending:
-                if row.ts >= end:
-                    break
-                if current is None or row.ts - current.end > gap_ms:
-                    current = SessionPreview(None, row)
-                    previews.append(current)
-                else:
-                    current.add(row)
-            found += [(p.start, p.engagement()) for p in previews if start <= p.start < end]
-        return found
-
-    def open_sessions(self, user_id: str, gap_ms: int) -> list[dict[str, Any]]:
-        """Every session not yet written out, with its SPEC section 3 figures so far."""
-        sessions: list[dict[str, Any]] = []
-        for key in self.keys.values():
-            summaries = [SessionSummary.decode(s.encode()) for s in key.summaries]
-            current = summaries[-1] if summaries else None
-            for row in key.pending:
-                if current is None or row.ts - current.end > gap_ms:
-                    current = SessionSummary(row)
-                    summaries.append(current)
-                else:
-                    current.add(row)
-            sessions += [summary.figures(user_id) for summary in summaries]
-        return sessions
-
-
-def session_summary(figures: dict[str, Any]) -> dict[str, Any]:
-    """What a user value keeps of a closed session: the headline figures, not its pages."""
-    return {
-        "session_id": figures["session_id"],
-        "start_ms": figures["window_start_ms"],
-        "end_ms": figures["window_end_ms"],
-        "total_events": figures["total_events"],
-        "unique_pages": figures["unique_pages"],
-        "total_duration_ms": figures["total_duration_ms"],
-        "is_bounce": figures["is_bounce"],
-        "conversions": figures["conversions"],
-        "revenue_cents": figures["revenue_cents"],
-        "engagement_score": figures["engagement_score"],
-        "device_type": figures["device_type"],
-        "country": figures["country"],
-    }
-
-
-class WindowState:
-    """An open window of this partition: its users, and running event counters for live
-    figures (the final figures are computed from the users' rows)."""
-
-    __slots__ = (
-        "applied",
-        "custom",
-        "dirty",
-        "live",
-        "live_changed",
-        "live_users_total",
-        "new_users",
-        "newcomers",
-        "persisted",
-        "session_sums",
-        "sessions",
-        "start",
-        "tally",
-        "touched",
-        "users",
-    )
-
-    def __init__(self, start: int) -> None:
-        self.start = start
-        self.users: set[str] = set()
-        self.live = [0] * len(LIVE_COUNTERS)  # running counters, in LIVE_COUNTERS order
-        self.custom: dict[str, int] = {}  # custom KPI counters (analytics.custom_kpis)
-        self.applied = -1
-        self.new_users: list[str] = []  # members added since the last write
-        self.dirty = False  # live counters changed since the last write
-        self.persisted = False  # its value was written (or loaded)
-        self.live_changed = True  # an event came since its last live partial
-        self.live_users_total = 0  # users_total of its last live partial
-        # Figures worked out from the users' rows when first needed, then kept up to date
-        # as rows come (PartitionState.row_added), so the next partial costs what changed,
-        # not the window's rows. Not stored. Users read back after a crash may hold rows of
-        # a window that was not stored, so even a new window starts from their rows.
-        self.tally: _Tally | None = None
-        self.newcomers: set[str] | None = None  # users first seen in the window
-        self.sessions: dict[tuple[str, str], tuple[int, int, int, int]] | None = None
-        """Per (user, session_id): the sessions active in the window as of its end, their
-        summed duration, bounces and engagement (x10,000)."""
-        self.session_sums = [0, 0, 0, 0]
-        self.touched: set[tuple[str, str]] = set()  # session keys to figure out again
-
-    def forget_figures(self) -> None:
-        self.tally = self.newcomers = self.sessions = None
-        self.touched = set()
-
-    def count(self, user_id: str, row: Row) -> None:
-        if user_id not in self.users:
-            self.users.add(user_id)
-            self.new_users.append(user_id)
-        live = self.live
-        live[0] += 1
-        live[1] += row.action == "page_view"
-        live[2] += row.conversion
-        live[3] += row.revenue_cents
-        live[4] += row.action == "purchase"
-        self.dirty = True
-        self.live_changed = True
-
-    def count_custom(self, counters: list[str]) -> None:
-        custom = self.custom
-        for name in counters:
-            custom[name] = custom.get(name, 0) + 1
-
-    def live_figures(self) -> dict[str, int]:
-        figures = dict(zip(LIVE_COUNTERS, self.live, strict=True))
-        if self.custom:
-            figures.update(self.custom)
-        return figures
-
-
-@dataclass(slots=True)
-class Clock:
-    """The partition's time and counters, one value written last in every batch."""
-
-    max_ts: int | None = None
-    wm: int | None = None
-    last_arrival: int | None = None
-    applied: int = -1
-    users_total: int = 0
-    late: int = 0
-    finalized_through: int | None = None
 
 
 class PartitionState:
@@ -763,7 +326,7 @@ class PartitionState:
         An entry may be early: when it comes due and the user is not, it moves to the real
         deadline. So a session that keeps growing costs no index write per event, only one
         per ``close_after`` of event time."""
-        deadline = user.close_deadline(self.rules)
+        deadline = user.close_deadline(self.rules.gap_ms, self.rules.close_after_ms)
         filed = user.index_at
         if filed is not None and (deadline is None or deadline < filed):
             self._index_deletes.append(codec.close_key(filed, user_id))
@@ -854,9 +417,13 @@ class PartitionState:
             if filed is not None and (filed == due_at or filed <= watermark):
                 user.index_at = None  # its entry is this one, or one already taken out
                 self.open_users -= 1
-            deadline = user.close_deadline(self.rules)
+            deadline = user.close_deadline(self.rules.gap_ms, self.rules.close_after_ms)
             if deadline is not None and deadline <= watermark:
-                out.sessions.extend(user.close_sessions(user_id, watermark, self.rules))
+                out.sessions.extend(
+                    user.close_sessions(
+                        user_id, watermark, self.rules.gap_ms, self.rules.close_after_ms
+                    )
+                )
             # take_writes files the user again under its next deadline, if it has one
         following = codec.next_due(self.store, watermark)
         self._next_due = following if following is not None else _NEVER
@@ -875,7 +442,7 @@ def apply_batch(
     state.close_due_sessions(out)
     state.fold_some(len(items) if isinstance(items, list) else 0)
     journeys = state.journeys
-    accepting_from = accept_from(clock, rules)
+    accepting_from = accept_from(clock, rules.window_ms)
     custom_kpis = rules.custom_kpis
     if journeys is not None:
         journeys.expire(accepting_from)
@@ -887,7 +454,7 @@ def apply_batch(
             continue
         clock.applied = item.offset
         if isinstance(item, Tick):
-            _advance_idle(clock, item.timestamp_ms, rules)
+            advance_idle(clock, item.timestamp_ms, rules.idle_ms, rules.grace_ms)
             continue
         row = item.row if item.row is not None else row_of(item.event)
         ts = row.ts
@@ -918,7 +485,13 @@ def apply_batch(
         if journeys is not None:
             same_day = last_seen is not None and last_seen // DAY_MS == ts // DAY_MS
             journeys.add(
-                user_id, row, item.event, item.offset, accept_from(clock, rules), same_day, user
+                user_id,
+                row,
+                item.event,
+                item.offset,
+                accept_from(clock, rules.window_ms),
+                same_day,
+                user,
             )
         if clock.max_ts is None or ts > clock.max_ts:
             clock.max_ts = ts
@@ -929,26 +502,12 @@ def apply_batch(
             clock.last_arrival = item.arrived_ms
     _finalise_windows(state, rules, out, live=live)
     if journeys is not None:
-        accepting_now = accept_from(clock, rules)
+        accepting_now = accept_from(clock, rules.window_ms)
         journeys.days_ended(
             accepting_from, accepting_now, state.open_user_ids, state.user, rules.gap_ms
         )
         out.journeys = journeys.messages(accepting_now, live)
     return out
-
-
-def accept_from(clock: Clock, rules: PartitionRules) -> int | None:
-    """The lowest ts an event can still have to be on time (SPEC 6): an event is late when
-    its window ends at or before the watermark. None before the first event."""
-    return None if clock.wm is None else window_start(clock.wm, rules.window_ms)
-
-
-def _advance_idle(clock: Clock, now_ms: int, rules: PartitionRules) -> None:
-    if clock.max_ts is None or clock.last_arrival is None or clock.wm is None:
-        return
-    idle = now_ms - clock.last_arrival
-    if idle >= rules.idle_ms:
-        clock.wm = max(clock.wm, clock.max_ts - rules.grace_ms + idle)
 
 
 def _finalise_windows(
@@ -1024,7 +583,7 @@ def window_partial(
         users_total=users_before + new_users,
     )
     if window.tally is None:  # built early (the first live share) it grows with the rows
-        window.tally = _Tally()
+        window.tally = PageTally()
         for user_id in window.users:
             user = state.user(user_id)
             if user is None:
@@ -1099,43 +658,3 @@ def running_figures_hold(state: PartitionState) -> bool:
             if window.newcomers is not None and window.newcomers != fresh.newcomers:
                 return False
     return True
-
-
-class _Tally:
-    """A window's page and dimension figures, with the distinct users of each (SPEC 5)."""
-
-    __slots__ = ("by_dim", "pages")
-
-    def __init__(self) -> None:
-        self.pages: dict[str, list[Any]] = {}  # views, time on page, visitors
-        self.by_dim: tuple[dict[str, list[Any]], ...] = ({}, {}, {})  # device, country, browser
-
-    def add(self, user_id: str, row: Row) -> None:
-        is_view = row.action == "page_view"
-        if is_view:
-            stats = self.pages.get(row.page)
-            if stats is None:
-                stats = self.pages[row.page] = [0, 0, set()]
-            stats[0] += 1
-            stats[1] += row.duration
-            stats[2].add(user_id)
-        cents = row.revenue_cents
-        for cells, value in zip(self.by_dim, (row.device, row.country, row.browser), strict=True):
-            value = value or "unknown"
-            cell = cells.get(value)
-            if cell is None:
-                cell = cells[value] = [0, 0, 0, set()]  # events, page views, revenue, users
-            cell[0] += 1
-            cell[1] += is_view
-            cell[2] += cents
-            cell[3].add(user_id)
-
-    def figures(self) -> tuple[dict[str, list[int]], dict[str, dict[str, list[int]]]]:
-        """Pages as [views, visitors, time on page]; dimension values as [events, users,
-        page views, revenue] (the partial message's layout)."""
-        pages = {page: [s[0], len(s[2]), s[1]] for page, s in self.pages.items()}
-        dims = {
-            name: {value: [c[0], len(c[3]), c[1], c[2]] for value, c in cells.items()}
-            for name, cells in zip(("device", "country", "browser"), self.by_dim, strict=True)
-        }
-        return pages, dims

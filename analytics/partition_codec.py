@@ -40,17 +40,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from analytics import wide_json
+from analytics.compact_json import compact_dumps
 from analytics.record_chunks import MAX_RECORD_BYTES
 from analytics.rows import Row
 from analytics.sessions import SessionSummary
-
-if TYPE_CHECKING:
-    from analytics.partition import Clock, SessionKey, StateStore, UserState, WindowState, Write
+from analytics.state_store import StateStore, Write
+from analytics.user_state import SessionKey, UserState
+from analytics.watermark import Clock
+from analytics.window_state import WindowState
 
 CLOCK_KEY = b"\xff\xffclock"
 WINDOW = b"\xff\xfdW"
@@ -125,13 +127,6 @@ def count_index(store: StateStore) -> int:
 # ---------------------------------------------------------------------- users
 
 
-def compact(data: bytes) -> bytes:
-    """A copy of the size of its content. orjson (3.13) returns its output in a buffer of at
-    least 4 KiB, and what the state keeps (per user and session key) would cost 4 KiB each:
-    gigabytes for a million open sessions (bench/sessions_at_scale.py)."""
-    return bytes(memoryview(data))
-
-
 def _text(value: str) -> bytes:
     data = value.encode()
     return len(data).to_bytes(2, "big") + data
@@ -199,10 +194,6 @@ def _user_fields(user: UserState, recent: Any, keys: dict[str, Any]) -> list[Any
     ]
 
 
-def compact_dumps(value: Any) -> bytes:
-    return compact(orjson.dumps(value))
-
-
 def wide_dumps(value: Any) -> bytes:
     """``value`` as a ``WIDE`` value: JSON with integers of any size."""
     return bytes([WIDE]) + wide_json.dumps(value)
@@ -265,8 +256,6 @@ def _joined(
 def load_user(store: StateStore, user_id: str) -> tuple[UserState, list[bytes]] | None:
     """A user with its pending rows, and the keys of rows it folded already (a crash came
     between writing it and deleting them): None for a user never seen."""
-    from analytics.partition import SessionKey
-
     stored = store.get(user_id.encode())
     if stored is None:
         return None
@@ -295,8 +284,6 @@ def load_user(store: StateStore, user_id: str) -> tuple[UserState, list[bytes]] 
 
 def decode_user(data: bytes) -> UserState:
     """A user's value, without its pending rows (``load_user`` adds them)."""
-    from analytics.partition import SessionKey, UserState
-
     value = _loads(data)
     if isinstance(value, dict):
         return _legacy_user(value)
@@ -328,8 +315,6 @@ def decode_user(data: bytes) -> UserState:
 def _legacy_user(value: dict[str, Any]) -> UserState:
     """A user written by the previous version: every open row becomes a pending row, stored
     under its own key when the user is next written."""
-    from analytics.partition import SessionKey, UserState
-
     user = UserState()
     user.first_seen = value.get("first_seen")
     user.last_seen = value.get("last_seen")
@@ -374,8 +359,6 @@ def encode_clock(clock: Clock) -> bytes:
 
 
 def decode_clock(data: bytes) -> Clock:
-    from analytics.partition import Clock
-
     value = orjson.loads(data)
     return Clock(**{name: value[name] for name in _CLOCK_FIELDS if name in value})
 

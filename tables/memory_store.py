@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 
 
 class MemoryStore:
-    """``analytics.partition.StateStore`` over a dict; ``apply`` takes a batch's writes."""
+    """``analytics.state_store.StateStore`` over a dict; ``apply`` takes a batch's writes."""
 
     def __init__(self, items: dict[bytes, bytes] | None = None) -> None:
         self.data: dict[bytes, bytes] = dict(items or {})

@@ -19,7 +19,7 @@ class ReadableStore(Protocol):
 
 
 class OverlayStore:
-    """``analytics.partition.StateStore`` over ``base`` with pending writes on top."""
+    """``analytics.state_store.StateStore`` over ``base`` with pending writes on top."""
 
     def __init__(self, base: ReadableStore) -> None:
         self.base = base

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from analytics import partition_codec
-from analytics.partition import UserState
+from analytics.user_state import UserState
 from app import app
 from tables.rocksdb_options import rocksdb_options
 from tables.rocksdb_store import RocksStore

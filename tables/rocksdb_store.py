@@ -2,7 +2,7 @@
 
 Faust's ``Store`` picks a partition database from the *current event* and goes through its
 buffered changelog; the hot path instead reads and writes one partition's database directly:
-``get`` and ``scan`` for ``analytics.partition.StateStore``, and ``write`` for a batch of
+``get`` and ``scan`` for ``analytics.state_store.StateStore``, and ``write`` for a batch of
 changes whose changelog records the broker has acknowledged, together with the changelog
 offset they reach (what Faust's recovery reads from, on its ``offset_key``), in one atomic
 RocksDB write batch. The same reads over a dict: tables/memory_store.py.

@@ -29,8 +29,8 @@ from faust import web
 from faust.web.exceptions import ServiceUnavailable
 
 from analytics import wide_json
-from analytics.partition import UserState
 from analytics.timeutil import format_ts, parse_ts
+from analytics.user_state import UserState
 from app import app, faust_compat
 from tables import combiner_state, large_values
 from tables.history import (

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from analytics.money import currency
-from analytics.partition import UserState
 from analytics.timeutil import format_ts
 from analytics.traffic import add_dimensions, add_pages, avg_time_on_page_ms, page_rank
+from analytics.user_state import UserState
 from web.api_params import KpiRange
 
 MINUTE_MS = 60_000
@@ -29,7 +29,7 @@ def _ts(ms: int | None) -> str | None:
 
 
 def user_profile(user_id: str, user: UserState, gap_ms: int) -> dict[str, Any]:
-    """``GET /api/users/{user_id}``: the profile counters of analytics.partition.UserState."""
+    """``GET /api/users/{user_id}``: the profile counters of analytics.user_state.UserState."""
     return {
         "user_id": user_id,
         "first_seen": _ts(user.first_seen),
@@ -61,7 +61,7 @@ def session_view(figures: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def recent_sessions(user_id: str, user: UserState) -> list[dict[str, Any]]:
-    """The user's last closed sessions (analytics.partition.RECENT_SESSIONS), newest first."""
+    """The user's last closed sessions (analytics.user_state.RECENT_SESSIONS), newest first."""
     return [
         {
             "user_id": user_id,

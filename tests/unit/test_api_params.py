@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from analytics.partition import SessionKey, UserState
 from analytics.rows import Row
 from analytics.timeutil import parse_ts
+from analytics.user_state import SessionKey, UserState
 from web.api_params import (
     BadParameter,
     KpiRange,

@@ -30,11 +30,12 @@ from analytics import record_chunks, wide_json
 from analytics.combiner import CombinerRules, combine, new_state
 from analytics.kpis import kpi_figures, trends
 from analytics.partials import KPI_COUNTERS, PartialLimits, check_message
-from analytics.partition import PartitionRules, PartitionState, SessionKey, UserState
+from analytics.partition import PartitionRules, PartitionState
 from analytics.rows import Row
 from analytics.sessions import SessionSummary
 from analytics.timeutil import datetime_of, format_ts
 from analytics.traffic import dimension_rows, page_rows
+from analytics.user_state import SessionKey, UserState
 from analytics.validation import MAX_AMOUNT
 from sinks import queries
 from sinks.schema import DIMENSION_STATS, KPI_METRICS, PAGE_VIEW_STATS, SESSION_METRICS, prepare

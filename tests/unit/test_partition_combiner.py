@@ -39,20 +39,19 @@ from analytics.experiments import ExperimentsSpec
 from analytics.funnels import parse_funnels
 from analytics.journeys import JourneyRules
 from analytics.partition import (
-    RECENT_SESSIONS,
-    Clock,
     PartitionOutput,
     PartitionRules,
     PartitionState,
-    UserState,
-    Write,
     apply_batch,
     running_figures_hold,
 )
 from analytics.rows import Arrival, Tick, row_of
 from analytics.sessions import session_figures, split_sessions
+from analytics.state_store import Write
 from analytics.timeutil import format_ts, parse_ts
+from analytics.user_state import RECENT_SESSIONS, UserState
 from analytics.validation import validate_event
+from analytics.watermark import Clock
 from app.settings import parse_duration
 from generator.traffic import TrafficProfile, generate_labelled
 from tables.memory_store import MemoryStore

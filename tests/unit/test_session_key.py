@@ -1,4 +1,4 @@
-"""analytics.partition.SessionKey: previews that go on from the last walk equal a walk from
+"""analytics.user_state.SessionKey: previews that go on from the last walk equal a walk from
 scratch, whatever came in between (rows in and out of order, folds, other windows)."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from analytics.partition import SessionKey
 from analytics.rows import Row
 from analytics.sessions import SessionPreview
+from analytics.user_state import SessionKey
 
 GAP = 1_000  # much shorter than a window: a window holds several sessions
 WINDOW = 10_000
