@@ -1,0 +1,206 @@
+"""End to end (SPEC 10): traffic that makes a rule fire and resolve gives exactly one firing
+and one resolution on ``kpi-alerts``, also with the worker killed -9 in between and
+restarted; the webhook receives each (its first attempt refused, so it is retried), and
+``GET /api/alerts`` shows the alert while it fires.
+
+The rule: ``total_events >= 20`` for 2 windows. Event time (1-minute windows, grace 10 s):
+W0 5 events, W1 25, W2 25, then one event per partition at W3 + 11 s makes W0-W2 final: the
+rule fires at W2. The worker is killed and restarted; then W3 25 more, W4 5, and one event per
+partition at W5 + 11 s makes W3 and W4 final: it resolves at W4. Killed and restarted once
+more, W6 and W7 with 25 each make it fire again at W7, and nothing before is repeated.
+``idle_timeout`` is long, so event time moves only with these events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from agents.alert_log import read_transitions
+from analytics.alerts import Transition
+from analytics.timeutil import format_ts, parse_ts
+from tests.kafka_helpers import produce, security, sentinel_user_ids
+from tests.polling import poll
+from tests.worker_process import Services, Worker, WorkerPool, free_port
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 8
+W = 60_000
+START = parse_ts("2026-02-02T10:00:00Z")
+RULE = {"name": "busy", "metric": "total_events", "comparator": ">=", "threshold": 20, "for": 2}
+
+
+def events(window: int, count: int, tag: str) -> list[tuple[bytes | None, bytes]]:
+    """``count`` page views in window ``window`` by a few users."""
+    out: list[tuple[bytes | None, bytes]] = []
+    for n in range(count):
+        user = f"user-{tag}-{n % 7}"
+        event = {
+            "event_id": f"{tag}-{window}-{n}",
+            "user_id": user,
+            "action": "page_view",
+            "page": "/home",
+            "timestamp": format_ts(START + window * W + 1000 + n * 100),
+        }
+        out.append((user.encode(), orjson.dumps(event)))
+    return out
+
+
+def closing(window: int, tag: str) -> list[tuple[bytes | None, bytes]]:
+    """One event per partition 11 s into ``window``: every earlier window becomes final."""
+    out: list[tuple[bytes | None, bytes]] = []
+    for user in sentinel_user_ids(PARTITIONS, tag).values():
+        event = {
+            "event_id": f"{user}-closing",
+            "user_id": user,
+            "action": "closing",
+            "timestamp": format_ts(START + window * W + 11_000),
+        }
+        out.append((user.encode(), orjson.dumps(event)))
+    return out
+
+
+class Receiver:
+    """A webhook receiver: refuses each transition's first attempt (503), counts the rest."""
+
+    def __init__(self) -> None:
+        self.attempts: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
+        self.bodies: dict[str, Any] = {}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        key = request.headers["Idempotency-Key"]
+        self.attempts[key] += 1
+        if self.attempts[key] == 1:
+            return web.Response(status=503)
+        self.accepted[key] += 1
+        self.bodies[key] = await request.json()
+        return web.Response(status=204)
+
+
+@contextlib.asynccontextmanager
+async def receiving() -> AsyncIterator[tuple[Receiver, str]]:
+    """The receiver served on a free port (in the test's own event loop), and its URL."""
+    hook = Receiver()
+    application = web.Application()
+    application.router.add_post("/hook", hook.handle)
+    runner = web.AppRunner(application)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield hook, f"http://127.0.0.1:{port}/hook"
+    await runner.cleanup()
+
+
+async def committed(bootstrap: str, topic: str) -> list[Transition]:
+    return await read_transitions({"bootstrap_servers": bootstrap, **security()}, topic)
+
+
+async def wait_for(bootstrap: str, topic: str, count: int) -> list[Transition]:
+    """The committed transitions once there are ``count`` (or more, which the caller sees)."""
+
+    def read() -> list[Transition]:
+        return asyncio.run(committed(bootstrap, topic))
+
+    found: list[Transition] = await until(read, lambda f: len(f) >= count, 180, f"{count} alerts")
+    return found
+
+
+def alerts(worker: Worker) -> dict[str, Any]:
+    with urllib.request.urlopen(worker.url + "/api/alerts", timeout=10) as answer:
+        return dict(json.loads(answer.read()))
+
+
+async def until(
+    fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str
+) -> Any:
+    """tests.polling.poll in a thread: this event loop serves the webhook receiver meanwhile."""
+    return await asyncio.to_thread(poll, fetch, done, timeout, what)
+
+
+async def test_a_rule_fires_and_resolves_once_across_a_kill(
+    worker_factory: WorkerPool,
+    services: Services,
+    topic_prefix: str,
+    group_id: str,
+) -> None:
+    async with receiving() as (hook, url):
+        await fire_and_resolve(
+            worker_factory, services.kafka_bootstrap, topic_prefix, group_id, hook, url
+        )
+
+
+async def fire_and_resolve(
+    worker_factory: WorkerPool,
+    bootstrap: str,
+    topic_prefix: str,
+    group_id: str,
+    hook: Receiver,
+    url: str,
+) -> None:
+    env = {
+        "ANALYTICS__ALERTS__RULES": json.dumps([RULE]),
+        "ANALYTICS__ALERTS__WEBHOOK__URL": url,
+        "ANALYTICS__ALERTS__WEBHOOK__BACKOFF_INITIAL": "100ms",
+        "ANALYTICS__ENGINE__IDLE_TIMEOUT": "1h",
+    }
+    worker = worker_factory.start(topic_prefix, group_id, env)
+    await worker.await_ready(PARTITIONS, timeout=180)
+    user_events, alert_topic = f"{topic_prefix}user-events", f"{topic_prefix}kpi-alerts"
+    tag = uuid.uuid4().hex[:6]
+    first = events(0, 5, tag) + events(1, 25, tag) + events(2, 25, tag)
+    await produce(bootstrap, user_events, first + closing(3, tag + "a"))
+
+    fired = await wait_for(bootstrap, alert_topic, 1)
+    assert [(t.rule, t.state, t.window_start_ms, t.value) for t in fired] == [
+        ("busy", "firing", START + 2 * W, 25)
+    ]
+    shown = await until(lambda: alerts(worker), lambda a: a["firing"], 60, "GET /api/alerts firing")
+    assert shown["firing"] == [fired[0].record()]
+    assert shown["rules"] == [{**RULE, "threshold": 20.0}]
+
+    worker.kill()
+    worker = worker_factory.restart(worker)
+    await worker.await_ready(PARTITIONS, timeout=180)
+    second = events(3, 25, tag + "b") + events(4, 5, tag + "b")
+    await produce(bootstrap, user_events, second + closing(5, tag + "c"))
+
+    both = await wait_for(bootstrap, alert_topic, 2)
+    assert [(t.rule, t.state, t.window_start_ms, t.value) for t in both] == [
+        ("busy", "firing", START + 2 * W, 25),
+        ("busy", "resolved", START + 4 * W, 5),
+    ]
+    resolved = await until(
+        lambda: alerts(worker), lambda a: len(a["recent"]) == 2, 60, "resolution"
+    )
+    assert resolved["firing"] == []
+    assert resolved["recent"] == [t.record() for t in reversed(both)]
+
+    keys = {t.idempotency_key for t in both}
+    await until(lambda: set(hook.accepted), lambda got: got == keys, 60, "webhook deliveries")
+    assert all(hook.attempts[key] >= 2 for key in keys)  # the refused first attempt, retried
+    assert {key: hook.bodies[key] for key in keys} == {t.idempotency_key: t.record() for t in both}
+    # killed again: the restart reads the whole history again; nothing of it is published
+    # twice, and the rule fires anew at W7 (W5 holds only the 8 closing events)
+    worker.kill()
+    worker = worker_factory.restart(worker)
+    await worker.await_ready(PARTITIONS, timeout=180)
+    third = events(6, 25, tag + "d") + events(7, 25, tag + "d")
+    await produce(bootstrap, user_events, third + closing(8, tag + "e"))
+    everything = await wait_for(bootstrap, alert_topic, 3)
+    assert [(t.state, t.window_start_ms) for t in everything] == [
+        ("firing", START + 2 * W),
+        ("resolved", START + 4 * W),
+        ("firing", START + 7 * W),
+    ]
