@@ -1,5 +1,5 @@
-"""Operator commands on the Faust CLI: ``faust -A app tail TOPIC`` (``faust -A app migrate`` is
-the database sinks' own: agents/database_sinks.py)."""
+"""Operator commands on the Faust CLI: ``faust -A app tail TOPIC`` and ``faust -A app
+alert-rules`` (``faust -A app migrate`` is the database sinks' own: agents/database_sinks.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.cli import argument, option
 
 from app import app
+from app.alert_rules_export import rules_yaml
 from app.kafka_security import aiokafka_kwargs
 
 
@@ -61,3 +62,18 @@ async def _partitions(topic: str) -> list[int]:
         return [p["partition"] for p in meta["partitions"]] if meta["error_code"] == 0 else []
     finally:
         await admin.close()
+
+
+@app.command(name="alert-rules")
+async def alert_rules(self: object) -> None:
+    """Print the alert rules (alerts.rules) as a Prometheus alerting-rules file."""
+    settings = app.analytics_settings
+    print(
+        rules_yaml(
+            settings.alerts.alert_rules(),
+            settings.metrics.namespace,
+            settings.engine.kpi_window,
+            f"{settings.application.name}-kpi-alerts",
+        ),
+        end="",
+    )
