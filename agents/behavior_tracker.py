@@ -56,6 +56,7 @@ from analytics import record_chunks, wide_json
 from analytics.dead_letters import bounded_dead_letter
 from analytics.enrichment import EnrichmentRules, parse_user_agent
 from analytics.journeys import JourneyRules
+from analytics.money import currency
 from analytics.partition import (
     PartitionOutput,
     PartitionRules,
@@ -105,6 +106,7 @@ PARTITION_RULES = PartitionRules(
         experiments=_settings.experiments.spec() if _settings.experiments.enabled else None,
         cohorts=_settings.cohorts.spec() if _settings.cohorts.enabled else None,
     ),
+    custom_kpis=_settings.custom_kpis,
 )
 
 
@@ -113,7 +115,7 @@ def session_record(figures: dict[str, Any]) -> dict[str, Any]:
     record = dict(figures)
     record["window_start"] = format_ts(record.pop("window_start_ms"))
     record["window_end"] = format_ts(record.pop("window_end_ms"))
-    record["revenue"] = round(record["revenue_cents"] / 100, 2)
+    record["revenue"] = currency(record["revenue_cents"])
     return record
 
 

@@ -59,6 +59,7 @@ RULES = CombinerRules(
     funnels=app.analytics_settings.funnels,
     experiments=_journeys.experiments.spec() if _journeys.experiments.enabled else None,
     cohorts=_journeys.cohorts.spec() if _journeys.cohorts.enabled else None,
+    custom_kpis=app.analytics_settings.custom_kpis,
 )
 LIMITS = PartialLimits(partitions=RULES.partitions, window_ms=RULES.window_ms)
 PARTITION = 0  # kpi-partials and the combiner's tables have one partition

@@ -72,6 +72,7 @@ from typing import Any, NamedTuple
 
 from analytics.counter_table import CounterTable
 from analytics.kpis import ratio
+from analytics.money import currency_per
 from analytics.plain_spec import checked_keys, whole_number
 from analytics.timeutil import DAY_MS, day_of, day_text, format_ts
 
@@ -273,7 +274,7 @@ def cohort_row(
         "cohort_size": size,
         "retained_users": retained,
         "retention_rate_percent": ratio(100 * retained, size),
-        "cumulative_revenue_per_user": round(ratio(cumulative_cents, 100 * size), 2),
+        "cumulative_revenue_per_user": currency_per(cumulative_cents, size),
         "cumulative_revenue_cents": cumulative_cents,
         "average_engagement_score": ratio(engagement, 10_000 * sessions),
         "is_final": final,

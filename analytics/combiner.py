@@ -26,6 +26,7 @@ from typing import Any
 
 from analytics import journey_combiner, wide_json
 from analytics.cohorts import CohortsSpec
+from analytics.custom_kpis import NO_CUSTOM_KPIS, CustomKpis
 from analytics.experiments import ExperimentsSpec
 from analytics.funnels import FunnelSpec
 from analytics.kpis import kpi_figures, trends
@@ -52,6 +53,7 @@ class CombinerRules:
     funnels: tuple[FunnelSpec, ...] = ()
     experiments: ExperimentsSpec | None = None
     cohorts: CohortsSpec | None = None
+    custom_kpis: CustomKpis = NO_CUSTOM_KPIS
 
 
 @dataclass(slots=True)
@@ -143,6 +145,7 @@ def _figures(
 ) -> dict[str, Any]:
     """The final KPI record of window ``start`` from its summed counters (SPEC 4 trends)."""
     figures = kpi_figures(start, rules.window_ms, sums)
+    figures["custom"] = rules.custom_kpis.figures(sums)
     previous_start = start - rules.window_ms
     previous = state["finals"].get(str(previous_start))
     if previous is None and str(previous_start) in state["windows"]:
@@ -179,6 +182,7 @@ def _live_figures(
     sums = _sums(state, start, rules)[0]
     elapsed = elapsed_ms(start, rules.window_ms, now)
     figures = kpi_figures(start, rules.window_ms, sums)
+    figures["custom"] = rules.custom_kpis.figures(sums)
     previous = _previous_checkpoints(state, start, rules)
     figures.update(provisional_trends(sums, elapsed, previous))
     figures["late_events_total"] = _late(state)

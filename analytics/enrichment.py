@@ -28,6 +28,7 @@ from typing import Any
 
 import ua_parser
 
+from analytics.money import currency
 from analytics.timeutil import DAY_MS, parse_ts
 from analytics.validation import amount_to_cents
 
@@ -145,7 +146,7 @@ def enrich(
     return {
         **event,
         "is_conversion": action in rules.conversion_actions,
-        "revenue": cents / 100,
+        "revenue": currency(cents),
         "revenue_cents": cents,
         "is_high_value": cents >= rules.high_value_revenue_cents
         or event["duration"] > rules.high_value_duration_ms,

@@ -72,6 +72,7 @@ from typing import Any, NamedTuple
 
 from analytics.counter_table import CounterTable
 from analytics.kpis import ratio
+from analytics.money import currency, currency_per
 from analytics.plain_spec import checked_keys, whole_number
 
 _CONVERTED = 1
@@ -388,9 +389,9 @@ def _figures(experiment: str, variant: str, counters: list[int], conflicts: int)
         "users": users,
         "converted_users": converted,
         "conversion_rate_percent": ratio(100 * converted, users),
-        "revenue": round(cents / 100, 2),
+        "revenue": currency(cents),
         "revenue_cents": cents,
-        "revenue_per_user": round(ratio(cents, 100 * users), 2),
+        "revenue_per_user": currency_per(cents, users),
         "variant_conflicts": conflicts,
     }
 

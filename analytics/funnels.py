@@ -70,6 +70,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from analytics.config_entries import entry_name, known_keys
 from analytics.kpis import ratio
 from analytics.timeutil import DAY_MS, day_number, day_text
 from analytics.validation import ACTION_PATTERN, MAX_PAGE_CHARS
@@ -131,16 +132,8 @@ def parse_funnels(
 def _parse_funnel(item: Any, read_duration: Callable[[Any], timedelta], where: str) -> FunnelSpec:
     if isinstance(item, FunnelSpec):
         return item
-    if not isinstance(item, Mapping):
-        raise ValueError(f"{where}: must be a mapping with name, stages and window")
-    if unknown := sorted(set(item) - {"name", "stages", "window"}):
-        raise ValueError(f"{where}.{unknown[0]}: unknown key (name, stages, window)")
-    name = item.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(
-            f"{where}.name: required, 1-63 of a-z 0-9 _ - starting with a letter or digit, "
-            f"got {name!r}"
-        )
+    item = known_keys(item, ("name", "stages", "window"), where)
+    name = entry_name(item, _NAME, "1-63 of a-z 0-9 _ - starting with a letter or digit", where)
     stages = item.get("stages")
     if not isinstance(stages, list | tuple) or not MIN_STAGES <= len(stages) <= MAX_STAGES:
         raise ValueError(f"{where}.stages: required, a list of {MIN_STAGES} to {MAX_STAGES}")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
+from analytics.money import currency, currency_per
 from analytics.timeutil import format_ts
 
 TREND_METRICS = (
@@ -44,12 +45,12 @@ def kpi_figures(start: int, window_ms: int, sums: Mapping[str, int]) -> dict[str
         "total_sessions": sessions,
         "total_page_views": sums.get("page_views", 0),
         "total_events": sums.get("events", 0),
-        "total_revenue": round(cents / 100, 2),
+        "total_revenue": currency(cents),
         "total_revenue_cents": cents,
         "total_conversions": conversions,
         "purchases": purchases,
-        "average_order_value": round(ratio(cents, 100 * purchases), 2),
-        "revenue_per_user": round(ratio(cents, 100 * active), 2),
+        "average_order_value": currency_per(cents, purchases),
+        "revenue_per_user": currency_per(cents, active),
         "average_session_duration_seconds": ratio(
             sums.get("session_duration_ms", 0), 1000 * sessions
         ),

@@ -5,7 +5,8 @@ The partition stage (analytics.partition, agents/behavior_tracker.py) publishes 
 
 * ``{"type": "progress", "partition", "wm", "late", "arrived"}``: a partition's watermark,
   its late events so far and the append time of its latest message;
-* ``{"type": "partial", "partition", "window_start", "final", "kpi": {counter: n},
+* ``{"type": "partial", "partition", "window_start", "final", "kpi": {counter: n} (the
+  ``KPI_COUNTERS``, and ``custom.<name>`` per custom KPI count, analytics.custom_kpis),
   "pages": {page: [views, visitors, time_ms]}, "dims": {dimension: {value: [events, users,
   page_views, revenue_cents]}}}``: its share of a window.
 
@@ -39,6 +40,7 @@ from typing import Any
 import orjson
 
 from analytics import wide_json
+from analytics.custom_kpis import MAX_CUSTOM_KPIS, is_counter
 from analytics.record_chunks import ChunkError, marker
 from analytics.timeutil import DAY_MS
 from analytics.traffic import DIMENSIONS
@@ -213,6 +215,11 @@ def _partial(check: _Check, message: dict[str, Any], partition: int) -> dict[str
     else:
         for name in KPI_COUNTERS:
             kpi[name] = check.counter(f"kpi.{name}", kpi_value.get(name, MISSING))
+        custom = [name for name in kpi_value if type(name) is str and is_counter(name)]
+        if len(custom) > MAX_CUSTOM_KPIS:
+            check.fail("kpi", f"at most {MAX_CUSTOM_KPIS} custom counters, got {len(custom)}")
+        for name in custom[:MAX_CUSTOM_KPIS]:  # SPEC 10, analytics.custom_kpis
+            kpi[name] = check.counter(f"kpi.{name}", kpi_value[name])
     checked = {
         "type": "partial",
         "partition": partition,

@@ -47,6 +47,8 @@ from typing import Any, Protocol
 import orjson
 
 from analytics import partition_codec as codec
+from analytics.custom_kpis import NO_CUSTOM_KPIS, CustomKpis
+from analytics.custom_kpis import is_counter as is_custom_counter
 from analytics.journeys import JourneyRules, Journeys
 from analytics.rows import Arrival, Row, Tick, row_of
 from analytics.sessions import SessionPreview, SessionSummary
@@ -73,6 +75,7 @@ class PartitionRules:
     grace_ms: int = 10_000
     idle_ms: int = 5_000
     journeys: JourneyRules = field(default_factory=JourneyRules)
+    custom_kpis: CustomKpis = NO_CUSTOM_KPIS
 
     @property
     def close_after_ms(self) -> int:
@@ -440,6 +443,7 @@ class WindowState:
 
     __slots__ = (
         "applied",
+        "custom",
         "dirty",
         "live",
         "live_changed",
@@ -459,6 +463,7 @@ class WindowState:
         self.start = start
         self.users: set[str] = set()
         self.live = [0] * len(LIVE_COUNTERS)  # running counters, in LIVE_COUNTERS order
+        self.custom: dict[str, int] = {}  # custom KPI counters (analytics.custom_kpis)
         self.applied = -1
         self.new_users: list[str] = []  # members added since the last write
         self.dirty = False  # live counters changed since the last write
@@ -494,8 +499,16 @@ class WindowState:
         self.dirty = True
         self.live_changed = True
 
+    def count_custom(self, counters: list[str]) -> None:
+        custom = self.custom
+        for name in counters:
+            custom[name] = custom.get(name, 0) + 1
+
     def live_figures(self) -> dict[str, int]:
-        return dict(zip(LIVE_COUNTERS, self.live, strict=True))
+        figures = dict(zip(LIVE_COUNTERS, self.live, strict=True))
+        if self.custom:
+            figures.update(self.custom)
+        return figures
 
 
 @dataclass(slots=True)
@@ -559,6 +572,7 @@ class PartitionState:
             window = loaded[start] = WindowState(start)
             window.applied, live = value
             window.live = [live.get(name, 0) for name in LIVE_COUNTERS]
+            window.custom = {name: n for name, n in live.items() if is_custom_counter(name)}
             window.persisted = True
         for start, user_id in codec.scan_members(self.store):
             member_of = loaded.get(start)
@@ -825,6 +839,7 @@ def apply_batch(
     state.fold_some(len(items) if isinstance(items, list) else 0)
     journeys = state.journeys
     accepting_from = accept_from(clock, rules)
+    custom_kpis = rules.custom_kpis
     if journeys is not None:
         journeys.expire(accepting_from)
         journeys.sessions_closed(
@@ -860,6 +875,8 @@ def apply_batch(
             state.row_replayed(row)
         if item.offset > window.applied:
             window.count(user_id, row)
+            if custom_kpis.counts:
+                window.count_custom(custom_kpis.matching(item.event))
             window.applied = item.offset
         if journeys is not None:
             same_day = last_seen is not None and last_seen // DAY_MS == ts // DAY_MS

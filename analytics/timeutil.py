@@ -12,7 +12,7 @@ import re
 import time
 from datetime import UTC, date, datetime, timedelta
 
-__all__ = ["format_ts", "is_canonical", "now_ms", "parse_ts"]
+__all__ = ["datetime_of", "format_ts", "is_canonical", "ms_of", "now_ms", "parse_ts"]
 
 DAY_MS = 86_400_000
 """A UTC day in milliseconds: funnels, cohorts and day-of-week work on day numbers ts // DAY_MS."""
@@ -30,6 +30,16 @@ _RFC3339 = re.compile(
     r"(\.[0-9]+)?"  # fraction
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})?"  # offset
 )
+
+
+def datetime_of(ms: int) -> datetime:
+    """Epoch milliseconds as an aware UTC datetime (what the database's timestamptz takes)."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def ms_of(value: datetime) -> int:
+    """An aware datetime (a timestamptz read back) as epoch milliseconds."""
+    return (value - _EPOCH) // _ONE_MS
 
 
 @functools.lru_cache(maxsize=4096)

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from analytics.kpis import ratio
+from analytics.money import currency
 from analytics.timeutil import format_ts
 
 DIMENSIONS = ("device", "country", "browser")
@@ -68,6 +69,6 @@ def dimension_rows(
                 "events": events,
                 "users": users,
                 "page_views": page_views,
-                "revenue": round(cents / 100, 2),
+                "revenue": currency(cents),
                 "revenue_cents": cents,
             }

@@ -39,6 +39,7 @@ from pydantic_settings import (
 
 from analytics.alerts import AlertRule, metric_problem
 from analytics.cohorts import CohortsSpec
+from analytics.custom_kpis import NO_CUSTOM_KPIS, CustomKpis, parse_custom_kpis
 from analytics.experiments import ExperimentsSpec
 from analytics.funnels import FunnelSpec, parse_funnels
 
@@ -628,15 +629,6 @@ class AlertsSettings(Section):
         return tuple(rule.rule() for rule in self.rules)
 
 
-def configured_custom_kpis(settings: Any) -> list[str] | None:
-    """Names of the configured custom KPIs, or None while the settings have no ``custom_kpis``
-    (read with getattr: the custom KPIs are defined elsewhere in this file)."""
-    entries = getattr(settings, "custom_kpis", None)
-    if entries is None:
-        return None
-    return [entry["name"] if isinstance(entry, dict) else entry.name for entry in entries]
-
-
 class MetricsSettings(Section):
     enabled: bool = True
     port: int = Field(9091, ge=0, lt=65536)
@@ -662,20 +654,25 @@ class Settings(BaseSettings):
     alerts: AlertsSettings = AlertsSettings()
     #: SPEC 7 funnels, read by analytics.funnels.parse_funnels (durations as everywhere here)
     funnels: tuple[FunnelSpec, ...] = ()
+    #: SPEC 10 custom KPIs, read by analytics.custom_kpis.parse_custom_kpis
+    custom_kpis: CustomKpis = NO_CUSTOM_KPIS
 
     @model_validator(mode="before")
     @classmethod
-    def _funnels(cls, data: Any) -> Any:
-        """The ``funnels`` list becomes specs here, so its errors name the funnel and stage
-        (``funnels[1].stages[2]: ...``) rather than pydantic's view of the dataclasses."""
+    def _specs(cls, data: Any) -> Any:
+        """The ``funnels`` and ``custom_kpis`` lists become specs here, so their errors name
+        the entry and field (``funnels[1].stages[2]: ...``, ``custom_kpis[0].count: ...``)
+        rather than pydantic's view of the dataclasses."""
         if isinstance(data, dict) and "funnels" in data:
-            return {**data, "funnels": parse_funnels(data["funnels"], parse_duration)}
+            data = {**data, "funnels": parse_funnels(data["funnels"], parse_duration)}
+        if isinstance(data, dict) and "custom_kpis" in data:
+            data = {**data, "custom_kpis": parse_custom_kpis(data["custom_kpis"])}
         return data
 
     @model_validator(mode="after")
     def _alerts(self) -> Settings:
         self.alerts.checked(
-            configured_custom_kpis(self), self.engine.kpi_window, self.engine.history_retention
+            list(self.custom_kpis.names), self.engine.kpi_window, self.engine.history_retention
         )
         return self
 

@@ -34,6 +34,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from analytics.kpis import kpi_figures, trends
+from analytics.money import currency
 from analytics.rows import Row
 from analytics.sessions import session_figures
 from analytics.timeutil import format_ts
@@ -88,7 +89,7 @@ def session_records(n: int, offset: int) -> list[dict[str, Any]]:
         figures = session_figures(user, rows)
         figures["window_start"] = format_ts(figures.pop("window_start_ms"))
         figures["window_end"] = format_ts(figures.pop("window_end_ms"))
-        figures["revenue"] = round(figures["revenue_cents"] / 100, 2)
+        figures["revenue"] = currency(figures["revenue_cents"])
         out.append(figures)
     return out
 

@@ -774,7 +774,9 @@ async def drain_and_check(rig: Rig, runs: list[FaultRun]) -> Outcome:
         problems.append(f"{late} events counted late (none should be: see the docstring)")
     expected_kpis = {
         start: figures
-        for start, figures in reference.kpi_windows(enriched, WINDOW_MS, GAP_MS).items()
+        for start, figures in reference.kpi_windows(
+            enriched, WINDOW_MS, GAP_MS, contract.shipped_custom_kpis()
+        ).items()
         if start <= last_window
     }
     problems += contract.compare_kpis(finals, expected_kpis)

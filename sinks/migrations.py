@@ -371,6 +371,15 @@ COMMENT ON COLUMN experiment_stats.version IS
     'record of a lower version never replaces the row';
 """
 
+# SPEC 10 custom KPIs: every KPI record carries them under "custom" ({name: number}); rows
+# written before this migration have none ({}).
+KPI_CUSTOM = """
+ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS custom jsonb NOT NULL DEFAULT '{}'::jsonb;
+COMMENT ON COLUMN kpi_metrics.custom IS
+    'SPEC 10: the custom KPIs of the window by name (custom_kpis in the configuration): '
+    'counts of matching events and ratio_percent of two counts';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sink tables and their natural keys", ANY, CREATE_TABLES),
     Migration(2, "BRIN indexes on the time columns", PLAIN, BRIN_TIME_INDEXES),
@@ -389,6 +398,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         11, "experiment_stats rows carry their publication's version", ANY, EXPERIMENT_VERSION
     ),
+    Migration(12, "kpi_metrics.custom: SPEC 10 custom KPIs", ANY, KPI_CUSTOM),
 )
 #: the sink tables that are hypertables on TimescaleDB, with compression and retention policies
 HYPERTABLES = (

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
@@ -47,7 +46,8 @@ from psycopg import sql
 from analytics.funnels import DayPartial, FunnelPartials, FunnelSpec, range_row
 from analytics.journey_combiner import final_at
 from analytics.kpis import ratio
-from analytics.timeutil import day_number, format_ts
+from analytics.money import cents_of, currency, currency_per
+from analytics.timeutil import datetime_of, day_number, format_ts, ms_of
 from sinks.migrations import TIMESCALE
 from sinks.schema import SESSION_METRICS
 
@@ -58,7 +58,6 @@ BUCKETS: dict[str, timedelta] = {
 }
 #: date_bin's origin: a UTC midnight, so buckets start at whole UTC minutes, hours and days
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 TIME_BUCKET = "time_bucket(%(width)s::interval, window_start)"
 DATE_BIN = "date_bin(%(width)s::interval, window_start, %(origin)s::timestamptz)"
@@ -123,25 +122,17 @@ def kpi_buckets_sql(mode: str | None) -> sql.Composed:
     return KPI_BUCKETS.format(bucket=sql.SQL(bucket_function(mode)))
 
 
-def as_time(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def as_ms(value: datetime) -> int:
-    return (value - _EPOCH) // timedelta(milliseconds=1)
-
-
 def kpi_bucket_params(bucket: str, from_ms: int, to_ms: int) -> dict[str, Any]:
     return {
         "width": BUCKETS[bucket],
         "origin": ORIGIN,
-        "from": as_time(from_ms),
-        "to": as_time(to_ms),
+        "from": datetime_of(from_ms),
+        "to": datetime_of(to_ms),
     }
 
 
 def top_pages_params(from_ms: int, to_ms: int, limit: int) -> dict[str, Any]:
-    return {"from": as_time(from_ms), "to": as_time(to_ms), "limit": limit}
+    return {"from": datetime_of(from_ms), "to": datetime_of(to_ms), "limit": limit}
 
 
 def user_sessions_params(
@@ -150,14 +141,10 @@ def user_sessions_params(
     """``limit + 1`` rows are asked for: the extra one says the answer was cut."""
     return {
         "user_id": user_id,
-        "from": as_time(from_ms) if from_ms is not None else None,
-        "to": as_time(to_ms) if to_ms is not None else None,
+        "from": datetime_of(from_ms) if from_ms is not None else None,
+        "to": datetime_of(to_ms) if to_ms is not None else None,
         "limit": limit + 1,
     }
-
-
-def _cents(amount: Decimal | None) -> int:
-    return int((amount or Decimal(0)) * 100)
 
 
 def kpi_bucket(row: Sequence[Any], width: timedelta) -> dict[str, Any]:
@@ -180,23 +167,23 @@ def kpi_bucket(row: Sequence[Any], width: timedelta) -> dict[str, Any]:
         engagement,
         late,
     ) = row
-    cents = _cents(revenue)
+    cents = cents_of(revenue)
     return {
-        "bucket_start": format_ts(as_ms(start)),
-        "bucket_end": format_ts(as_ms(start + width)),
+        "bucket_start": format_ts(ms_of(start)),
+        "bucket_end": format_ts(ms_of(start + width)),
         "windows": windows,
         "total_events": events,
         "total_page_views": page_views,
         "total_conversions": conversions,
         "purchases": purchases,
-        "total_revenue": round(cents / 100, 2),
+        "total_revenue": currency(cents),
         "total_revenue_cents": cents,
         "new_users": new_users,
         "total_users": total_users,
         "peak_active_users": peak_active,
         "active_user_windows": active_windows,
         "session_windows": sessions,
-        "average_order_value": round(ratio(cents, 100 * purchases), 2),
+        "average_order_value": currency_per(cents, purchases),
         "average_session_duration_seconds": ratio(duration_ms, 1000 * sessions),
         "bounce_rate_percent": 100 * ratio(bounces, sessions),
         "average_engagement_score": ratio(engagement, sessions),
@@ -221,10 +208,10 @@ def top_page(row: Sequence[Any]) -> dict[str, Any]:
 def closed_session(row: Sequence[Any]) -> dict[str, Any]:
     """One row of ``USER_SESSIONS``, shaped like the live API's sessions, ``open`` false."""
     session = dict(zip(SESSION_COLUMNS, row, strict=True))
-    session["window_start"] = format_ts(as_ms(session["window_start"]))
-    session["window_end"] = format_ts(as_ms(session["window_end"]))
-    cents = _cents(session["revenue"])
-    session["revenue"] = round(cents / 100, 2)
+    session["window_start"] = format_ts(ms_of(session["window_start"]))
+    session["window_end"] = format_ts(ms_of(session["window_end"]))
+    cents = cents_of(session["revenue"])
+    session["revenue"] = currency(cents)
     session["revenue_cents"] = cents
     session["open"] = False
     return session
@@ -339,14 +326,14 @@ def _variant(row: Sequence[Any]) -> dict[str, Any]:
     """A stored variant as experiment-stats published it (analytics.experiments.rows)."""
     (experiment, variant, users, converted, rate, revenue, per_user, conflicts, p_value,
      beats, significant) = row[:11]  # fmt: skip
-    cents = _cents(revenue)
+    cents = cents_of(revenue)
     return {
         "experiment": experiment,
         "variant": variant,
         "users": users,
         "converted_users": converted,
         "conversion_rate_percent": rate,
-        "revenue": round(cents / 100, 2),
+        "revenue": currency(cents),
         "revenue_cents": cents,
         "revenue_per_user": float(per_user),
         "variant_conflicts": conflicts,
@@ -374,7 +361,7 @@ def experiment_groups(rows: Sequence[Sequence[Any]], control: str) -> list[dict[
                 "experiment": experiment,
                 "users": sum(v["users"] for v in variants),
                 "variant_conflicts": max(v["variant_conflicts"] for v in variants),
-                "updated_at": format_ts(as_ms(max(row[11] for row in members))),
+                "updated_at": format_ts(ms_of(max(row[11] for row in members))),
                 "variants": variants,
             }
         )
@@ -420,7 +407,7 @@ def _cohort_cell(row: Sequence[Any]) -> dict[str, Any]:
         "retained_users": retained,
         "retention_rate_percent": rate,
         "cumulative_revenue_per_user": float(per_user),
-        "cumulative_revenue_cents": _cents(revenue),
+        "cumulative_revenue_cents": cents_of(revenue),
         "average_engagement_score": engagement,
         "is_final": is_final,
     }

@@ -54,7 +54,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
@@ -66,11 +66,10 @@ from psycopg.types.json import Jsonb
 
 from analytics.cohorts import MAX_DAY_OFFSET
 from analytics.funnels import MAX_STAGES, MIN_STAGES
-from analytics.timeutil import parse_ts
+from analytics.timeutil import datetime_of, parse_ts
 
 Row = tuple[Any, ...]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CENT = Decimal("0.01")
 #: numeric(20, 2) holds 18 digits before the point
 _MONEY_DIGITS = 18
@@ -122,7 +121,7 @@ def _time(record: Mapping[str, Any], name: str) -> datetime:
         ms = parse_ts(value)
     except ValueError as exc:
         raise RowError(f"{name}: {exc}") from None
-    return _EPOCH + timedelta(milliseconds=ms)
+    return datetime_of(ms)
 
 
 def _int(record: Mapping[str, Any], name: str, *, nullable: bool = False) -> int | None:
@@ -246,6 +245,7 @@ def kpi_row(r: Mapping[str, Any]) -> Row:
         _object(r, "trends"),
         _int(r, "late_events_total"),
         _bool(r, "is_final"),
+        _object(r, "custom") if "custom" in r else _jsonb("custom", {}),
     )
 
 
@@ -497,6 +497,7 @@ KPI_METRICS = TableSpec(
         "trends",
         "late_events_total",
         "is_final",
+        "custom",
     ),
     types=(
         "timestamptz",
@@ -507,6 +508,7 @@ KPI_METRICS = TableSpec(
         "jsonb",
         "bigint",
         "boolean",
+        "jsonb",
     ),
     key=("window_start",),
     convert=kpi_row,

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import yaml
+
 from analytics.timeutil import format_ts, parse_ts
+from app.settings import DEFAULT_CONFIG_FILE
 
 EXACT_KPIS = (
     "total_events",
@@ -59,6 +62,8 @@ def compare_kpis(
         for name in MONEY_KPIS:
             if not _close(got[name], want[name], 0.005 + 1e-9):
                 problems.append(f"{where} {name}: {got[name]} != {want[name]}")
+        if got.get("custom", {}) != want.get("custom", {}):
+            problems.append(f"{where} custom: {got.get('custom')} != {want.get('custom')}")
         for metric, want_trend in want["trends"].items():
             got_trend = got["trends"][metric]
             if got_trend["trend"] != want_trend["trend"] or not _close(
@@ -164,6 +169,14 @@ def compare_dimensions(
                     f"traffic {key} {name}: {got[key][name]} != {expected[key][ref_name]}"
                 )
     return problems
+
+
+def shipped_custom_kpis() -> list[dict[str, Any]]:
+    """The shipped YAML file's ``custom_kpis`` list, as the reference takes it (SPEC 10): the
+    KPI records of a worker on the shipped settings carry these under ``custom``."""
+    loaded = yaml.safe_load(DEFAULT_CONFIG_FILE.read_text())
+    kpis: list[dict[str, Any]] = loaded.get("custom_kpis") or []
+    return kpis
 
 
 def funnel_config(specs: Iterable[Any]) -> list[dict[str, Any]]:

@@ -16,16 +16,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from analytics.kpis import ratio
+from analytics.money import currency
 from analytics.partition import UserState
 from analytics.timeutil import format_ts
 from analytics.traffic import add_dimensions, add_pages
 from web.api_params import KpiRange
 
 MINUTE_MS = 60_000
-
-
-def _money(cents: int) -> float:
-    return round(cents / 100, 2)
 
 
 def _ts(ms: int | None) -> str | None:
@@ -39,7 +36,7 @@ def user_profile(user_id: str, user: UserState, gap_ms: int) -> dict[str, Any]:
         "first_seen": _ts(user.first_seen),
         "last_seen": _ts(user.last_seen),
         "events": user.events,
-        "revenue": _money(user.revenue_cents),
+        "revenue": currency(user.revenue_cents),
         "revenue_cents": user.revenue_cents,
         "devices": list(user.devices),
         "countries": list(user.countries),
@@ -59,7 +56,7 @@ def session_view(figures: Mapping[str, Any]) -> dict[str, Any]:
     view = dict(figures)
     view["window_start"] = format_ts(view.pop("window_start_ms"))
     view["window_end"] = format_ts(view.pop("window_end_ms"))
-    view["revenue"] = _money(view["revenue_cents"])
+    view["revenue"] = currency(view["revenue_cents"])
     view["open"] = True
     return view
 
@@ -80,7 +77,7 @@ def recent_sessions(user_id: str, user: UserState) -> list[dict[str, Any]]:
             "country": summary["country"],
             "is_bounce": summary["is_bounce"],
             "conversions": summary["conversions"],
-            "revenue": _money(summary["revenue_cents"]),
+            "revenue": currency(summary["revenue_cents"]),
             "revenue_cents": summary["revenue_cents"],
             "engagement_score": summary["engagement_score"],
             "open": False,
@@ -167,7 +164,7 @@ def traffic_values(
             "events": events,
             "user_windows": users,
             "page_views": page_views,
-            "revenue": _money(cents),
+            "revenue": currency(cents),
             "revenue_cents": cents,
         }
         for value, (events, users, page_views, cents) in ranked

@@ -73,6 +73,8 @@ class DashboardState:
     the windows of the last hour before it, and the latest breakdowns."""
 
     history_ms: int
+    custom_kpis: dict[str, str] = field(default_factory=dict)
+    """The custom KPIs' names and kinds (analytics.custom_kpis.CustomKpis.kinds)."""
     windows: dict[int, Record] = field(default_factory=dict)
     current: Record | None = None
     breakdowns: dict[str, Any] | None = None
@@ -104,6 +106,7 @@ class DashboardState:
             "current": self.current,
             "windows": [self.windows[start] for start in sorted(self.windows)],
             "breakdowns": self.breakdowns,
+            "custom_kpis": self.custom_kpis,
         }
 
 
@@ -153,10 +156,12 @@ class LiveFeed:
         history_minutes: int = HISTORY_MINUTES,
         api_tls: ssl.SSLContext | None = None,
         api_headers: Mapping[str, str] | None = None,
+        custom_kpis: Mapping[str, str] | None = None,
     ) -> None:
         """``kafka``: the consumer's connection options (app.kafka_security.aiokafka_kwargs);
         ``api_tls``: the client context for an ``https`` ``api_url``; ``api_headers``: sent
-        with every API request (the read token, when access control asks for one)."""
+        with every API request (the read token, when access control asks for one);
+        ``custom_kpis``: the custom KPIs' kinds by name, for the dashboard's tiles."""
         self.topic = topic
         self.kafka = dict(kafka)
         self.api_url = api_url
@@ -164,7 +169,7 @@ class LiveFeed:
         self.api_headers = dict(api_headers or {})
         self.client_id = client_id
         self.history_minutes = history_minutes
-        self.state = DashboardState(history_minutes * MINUTE_MS)
+        self.state = DashboardState(history_minutes * MINUTE_MS, dict(custom_kpis or {}))
         self.consumers_started = 0  # for the tests: one per worker, whatever the browsers
         self._subscribers: set[Subscription] = set()
         self._wanted = asyncio.Event()
@@ -376,6 +381,7 @@ feed = LiveFeed(
     client_id=f"{app.conf.id}-dashboard",
     api_tls=own_server_client_context(app.analytics_settings.sources.http),
     api_headers=_own_api_headers(),
+    custom_kpis=app.analytics_settings.custom_kpis.kinds(),
 )
 
 

@@ -217,6 +217,15 @@ KPI_PROPERTIES: dict[str, Any] = {
         ),
     },
     "late_events_total": INTEGER,
+    "custom": {
+        "type": "object",
+        "additionalProperties": NUMBER,
+        "description": (
+            "SPEC 10: each configured custom KPI (custom_kpis in the YAML file) by name: a "
+            "count of the window's events matching its filter, or a ratio_percent of two "
+            "counts (0 when the denominator is 0); {} when none are configured"
+        ),
+    },
     "is_final": {
         **BOOLEAN,
         "description": "false while the watermark has not passed window_end (SPEC 6)",

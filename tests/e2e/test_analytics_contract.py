@@ -172,7 +172,9 @@ async def test_final_figures_equal_the_batch_definition(
     }
     expected = {
         start: figures
-        for start, figures in reference.kpi_windows(enriched, WINDOW_MS, GAP_MS).items()
+        for start, figures in reference.kpi_windows(
+            enriched, WINDOW_MS, GAP_MS, contract.shipped_custom_kpis()
+        ).items()
         if start <= last_window
     }
     _assert_none(contract.compare_kpis(finals, expected))

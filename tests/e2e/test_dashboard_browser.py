@@ -36,9 +36,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from analytics.custom_kpis import parse_custom_kpis
 from analytics.timeutil import parse_ts
 from generator.cli import restamp, send_to_kafka
 from generator.traffic import DAY_MS, Event, Kind, TrafficProfile, generate_labelled
+from tests import contract
 from tests.dashboard_page import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -204,6 +206,16 @@ def shown_window(page: Page) -> tuple[str | None, str | None]:
 Shown = tuple[dict[str, Any], dict[str, dict[str, Any]]]
 
 
+def custom_tiles(page: Page) -> dict[str, tuple[Any, str]]:
+    """The custom KPI tiles as shown (SPEC 10): name -> (data-value, text)."""
+    rows = page.eval_on_selector_all(
+        "#custom-tiles .tile",
+        "tiles => tiles.map(t => [t.dataset.custom, t.dataset.value, "
+        "t.querySelector('.value').textContent])",
+    )
+    return {name: (json.loads(value), text) for name, value, text in rows}
+
+
 def same_as_api(page: Page, worker: Worker) -> Shown | None:
     """The API's current record and the tiles, when the page shows exactly that record
     (window and every tile's figure)."""
@@ -212,6 +224,8 @@ def same_as_api(page: Page, worker: Worker) -> Shown | None:
         return None
     shown = tiles(page)
     if any(shown[key]["value"] != kpi[key] for key in TILE_KINDS):
+        return None
+    if {name: value for name, (value, _) in custom_tiles(page).items()} != kpi["custom"]:
         return None
     return kpi, shown
 
@@ -403,6 +417,14 @@ def test_dashboard_shows_the_api_figures_live(
             )
             assert_tiles_show(final, shown)
             assert all(final[key] is not None for key in SESSION_TILES)
+            # the shipped settings' custom KPIs, in their order: counts whole, ratios in %
+            kinds = parse_custom_kpis(contract.shipped_custom_kpis()).kinds()
+            shown_custom = custom_tiles(page)
+            assert list(shown_custom) == list(kinds) == list(final["custom"])
+            for name, kind in kinds.items():
+                value = final["custom"][name]
+                text = shown_text(value, "int" if kind == "count" else "percent")
+                assert shown_custom[name] == (value, text), name
             assert "trends_provisional" not in final and trend_basis(page) is None
 
             # the breakdowns follow the final window: the same pages as the API

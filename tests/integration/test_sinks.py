@@ -279,7 +279,9 @@ async def _expected(bootstrap: str, prefix: str) -> Expected:
         },
         kpis={
             start: figures
-            for start, figures in reference.kpi_windows(enriched, WINDOW_MS, GAP_MS).items()
+            for start, figures in reference.kpi_windows(
+                enriched, WINDOW_MS, GAP_MS, contract.shipped_custom_kpis()
+            ).items()
             if start <= LAST_WINDOW
         },
         sessions=[s for s in reference.sessions(enriched, GAP_MS) if s["user_id"] in users],

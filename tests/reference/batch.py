@@ -265,6 +265,35 @@ class _Ev:
         return (self.ts, self.event_id)
 
 
+def _custom(in_window: Sequence[_Ev], kpis: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """SPEC 10: per count KPI the window's events its filter holds for; per ratio_percent
+    100 * numerator / denominator, 0 when the denominator is 0."""
+
+    def holds(ev: _Ev, rule: Mapping[str, Any]) -> bool:
+        if "action" in rule and ev.action != rule["action"]:
+            return False
+        if "page_prefix" in rule and not ev.page.startswith(rule["page_prefix"]):
+            return False
+        for key, value in (rule.get("metadata") or {}).items():
+            if key not in ev.metadata:
+                return False
+            found = ev.metadata[key]  # JSON equality: a boolean equals only a boolean
+            if isinstance(found, bool) != isinstance(value, bool) or found != value:
+                return False
+        return True
+
+    out: dict[str, Any] = {}
+    for kpi in kpis:
+        if "count" in kpi:
+            out[kpi["name"]] = sum(1 for ev in in_window if holds(ev, kpi["count"] or {}))
+    for kpi in kpis:
+        if "ratio_percent" in kpi:
+            below = out[kpi["ratio_percent"]["denominator"]]
+            above = out[kpi["ratio_percent"]["numerator"]]
+            out[kpi["name"]] = 100 * above / below if below else 0.0
+    return out
+
+
 def _normalize(events: Iterable[Event]) -> list[_Ev]:
     out: list[_Ev] = []
     seen: set[str] = set()
@@ -484,8 +513,10 @@ def kpi_windows(
     events: Iterable[Event],
     window_ms: int = DEFAULT_WINDOW_MS,
     gap_ms: int = DEFAULT_SESSION_GAP_MS,
+    custom_kpis: Sequence[Mapping[str, Any]] = (),
 ) -> dict[int, Row]:
-    """KPI figures of SPEC section 4 per epoch-aligned tumbling window holding >= 1 event.
+    """KPI figures of SPEC section 4 per epoch-aligned tumbling window holding >= 1 event,
+    with the SPEC 10 ``custom`` object of ``custom_kpis`` (the YAML file's list, as written).
 
     Keyed by window start (ms). Event figures count events with ts in W = [start, end).
     Session figures are the snapshot as of ``end``: sessions built from all events with
@@ -547,6 +578,7 @@ def kpi_windows(
             ),
             "conversion_rate_percent": _ratio(100 * total_conversions, total_sessions),
             "conversions_per_session": _ratio(total_conversions, total_sessions),
+            "custom": _custom(in_window, custom_kpis),
             # the trend metrics as exact fractions: a change of exactly 5 % must read "stable"
             "_exact": {
                 "bounce_rate_percent": _fraction(

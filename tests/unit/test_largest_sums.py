@@ -33,7 +33,7 @@ from analytics.partials import KPI_COUNTERS, PartialLimits, check_message
 from analytics.partition import PartitionRules, PartitionState, SessionKey, UserState
 from analytics.rows import Row
 from analytics.sessions import SessionSummary
-from analytics.timeutil import format_ts
+from analytics.timeutil import datetime_of, format_ts
 from analytics.traffic import dimension_rows, page_rows
 from analytics.validation import MAX_AMOUNT
 from sinks import queries
@@ -192,7 +192,7 @@ def test_partition_state_at_the_largest_sums_decodes_back() -> None:
 def test_history_answers_at_the_largest_sums_encode() -> None:
     """The bucket sums the history API builds from the database's rows: a bucket of one
     window at the largest sums, and an hour of them, past 64 bits, still answered exactly."""
-    start = queries.as_time(T0)
+    start = datetime_of(T0)
     for windows in (1, 60):
         counts = (COUNT * windows, 0, COUNT * windows, COUNT * windows)
         revenue = Decimal(10**16) * windows

@@ -33,6 +33,7 @@ import pytest
 from analytics import partition_codec as codec
 from analytics.cohorts import CohortsSpec
 from analytics.combiner import CombinerRules, CombinerState, combine, new_state
+from analytics.custom_kpis import parse_custom_kpis
 from analytics.enrichment import enrich
 from analytics.experiments import ExperimentsSpec
 from analytics.funnels import parse_funnels
@@ -642,7 +643,23 @@ def test_a_long_session_keeps_only_the_rows_inside_the_grace() -> None:
 # =========================================================================== Part B
 
 PARTITIONS = 4
-COMBINER_RULES = CombinerRules(partitions=PARTITIONS, window_ms=W)
+#: SPEC 10 custom KPIs as the YAML file has them: an action, a page prefix, a metadata value,
+#: a filter of every event, and ratios (one of them over a count that is often 0)
+CUSTOM_KPIS: list[dict[str, Any]] = [
+    {"name": "carts", "count": {"action": "add_to_cart"}},
+    {"name": "product_views", "count": {"action": "page_view", "page_prefix": "/products"}},
+    {"name": "usd_purchases", "count": {"action": "purchase", "metadata": {"currency": "USD"}}},
+    {"name": "everything", "count": {}},
+    {
+        "name": "carts_per_view",
+        "ratio_percent": {"numerator": "carts", "denominator": "product_views"},
+    },
+    {"name": "usd_share", "ratio_percent": {"numerator": "usd_purchases", "denominator": "carts"}},
+]
+B_RULES = replace(RULES, custom_kpis=parse_custom_kpis(CUSTOM_KPIS))
+COMBINER_RULES = CombinerRules(
+    partitions=PARTITIONS, window_ms=W, custom_kpis=parse_custom_kpis(CUSTOM_KPIS)
+)
 DAY = 86_400_000
 FUNNELS = parse_funnels(
     [
@@ -658,7 +675,7 @@ FUNNELS = parse_funnels(
 EXPERIMENTS = ExperimentsSpec(min_users=5, publish_interval_ms=1)
 COHORTS = CohortsSpec(max_day_offset=3)
 FUNNEL_RULES = replace(
-    RULES, journeys=JourneyRules(funnels=FUNNELS, experiments=EXPERIMENTS, cohorts=COHORTS)
+    B_RULES, journeys=JourneyRules(funnels=FUNNELS, experiments=EXPERIMENTS, cohorts=COHORTS)
 )
 FUNNEL_COMBINER_RULES = replace(
     COMBINER_RULES, funnels=FUNNELS, experiments=EXPERIMENTS, cohorts=COHORTS
@@ -805,7 +822,7 @@ def simulate(
     With ``funnels``, the traffic crosses midnight and SPEC 7's funnels are computed too."""
     data = traffic(seed, T0 - 45 * 60_000, "checkout_button") if funnels else traffic(seed)
     rng = random.Random(f"{seed}/{crashes}/{live}/{funnels}")
-    rules = FUNNEL_RULES if funnels else RULES
+    rules = FUNNEL_RULES if funnels else B_RULES
     combiner_rules = FUNNEL_COMBINER_RULES if funnels else COMBINER_RULES
     nodes = [Node(i, log, rng, rules) for i, log in enumerate(data.logs)]
     combiner: CombinerState = new_state()
@@ -941,8 +958,11 @@ def check_against_reference(data: Traffic, result: Published, nodes: list[Node])
         assert codec.count_index(node.table) == 0
     assert all(k["late_events_total"] == 0 for k in result.kpis.values())
 
-    expected = reference.kpi_windows(data.events, W, GAP)
+    expected = reference.kpi_windows(data.events, W, GAP, CUSTOM_KPIS)
     exact_trends(expected)
+    custom = [k["custom"] for k in expected.values()]
+    assert all(c["everything"] > 0 for c in custom) and any(c["usd_purchases"] for c in custom)
+    assert any(c["usd_share"] not in (0, 100) for c in custom), "ratios must be exercised"
     assert len(result.kpis) == len(expected) > 80
     assert contract.compare_kpis(result.kpis, expected) == []
 

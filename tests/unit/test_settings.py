@@ -491,6 +491,11 @@ def test_alert_rules_are_read_and_checked(config: Path) -> None:
     )
     assert "longer than engine.history_retention" in longer
     custom = {**rule, "metric": "custom.signups"}
-    assert load(config, {"alerts": {"rules": [custom]}}).alerts.rules[0].metric == "custom.signups"
+    signups = [{"name": "signups", "count": {"action": "signup"}}]
+    with_kpi = load(config, {"custom_kpis": signups, "alerts": {"rules": [custom]}})
+    assert with_kpi.alerts.rules[0].metric == "custom.signups"
+    assert "no custom KPI 'signups' is configured" in refused(
+        config, {"custom_kpis": [], "alerts": {"rules": [custom]}}
+    )
     hook = {"url": "not a url"}
     assert "alerts.webhook.url" in refused(config, {"alerts": {"webhook": hook}})

@@ -697,10 +697,10 @@ def test_migrations_are_numbered_in_order_and_idempotent_sql() -> None:
 def test_pending_migrations_depend_on_the_mode() -> None:
     plain = [m.version for m in migrations.pending(set(), migrations.PLAIN)]
     timescale = [m.version for m in migrations.pending(set(), migrations.TIMESCALE)]
-    assert plain == [1, 2, 4, 6, 8, 9, 11] and timescale == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
-    assert migrations.pending({1, 2, 4, 6, 8, 9, 11}, migrations.PLAIN) == []
+    assert plain == [1, 2, 4, 6, 8, 9, 11, 12] and timescale == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert migrations.pending({1, 2, 4, 6, 8, 9, 11, 12}, migrations.PLAIN) == []
     # a server that gains TimescaleDB later gets its migrations on the next run
-    timescale_later = migrations.pending({1, 2, 4, 6, 8, 9, 11}, migrations.TIMESCALE)
+    timescale_later = migrations.pending({1, 2, 4, 6, 8, 9, 11, 12}, migrations.TIMESCALE)
     assert [m.version for m in timescale_later] == [3, 5, 7, 10]
 
 

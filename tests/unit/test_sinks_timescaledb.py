@@ -274,8 +274,8 @@ async def test_a_new_timescaledb_database_gets_its_migrations_and_policies(
     with caplog.at_level(logging.INFO, logger="sinks.migrations"):
         report = await migrations.migrate(server)  # type: ignore[arg-type]
     assert report.mode == migrations.TIMESCALE
-    assert [m.version for m in report.applied] == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
-    assert server.applied == {1, 3, 4, 5, 6, 7, 8, 9, 10, 11}
+    assert [m.version for m in report.applied] == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert server.applied == {1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
     # the hypertables are made (3), then what 3 left behind is dropped (5); funnel_stats is
     # made (6) and becomes a hypertable (7); experiment_stats is made (8) and stays a table;
     # cohort_stats is made (9) and becomes a hypertable (10)
@@ -316,11 +316,11 @@ async def test_a_second_run_changes_nothing() -> None:
     again = server.statements[first:]
     assert report.applied == [] and report.warnings == []
     assert not [s for s in again if "_policy(" in s or s.startswith("INSERT")], again
-    assert server.applied == {1, 3, 4, 5, 6, 7, 8, 9, 10, 11}
+    assert server.applied == {1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}
 
 
 async def test_changed_settings_replace_the_policies() -> None:
-    server = TimescaleServer(GOOD, applied={1, 3, 4, 5, 6, 7, 8, 9, 10, 11})
+    server = TimescaleServer(GOOD, applied={1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
     options = migrations.MigrationOptions(
         compress_after=timedelta(hours=36), retention=timedelta(0)
     )
@@ -390,12 +390,12 @@ def test_the_cleanup_drops_kpi_hourly_and_time_indexes_that_repeat_a_key() -> No
 
 def test_the_migrations_order_in_both_modes() -> None:
     plain = migrations.pending(set(), migrations.PLAIN)
-    assert [m.version for m in plain] == [1, 2, 4, 6, 8, 9, 11]
+    assert [m.version for m in plain] == [1, 2, 4, 6, 8, 9, 11, 12]
     timescale = migrations.pending(set(), migrations.TIMESCALE)
-    assert [m.version for m in timescale] == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert [m.version for m in timescale] == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     # a database made before migration 5: it and the SPEC 7-9 tables run
     before_5 = migrations.pending({1, 3, 4}, migrations.TIMESCALE)
-    assert [m.version for m in before_5] == [5, 6, 7, 8, 9, 10, 11]
+    assert [m.version for m in before_5] == [5, 6, 7, 8, 9, 10, 11, 12]
     # a plain database that gains TimescaleDB later gets 3, 5, 7 and 10
-    later = migrations.pending({1, 2, 4, 6, 8, 9, 11}, migrations.TIMESCALE)
+    later = migrations.pending({1, 2, 4, 6, 8, 9, 11, 12}, migrations.TIMESCALE)
     assert [m.version for m in later] == [3, 5, 7, 10]

@@ -106,6 +106,7 @@
     for (const record of snapshot.windows) apply(record);
     if (snapshot.current) apply(snapshot.current);
     state.breakdowns = snapshot.breakdowns;
+    buildCustomTiles(snapshot.custom_kpis || {});
   }
 
   // ------------------------------------------------------------------ tiles
@@ -148,6 +149,37 @@
       }
       if (provisional) tile.dataset.provisional = "true";
       else delete tile.dataset.provisional;
+    }
+  }
+
+  // custom KPIs (SPEC 10, custom_kpis in the settings): a tile per name, in the settings'
+  // order; a count as a whole number, a ratio_percent as a percentage
+  const customTiles = new Map();
+
+  function buildCustomTiles(kinds) {
+    const names = Object.keys(kinds);
+    if (names.join("\n") === [...customTiles.keys()].join("\n")) return;
+    const box = document.getElementById("custom-tiles");
+    box.replaceChildren();
+    customTiles.clear();
+    for (const name of names) {
+      const tile = el("div", "tile");
+      tile.dataset.custom = name;
+      tile.dataset.value = "null";
+      const value = el("div", "value", "—");
+      tile.append(el("div", "label", name.replaceAll("_", " ")), value);
+      box.append(tile);
+      customTiles.set(name, { tile, value, kind: kinds[name] === "count" ? "int" : "percent" });
+    }
+    document.getElementById("custom-section").hidden = names.length === 0;
+  }
+
+  function renderCustomTiles(record) {
+    const custom = record && record.custom ? record.custom : {};
+    for (const [name, { tile, value, kind }] of customTiles) {
+      const figure = name in custom ? custom[name] : null;
+      tile.dataset.value = JSON.stringify(figure);
+      value.textContent = format(figure, kind);
     }
   }
 
@@ -291,6 +323,7 @@
     renderPending = false;
     renderHeader();
     renderTiles(state.current);
+    renderCustomTiles(state.current);
     renderCharts();
     const b = state.breakdowns;
     renderPages(b ? b.pages : null);
