@@ -3,11 +3,12 @@ and one resolution on ``kpi-alerts``, also with the worker killed -9 in between 
 restarted; the webhook receives each (its first attempt refused, so it is retried), and
 ``GET /api/alerts`` shows the alert while it fires.
 
-The rule: ``total_events >= 20`` for 2 windows. Event time (1-minute windows, grace 10 s):
+The rules: ``total_events >= 20`` for 2 windows, and the same on a custom KPI counting page
+views (``custom.page_views``). Event time (1-minute windows, grace 10 s):
 W0 5 events, W1 25, W2 25, then one event per partition at W3 + 11 s makes W0-W2 final: the
-rule fires at W2. The worker is killed and restarted; then W3 25 more, W4 5, and one event per
-partition at W5 + 11 s makes W3 and W4 final: it resolves at W4. Killed and restarted once
-more, W6 and W7 with 25 each make it fire again at W7, and nothing before is repeated.
+rules fire at W2. The worker is killed and restarted; then W3 25 more, W4 5, and one event per
+partition at W5 + 11 s makes W3 and W4 final: they resolve at W4. Killed and restarted once
+more, W6 and W7 with 25 each make them fire again at W7, and nothing before is repeated.
 ``idle_timeout`` is long, so event time moves only with these events.
 """
 
@@ -38,7 +39,17 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 8
 W = 60_000
 START = parse_ts("2026-02-02T10:00:00Z")
-RULE = {"name": "busy", "metric": "total_events", "comparator": ">=", "threshold": 20, "for": 2}
+RULES = [
+    {"name": "busy", "metric": "total_events", "comparator": ">=", "threshold": 20, "for": 2},
+    # the same on a custom KPI: the closing events are no page views
+    {"name": "views", "metric": "custom.page_views", "comparator": ">=", "threshold": 20, "for": 2},
+]
+CUSTOM_KPIS = [{"name": "page_views", "count": {"action": "page_view"}}]
+
+
+def expected(*steps: tuple[str, int, int]) -> list[tuple[str, str, int, float]]:
+    """(state, window, value) steps, made by both rules (in their order) at each."""
+    return [(str(r["name"]), s, START + w * W, v) for s, w, v in steps for r in RULES]
 
 
 def events(window: int, count: int, tag: str) -> list[tuple[bytes | None, bytes]]:
@@ -150,7 +161,8 @@ async def fire_and_resolve(
     url: str,
 ) -> None:
     env = {
-        "ANALYTICS__ALERTS__RULES": json.dumps([RULE]),
+        "ANALYTICS__ALERTS__RULES": json.dumps(RULES),
+        "ANALYTICS__CUSTOM_KPIS": json.dumps(CUSTOM_KPIS),
         "ANALYTICS__ALERTS__WEBHOOK__URL": url,
         "ANALYTICS__ALERTS__WEBHOOK__BACKOFF_INITIAL": "100ms",
         "ANALYTICS__ENGINE__IDLE_TIMEOUT": "1h",
@@ -162,13 +174,15 @@ async def fire_and_resolve(
     first = events(0, 5, tag) + events(1, 25, tag) + events(2, 25, tag)
     await produce(bootstrap, user_events, first + closing(3, tag + "a"))
 
-    fired = await wait_for(bootstrap, alert_topic, 1)
-    assert [(t.rule, t.state, t.window_start_ms, t.value) for t in fired] == [
-        ("busy", "firing", START + 2 * W, 25)
-    ]
-    shown = await until(lambda: alerts(worker), lambda a: a["firing"], 60, "GET /api/alerts firing")
-    assert shown["firing"] == [fired[0].record()]
-    assert shown["rules"] == [{**RULE, "threshold": 20.0}]
+    fired = await wait_for(bootstrap, alert_topic, 2)
+    assert [(t.rule, t.state, t.window_start_ms, t.value) for t in fired] == expected(
+        ("firing", 2, 25)
+    )
+    shown = await until(
+        lambda: alerts(worker), lambda a: len(a["firing"]) == 2, 60, "GET /api/alerts firing"
+    )
+    assert shown["firing"] == [t.record() for t in fired]
+    assert shown["rules"] == [{**rule, "threshold": 20.0} for rule in RULES]
 
     worker.kill()
     worker = worker_factory.restart(worker)
@@ -176,13 +190,12 @@ async def fire_and_resolve(
     second = events(3, 25, tag + "b") + events(4, 5, tag + "b")
     await produce(bootstrap, user_events, second + closing(5, tag + "c"))
 
-    both = await wait_for(bootstrap, alert_topic, 2)
-    assert [(t.rule, t.state, t.window_start_ms, t.value) for t in both] == [
-        ("busy", "firing", START + 2 * W, 25),
-        ("busy", "resolved", START + 4 * W, 5),
-    ]
+    both = await wait_for(bootstrap, alert_topic, 4)
+    assert [(t.rule, t.state, t.window_start_ms, t.value) for t in both] == expected(
+        ("firing", 2, 25), ("resolved", 4, 5)
+    )
     resolved = await until(
-        lambda: alerts(worker), lambda a: len(a["recent"]) == 2, 60, "resolution"
+        lambda: alerts(worker), lambda a: len(a["recent"]) == 4, 60, "resolution"
     )
     assert resolved["firing"] == []
     assert resolved["recent"] == [t.record() for t in reversed(both)]
@@ -192,15 +205,13 @@ async def fire_and_resolve(
     assert all(hook.attempts[key] >= 2 for key in keys)  # the refused first attempt, retried
     assert {key: hook.bodies[key] for key in keys} == {t.idempotency_key: t.record() for t in both}
     # killed again: the restart reads the whole history again; nothing of it is published
-    # twice, and the rule fires anew at W7 (W5 holds only the 8 closing events)
+    # twice, and the rules fire anew at W7 (W5 holds only the 8 closing events)
     worker.kill()
     worker = worker_factory.restart(worker)
     await worker.await_ready(PARTITIONS, timeout=180)
     third = events(6, 25, tag + "d") + events(7, 25, tag + "d")
     await produce(bootstrap, user_events, third + closing(8, tag + "e"))
-    everything = await wait_for(bootstrap, alert_topic, 3)
-    assert [(t.state, t.window_start_ms) for t in everything] == [
-        ("firing", START + 2 * W),
-        ("resolved", START + 4 * W),
-        ("firing", START + 7 * W),
-    ]
+    everything = await wait_for(bootstrap, alert_topic, 6)
+    assert [(t.rule, t.state, t.window_start_ms, t.value) for t in everything] == expected(
+        ("firing", 2, 25), ("resolved", 4, 5), ("firing", 7, 25)
+    )
