@@ -107,6 +107,8 @@ class KpiAlerts(Service):
         self.webhook = WebhookDelivery(hook) if hook is not None else None
 
     def let_go(self) -> None:
+        if self.owned:
+            log.info("alerts: no longer evaluating (partition revoked)")
         self.owned = False
         self.alerts_state = None
         metrics.kpi_final_cleared()

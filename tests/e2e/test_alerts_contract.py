@@ -9,7 +9,8 @@ W0 5 events, W1 25, W2 25, then one event per partition at W3 + 11 s makes W0-W2
 rules fire at W2. The worker is killed and restarted; then W3 25 more, W4 5, and one event per
 partition at W5 + 11 s makes W3 and W4 final: they resolve at W4. Killed and restarted once
 more, W6 and W7 with 25 each make them fire again at W7, and nothing before is repeated.
-``idle_timeout`` is long, so event time moves only with these events.
+``idle_timeout`` is long, so event time moves only with these events. With two workers, the
+first kill leaves the evaluation to the other one (no restart), the second kills and restarts it.
 """
 
 from __future__ import annotations
@@ -140,20 +141,54 @@ async def until(
     return await asyncio.to_thread(poll, fetch, done, timeout, what)
 
 
-async def test_a_rule_fires_and_resolves_once_across_a_kill(
+def evaluating(pool: list[Worker]) -> Worker:
+    """The worker evaluating the rules: the last alerts line of its log says so."""
+
+    def owners() -> list[Worker]:
+        found = []
+        for worker in pool:
+            lines = [line for line in worker.log_tail(2000).splitlines() if "evaluating" in line]
+            if any("alerts: evaluating" in line for line in lines[-1:]):
+                found.append(worker)
+        return found
+
+    found: list[Worker] = poll(owners, lambda f: len(f) == 1, 60, "one evaluating worker")
+    return found[0]
+
+
+async def killed_and_replaced(
+    worker_factory: WorkerPool, pool: list[Worker], restart: bool
+) -> list[Worker]:
+    """Kill the evaluating worker with -9; start it again or let the others take over."""
+    owner = evaluating(pool)
+    owner.kill()
+    pool = [worker for worker in pool if worker is not owner]
+    if restart:
+        pool.append(worker_factory.restart(owner))
+    for worker in pool:
+        await worker.await_ready(PARTITIONS, timeout=180)
+    return pool
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_rules_fire_and_resolve_once_across_kills(
+    workers: int,
     worker_factory: WorkerPool,
     services: Services,
     topic_prefix: str,
     group_id: str,
 ) -> None:
+    """One worker: killed and restarted twice. Two: the evaluating one killed, the other
+    takes over; then that one killed and restarted."""
     async with receiving() as (hook, url):
         await fire_and_resolve(
-            worker_factory, services.kafka_bootstrap, topic_prefix, group_id, hook, url
+            worker_factory, workers, services.kafka_bootstrap, topic_prefix, group_id, hook, url
         )
 
 
 async def fire_and_resolve(
     worker_factory: WorkerPool,
+    workers: int,
     bootstrap: str,
     topic_prefix: str,
     group_id: str,
@@ -167,8 +202,9 @@ async def fire_and_resolve(
         "ANALYTICS__ALERTS__WEBHOOK__BACKOFF_INITIAL": "100ms",
         "ANALYTICS__ENGINE__IDLE_TIMEOUT": "1h",
     }
-    worker = worker_factory.start(topic_prefix, group_id, env)
-    await worker.await_ready(PARTITIONS, timeout=180)
+    pool = [worker_factory.start(topic_prefix, group_id, env) for _ in range(workers)]
+    for worker in pool:
+        await worker.await_ready(PARTITIONS, timeout=180)
     user_events, alert_topic = f"{topic_prefix}user-events", f"{topic_prefix}kpi-alerts"
     tag = uuid.uuid4().hex[:6]
     first = events(0, 5, tag) + events(1, 25, tag) + events(2, 25, tag)
@@ -178,15 +214,15 @@ async def fire_and_resolve(
     assert [(t.rule, t.state, t.window_start_ms, t.value) for t in fired] == expected(
         ("firing", 2, 25)
     )
+    worker = pool[-1]  # any worker answers
     shown = await until(
         lambda: alerts(worker), lambda a: len(a["firing"]) == 2, 60, "GET /api/alerts firing"
     )
     assert shown["firing"] == [t.record() for t in fired]
     assert shown["rules"] == [{**rule, "threshold": 20.0} for rule in RULES]
 
-    worker.kill()
-    worker = worker_factory.restart(worker)
-    await worker.await_ready(PARTITIONS, timeout=180)
+    pool = await killed_and_replaced(worker_factory, pool, restart=workers == 1)
+    worker = pool[-1]
     second = events(3, 25, tag + "b") + events(4, 5, tag + "b")
     await produce(bootstrap, user_events, second + closing(5, tag + "c"))
 
@@ -206,9 +242,7 @@ async def fire_and_resolve(
     assert {key: hook.bodies[key] for key in keys} == {t.idempotency_key: t.record() for t in both}
     # killed again: the restart reads the whole history again; nothing of it is published
     # twice, and the rules fire anew at W7 (W5 holds only the 8 closing events)
-    worker.kill()
-    worker = worker_factory.restart(worker)
-    await worker.await_ready(PARTITIONS, timeout=180)
+    pool = await killed_and_replaced(worker_factory, pool, restart=True)
     third = events(6, 25, tag + "d") + events(7, 25, tag + "d")
     await produce(bootstrap, user_events, third + closing(8, tag + "e"))
     everything = await wait_for(bootstrap, alert_topic, 6)
