@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -73,7 +74,7 @@ def firing_items(page: Page) -> list[dict[str, Any]]:
 
 
 def test_the_alert_panel_lists_firing_alerts_and_drops_resolved_ones(
-    worker_factory: WorkerPool, services: Services
+    worker_factory: WorkerPool, services: Services, tmp_path: Path
 ) -> None:
     require_chromium()
     prefix = new_topic_prefix()
@@ -102,6 +103,7 @@ def test_the_alert_panel_lists_firing_alerts_and_drops_resolved_ones(
             assert "bounce_rate_percent 82.50 > 70" in item["text"]
             assert "since the window of 2026-02-02 10:03 UTC" in item["text"]
             assert "1 of 2 rules firing" in panel(page, "alert-card")[1]
+            page.screenshot(path=str(tmp_path / "alerts.png"))
 
             write(services.kafka_bootstrap, topic, RESOLVED)
             wait_for_state(page, "quiet")
@@ -110,3 +112,4 @@ def test_the_alert_panel_lists_firing_alerts_and_drops_resolved_ones(
         finally:
             browser.close()
     assert errors == []
+    print(f"screenshot: {tmp_path / 'alerts.png'}")
