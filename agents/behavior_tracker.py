@@ -43,18 +43,21 @@ from typing import Any
 from confluent_kafka import Message
 from mode import Service
 
+from agents import erasures
 from agents.kafka_io import SETTLE_WARN_S, Delivery, InputReader, Outbox
 from agents.partition_task import (
     TICK_HEADER,
     InFlight,
     PartitionRound,
     PartitionTask,
+    is_erasure,
     raw_message,
 )
 from agents.round_clock import RoundClock
-from analytics import record_chunks, wide_json
+from analytics import erasure, record_chunks, wide_json
 from analytics.dead_letters import bounded_dead_letter
 from analytics.enrichment import EnrichmentRules, parse_user_agent
+from analytics.erasure import Erased
 from analytics.journeys import JourneyRules
 from analytics.money import currency
 from analytics.partition import (
@@ -92,6 +95,7 @@ TRACKER = TrackerRules(
         conversion_actions=frozenset(_settings.analytics.conversion_actions),
         high_value_revenue_cents=int(_settings.analytics.high_value_revenue * 100),
         high_value_duration_ms=_settings.analytics.high_value_duration_ms,
+        ip_mode=_settings.privacy.ip,
     ),
     dedup_window_ms=int(_engine.dedup_window.total_seconds() * 1000),
     future_tolerance_ms=int(_settings.analytics.future_tolerance.total_seconds() * 1000),
@@ -291,8 +295,9 @@ class BehaviorTracker(Service):
         rounds = []
         for partition, batch in by_partition.items():
             if partition in self.tasks:
-                with self.clock.phase("compute"):
-                    rounds.append(await self._compute(partition, batch))
+                for segment in erasure.segments(batch, is_erasure):  # erasures: own rounds
+                    with self.clock.phase("compute"):
+                        rounds.append(await self._compute(partition, segment))
                 # the rest of the worker (heartbeats, the combiner, the web server) runs
                 # between partitions, not only between rounds
                 await asyncio.sleep(0)
@@ -332,15 +337,18 @@ class BehaviorTracker(Service):
                     task.seen_store.write(seen_writes, seen_offset)
                     task.seen_reads.written(seen_writes)
                 stored: list[Write] = []
+                erased: list[Erased] = []
                 while rounds and (state := rounds[0].state) is not None and state.done:
                     sent = rounds.popleft()  # state acknowledged: into RocksDB
                     state.check()
+                    erased += sent.erased
                     stored += sent.state_writes
                     offset = state.last_offset
                     positions[task.partition] = sent.applied + 1
                 if stored:
                     task.state_store.write(stored, offset)
                     task.state_reads.written(stored)
+                erasures.done(erased)  # in RocksDB now: the requests can be answered
                 if task.flush_due(MEMTABLE_FLUSH_S):
                     task.state_store.flush(wait=False)
                     task.seen_store.flush(wait=False)
@@ -396,6 +404,8 @@ class BehaviorTracker(Service):
         return task, _merge(results)
 
     def _compute_batch(self, task: PartitionTask, raws: list[RawMessage]) -> PartitionRound:
+        if raws[0].erase:  # a round of its own (_process)
+            return self._erase(task, raws[0])
         tracked = track_batch(raws, topic=TOPICS.user_events, lookup=task.lookup, rules=TRACKER)
         with metrics.partition_analytics():
             analysed = apply_batch(
@@ -412,6 +422,25 @@ class BehaviorTracker(Service):
         task.computed(done)
         return done
 
+    def _erase(self, task: PartitionTask, raw: RawMessage) -> PartitionRound:
+        """The round of an erasure request (analytics.erasure): the user's keys deleted, its
+        tombstones sent (``_send_outputs``)."""
+        request = erasure.Erasure(raw.offset, raw.timestamp_ms, (raw.key or b"").decode())
+        erased, writes, seen_writes = erasure.erase(
+            task.state, task.seen_reads, request, task.partition
+        )
+        done = PartitionRound(
+            TrackedBatch(),
+            PartitionOutput(),
+            raw.timestamp_ms,
+            task.state.clock.applied,
+            writes,
+            seen_writes,
+            [erased],
+        )
+        task.computed(done)
+        return done
+
     def _failed(self, task: PartitionTask, raw: RawMessage, exc: Exception) -> PartitionRound:
         """The round of a message the analysis failed on: a dead letter, and the state's
         clock moved past it."""
@@ -422,6 +451,7 @@ class BehaviorTracker(Service):
                 [FieldError("event", f"could not be processed: {exc!r}")],
                 source="topic",
                 received_ms=raw.timestamp_ms,
+                ip_mode=TRACKER.enrichment.ip_mode,
                 topic=TOPICS.user_events,
                 partition=raw.partition,
                 offset=raw.offset,
@@ -477,6 +507,11 @@ class BehaviorTracker(Service):
                 "arrived": done.arrived_ms,
             }
             send(outputs, TOPICS.kpi_partials, None, _json(progress), 0)
+        for erased in done.erased:  # after the user's records (module analytics.erasure)
+            key = erased.user_id.encode()
+            send(outputs, enriched, key, None, partition)
+            send(outputs, TOPICS.session_metrics, key, None, partition)
+        sent.erased = done.erased
         for key, value in done.seen_writes:
             send(sent.seen, self._seen_changelog, key, value, partition)
         return sent
@@ -499,6 +534,7 @@ def _merge(rounds: list[PartitionRound]) -> PartitionRound:
         merged.applied = max(merged.applied, done.applied)
         merged.state_writes += done.state_writes
         merged.seen_writes += done.seen_writes
+        merged.erased += done.erased
     return merged
 
 

@@ -1,4 +1,5 @@
-"""The database sinks in the worker: the Faust task that runs them, and ``faust -A app migrate``.
+"""The database sinks in the worker: the Faust task that runs them, ``faust -A app migrate`` and
+``faust -A app sinks rebuild`` (sinks/rebuild.py).
 
     live-kpis       → kpi_metrics        session-metrics → session_metrics
     page-view-stats → page_view_stats    traffic-stats   → dimension_stats
@@ -17,11 +18,15 @@ from __future__ import annotations
 import logging
 import sys
 
+import click
+from faust.cli import argument, option
+
 from agents.outputs import publish
 from app import app, metrics, startup
 from sinks import health
 from sinks.db import DatabaseStartupError
 from sinks.migrations import MigrationOptions, migrate_url
+from sinks.rebuild import RebuildRefused, rebuild
 from sinks.runner import SinkRunner
 
 log = logging.getLogger(__name__)
@@ -68,3 +73,18 @@ async def migrate(self: object) -> None:
     print(report.summary())
     for warning in report.warnings:
         print(f"warning: TimescaleDB: {warning}", file=sys.stderr)
+
+
+@app.command(
+    argument("action", type=click.Choice(["rebuild"])),
+    option("--force", is_flag=True, help="Truncate the sink tables when they hold rows."),
+)
+async def sinks(self: object, action: str, force: bool) -> None:
+    """rebuild: migrate, then write the sink tables again from their topics' first records
+    (into empty tables; --force truncates them first)."""
+    try:
+        done = await rebuild(app.analytics_settings, app.topic_names, app.conf.id, force=force)
+    except (RebuildRefused, DatabaseStartupError) as exc:
+        print(f"sinks {action}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"sinks {action}: {done.text()}")

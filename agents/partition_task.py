@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Message
 
 from agents.kafka_io import Delivery
+from analytics.erasure import ERASE_HEADER, Erased
 from analytics.partition import PartitionOutput, PartitionRules, PartitionState, Write
 from analytics.tracking import RawMessage, SeenEvent, TrackedBatch
 from app.metrics import BatchFigures
@@ -36,14 +37,25 @@ def _is_tick(headers: Sequence[tuple[str, bytes]] | None) -> bool:
     return bool(headers) and any(key == TICK_HEADER for key, _ in headers or ())
 
 
+def _is_erasure(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    return bool(headers) and any(key == ERASE_HEADER for key, _ in headers or ())
+
+
+def is_erasure(message: Message) -> bool:
+    """An erasure request (analytics.erasure), not an event."""
+    return _is_erasure(message.headers())
+
+
 def raw_message(message: Message) -> RawMessage:
+    headers = message.headers()
     return RawMessage(
         message.key(),
         message.value() or b"",
         message.partition() or 0,
         message.offset() or 0,
         message.timestamp()[1],
-        _is_tick(message.headers()),
+        _is_tick(headers),
+        _is_erasure(headers),
     )
 
 
@@ -58,6 +70,8 @@ class PartitionRound:
     """The last offset the round's state includes."""
     state_writes: list[Write]
     seen_writes: list[Write]
+    erased: list[Erased] = field(default_factory=list)
+    """The erasures it did (analytics.erasure): tombstones to send, requests to answer."""
 
 
 @dataclass
@@ -75,6 +89,8 @@ class InFlight:
     """Set once its state's changelog records are sent."""
     sent_at: float = field(default_factory=time.monotonic)
     """When its outputs were handed to the producer: a round waiting long says so."""
+    erased: list[Erased] = field(default_factory=list)
+    """Its erasures, answered once its state is in RocksDB (agents/erasures.py)."""
 
     @property
     def published(self) -> bool:

@@ -14,6 +14,7 @@ import base64
 from collections.abc import Iterable
 from typing import Any
 
+from analytics.privacy import IpMode, scrub_text
 from analytics.timeutil import format_ts
 from analytics.validation import FieldError
 
@@ -28,14 +29,20 @@ def dead_letter(
     *,
     source: str,
     received_ms: int,
+    ip_mode: IpMode = "anonymize",
     **where: Any,
 ) -> dict[str, Any]:
-    """A dead-letter record: the raw payload, the errors, where it came from and when."""
-    error_list = [error.as_dict() for error in errors]
+    """A dead-letter record: the raw payload, the errors, where it came from and when.
+
+    Addresses in the payload and the errors are anonymised or removed by ``ip_mode``
+    (SPEC 10, analytics.privacy.scrub_text), also in a payload that is not UTF-8 (its
+    text read as Latin-1 is scrubbed before it is written in base64)."""
+    error_list = [{"field": e.field, "message": scrub_text(e.message, ip_mode)} for e in errors]
     try:
-        raw_text, encoding = raw.decode("utf-8"), "utf-8"
+        raw_text, encoding = scrub_text(raw.decode("utf-8"), ip_mode), "utf-8"
     except UnicodeDecodeError:
-        raw_text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+        scrubbed = scrub_text(raw.decode("latin-1"), ip_mode).encode("latin-1")
+        raw_text, encoding = base64.b64encode(scrubbed).decode("ascii"), "base64"
     return {
         "source": source,
         "error": "; ".join(f"{e['field']}: {e['message']}" for e in error_list),
@@ -65,13 +72,19 @@ def bounded_dead_letter(
     source: str,
     received_ms: int,
     size: int | None = None,
+    ip_mode: IpMode = "anonymize",
     **where: Any,
 ) -> dict[str, Any]:
     """``dead_letter`` of at most RAW_LIMIT bytes of ``raw``; ``size`` is the
     whole payload's length when ``raw`` is already a part of it."""
     size = len(raw) if size is None else size
     record = dead_letter(
-        utf8_prefix(raw, RAW_LIMIT), errors, source=source, received_ms=received_ms, **where
+        utf8_prefix(raw, RAW_LIMIT),
+        errors,
+        source=source,
+        received_ms=received_ms,
+        ip_mode=ip_mode,
+        **where,
     )
     if size > RAW_LIMIT:
         record["raw_truncated_from_bytes"] = size

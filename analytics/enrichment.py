@@ -29,6 +29,7 @@ from typing import Any
 import ua_parser
 
 from analytics.money import currency
+from analytics.privacy import IpMode, protect_ip
 from analytics.timeutil import DAY_MS, parse_ts
 from analytics.validation import amount_to_cents
 
@@ -86,6 +87,8 @@ class EnrichmentRules:
     conversion_actions: frozenset[str] = DEFAULT_CONVERSION_ACTIONS
     high_value_revenue_cents: int = 10_000
     high_value_duration_ms: int = 30_000
+    ip_mode: IpMode = "anonymize"
+    """SPEC 10, ``privacy.ip``: what the enriched event carries as ``ip_address``."""
 
 
 DEFAULT_RULES = EnrichmentRules()
@@ -128,7 +131,8 @@ def enrich(
     event: dict[str, Any], rules: EnrichmentRules = DEFAULT_RULES, ts_ms: int | None = None
 ) -> dict[str, Any]:
     """Return a new dict: the normalised ``event`` plus the SPEC section 2 fields.
-    ``ts_ms`` is the event's time when the caller has it already (else it is parsed)."""
+    ``ts_ms`` is the event's time when the caller has it already (else it is parsed).
+    ``ip_address`` is anonymised, dropped (null) or kept by ``rules.ip_mode`` (SPEC 10)."""
     action = event["action"]
     cents = 0
     if action == "purchase":
@@ -145,6 +149,7 @@ def enrich(
     device = event.get("device")
     return {
         **event,
+        "ip_address": protect_ip(event["ip_address"], rules.ip_mode),
         "is_conversion": action in rules.conversion_actions,
         "revenue": currency(cents),
         "revenue_cents": cents,

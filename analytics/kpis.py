@@ -29,35 +29,67 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
+RATIOS: dict[str, tuple[str, str, Fraction]] = {
+    "average_session_duration_seconds": ("session_duration_ms", "sessions", Fraction(1, 1000)),
+    "bounce_rate_percent": ("bounces", "sessions", Fraction(100)),
+    "average_engagement_score": ("engagement_x10000", "sessions", Fraction(1, 10_000)),
+    "conversion_rate_percent": ("conversions", "sessions", Fraction(100)),
+    "conversions_per_session": ("conversions", "sessions", Fraction(1)),
+}
+"""SPEC 4's ratios of a window's counters, each ``scale * numerator / denominator`` (0 when
+the denominator is 0). The one definition: the KPI records (``ratio_figures``), their trends
+(``trend_values``, exact) and the history buckets summed in SQL (sinks/queries.py) all use it."""
+
+SESSION_SUMS = {
+    "bounces": "total_bounces",
+    "session_duration_ms": "total_session_duration_ms",
+    "engagement_x10000": "total_engagement_x10000",
+}
+"""The session counters behind the ratios, published in each KPI record (and stored) under
+these names, so sums over many windows (``GET /api/kpis``) derive the ratios from sums."""
+
+
+def ratio_figures(sums: Counters) -> dict[str, float]:
+    """The ``RATIOS`` of summed counters, as floats (one correctly rounded division each)."""
+    figures = {}
+    for name, (numerator, denominator, scale) in RATIOS.items():
+        below = sums.get(denominator, 0)
+        above = sums.get(numerator, 0)
+        figures[name] = (
+            float(above * scale.numerator / (below * scale.denominator)) if below else 0.0
+        )
+    return figures
+
+
+def exact_ratio(name: str, sums: Counters) -> Fraction:
+    """One of the ``RATIOS`` as an exact fraction."""
+    numerator, denominator, scale = RATIOS[name]
+    below = sums.get(denominator, 0)
+    return scale * Fraction(sums.get(numerator, 0), below) if below else Fraction(0)
+
+
 def kpi_figures(start: int, window_ms: int, sums: Mapping[str, int]) -> dict[str, Any]:
     """Every KPI of SPEC section 4 (without trends) from the summed counters of a window."""
-    sessions = sums.get("sessions", 0)
     purchases = sums.get("purchases", 0)
     active = sums.get("active_users", 0)
     cents = sums.get("revenue_cents", 0)
-    conversions = sums.get("conversions", 0)
     return {
         "window_start": format_ts(start),
         "window_end": format_ts(start + window_ms),
         "total_users": sums.get("users_total", 0),
         "active_users": active,
         "new_users": sums.get("new_users", 0),
-        "total_sessions": sessions,
+        "total_sessions": sums.get("sessions", 0),
         "total_page_views": sums.get("page_views", 0),
         "total_events": sums.get("events", 0),
         "total_revenue": currency(cents),
         "total_revenue_cents": cents,
-        "total_conversions": conversions,
+        "total_conversions": sums.get("conversions", 0),
         "purchases": purchases,
         "average_order_value": currency_per(cents, purchases),
         "revenue_per_user": currency_per(cents, active),
-        "average_session_duration_seconds": ratio(
-            sums.get("session_duration_ms", 0), 1000 * sessions
-        ),
-        "bounce_rate_percent": 100 * ratio(sums.get("bounces", 0), sessions),
-        "average_engagement_score": ratio(sums.get("engagement_x10000", 0), 10_000 * sessions),
-        "conversion_rate_percent": 100 * ratio(conversions, sessions),
-        "conversions_per_session": ratio(conversions, sessions),
+        **ratio_figures(sums),
+        **{published: sums.get(counter, 0) for counter, published in SESSION_SUMS.items()},
     }
 
 
@@ -66,27 +98,23 @@ Counters = Mapping[str, int | Fraction]
 between two moments (analytics.live_trends)."""
 
 
-def _exact(numerator: int | Fraction, denominator: int | Fraction) -> Fraction:
-    return Fraction(numerator, denominator) if denominator else Fraction(0)
-
-
 def trend_values(sums: Counters) -> dict[str, Fraction]:
     """The ten trend metrics as exact fractions of the window's counters, so a change of
     exactly ±5 % is classified the same however the ratios would round in floating point."""
-    sessions = sums.get("sessions", 0)
+    active = sums.get("active_users", 0)
     return {
-        "active_users": Fraction(sums.get("active_users", 0)),
+        "active_users": Fraction(active),
         "total_events": Fraction(sums.get("events", 0)),
         "total_page_views": Fraction(sums.get("page_views", 0)),
-        "total_sessions": Fraction(sessions),
+        "total_sessions": Fraction(sums.get("sessions", 0)),
         "total_revenue": Fraction(sums.get("revenue_cents", 0)),
         "total_conversions": Fraction(sums.get("conversions", 0)),
-        "conversion_rate_percent": 100 * _exact(sums.get("conversions", 0), sessions),
-        "bounce_rate_percent": 100 * _exact(sums.get("bounces", 0), sessions),
-        "average_session_duration_seconds": _exact(
-            sums.get("session_duration_ms", 0), 1000 * sessions
-        ),
-        "revenue_per_user": _exact(sums.get("revenue_cents", 0), sums.get("active_users", 0)),
+        "conversion_rate_percent": exact_ratio("conversion_rate_percent", sums),
+        "bounce_rate_percent": exact_ratio("bounce_rate_percent", sums),
+        "average_session_duration_seconds": exact_ratio("average_session_duration_seconds", sums),
+        "revenue_per_user": Fraction(sums.get("revenue_cents", 0), active)
+        if active
+        else Fraction(0),
     }
 
 

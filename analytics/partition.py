@@ -795,6 +795,43 @@ class PartitionState:
             for user_id in list(self.users)[:excess]:
                 del self.users[user_id]
 
+    def forget_user(self, user_id: str, offset: int) -> UserState | None:
+        """Erase a user from memory (analytics.erasure, which deletes its keys): the user,
+        its place in the fold queue, and its events in every open window, whose other
+        figures are worked out again from the remaining users. A window that applied
+        ``offset`` already (a replayed erasure) lost the user's events then."""
+        user = self.user(user_id)
+        self.users.pop(user_id, None)
+        self.dirty_users.discard(user_id)
+        if self.journeys is not None:
+            self.journeys.dirty_users.pop(user_id, None)
+        if user_id in self._fold_queued:
+            self._fold_queued.discard(user_id)
+            self._fold_queue.remove(user_id)
+        if user is not None and user.index_at is not None:
+            self.open_users -= 1
+        for window in self.windows.values():
+            if user_id not in window.users:
+                continue
+            if user is not None and offset > window.applied:
+                for key in user.keys.values():
+                    lo, hi = key.window_rows(window.start, window.start + self.rules.window_ms)
+                    for row in key.pending[lo:hi]:
+                        live = window.live
+                        live[0] -= 1
+                        live[1] -= row.action == "page_view"
+                        live[2] -= row.conversion
+                        live[3] -= row.revenue_cents
+                        live[4] -= row.action == "purchase"
+                window.applied = offset
+            window.users.discard(user_id)
+            if user_id in window.new_users:
+                window.new_users.remove(user_id)
+            window.forget_figures()
+            window.dirty = window.live_changed = True
+        self.clock.applied = max(self.clock.applied, offset)
+        return user
+
     # ------------------------------------------------------------------ closing sessions
 
     def close_due_sessions(self, out: PartitionOutput) -> None:

@@ -28,6 +28,7 @@ import orjson
 
 from analytics.dead_letters import bounded_dead_letter
 from analytics.enrichment import DEFAULT_RULES, EnrichmentRules, enrich
+from analytics.privacy import protect_ip
 from analytics.rows import Arrival, Tick, row_of
 from analytics.validation import (
     MAX_EVENT_BYTES,
@@ -49,6 +50,8 @@ class RawMessage(NamedTuple):
     offset: int
     timestamp_ms: int
     tick: bool = False
+    erase: bool = False
+    """An erasure request (analytics.erasure): no event, handled in a round of its own."""
 
 
 class SeenEvent(NamedTuple):
@@ -119,6 +122,8 @@ def track_batch(
         if message.tick:
             timeline.append(Tick(message.offset, message.timestamp_ms))
             continue
+        if message.erase:  # not an event: analytics.erasure handles it, neither counted
+            continue  # nor dead-lettered
         try:
             _track(message, out, topic, lookup, rules)
         except EventRejected as rejected:
@@ -134,6 +139,7 @@ def track_batch(
                 errors,
                 source="topic",
                 received_ms=message.timestamp_ms,
+                ip_mode=rules.enrichment.ip_mode,
                 topic=topic,
                 partition=message.partition,
                 offset=message.offset,
@@ -166,6 +172,8 @@ def _track(
     if message.key != user_key:
         obj = decode_json(value)
         fixed = {**obj, "event_id": event["event_id"], "timestamp": event["timestamp"]}
+        if event["ip_address"] is not None:  # SPEC 10 holds for the re-keyed copy too
+            fixed["ip_address"] = protect_ip(event["ip_address"], rules.enrichment.ip_mode)
         moved = RawMessage(user_key, _encode(fixed), -1, -1, message.timestamp_ms)
         out.rekeyed.append(moved)
         return

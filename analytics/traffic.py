@@ -44,15 +44,27 @@ def page_rows(start: int, window_ms: int, pages: Mapping[str, list[int]]) -> lis
             "views": views,
             "unique_visitors": visitors,
             "total_time_on_page_ms": time_ms,
-            "avg_time_on_page_ms": ratio(time_ms, views),
+            "avg_time_on_page_ms": avg_time_on_page_ms(time_ms, views),
         }
         for page, (views, visitors, time_ms) in pages.items()
     ]
     return sorted(rows, key=top_page_order)
 
 
+def page_rank(page: str, views: int) -> tuple[int, str]:
+    """SPEC 5's order of pages, the one ranking rule: views descending, then the page in code
+    point order (sinks/queries.TOP_PAGES orders the same in SQL: ``views DESC, page COLLATE
+    "C"``)."""
+    return (-views, page)
+
+
 def top_page_order(row: Mapping[str, Any]) -> tuple[int, str]:
-    return (-row["views"], row["page"])
+    return page_rank(row["page"], row["views"])
+
+
+def avg_time_on_page_ms(time_ms: int, views: int) -> float:
+    """SPEC 5: the page's time on page over its views (0 without views)."""
+    return ratio(time_ms, views)
 
 
 def dimension_rows(

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.cli import argument, option
 
+from analytics.privacy import scrub_text
 from app import app
 from app.alert_rules_export import rules_yaml
 from app.kafka_security import aiokafka_kwargs
@@ -21,12 +22,15 @@ from app.kafka_security import aiokafka_kwargs
     option("--follow/--no-follow", default=False, help="Keep printing new records."),
 )
 async def tail(self: object, topic: str, last: int, follow: bool) -> None:
-    """Print the newest records of a topic (prefix added), one JSON value a line."""
+    """Print the newest records of a topic (prefix added), one JSON value a line; addresses
+    in them are anonymised or removed by ``privacy.ip`` (``user-events`` holds what its
+    producers wrote, which may be full addresses)."""
+    ip_mode = app.analytics_settings.privacy.ip
     full = app.analytics_settings.engine.topic_prefix + topic
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(app.analytics_settings), enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = await _partitions(full)
+        partitions = await topic_partitions(full)
         if not partitions:
             print(f"no topic {full!r}", file=sys.stderr)
             return
@@ -40,7 +44,7 @@ async def tail(self: object, topic: str, last: int, follow: bool) -> None:
             for records in batches.values():
                 for record in records:
                     value = record.value.decode("utf-8", "replace") if record.value else ""
-                    print(value, flush=True)
+                    print(scrub_text(value, ip_mode), flush=True)
             if not follow and all(await _at_end(consumer, tps, ends)):
                 return
             await asyncio.sleep(0)
@@ -54,7 +58,7 @@ async def _at_end(
     return [await consumer.position(tp) >= ends[tp] for tp in tps]
 
 
-async def _partitions(topic: str) -> list[int]:
+async def topic_partitions(topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(**aiokafka_kwargs(app.analytics_settings))
     await admin.start()
     try:

@@ -42,6 +42,7 @@ from analytics.cohorts import CohortsSpec
 from analytics.custom_kpis import NO_CUSTOM_KPIS, CustomKpis, parse_custom_kpis
 from analytics.experiments import ExperimentsSpec
 from analytics.funnels import FunnelSpec, parse_funnels
+from analytics.privacy import IpMode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "configs" / "analytics-dashboard.yaml"
@@ -635,6 +636,19 @@ class MetricsSettings(Section):
     namespace: str = "analytics_dashboard"
 
 
+class ErasureSettings(Section):
+    """``DELETE /api/users/{user_id}`` (analytics.erasure): how long the request waits for
+    the tracker to have erased the user before answering 202 (queued) instead of 200."""
+
+    wait: Duration = timedelta(seconds=10)
+
+
+class PrivacySettings(Section):
+    """SPEC 10: what leaves the tracker of an event's ``ip_address`` (analytics.privacy)."""
+
+    ip: IpMode = "anonymize"  # anonymize: IPv4 /24, IPv6 /48; drop: null; keep: unchanged
+
+
 class Settings(BaseSettings):
     """The whole configuration of one worker."""
 
@@ -652,6 +666,9 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     access: AccessSettings = AccessSettings()
     alerts: AlertsSettings = AlertsSettings()
+    erasure: ErasureSettings = ErasureSettings()
+
+    privacy: PrivacySettings = PrivacySettings()
     #: SPEC 7 funnels, read by analytics.funnels.parse_funnels (durations as everywhere here)
     funnels: tuple[FunnelSpec, ...] = ()
     #: SPEC 10 custom KPIs, read by analytics.custom_kpis.parse_custom_kpis

@@ -40,6 +40,7 @@ from app import metrics
 from app.kafka_security import aiokafka_kwargs
 from app.settings import Settings
 from sinks.dead_letters import dead_letter
+from sinks.erasure import Eraser, runs
 from sinks.lag import watch_lag
 from sinks.schema import SESSION_METRICS, TableSpec
 from sinks.writers import BatchWriter
@@ -131,6 +132,7 @@ class SinkConsumer:
         group_id: str,
         settings: Settings,
         dead_letters: DeadLetterTopic,
+        eraser: Eraser | None = None,
     ) -> None:
         self.spec = spec
         self.topic = topic
@@ -138,6 +140,8 @@ class SinkConsumer:
         self.group_id = group_id
         self.settings = settings
         self.dead_letters = dead_letters
+        self.eraser = eraser
+        """Deletes the rows of users whose tombstones come (tables with users only)."""
         self.shape = CHUNKED.get(spec.name)
         self.pending: dict[TopicPartition, dict[str, Any]] = {}
         """Per partition: chunks of records not yet whole (analytics.record_chunks)."""
@@ -179,21 +183,7 @@ class SinkConsumer:
         records = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
         for lost in [tp for tp in self.pending if tp not in owned]:
             del self.pending[lost]  # its new owner reads the chunks again
-        values, sources, dead = decode(self.spec, records)
-        if self.shape is not None:
-            values, sources, incomplete = self.gathered(values, sources, self.shape)
-            dead += incomplete
-        result = await self.writer.write(values)
-        dead += [
-            dead_letter(self.spec, sources[bad.index], bad.error, bad.sqlstate)
-            for bad in result.rejected
-        ]
-        metrics.sink_batch(self.spec.name, len(records), result.written, len(dead))
-        if dead:
-            log.warning(
-                "sink %s: %d records to %s", self.spec.name, len(dead), self.dead_letters.name
-            )
-            await self.dead_letters.send(dead)
+        await self.write(records)
         offsets = next_offsets(records)
         owned = consumer.assignment()
         offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
@@ -210,6 +200,41 @@ class SinkConsumer:
             log.info(
                 "sink %s: offsets not committed (%s); they will be read again", self.spec.name, exc
             )
+
+    async def write(self, records: list[ConsumerRecord[Any, Any]]) -> int:
+        """Write a batch of records in offset order (until committed), deleting the rows of
+        users erased in between (tombstones, sinks.erasure), and dead-letter its rejects;
+        returns how many were dead-lettered. ``faust -A app sinks rebuild`` writes through
+        this too (sinks/rebuild.py)."""
+        dead: list[dict[str, Any]] = []
+        written = 0
+        cut = runs(records) if self.eraser is not None else [(records, [])]
+        for run, erased in cut:  # tombstones: the users' rows deleted in order (sinks.erasure)
+            if run or len(cut) == 1:
+                written += await self._write(run, dead)
+            if erased and self.eraser is not None:
+                await self.eraser.erase(erased)
+        metrics.sink_batch(self.spec.name, len(records), written, len(dead))
+        if dead:
+            log.warning(
+                "sink %s: %d records to %s", self.spec.name, len(dead), self.dead_letters.name
+            )
+            await self.dead_letters.send(dead)
+        return len(dead)
+
+    async def _write(self, records: list[ConsumerRecord[Any, Any]], dead: list[Any]) -> int:
+        """Write records (until committed); their dead letters go into ``dead``."""
+        values, sources, undecoded = decode(self.spec, records)
+        dead += undecoded
+        if self.shape is not None:
+            values, sources, incomplete = self.gathered(values, sources, self.shape)
+            dead += incomplete
+        result = await self.writer.write(values)
+        dead += [
+            dead_letter(self.spec, sources[bad.index], bad.error, bad.sqlstate)
+            for bad in result.rejected
+        ]
+        return result.written
 
     def gathered(
         self, values: list[dict[str, Any]], sources: list[Any], shape: Shape

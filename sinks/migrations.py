@@ -372,12 +372,24 @@ COMMENT ON COLUMN experiment_stats.version IS
 """
 
 # SPEC 10 custom KPIs: every KPI record carries them under "custom" ({name: number}); rows
-# written before this migration have none ({}).
-KPI_CUSTOM = """
+# written before this migration have none ({}). And the session counters behind SPEC 4's
+# ratios (analytics.kpis.SESSION_SUMS), so the history API sums counters instead of working
+# them back out of the rates; final rows written before get them worked back once, here.
+KPI_CUSTOM_AND_SUMS = """
 ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS custom jsonb NOT NULL DEFAULT '{}'::jsonb;
 COMMENT ON COLUMN kpi_metrics.custom IS
     'SPEC 10: the custom KPIs of the window by name (custom_kpis in the configuration): '
     'counts of matching events and ratio_percent of two counts';
+ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS total_bounces bigint CHECK (total_bounces >= 0);
+ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS total_session_duration_ms bigint
+    CHECK (total_session_duration_ms >= 0);
+ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS total_engagement_x10000 bigint
+    CHECK (total_engagement_x10000 >= 0);
+UPDATE kpi_metrics
+SET total_bounces = round(bounce_rate_percent * total_sessions / 100),
+    total_session_duration_ms = round(average_session_duration_seconds * total_sessions * 1000),
+    total_engagement_x10000 = round(average_engagement_score * total_sessions * 10000)
+WHERE total_bounces IS NULL AND total_sessions IS NOT NULL;
 """
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -398,7 +410,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         11, "experiment_stats rows carry their publication's version", ANY, EXPERIMENT_VERSION
     ),
-    Migration(12, "kpi_metrics.custom: SPEC 10 custom KPIs", ANY, KPI_CUSTOM),
+    Migration(12, "kpi_metrics: SPEC 10 custom KPIs, session counters", ANY, KPI_CUSTOM_AND_SUMS),
 )
 #: the sink tables that are hypertables on TimescaleDB, with compression and retention policies
 HYPERTABLES = (

@@ -19,9 +19,10 @@ event and each first-seen user falls in exactly one window, so the sums are exac
 counts per window cannot be added into distinct counts per bucket; like web/api_queries.py,
 their sums are named for what they are: ``active_user_windows`` (a user active in n windows of
 the bucket counts n times) and ``session_windows`` (a session active in n windows counts n
-times). Session figures are means over those session windows, rebuilt from each window's
-figure times its ``total_sessions`` (durations and bounces come back as the exact integers the
-window averaged); for a bucket of one window they equal that window's. ``revenue_per_user``
+times). Session figures are means over those session windows, from the sums of each window's
+session counters (``total_bounces``, ``total_session_duration_ms``,
+``total_engagement_x10000``) by the same function as a window's (analytics.kpis.ratio_figures);
+for a bucket of one window they equal that window's. ``revenue_per_user``
 needs the bucket's distinct active users, which the table does not hold: it is left out.
 
 Funnels (SPEC 7) over a range of days are merged the way the pipeline merges partitions
@@ -45,9 +46,10 @@ from psycopg import sql
 
 from analytics.funnels import DayPartial, FunnelPartials, FunnelSpec, range_row
 from analytics.journey_combiner import final_at
-from analytics.kpis import ratio
+from analytics.kpis import ratio_figures
 from analytics.money import cents_of, currency, currency_per
 from analytics.timeutil import datetime_of, day_number, format_ts, ms_of
+from analytics.traffic import avg_time_on_page_ms
 from sinks.migrations import TIMESCALE
 from sinks.schema import SESSION_METRICS
 
@@ -75,10 +77,9 @@ SELECT {bucket} AS bucket_start,
        max(active_users) AS peak_active_users,
        sum(active_users)::bigint AS active_user_windows,
        sum(total_sessions)::bigint AS session_windows,
-       sum(round(average_session_duration_seconds * total_sessions * 1000))::bigint
-           AS session_duration_ms,
-       sum(round(bounce_rate_percent * total_sessions / 100))::bigint AS bounces,
-       sum(average_engagement_score * total_sessions) AS engagement_total,
+       sum(total_session_duration_ms)::bigint AS session_duration_ms,
+       sum(total_bounces)::bigint AS bounces,
+       sum(total_engagement_x10000)::bigint AS engagement_x10000,
        max(late_events_total) AS late_events_total
 FROM kpi_metrics
 WHERE is_final AND window_start >= %(from)s AND window_start < %(to)s
@@ -86,8 +87,8 @@ GROUP BY 1
 ORDER BY 1
 """)
 
-# Pages ordered like SPEC section 5 and web/api_queries.top_pages: views descending, then the
-# page in code point order (the C collation compares UTF-8 bytes, which is the same order).
+# Pages ordered by analytics.traffic.page_rank: views descending, then the page in code point
+# order (the C collation compares UTF-8 bytes, which is the same order).
 TOP_PAGES = """
 SELECT page,
        sum(views)::bigint AS views,
@@ -184,11 +185,15 @@ def kpi_bucket(row: Sequence[Any], width: timedelta) -> dict[str, Any]:
         "active_user_windows": active_windows,
         "session_windows": sessions,
         "average_order_value": currency_per(cents, purchases),
-        "average_session_duration_seconds": ratio(duration_ms, 1000 * sessions),
-        "bounce_rate_percent": 100 * ratio(bounces, sessions),
-        "average_engagement_score": ratio(engagement, sessions),
-        "conversion_rate_percent": 100 * ratio(conversions, sessions),
-        "conversions_per_session": ratio(conversions, sessions),
+        **ratio_figures(
+            {
+                "sessions": sessions,
+                "session_duration_ms": duration_ms or 0,
+                "bounces": bounces or 0,
+                "engagement_x10000": engagement or 0,
+                "conversions": conversions,
+            }
+        ),
         "late_events_total": late,
     }
 
@@ -201,7 +206,7 @@ def top_page(row: Sequence[Any]) -> dict[str, Any]:
         "views": views,
         "visitor_windows": visitors,
         "total_time_on_page_ms": time_ms,
-        "avg_time_on_page_ms": ratio(time_ms, views),
+        "avg_time_on_page_ms": avg_time_on_page_ms(time_ms, views),
     }
 
 

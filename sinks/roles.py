@@ -6,14 +6,17 @@ role       setting                         privileges
 =========  ==============================  ====================================================
 owner      ``connection_string``'s user    owns the tables; runs the migrations (DDL)
 writer     ``sinks.timescaledb.writer``    ``SELECT, INSERT, UPDATE`` on the seven sink tables:
-                                           the batched upsert reads the row it may replace
+                                           the batched upsert reads the row it may replace;
+                                           ``DELETE`` on ``session_metrics`` only: an erased
+                                           user's rows (sinks/erasure.py)
 reader     ``sinks.timescaledb.reader``    ``SELECT`` on the seven sink tables
 =========  ==============================  ====================================================
 
-Neither may delete, truncate, alter or create anything, nor read ``schema_migrations``. On
-every migration run (under the migrations' advisory lock) each configured role is created when
-missing (``LOGIN``, no other attribute, which needs ``CREATEROLE`` for the owner) or has its
-attributes and password set again, and its table privileges are replaced by exactly its list.
+Neither may delete (but the writer an erased user's sessions), truncate, alter or create
+anything, nor read ``schema_migrations``. On every migration run (under the migrations'
+advisory lock) each configured role is created when missing (``LOGIN``, no other attribute,
+which needs ``CREATEROLE`` for the owner) or has its attributes and password set again, and
+its table privileges are replaced by exactly its list.
 The password travels as the verifier libpq computes from it (``PQencryptPasswordConn``,
 ``password_encryption`` of the server: SCRAM-SHA-256 by default), never in clear text, so it
 cannot appear in the server's statement log. An empty password leaves the role without one
@@ -35,6 +38,8 @@ from sinks.db import Connection, DatabaseStartupError, describe
 
 WRITER_PRIVILEGES = ("SELECT", "INSERT", "UPDATE")
 READER_PRIVILEGES = ("SELECT",)
+#: tables whose rows name a user: the writer deletes an erased user's (sinks/erasure.py)
+WRITER_DELETES_FROM = ("session_metrics",)
 #: everything but LOGIN is denied explicitly, whatever the role had before
 ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
 
@@ -81,12 +86,20 @@ def grant_statements(grant: RoleGrant, tables: Sequence[str]) -> list[sql.Compos
     targets = sql.SQL(", ").join(sql.Identifier(table) for table in tables)
     role = sql.Identifier(grant.user)
     privileges = sql.SQL(", ").join(sql.SQL(p) for p in grant.privileges)
-    return [
+    statements = [
         sql.SQL("REVOKE ALL ON TABLE {tables} FROM {role}").format(tables=targets, role=role),
         sql.SQL("GRANT {privileges} ON TABLE {tables} TO {role}").format(
             privileges=privileges, tables=targets, role=role
         ),
     ]
+    erasable = [table for table in WRITER_DELETES_FROM if table in tables]
+    if grant.privileges == WRITER_PRIVILEGES and erasable:
+        statements.append(
+            sql.SQL("GRANT DELETE ON TABLE {tables} TO {role}").format(
+                tables=sql.SQL(", ").join(sql.Identifier(table) for table in erasable), role=role
+            )
+        )
+    return statements
 
 
 async def reconcile_roles(

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from app.settings import Settings
 from app.topics import TopicNames
 from sinks.consumer import DeadLetterTopic, Publish, SinkConsumer
+from sinks.erasure import ERASE_STATEMENTS
 from sinks.migrations import MigrationOptions
 from sinks.retry import RetryPolicy
 from sinks.schema import TABLES, TableSpec
@@ -35,7 +36,8 @@ class SinkRunner:
         url = self.settings.sinks.timescaledb.writer_url  # sinks/roles.py
         writer = TableSink(spec, topic, url, self.schema, self.policy)
         group = f"{self.app_id}-sink-{spec.name}"
-        return SinkConsumer(spec, topic, writer, group, self.settings, self.dead_letters)
+        eraser = writer if spec.name in ERASE_STATEMENTS else None  # sinks/erasure.py
+        return SinkConsumer(spec, topic, writer, group, self.settings, self.dead_letters, eraser)
 
     async def run(
         self, ready: Callable[[], None], failed: Callable[[Exception], Awaitable[None]]

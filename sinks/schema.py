@@ -66,6 +66,7 @@ from psycopg.types.json import Jsonb
 
 from analytics.cohorts import MAX_DAY_OFFSET
 from analytics.funnels import MAX_STAGES, MIN_STAGES
+from analytics.kpis import SESSION_SUMS
 from analytics.timeutil import datetime_of, parse_ts
 
 Row = tuple[Any, ...]
@@ -246,6 +247,8 @@ def kpi_row(r: Mapping[str, Any]) -> Row:
         _int(r, "late_events_total"),
         _bool(r, "is_final"),
         _object(r, "custom") if "custom" in r else _jsonb("custom", {}),
+        # records published before the session counters existed have none: null
+        *(_int(r, name, nullable=True) if name in r else None for name in SESSION_SUMS.values()),
     )
 
 
@@ -498,6 +501,7 @@ KPI_METRICS = TableSpec(
         "late_events_total",
         "is_final",
         "custom",
+        *SESSION_SUMS.values(),
     ),
     types=(
         "timestamptz",
@@ -509,6 +513,7 @@ KPI_METRICS = TableSpec(
         "bigint",
         "boolean",
         "jsonb",
+        *["bigint"] * len(SESSION_SUMS),
     ),
     key=("window_start",),
     convert=kpi_row,

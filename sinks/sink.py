@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import RetryCallState
 
 from app import metrics
 from sinks import health
 from sinks.db import Connection, connect, describe, redact_url
+from sinks.erasure import erase_rows
 from sinks.migrations import MigrationOptions, MigrationReport, migrate, migrate_url
 from sinks.retry import RetryPolicy
 from sinks.schema import TableSpec
 from sinks.writers import WriteResult, write_batch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: One attempt (connect, migrate when needed, write) longer than this is abandoned and retried
 #: on a new connection: a database host that vanished must not hold a batch forever.
@@ -99,7 +101,9 @@ class TableSink:
             async with self._lock:
                 async for attempt in self.policy.retrying(before_sleep=self._on_retry):
                     with attempt:
-                        result = await self._attempt(batch)
+                        result = await self._attempt(
+                            lambda conn: write_batch(conn, self.spec, batch)
+                        )
         finally:
             health.waiting(self.name, -len(batch))
         outage = health.succeeded(self.name, result.written, len(result.rejected))
@@ -107,12 +111,21 @@ class TableSink:
             log.warning("sink %s: writing again after %.1f s degraded", self.name, outage)
         return result
 
-    async def _attempt(self, records: Sequence[Mapping[str, Any]]) -> WriteResult:
+    async def erase(self, users: Sequence[str]) -> int:
+        """Delete the rows of ``users`` (sinks.erasure), retrying until committed."""
+        async with self._lock:
+            async for attempt in self.policy.retrying(before_sleep=self._on_retry):
+                with attempt:
+                    deleted = await self._attempt(lambda conn: erase_rows(conn, self.name, users))
+        log.info("sink %s: erased %d rows of %d users", self.name, deleted, len(users))
+        return deleted
+
+    async def _attempt(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self.attempt_timeout):
                 await self.schema.ensure()
                 conn = await self._connection()
-                return await write_batch(conn, self.spec, records)
+                return await work(conn)
         except BaseException:
             await self.close()  # whatever happened, the connection's state is unknown
             raise

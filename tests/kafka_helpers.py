@@ -82,7 +82,7 @@ class Outgoing:
     """A message to produce, when the key and value alone are not enough."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     partition: int | None = None
     timestamp_ms: int | None = None
 

@@ -278,12 +278,14 @@ class WorkerPool:
         tls: TlsFiles | None = None,
         *,
         again: Worker | None = None,
+        log_level: str = "info",
     ) -> Worker:
         """Launch ``python -m faust -A app worker``; call ``wait_ready`` before using it.
 
         With ``tls`` (a certificate for 127.0.0.1) the worker serves HTTPS only. ``again``:
         a worker that has exited, started anew with its name, port and data directory (its
-        local RocksDB state kept); ``restart`` does that with its settings."""
+        local RocksDB state kept); ``restart`` does that with its settings. ``log_level``:
+        the project's loggers' level (``-l``; libraries: app/log_levels.py)."""
         if again is None:
             name = f"w{len(self.workers) + 1}"
             port = free_port()
@@ -331,7 +333,7 @@ class WorkerPool:
             str(self.workdir / name),
             "worker",
             "-l",
-            "info",
+            log_level,
         ]
         with log_path.open("ab") as log:
             log.write(f"$ {' '.join(command)}\n".encode())
@@ -374,3 +376,28 @@ class WorkerPool:
             f"{worker.log_tail(lines)}"
             for worker in self.workers
         )
+
+
+def faust_command(
+    args: list[str], services: Services, topic_prefix: str, group_id: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m faust -A app ARGS`` (an operator command, not a worker) against the
+    test's topics; ``env`` adds to or overrides the environment (DATABASE_URL, ...)."""
+    environment = dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        KAFKA_BOOTSTRAP=services.kafka_bootstrap,
+        DATABASE_URL=services.database_url,
+        ANALYTICS__ENGINE__TOPIC_PREFIX=topic_prefix,
+        ANALYTICS__SOURCES__KAFKA__GROUP_ID=group_id,
+    )
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "app", *args],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )

@@ -63,6 +63,7 @@ from web.api_queries import (
     user_profile,
     user_sessions,
 )
+from web.erasure_view import erase_user
 from web.history_params import DATABASE, LIVE, kpis_source, top_pages_source
 
 _engine = app.analytics_settings.engine
@@ -258,11 +259,21 @@ async def _user_answer(
 
 @app.page("/api/users/{user_id}")
 class UserView(web.View):
-    """A user's profile counters."""
+    """A user's profile counters; ``DELETE`` erases the user (web/erasure_view.py)."""
 
     @routed(partition_state, match_info="user_id")
     async def get(self, request: web.Request, user_id: str) -> web.Response:
         return await _user_answer(self, request, user_id, user_profile)
+
+    @routed(partition_state, match_info="user_id")
+    async def delete(self, request: web.Request, user_id: str) -> web.Response:
+        try:
+            no_parameters(_query(request))
+            parse_user_id(user_id)
+        except BadParameter as problem:
+            return _bad(self, problem)
+        status, body = await erase_user(user_id)
+        return _json(self, body) if status == 200 else self.json(body, status=status)
 
 
 @app.page("/api/sessions/{user_id}")

@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from analytics.kpis import ratio
 from analytics.money import currency
 from analytics.partition import UserState
 from analytics.timeutil import format_ts
-from analytics.traffic import add_dimensions, add_pages
+from analytics.traffic import add_dimensions, add_pages, avg_time_on_page_ms, page_rank
 from web.api_params import KpiRange
 
 MINUTE_MS = 60_000
@@ -136,14 +135,14 @@ def top_pages(windows: Iterable[Mapping[str, list[int]]], limit: int) -> list[di
     totals: dict[str, list[int]] = {}
     for pages in windows:
         add_pages(totals, pages)
-    ranked = sorted(totals.items(), key=lambda item: (-item[1][0], item[0]))
+    ranked = sorted(totals.items(), key=lambda item: page_rank(item[0], item[1][0]))
     return [
         {
             "page": page,
             "views": views,
             "visitor_windows": visitors,
             "total_time_on_page_ms": time_ms,
-            "avg_time_on_page_ms": ratio(time_ms, views),
+            "avg_time_on_page_ms": avg_time_on_page_ms(time_ms, views),
         }
         for page, (views, visitors, time_ms) in ranked[:limit]
     ]

@@ -3,7 +3,9 @@
 The views only read the body, call these and produce the results. Accepted events go to
 ``user-events`` as the client sent them plus their event_id; the message timestamp is the
 ingestion time, which the tracker uses for absent timestamps and the future-clamp, so HTTP and
-topic events are judged by the same rule.
+topic events are judged by the same rule. Their ``ip_address`` is already anonymised, dropped
+or kept by ``privacy.ip`` (SPEC 10), as are the addresses in dead letters: a full address
+reaches no topic through this door.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import orjson
 
 from analytics.dead_letters import RAW_LIMIT, bounded_dead_letter
+from analytics.privacy import IpMode, protect_ip
 from analytics.validation import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
@@ -48,9 +51,12 @@ class IngestOutcome:
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _accept(obj: Any, received_ms: int) -> Accepted:
+def _accept(obj: Any, received_ms: int, ip_mode: IpMode) -> Accepted:
     event = validate_event(obj, received_at_ms=received_ms, default_event_id=str(uuid.uuid4()))
-    value = orjson.dumps({**obj, "event_id": event["event_id"]})
+    sent = {**obj, "event_id": event["event_id"]}
+    if event["ip_address"] is not None:
+        sent["ip_address"] = protect_ip(event["ip_address"], ip_mode)
+    value = orjson.dumps(sent)
     return Accepted(key=event["user_id"].encode(), value=value, event_id=event["event_id"])
 
 
@@ -59,10 +65,13 @@ def _dead(
     errors: list[FieldError],
     source: str,
     received_ms: int,
+    ip_mode: IpMode,
     size: int | None = None,
 ) -> dict[str, Any]:
     """A dead letter keeping at most DEAD_LETTER_RAW_LIMIT bytes of a payload of ``size``."""
-    return bounded_dead_letter(raw, errors, source=source, received_ms=received_ms, size=size)
+    return bounded_dead_letter(
+        raw, errors, source=source, received_ms=received_ms, size=size, ip_mode=ip_mode
+    )
 
 
 def _rejected_body(errors: list[FieldError]) -> dict[str, Any]:
@@ -72,40 +81,53 @@ def _rejected_body(errors: list[FieldError]) -> dict[str, Any]:
     }
 
 
-def too_large(size: int, limit: int, source: str, raw: bytes, received_ms: int) -> IngestOutcome:
+def too_large(
+    size: int,
+    limit: int,
+    source: str,
+    raw: bytes,
+    received_ms: int,
+    ip_mode: IpMode = "anonymize",
+) -> IngestOutcome:
     """413 for a body over its limit; the (truncated) body still goes to the dead letters."""
     errors = [FieldError("body", f"{size} bytes, over the limit of {limit}")]
-    dead = _dead(raw, errors, source, received_ms, size=max(size, len(raw)))
+    dead = _dead(raw, errors, source, received_ms, ip_mode, size=max(size, len(raw)))
     return IngestOutcome(413, _rejected_body(errors), [], [dead])
 
 
-def unreadable(why: str, source: str, raw: bytes, received_ms: int) -> IngestOutcome:
+def unreadable(
+    why: str, source: str, raw: bytes, received_ms: int, ip_mode: IpMode = "anonymize"
+) -> IngestOutcome:
     """400 for a body whose Content-Encoding cannot be undone (web/request_body.py); the dead
     letter keeps what was decoded before the error."""
     errors = [FieldError("body", why)]
-    return IngestOutcome(400, _rejected_body(errors), [], [_dead(raw, errors, source, received_ms)])
+    dead = _dead(raw, errors, source, received_ms, ip_mode)
+    return IngestOutcome(400, _rejected_body(errors), [], [dead])
 
 
-def ingest_single(body: bytes, received_ms: int) -> IngestOutcome:
-    """One event: 202 with its event_id, or 400/413 naming the problem."""
+def ingest_single(
+    body: bytes, received_ms: int, ip_mode: IpMode = "anonymize", source: str = "http"
+) -> IngestOutcome:
+    """One event: 202 with its event_id, or 400/413 naming the problem. ``source`` names
+    the door in dead letters (``faust -A app replay`` passes ``replay``)."""
     if len(body) > MAX_EVENT_BYTES:
-        return too_large(len(body), MAX_EVENT_BYTES, "http", body, received_ms)
+        return too_large(len(body), MAX_EVENT_BYTES, source, body, received_ms, ip_mode)
     try:
-        accepted = _accept(decode_json(body), received_ms)
+        accepted = _accept(decode_json(body), received_ms, ip_mode)
     except EventRejected as rejected:
         return IngestOutcome(
             400,
             _rejected_body(rejected.errors),
             [],
-            [_dead(body, rejected.errors, "http", received_ms)],
+            [_dead(body, rejected.errors, source, received_ms, ip_mode)],
         )
     return IngestOutcome(202, {"event_id": accepted.event_id}, [accepted])
 
 
-def ingest_batch(body: bytes, received_ms: int) -> IngestOutcome:
+def ingest_batch(body: bytes, received_ms: int, ip_mode: IpMode = "anonymize") -> IngestOutcome:
     """Up to 1,000 events checked one by one: the valid ones accepted, the others listed."""
     if len(body) > MAX_BATCH_BYTES:
-        return too_large(len(body), MAX_BATCH_BYTES, "http-batch", body, received_ms)
+        return too_large(len(body), MAX_BATCH_BYTES, "http-batch", body, received_ms, ip_mode)
     try:
         obj = decode_json(body)
         events = obj.get("events") if isinstance(obj, dict) else None
@@ -114,7 +136,10 @@ def ingest_batch(body: bytes, received_ms: int) -> IngestOutcome:
                 FieldError("events", f"{len(events)} events, over the limit of {MAX_BATCH_EVENTS}")
             ]
             return IngestOutcome(
-                413, _rejected_body(errors), [], [_dead(body, errors, "http-batch", received_ms)]
+                413,
+                _rejected_body(errors),
+                [],
+                [_dead(body, errors, "http-batch", received_ms, ip_mode)],
             )
         items = validate_batch_body(obj)
     except EventRejected as rejected:
@@ -122,13 +147,13 @@ def ingest_batch(body: bytes, received_ms: int) -> IngestOutcome:
             400,
             _rejected_body(rejected.errors),
             [],
-            [_dead(body, rejected.errors, "http-batch", received_ms)],
+            [_dead(body, rejected.errors, "http-batch", received_ms, ip_mode)],
         )
     outcome = IngestOutcome(202, {})
     rejected_items: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
-            outcome.accepted.append(_accept(item, received_ms))
+            outcome.accepted.append(_accept(item, received_ms, ip_mode))
         except EventRejected as rejected:
             rejected_items.append(
                 {"index": index, "errors": [e.as_dict() for e in rejected.errors]}
@@ -137,7 +162,7 @@ def ingest_batch(body: bytes, received_ms: int) -> IngestOutcome:
                 raw, whole = orjson.dumps(item), False
             except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads 1,024)
                 raw, whole = body, True
-            dead = _dead(raw, rejected.errors, "http-batch", received_ms)
+            dead = _dead(raw, rejected.errors, "http-batch", received_ms, ip_mode)
             dead["batch_index"] = index
             if whole:  # the raw payload is the whole batch: batch_index says which event
                 dead["raw_is_batch"] = True

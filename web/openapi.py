@@ -189,6 +189,15 @@ KPI_PROPERTIES: dict[str, Any] = {
     "average_engagement_score": NUMBER,
     "conversion_rate_percent": NUMBER,
     "conversions_per_session": NUMBER,
+    "total_bounces": {**INTEGER, "description": "sessions of one event (bounce_rate_percent's)"},
+    "total_session_duration_ms": {
+        **INTEGER,
+        "description": "the sessions' summed duration (average_session_duration_seconds')",
+    },
+    "total_engagement_x10000": {
+        **INTEGER,
+        "description": "the sessions' summed engagement scores x 10,000, each rounded",
+    },
     "trends": {
         "type": "object",
         "additionalProperties": _ref("Trend"),
@@ -810,7 +819,46 @@ OPENAPI: dict[str, Any] = {
                     "404": UNKNOWN_USER,
                     "503": UNAVAILABLE,
                 },
-            }
+            },
+            "delete": {
+                "summary": "Erase a user (needs the admin token)",
+                "description": (
+                    "Removes the user's live state, dedup records and profile, writes "
+                    "tombstones to the topics keyed by user_id, and has the session sink "
+                    "delete the user's session_metrics rows; figures of final windows and "
+                    "the anonymous SPEC 7-9 counters stay (README, Erasure). Idempotent: "
+                    "erasing again answers 200 with nothing removed."
+                ),
+                "parameters": [USER_ID],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                "user_id": {"type": "string"},
+                                "erased": {"type": "boolean"},
+                                "removed": _obj(
+                                    {
+                                        "profile": {"type": "boolean"},
+                                        "events": {"type": "integer"},
+                                        "open_sessions": {"type": "integer"},
+                                        "state_keys": {"type": "integer"},
+                                        "dedup_records": {"type": "integer"},
+                                    }
+                                ),
+                            }
+                        ),
+                        "Done: what was removed (all zero when there was nothing left).",
+                    ),
+                    "202": _json(
+                        _obj({"user_id": {"type": "string"}, "queued": {"type": "object"}}),
+                        "Queued: the tracker has not done it within erasure.wait; it will.",
+                    ),
+                    "400": BAD_PARAMETER,
+                    "401": _json(_ref("Error"), "No admin token (or a wrong one) was sent."),
+                    "403": _json(_ref("Error"), "Not the admin token, or none is configured."),
+                    "503": UNAVAILABLE,
+                },
+            },
         },
         "/api/sessions": {
             "get": {

@@ -27,6 +27,8 @@ _http = app.analytics_settings.sources.http
 _access = app.analytics_settings.access
 #: sources.http.path: POST it with one event, POST it + "/batch" with up to 1,000
 INGEST_PATH = _http.path
+#: privacy.ip (SPEC 10): addresses leave the ingest path already anonymised, dropped or kept
+IP_MODE = app.analytics_settings.privacy.ip
 
 #: access.cors_origins: web pages whose scripts may POST events (preflight answered by
 #: aiohttp-cors through Faust); the headers a client sends and the ones its script may read
@@ -112,9 +114,11 @@ class _IngestView(web.View):
         received_ms = now_ms()
         body = await read_body(request, self.limit)
         if body.unreadable is not None:
-            outcome = unreadable(body.unreadable, self.source, body.raw, received_ms)
+            outcome = unreadable(body.unreadable, self.source, body.raw, received_ms, IP_MODE)
         elif body.oversize is not None:
-            outcome = too_large(body.oversize, self.limit, self.source, body.raw, received_ms)
+            outcome = too_large(
+                body.oversize, self.limit, self.source, body.raw, received_ms, IP_MODE
+            )
         else:
             outcome = self.decide(body.raw, received_ms)
         try:
@@ -132,7 +136,7 @@ class IngestView(_IngestView):
     """POST one event."""
 
     def decide(self, body: bytes, received_ms: int) -> IngestOutcome:
-        return ingest_single(body, received_ms)
+        return ingest_single(body, received_ms, IP_MODE)
 
 
 @app.page(INGEST_PATH + "/batch", cors_options=CORS)
@@ -143,7 +147,7 @@ class IngestBatchView(_IngestView):
     source = "http-batch"
 
     def decide(self, body: bytes, received_ms: int) -> IngestOutcome:
-        return ingest_batch(body, received_ms)
+        return ingest_batch(body, received_ms, IP_MODE)
 
 
 def _metrics_status() -> dict[str, Any]:

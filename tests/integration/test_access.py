@@ -132,9 +132,14 @@ def test_keys_tokens_limits_and_forwarded_queries(
     assert call(first, "/health")[0] == 200
     assert call(first, "/openapi.json")[0] == 200
 
-    # no destructive route exists yet (issue 13 adds one; tests/unit/test_access.py checks the
-    # admin guard on a stand-in): a method the server lacks is 405 for anyone
-    assert call(first, user_path(users[0]), method="DELETE")[0] == 405
+    # the destructive route (erasure, README "Erasure") needs the admin token; erasing a
+    # user nobody has seen changes nothing. A method the server lacks is 405 for anyone
+    nobody = user_path(f"nobody-{uuid.uuid4().hex[:8]}")
+    assert call(first, nobody, method="DELETE")[0] == 401
+    assert call(first, nobody, method="DELETE", headers=bearer(READ))[0] == 403
+    erased = call(second, nobody, method="DELETE", headers=bearer(ADMIN))
+    assert erased[0] == 200 and erased[2]["removed"]["profile"] is False, erased
+    assert call(first, user_path(users[0]), method="PUT")[0] == 405
 
     # the limited key: 5 requests a minute, then 429 with Retry-After; the shop key goes on
     limited = {"X-API-Key": LIMITED_KEY}

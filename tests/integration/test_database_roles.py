@@ -31,6 +31,7 @@ from psycopg.conninfo import make_conninfo
 
 from analytics.timeutil import format_ts
 from sinks import queries
+from sinks.erasure import erase_rows
 from sinks.migrations import MigrationOptions, migrate_url
 from sinks.reader import fetch
 from sinks.roles import READER_PRIVILEGES, WRITER_PRIVILEGES, RoleGrant
@@ -117,6 +118,10 @@ async def test_each_role_can_do_its_work_and_nothing_else(roles: Roles) -> None:
     assert "permission denied for table dimension_stats" in await refused(
         writer, "DELETE FROM dimension_stats"
     )
+    # ... but an erased user's sessions (sinks/erasure.py)
+    async with await psycopg.AsyncConnection.connect(writer, autocommit=True) as conn:
+        assert await erase_rows(conn, "session_metrics", ["nobody"]) == 0
+    await refused(writer, "TRUNCATE session_metrics")
     await refused(writer, "TRUNCATE dimension_stats")
     assert "must be owner" in await refused(writer, "DROP TABLE kpi_metrics")
     assert "must be owner" in await refused(writer, "ALTER TABLE kpi_metrics ADD COLUMN x int")

@@ -72,7 +72,7 @@ def ts(ms: int) -> str:
 
 def kpi_record(n: int, *, is_final: bool = True, scale: int = 1) -> dict[str, Any]:
     """Window n's KPI record; its session figures are averages of integer sums, as the
-    combiner computes them."""
+    combiner computes them, and it carries those sums."""
     start = H0 + n * MINUTE
     events = (10 + n % 13) * scale
     purchases = n % 2
@@ -103,6 +103,9 @@ def kpi_record(n: int, *, is_final: bool = True, scale: int = 1) -> dict[str, An
         "average_engagement_score": engagement / sessions,
         "conversion_rate_percent": 100 * conversions / sessions,
         "conversions_per_session": conversions / sessions,
+        "total_bounces": bounces,
+        "total_session_duration_ms": duration_ms,
+        "total_engagement_x10000": round(engagement * 10_000),
         "trends": {},
         "late_events_total": n // 10,
         "is_final": is_final,
@@ -249,12 +252,9 @@ def expected_buckets(width_ms: int, from_ms: int, to_ms: int) -> list[dict[str, 
 
         sessions = total("total_sessions")
         cents = total("total_revenue_cents")
-        duration_ms = sum(
-            round(r["average_session_duration_seconds"] * r["total_sessions"] * 1000)
-            for r in records
-        )
-        bounces = sum(round(r["bounce_rate_percent"] * r["total_sessions"] / 100) for r in records)
-        engagement = sum(r["average_engagement_score"] * r["total_sessions"] for r in records)
+        duration_ms = total("total_session_duration_ms")
+        bounces = total("total_bounces")
+        engagement = total("total_engagement_x10000") / 10_000
         buckets.append(
             {
                 "bucket_start": ts(bucket),

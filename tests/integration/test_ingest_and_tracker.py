@@ -233,7 +233,7 @@ async def test_single_ingest_is_enriched_with_every_field(pipeline: Pipeline) ->
         "received_at": a["received_at"],
         "duration": 1200,
         "metadata": {"amount": 150.0, "currency": "EUR"},
-        "ip_address": "2001:db8::1",
+        "ip_address": "2001:db8::",  # canonical, then anonymised (privacy.ip)
         "user_agent": IPHONE_UA,
         "country": "DE",
         "device": "mobile",

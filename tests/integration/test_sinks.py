@@ -1323,7 +1323,7 @@ async def test_the_page_hash_migration_keeps_existing_rows(
         )
     monkeypatch.setattr(migrations_module, "MIGRATIONS", MIGRATIONS)
     new = await migrate_url(database)
-    assert [m.version for m in new.applied] == [4, 6, 8, 9]  # and the SPEC 7-9 tables, made later
+    assert [m.version for m in new.applied] == [4, 6, 8, 9, 11, 12]  # and the later migrations
     rows = {row["page"]: row for row in await table_rows(database, "page_view_stats")}
     assert set(rows) == {"/old", "/ünïcode"}
     for page, row in rows.items():
@@ -1357,3 +1357,36 @@ async def test_the_page_hash_migration_keeps_existing_rows(
     before = await _schema(database)
     again = await migrate_url(database)
     assert again.applied == [] and await _schema(database) == before
+
+
+async def test_kpi_windows_stored_before_the_session_counters_get_them_worked_back(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 12: a final window stored before KPI records carried their session counters
+    gets them from its rates once (the history API sums them); a row without session figures
+    (a live one of an old version) stays null."""
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", MIGRATIONS[:11])
+    await migrate_url(database)
+    columns = (
+        "window_start, window_end, total_users, active_users, new_users, total_sessions,"
+        " total_page_views, total_events, total_conversions, purchases, total_revenue,"
+        " average_order_value, revenue_per_user, average_session_duration_seconds,"
+        " bounce_rate_percent, average_engagement_score, trends, late_events_total, is_final"
+    )
+    async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+        await conn.execute(
+            f"INSERT INTO kpi_metrics ({columns}) VALUES"
+            " ('2026-01-01T00:00Z', '2026-01-01T00:01Z', 3, 3, 3, 3, 1, 5, 0, 0, 0, 0, 0,"
+            "  12.345666666666666, 66.66666666666667, 41.23456666666667, '{}', 0, true),"
+            " ('2026-01-01T00:01Z', '2026-01-01T00:02Z', 3, 1, 0, NULL, 1, 1, 0, 0, 0, 0, 0,"
+            "  NULL, NULL, NULL, '{}', 0, false)"
+        )
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", MIGRATIONS)
+    assert [m.version for m in (await migrate_url(database)).applied] == [12]
+    rows = sorted(await table_rows(database, "kpi_metrics"), key=lambda r: r["window_start"])
+    sums = [
+        (r["total_bounces"], r["total_session_duration_ms"], r["total_engagement_x10000"])
+        for r in rows
+    ]
+    assert sums == [(2, 37_037, 1_237_037), (None, None, None)]
+    assert all(r["custom"] == {} for r in rows)

@@ -207,7 +207,7 @@ def _bucket_row(**changes: Any) -> tuple[Any, ...]:
         "sessions": 8,
         "duration_ms": 96_000,
         "bounces": 2,
-        "engagement": 320.0,
+        "engagement_x10000": 3_200_000,  # 320 points over 8 session windows
         "late": 4,
     }
     row.update(changes)
@@ -243,7 +243,7 @@ def test_a_bucket_sums_and_recomputes_ratios_from_the_sums() -> None:
 
 
 def test_a_bucket_without_sessions_or_purchases_divides_to_zero() -> None:
-    row = _bucket_row(purchases=0, sessions=0, duration_ms=0, bounces=0, engagement=0.0)
+    row = _bucket_row(purchases=0, sessions=0, duration_ms=0, bounces=0, engagement_x10000=0)
     bucket = queries.kpi_bucket(row, timedelta(minutes=1))
     assert bucket["bucket_end"] == "2026-01-01T01:01:00.000Z"
     for name in (

@@ -242,6 +242,9 @@ def test_kpi_figures_from_counters() -> None:
         "average_engagement_score": pytest.approx(234.5678 / 8),
         "conversion_rate_percent": pytest.approx(37.5),
         "conversions_per_session": pytest.approx(0.375),
+        "total_bounces": 3,
+        "total_session_duration_ms": 123_456,
+        "total_engagement_x10000": 2_345_678,
     }
 
 

@@ -169,3 +169,42 @@ async def test_a_failed_commit_only_means_the_records_are_read_again(
     consumer.fail_commit = True
     await sink_consumer(FakeSink(), published).handle(consumer, messages(0, range(3)))
     assert consumer.commits == []
+
+
+class ErasingSink(FakeSink):
+    """Records writes and erasures in the order they happen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[Any] = []
+
+    async def write(self, batch: Sequence[Mapping[str, Any]]) -> WriteResult:
+        self.log.append(("write", [dict(record)["page"] for record in batch]))
+        return await super().write(batch)
+
+    async def erase(self, users: Sequence[str]) -> int:
+        self.log.append(("erase", list(users)))
+        return 0
+
+
+async def test_a_tombstone_erases_its_user_between_the_records_before_and_after(
+    published: list[Any],
+) -> None:
+    """sinks/erasure.py: rows written before the tombstone are deleted with it, a later
+    one (the user back after the erasure) is written after the deletion; nothing is dead."""
+    consumer = FakeConsumer([])
+    fake = ErasingSink()
+
+    async def publish(records: list[Any]) -> int:
+        published.extend(records)
+        return len(records)
+
+    dead_letters = DeadLetterTopic("t-sink-dlq", publish)
+    sink = SinkConsumer(
+        PAGE_VIEW_STATS, TOPIC, fake, "g", get_settings(), dead_letters, eraser=fake
+    )
+    batch = [*messages(0, range(2)), Message(TOPIC, 0, 2, b"k", None), *messages(0, range(3, 4))]
+    await sink.handle(consumer, batch)
+    assert fake.log == [("write", ["/p0", "/p1"]), ("erase", ["k"]), ("write", ["/p3"])]
+    assert consumer.commits == [{TopicPartition(TOPIC, 0): 4}]
+    assert published == []
