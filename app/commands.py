@@ -1,5 +1,5 @@
-"""Operator commands on the Faust CLI: ``faust -A app tail TOPIC`` (``faust -A app migrate`` is
-the database sinks' own: agents/database_sinks.py)."""
+"""Operator commands on the Faust CLI: ``faust -A app tail TOPIC`` and ``faust -A app
+alert-rules`` (``faust -A app migrate`` is the database sinks' own: agents/database_sinks.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from faust.cli import argument, option
 
 from analytics.privacy import scrub_text
 from app import app
+from app.alert_rules_export import rules_yaml
 from app.kafka_security import aiokafka_kwargs
 
 
@@ -65,3 +66,18 @@ async def topic_partitions(topic: str) -> list[int]:
         return [p["partition"] for p in meta["partitions"]] if meta["error_code"] == 0 else []
     finally:
         await admin.close()
+
+
+@app.command(name="alert-rules")
+async def alert_rules(self: object) -> None:
+    """Print the alert rules (alerts.rules) as a Prometheus alerting-rules file."""
+    settings = app.analytics_settings
+    print(
+        rules_yaml(
+            settings.alerts.alert_rules(),
+            settings.metrics.namespace,
+            settings.engine.kpi_window,
+            f"{settings.application.name}-kpi-alerts",
+        ),
+        end="",
+    )

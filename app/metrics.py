@@ -19,7 +19,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -288,6 +288,14 @@ class Metrics:
             ["table"],
             **common,
         )
+        self.kpi_final = Gauge(
+            "kpi_final_value",
+            "The newest final KPI window's figures (SPEC 4; custom KPIs as custom.<name>), set "
+            "by the worker evaluating the alert rules (agents/kpi_alerts.py); what the exported "
+            "Prometheus alerting rules watch (faust -A app alert-rules)",
+            ["metric"],
+            **common,
+        )
         self.sink_health = SinkHealthCollector(namespace, sink_health)
         registry.register(self.sink_health)
         for phase in HOT_PATH_PHASES:
@@ -489,6 +497,17 @@ def sink_lag(table: str, records: int) -> None:
 
 def table_keys(table: str, keys: int) -> None:
     worker_metrics.table_keys.labels(table).set(keys)
+
+
+def kpi_final(figures: Mapping[str, float]) -> None:
+    """The figures of the newest final KPI window, by metric name."""
+    for metric, value in figures.items():
+        worker_metrics.kpi_final.labels(metric).set(value)
+
+
+def kpi_final_cleared() -> None:
+    """This worker no longer evaluates the alerts: another one sets the gauge now."""
+    worker_metrics.kpi_final.clear()
 
 
 def kpi_calculation() -> AbstractContextManager[None]:

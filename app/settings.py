@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import limits
 from pydantic import (
     AfterValidator,
+    AnyHttpUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -36,6 +37,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from analytics.alerts import AlertRule, metric_problem
 from analytics.cohorts import CohortsSpec
 from analytics.custom_kpis import NO_CUSTOM_KPIS, CustomKpis, parse_custom_kpis
 from analytics.experiments import ExperimentsSpec
@@ -563,6 +565,71 @@ class CohortsSettings(Section):
         return CohortsSpec.parse({"max_day_offset": self.max_day_offset}, where="")
 
 
+class AlertWebhookSettings(Section):
+    """Where transitions are POSTed (JSON, header Idempotency-Key), and how hard to try."""
+
+    url: AnyHttpUrl
+    timeout: Duration = timedelta(seconds=5)  # one attempt
+    attempts: int = Field(5, ge=1, le=100)  # in all, the first included
+    backoff_initial: Duration = timedelta(milliseconds=500)  # then doubling...
+    backoff_max: Duration = timedelta(seconds=30)  # ...up to this between attempts
+
+
+class AlertRuleSettings(Section):
+    """One rule (SPEC 10): ``metric comparator threshold`` for ``for`` final windows."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    metric: str
+    comparator: Literal[">", ">=", "<", "<="]
+    threshold: float
+    for_: int = Field(1, ge=1, le=10_000, alias="for")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        if problem := metric_problem(value, None):
+            raise ValueError(problem)
+        return value
+
+    def rule(self) -> AlertRule:
+        return AlertRule(self.name, self.metric, self.comparator, self.threshold, self.for_)
+
+
+class AlertsSettings(Section):
+    """Alert rules over final KPI windows (SPEC 10; agents/kpi_alerts.py evaluates them)."""
+
+    rules: list[AlertRuleSettings] = []
+    webhook: AlertWebhookSettings | None = None
+
+    @field_validator("rules")
+    @classmethod
+    def _unique(cls, value: list[AlertRuleSettings]) -> list[AlertRuleSettings]:
+        names = [rule.name for rule in value]
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"rule names must be unique: {twice} appear more than once")
+        return value
+
+    def checked(
+        self, custom_kpis: list[str] | None, kpi_window: timedelta, kept: timedelta
+    ) -> None:
+        """Rules against the rest of the configuration: ``custom.<name>`` names a configured
+        custom KPI, and ``for`` windows fit in the final windows kept (a restart re-reads
+        them, agents/kpi_alerts.py)."""
+        for index, rule in enumerate(self.rules):
+            if problem := metric_problem(rule.metric, custom_kpis):
+                raise ValueError(f"alerts.rules[{index}] ({rule.name}): {problem}")
+            if rule.for_ * kpi_window > kept:
+                raise ValueError(
+                    f"alerts.rules[{index}] ({rule.name}): for {rule.for_} windows of "
+                    f"{kpi_window} is longer than engine.history_retention ({kept})"
+                )
+
+    def alert_rules(self) -> tuple[AlertRule, ...]:
+        return tuple(rule.rule() for rule in self.rules)
+
+
 class MetricsSettings(Section):
     enabled: bool = True
     port: int = Field(9091, ge=0, lt=65536)
@@ -598,6 +665,7 @@ class Settings(BaseSettings):
     cohorts: CohortsSettings = CohortsSettings()
     metrics: MetricsSettings = MetricsSettings()
     access: AccessSettings = AccessSettings()
+    alerts: AlertsSettings = AlertsSettings()
     erasure: ErasureSettings = ErasureSettings()
 
     privacy: PrivacySettings = PrivacySettings()
@@ -617,6 +685,13 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and "custom_kpis" in data:
             data = {**data, "custom_kpis": parse_custom_kpis(data["custom_kpis"])}
         return data
+
+    @model_validator(mode="after")
+    def _alerts(self) -> Settings:
+        self.alerts.checked(
+            list(self.custom_kpis.names), self.engine.kpi_window, self.engine.history_retention
+        )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -34,6 +34,7 @@ class TopicNames:
     experiment_stats: str = "experiment-stats"
     cohort_stats: str = "cohort-stats"
     sink_dead_letters: str = "sink-dlq"
+    kpi_alerts: str = "kpi-alerts"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TopicNames:
@@ -51,8 +52,10 @@ class TopicNames:
         return {}
 
     def partition_counts(self, partitions: int) -> dict[str, int]:
-        """kpi-partials has one partition: a single combiner sees every partition's partials."""
-        return {name: 1 if name == self.kpi_partials else partitions for name in self.all()}
+        """kpi-partials has one partition: a single combiner sees every partition's partials;
+        kpi-alerts too: its transitions are read back in the order they were made."""
+        single = (self.kpi_partials, self.kpi_alerts)
+        return {name: 1 if name in single else partitions for name in self.all()}
 
 
 log = logging.getLogger(__name__)

@@ -904,6 +904,32 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/alerts": {
+            "get": {
+                "summary": "Alert rules, the firing alerts and the recent transitions (SPEC 10)",
+                "description": (
+                    "The `alerts.rules` of the configuration; `firing`: for each rule whose "
+                    "last transition on kpi-alerts is `firing`, that transition; `recent`: the "
+                    "last transitions, newest first. Read from kpi-alerts by every worker "
+                    "(committed records), so any worker answers; `caught_up` is false while "
+                    "the worker is still reading the topic's earlier records."
+                ),
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            {
+                                "rules": {"type": "array", "items": _ref("AlertRule")},
+                                "firing": {"type": "array", "items": _ref("AlertTransition")},
+                                "recent": {"type": "array", "items": _ref("AlertTransition")},
+                                "caught_up": BOOLEAN,
+                            }
+                        ),
+                        "The rules and their state (no rules: empty lists).",
+                    ),
+                    "400": BAD_PARAMETER,
+                },
+            }
+        },
         "/api/funnels": {
             "get": {
                 "summary": "The configured funnels (SPEC 7)",
@@ -1291,6 +1317,35 @@ OPENAPI: dict[str, Any] = {
             "Experiment": EXPERIMENT,
             "CohortCell": COHORT_CELL,
             "Cohort": COHORT,
+            "AlertRule": _obj(
+                {
+                    "name": STRING,
+                    "metric": {
+                        **STRING,
+                        "description": "a KPI figure of a live-kpis record, or custom.<name>",
+                    },
+                    "comparator": {"type": "string", "enum": [">", ">=", "<", "<="]},
+                    "threshold": NUMBER,
+                    "for": {**INTEGER, "description": "consecutive final windows"},
+                }
+            ),
+            "AlertTransition": _obj(
+                {
+                    "rule": STRING,
+                    "state": {"type": "string", "enum": ["firing", "resolved"]},
+                    "window_start": {
+                        **TIMESTAMP,
+                        "description": "the final window the rule fired or resolved at",
+                    },
+                    "value": {
+                        "type": ["number", "null"],
+                        "description": "the metric in that window (null: the record lacked it)",
+                    },
+                    "threshold": NUMBER,
+                    "metric": STRING,
+                    "comparator": STRING,
+                }
+            ),
         },
     },
 }

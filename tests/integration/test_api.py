@@ -48,6 +48,7 @@ API_PATHS = {
     "/api/experiments",  # from the database (tests/integration/test_history_api.py)
     "/api/experiments/{name}",
     "/api/cohorts",
+    "/api/alerts",  # read from kpi-alerts (tests/e2e/test_alerts_contract.py)
     "/api/users/{user_id}",
     "/api/pages/top",
     "/api/traffic",

@@ -41,8 +41,10 @@ REQUIRED = {
     f"{NS}_sink_healthy": ("gauge", {"table"}),
     f"{NS}_table_keys": ("gauge", {"table"}),
     f"{NS}_events_ingested_total": ("counter", {"endpoint"}),
+    f"{NS}_kpi_final_value": ("gauge", {"metric"}),
 }
-UNITS = ("_seconds", "_rows", "_records", "_keys", "_count", "_healthy", "_total")
+#: ``_value``: the KPI figures of kpi_final_value, each in its own unit (its ``metric`` label)
+UNITS = ("_seconds", "_rows", "_records", "_keys", "_count", "_healthy", "_total", "_value")
 
 
 def _healthy_sinks() -> dict[str, Any]:
@@ -64,6 +66,7 @@ def fresh() -> Metrics:
         instance.sink_batch(table, 1, 1, 0)
         instance.sink_lag.labels(table).set(0)
     instance.table_keys.labels("partition-state").set(0)
+    instance.kpi_final.labels("bounce_rate_percent").set(0)
     return instance
 
 
@@ -414,3 +417,11 @@ def test_batch_histogram_exposes_what_a_histogram_would() -> None:
         k: v for k, v in want.items() if k != "lat_seconds_sum"
     }
     assert got["lat_seconds_sum"] == pytest.approx(want["lat_seconds_sum"])
+
+
+def test_kpi_final_value_follows_the_newest_final_window_and_is_cleared() -> None:
+    metrics.kpi_final({"bounce_rate_percent": 75.0, "custom.signups": 3})
+    assert value(registry, f"{NS}_kpi_final_value", metric="bounce_rate_percent") == 75.0
+    assert value(registry, f"{NS}_kpi_final_value", metric="custom.signups") == 3
+    metrics.kpi_final_cleared()
+    assert registry.get_sample_value(f"{NS}_kpi_final_value", {"metric": "custom.signups"}) is None

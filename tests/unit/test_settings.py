@@ -465,3 +465,37 @@ def test_writer_and_reader_log_in_to_the_same_database_as_themselves(config: Pat
     )
     assert database.reader_url == "postgresql://analytics_reader@db:5433/analytics?sslmode=require"
     assert load(config, {}).sinks.timescaledb.writer_url == load(config, {}).database_url
+
+
+def test_alert_rules_are_read_and_checked(config: Path) -> None:
+    rule = {"name": "bounce", "metric": "bounce_rate_percent", "comparator": ">", "threshold": 70}
+    settings = load(config, {"alerts": {"rules": [{**rule, "for": 3}]}})
+    (read,) = settings.alerts.alert_rules()
+    assert (read.name, read.metric, read.comparator, read.threshold, read.windows) == (
+        "bounce",
+        "bounce_rate_percent",
+        ">",
+        70,
+        3,
+    )
+    assert load(config, {"alerts": {"rules": [rule]}}).alerts.alert_rules()[0].windows == 1
+    assert "comparator" in refused(config, {"alerts": {"rules": [{**rule, "comparator": "=="}]}})
+    too_few = refused(config, {"alerts": {"rules": [{**rule, "for": 0}]}})
+    assert "alerts.rules.0.for: Input should be greater than or equal to 1" in too_few
+    assert "unknown metric 'bounce'" in refused(
+        config, {"alerts": {"rules": [{**rule, "metric": "bounce"}]}}
+    )
+    assert "more than once" in refused(config, {"alerts": {"rules": [rule, rule]}})
+    longer = refused(
+        config, {"engine": {"history_retention": "1h"}, "alerts": {"rules": [{**rule, "for": 61}]}}
+    )
+    assert "longer than engine.history_retention" in longer
+    custom = {**rule, "metric": "custom.signups"}
+    signups = [{"name": "signups", "count": {"action": "signup"}}]
+    with_kpi = load(config, {"custom_kpis": signups, "alerts": {"rules": [custom]}})
+    assert with_kpi.alerts.rules[0].metric == "custom.signups"
+    assert "no custom KPI 'signups' is configured" in refused(
+        config, {"custom_kpis": [], "alerts": {"rules": [custom]}}
+    )
+    hook = {"url": "not a url"}
+    assert "alerts.webhook.url" in refused(config, {"alerts": {"webhook": hook}})

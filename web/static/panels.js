@@ -1,8 +1,9 @@
-// The dashboard's funnel, retention and A/B test panels (docs/dashboard.md, "Funnels, retention
-// and A/B tests"). Their figures are rows the database sinks store (funnel-stats, cohort-stats,
-// experiment-stats), not records on live-kpis, so this script reads the worker's API every 10 s
-// rather than the stream: /api/funnels (until it has answered once), then
-// /api/funnels/{name}?from=&to=, /api/cohorts?from=&to= and /api/experiments. The requests are
+// The dashboard's alert, funnel, retention and A/B test panels (docs/dashboard.md, "Funnels,
+// retention and A/B tests"). Their figures are rows the database sinks store (funnel-stats,
+// cohort-stats, experiment-stats) and the transitions of kpi-alerts, not records on live-kpis,
+// so this script reads the worker's API every 10 s rather than the stream: /api/alerts,
+// /api/funnels (until it has answered once), then /api/funnels/{name}?from=&to=,
+// /api/cohorts?from=&to= and /api/experiments. The requests are
 // same-origin, so with a read token configured they carry the browser's login like the page
 // and its stream. Each card says what it shows in data-state (loading, shown, empty, error) and
 // every figure is in a data-* attribute beside its text, for the browser test.
@@ -14,6 +15,7 @@
   const DAY_MS = 86_400_000;
   const COHORT_DAYS = 14; // cohorts of the last 14 days (UTC): day offsets 0 to 13
   const EMPTY = {
+    rules: "no alert rule configured (alerts.rules in the configuration file)",
     funnels: "no funnel configured (funnels: in the configuration file)",
     cohorts: "no cohort rows yet",
     experiments: "no experiment yet: events whose metadata names an experiment and a variant start one",
@@ -306,11 +308,58 @@
     }
   }
 
+  // ------------------------------------------------------------------ alerts
+
+  // a rule's figure: whole numbers as such, others with two decimals
+  const plain = (value) => format(value, Number.isInteger(value) ? "int" : "money");
+
+  function alertItem(alert) {
+    const item = el("li", "firing");
+    Object.assign(item.dataset, {
+      rule: alert.rule,
+      windowStart: alert.window_start,
+      value: JSON.stringify(alert.value),
+    });
+    const shown = alert.value === null ? "no value" : plain(alert.value);
+    item.append(
+      el("span", "name", alert.rule),
+      el("span", "", ` ${alert.metric} ${shown} ${alert.comparator} ${plain(alert.threshold)} `),
+      el("span", "since", `since the window of ${alert.window_start.replace("T", " ").slice(0, 16)} UTC`),
+    );
+    return item;
+  }
+
+  function renderAlerts(answer) {
+    const list = document.getElementById("alerts");
+    const rules = answer.rules.length;
+    document.getElementById("alert-span").textContent = rules
+      ? `${answer.firing.length} of ${rules} rule${rules === 1 ? "" : "s"} firing` : "";
+    if (!rules) {
+      card("alert-card", "empty");
+      list.replaceChildren(el("li", "empty", EMPTY.rules));
+    } else if (!answer.firing.length) {
+      card("alert-card", "quiet");
+      list.replaceChildren(el("li", "empty", "no alert firing"));
+    } else {
+      card("alert-card", "firing");
+      list.replaceChildren(...answer.firing.map(alertItem));
+    }
+  }
+
+  async function loadAlerts() {
+    try {
+      renderAlerts(await getJson("/api/alerts"));
+    } catch (error) {
+      card("alert-card", "error");
+      document.getElementById("alerts").replaceChildren(el("li", "empty error", error.message));
+    }
+  }
+
   // ------------------------------------------------------------------ polling
 
   async function readAll() {
     clearTimeout(timer);
-    await Promise.allSettled([loadFunnel(), loadCohorts(), loadExperiments()]);
+    await Promise.allSettled([loadAlerts(), loadFunnel(), loadCohorts(), loadExperiments()]);
     reads += 1;
     document.body.dataset.panelReads = String(reads);
     document.getElementById("panels-read").textContent = `last read ${new Date().toTimeString().slice(0, 8)}`;
