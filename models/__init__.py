@@ -1,5 +1,6 @@
-"""Typed shapes of the records the pipeline reads and writes (SPEC sections 1-2).
+"""Typed shapes of the records the pipeline publishes and reads (SPEC sections 1-5, 7-9).
 
-Values travel as plain JSON dicts (orjson) for speed; these TypedDicts document them for readers
-and type checkers. Validation itself is analytics/validation.py.
+Values travel as plain JSON dicts (orjson) for speed; these TypedDicts define them once, and the
+OpenAPI components, the sink tables' columns and the readers of stored rows are derived from
+them (models/records.py). Validation of the input itself is analytics/validation.py.
 """

@@ -50,8 +50,9 @@ from analytics.kpis import ratio_figures
 from analytics.money import cents_of, currency, currency_per
 from analytics.timeutil import datetime_of, day_number, format_ts, ms_of
 from analytics.traffic import avg_time_on_page_ms
+from models.records import stored_fields
 from sinks.migrations import TIMESCALE
-from sinks.schema import SESSION_METRICS
+from sinks.schema import COHORT_STATS, EXPERIMENT_STATS, SESSION_METRICS, TableSpec
 
 BUCKETS: dict[str, timedelta] = {
     "1m": timedelta(minutes=1),
@@ -210,16 +211,38 @@ def top_page(row: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+def record_of(spec: TableSpec, row: Sequence[Any]) -> dict[str, Any]:
+    """A stored row (``spec.columns``, in order) as its record was published: the fields of the
+    table's record definition, times in RFC 3339, dates ``YYYY-MM-DD``, money in currency units
+    with its exact cents field beside it (models/records.py says which)."""
+    assert spec.record is not None, spec.name
+    values = dict(zip(spec.columns, row, strict=True))
+    record: dict[str, Any] = {}
+    for stored in stored_fields(spec.record):
+        value = values[stored.column]
+        sql_type, cents_field = stored.spec.sql, stored.spec.cents
+        if value is None:
+            record[stored.field] = None
+        elif sql_type == "timestamptz":
+            record[stored.field] = format_ts(ms_of(value))
+        elif sql_type == "date":
+            record[stored.field] = value.isoformat()
+        elif sql_type == "numeric" and cents_field == stored.field:
+            record[stored.field] = cents_of(value)
+        elif sql_type == "numeric" and cents_field is not None:
+            cents = cents_of(value)
+            record[stored.field] = currency(cents)
+            record[cents_field] = cents
+        elif sql_type == "numeric":
+            record[stored.field] = float(value)
+        else:
+            record[stored.field] = value
+    return record
+
+
 def closed_session(row: Sequence[Any]) -> dict[str, Any]:
     """One row of ``USER_SESSIONS``, shaped like the live API's sessions, ``open`` false."""
-    session = dict(zip(SESSION_COLUMNS, row, strict=True))
-    session["window_start"] = format_ts(ms_of(session["window_start"]))
-    session["window_end"] = format_ts(ms_of(session["window_end"]))
-    cents = cents_of(session["revenue"])
-    session["revenue"] = currency(cents)
-    session["revenue_cents"] = cents
-    session["open"] = False
-    return session
+    return {**record_of(SESSION_METRICS, row), "open": False}
 
 
 # --------------------------------------------------------------------------- funnels
@@ -298,25 +321,25 @@ def funnel_range(
 
 # --------------------------------------------------------------------------- experiments
 
+#: an experiment_stats row as the queries read it: the record's columns, then when it was written
+_VARIANT_COLUMNS = sql.SQL(", ").join(
+    sql.Identifier("s", column) for column in (*EXPERIMENT_STATS.columns, "updated_at")
+)
 # The first ``limit`` experiments by name (code point order) and every row of their variants;
 # the view asks for one experiment more than it shows, to tell whether more exist.
-EXPERIMENTS = """
-SELECT s.experiment, s.variant, s.users, s.converted_users, s.conversion_rate_percent,
-       s.revenue, s.revenue_per_user, s.variant_conflicts, s.p_value,
-       s.probability_to_beat_control, s.significant, s.updated_at
+EXPERIMENTS = sql.SQL("""
+SELECT {columns}
 FROM (SELECT experiment FROM experiment_stats GROUP BY experiment
       ORDER BY experiment COLLATE "C" LIMIT %(limit)s) AS e
 JOIN experiment_stats AS s ON s.experiment = e.experiment
 ORDER BY s.experiment COLLATE "C", s.variant COLLATE "C"
-"""
+""").format(columns=_VARIANT_COLUMNS)
 #: one experiment's variants (a range of the primary key), the same columns
-EXPERIMENT = """
-SELECT s.experiment, s.variant, s.users, s.converted_users, s.conversion_rate_percent,
-       s.revenue, s.revenue_per_user, s.variant_conflicts, s.p_value,
-       s.probability_to_beat_control, s.significant, s.updated_at
+EXPERIMENT = sql.SQL("""
+SELECT {columns}
 FROM experiment_stats AS s WHERE s.experiment = %(experiment)s
 ORDER BY s.variant COLLATE "C"
-"""
+""").format(columns=_VARIANT_COLUMNS)
 
 
 def experiments_params(limit: int) -> dict[str, Any]:
@@ -328,24 +351,11 @@ def experiment_params(name: str) -> dict[str, Any]:
 
 
 def _variant(row: Sequence[Any]) -> dict[str, Any]:
-    """A stored variant as experiment-stats published it (analytics.experiments.rows)."""
-    (experiment, variant, users, converted, rate, revenue, per_user, conflicts, p_value,
-     beats, significant) = row[:11]  # fmt: skip
-    cents = cents_of(revenue)
-    return {
-        "experiment": experiment,
-        "variant": variant,
-        "users": users,
-        "converted_users": converted,
-        "conversion_rate_percent": rate,
-        "revenue": currency(cents),
-        "revenue_cents": cents,
-        "revenue_per_user": float(per_user),
-        "variant_conflicts": conflicts,
-        "p_value": p_value,
-        "probability_to_beat_control": beats,
-        "significant": significant,
-    }
+    """A stored variant as experiment-stats published it (analytics.experiments.rows), without
+    its ``version`` (the sink's ordering of publications)."""
+    variant = record_of(EXPERIMENT_STATS, row[:-1])
+    del variant["version"]
+    return variant
 
 
 def experiment_groups(rows: Sequence[Sequence[Any]], control: str) -> list[dict[str, Any]]:
@@ -366,7 +376,7 @@ def experiment_groups(rows: Sequence[Sequence[Any]], control: str) -> list[dict[
                 "experiment": experiment,
                 "users": sum(v["users"] for v in variants),
                 "variant_conflicts": max(v["variant_conflicts"] for v in variants),
-                "updated_at": format_ts(ms_of(max(row[11] for row in members))),
+                "updated_at": format_ts(ms_of(max(row[-1] for row in members))),
                 "variants": variants,
             }
         )
@@ -389,33 +399,16 @@ def experiment_list(rows: Sequence[Sequence[Any]], control: str, limit: int) -> 
 
 # The stored cells of the cohorts from ``from`` to ``to`` (both included) up to day offset
 # ``days``: a range of the primary key (cohort, day_offset).
-COHORT_CELLS = """
-SELECT cohort, day_offset, is_final, cohort_size, retained_users, retention_rate_percent,
-       cumulative_revenue, cumulative_revenue_per_user, average_engagement_score
+COHORT_CELLS = sql.SQL("""
+SELECT {columns}
 FROM cohort_stats
 WHERE cohort >= %(from)s AND cohort <= %(to)s AND day_offset <= %(days)s
 ORDER BY cohort, day_offset
-"""
+""").format(columns=sql.SQL(", ").join(sql.Identifier(column) for column in COHORT_STATS.columns))
 
 
 def cohort_cells_params(first: date, last: date, days: int) -> dict[str, Any]:
     return {"from": first, "to": last, "days": days}
-
-
-def _cohort_cell(row: Sequence[Any]) -> dict[str, Any]:
-    """A stored cell as cohort-stats published it (analytics.cohorts.cohort_row)."""
-    (cohort, offset, is_final, size, retained, rate, revenue, per_user, engagement) = row
-    return {
-        "cohort": cohort.isoformat(),
-        "day_offset": offset,
-        "cohort_size": size,
-        "retained_users": retained,
-        "retention_rate_percent": rate,
-        "cumulative_revenue_per_user": float(per_user),
-        "cumulative_revenue_cents": cents_of(revenue),
-        "average_engagement_score": engagement,
-        "is_final": is_final,
-    }
 
 
 def retention_triangle(
@@ -427,7 +420,7 @@ def retention_triangle(
     users to an earlier one while its first day is live, never after."""
     cohorts: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        cell = _cohort_cell(row)
+        cell = record_of(COHORT_STATS, row)
         cohorts.setdefault(cell["cohort"], []).append(cell)
     return {
         "from": first.isoformat(),

@@ -2,9 +2,11 @@
 columns and natural key, how a published record becomes a row, and the upsert that writes a
 batch.
 
-Everything here is pure (no connection), so it is unit-tested directly. The DDL itself lives in
-``sinks.migrations``: a migration is frozen text, while the column lists here follow the latest
-schema.
+Everything here is pure (no connection), so it is unit-tested directly. A table's columns, their
+SQL types and the conversion of a record into a row come from the record's definition
+(models/records.py: the fields annotated with a ``Column``), so a field is named once. The DDL
+itself lives in ``sinks.migrations``: a migration is frozen text, while the columns here follow
+the latest schema (tests/unit/test_sinks_schema.py compares them with the migrations' DDL).
 
 Row identity is natural, so a record delivered twice is an overwrite with the same value:
 
@@ -56,7 +58,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import orjson
@@ -66,8 +68,18 @@ from psycopg.types.json import Jsonb
 
 from analytics.cohorts import MAX_DAY_OFFSET
 from analytics.funnels import MAX_STAGES, MIN_STAGES
-from analytics.kpis import SESSION_SUMS
 from analytics.timeutil import datetime_of, parse_ts
+from models.records import (
+    CohortCell,
+    ExperimentVariantRecord,
+    FunnelDay,
+    KpiRecord,
+    PageRow,
+    SessionRecord,
+    StoredField,
+    TrafficRow,
+    stored_fields,
+)
 
 Row = tuple[Any, ...]
 
@@ -222,88 +234,57 @@ def _money(record: Mapping[str, Any], name: str, cents_name: str | None = None) 
 # --------------------------------------------------------------------------- record -> row
 
 
-def kpi_row(r: Mapping[str, Any]) -> Row:
-    """A ``live-kpis`` record (agents/kpi_combiner.py). Session figures are null while live."""
-    return (
-        _time(r, "window_start"),
-        _time(r, "window_end"),
-        _int(r, "total_users"),
-        _int(r, "active_users"),
-        _int(r, "new_users"),
-        _int(r, "total_sessions", nullable=True),
-        _int(r, "total_page_views"),
-        _int(r, "total_events"),
-        _int(r, "total_conversions"),
-        _int(r, "purchases"),
-        _money(r, "total_revenue", "total_revenue_cents"),
-        _money(r, "average_order_value"),
-        _money(r, "revenue_per_user"),
-        _float(r, "average_session_duration_seconds", nullable=True),
-        _float(r, "bounce_rate_percent", nullable=True),
-        _float(r, "average_engagement_score", nullable=True),
-        _float(r, "conversion_rate_percent", nullable=True),
-        _float(r, "conversions_per_session", nullable=True),
-        _object(r, "trends"),
-        _int(r, "late_events_total"),
-        _bool(r, "is_final"),
-        _object(r, "custom") if "custom" in r else _jsonb("custom", {}),
-        # records published before the session counters existed have none: null
-        *(_int(r, name, nullable=True) if name in r else None for name in SESSION_SUMS.values()),
-    )
+def _json(record: Mapping[str, Any], name: str, *, array: bool) -> Jsonb:
+    """A jsonb column's value: a JSON list when the record's field is one, else an object."""
+    if not array:
+        return _object(record, name)
+    value = _get(record, name)
+    if not isinstance(value, list):
+        raise RowError(f"{name}: expected a JSON list, got {_show(value)}")
+    return _jsonb(name, value)
 
 
-def session_row(r: Mapping[str, Any]) -> Row:
-    """A ``session-metrics`` record (agents/behavior_tracker.session_record)."""
-    return (
-        _text(r, "user_id"),
-        _text(r, "session_id"),
-        _time(r, "window_start"),
-        _time(r, "window_end"),
-        _float(r, "duration_seconds"),
-        _int(r, "total_events"),
-        _object(r, "actions"),
-        _object(r, "pages"),
-        _int(r, "unique_pages"),
-        _int(r, "total_duration_ms"),
-        _float(r, "average_duration_ms"),
-        _text(r, "device_type", nullable=True),
-        _text(r, "country", nullable=True),
-        _bool(r, "is_bounce"),
-        _int(r, "conversions"),
-        _money(r, "revenue", "revenue_cents"),
-        _float(r, "engagement_score"),
-    )
+def _reader(stored: StoredField) -> Callable[[Mapping[str, Any]], Any]:
+    """How one field of a record becomes its column's value (RowError when it cannot)."""
+    name, column = stored.field, stored.column
+    sql_type, nullable = stored.spec.sql, stored.spec.nullable
+    read: Callable[[Mapping[str, Any]], Any]
+    if sql_type == "numeric":
+        cents = stored.spec.cents
+        read = lambda r: _money(r, column, cents)  # noqa: E731
+    elif sql_type == "jsonb":
+        read = lambda r: _json(r, name, array=stored.array)  # noqa: E731
+    elif sql_type in INTEGER_RANGES:
+        read = lambda r: _int(r, name, nullable=nullable)  # noqa: E731
+    elif sql_type == "float8":
+        read = lambda r: _float(r, name, nullable=nullable)  # noqa: E731
+    elif sql_type == "text":
+        read = lambda r: _text(r, name, nullable=nullable)  # noqa: E731
+    else:
+        read = partial({"timestamptz": _time, "date": _date, "boolean": _bool}[sql_type], name=name)
+    if not stored.spec.optional:
+        return read
+    default = _jsonb(column, stored.spec.default) if sql_type == "jsonb" else stored.spec.default
+    return lambda r: read(r) if name in r else default
 
 
-def page_row(r: Mapping[str, Any]) -> Row:
-    """A ``page-view-stats`` record (analytics/traffic.page_rows)."""
-    return (
-        _time(r, "window_start"),
-        _time(r, "window_end"),
-        _text(r, "page"),
-        _int(r, "views"),
-        _int(r, "unique_visitors"),
-        _int(r, "total_time_on_page_ms"),
-        _float(r, "avg_time_on_page_ms"),
-    )
+def row_converter(
+    fields: Sequence[StoredField], check: Callable[[Mapping[str, Any]], None] | None = None
+) -> Callable[[Mapping[str, Any]], Row]:
+    """The conversion of a record into its table's row: ``check`` (what a record of the kind
+    must satisfy beyond its fields' types), then each stored field read in column order."""
+    readers = tuple(_reader(stored) for stored in fields)
+
+    def convert(record: Mapping[str, Any]) -> Row:
+        if check is not None:
+            check(record)
+        return tuple([read(record) for read in readers])
+
+    return convert
 
 
-def dimension_row(r: Mapping[str, Any]) -> Row:
-    """A ``traffic-stats`` record (analytics/traffic.dimension_rows)."""
-    return (
-        _time(r, "window_start"),
-        _time(r, "window_end"),
-        _text(r, "dimension"),
-        _text(r, "value"),
-        _int(r, "events"),
-        _int(r, "users"),
-        _int(r, "page_views"),
-        _money(r, "revenue", "revenue_cents"),
-    )
-
-
-def _funnel_stages(record: Mapping[str, Any]) -> tuple[Jsonb, list[int]]:
-    """``stages`` (SPEC 7, analytics.funnels.stage_figures) and its ``reached`` counts:
+def _funnel_stages(record: Mapping[str, Any]) -> list[int]:
+    """``stages`` (SPEC 7, analytics.funnels.stage_figures) checked, and its ``reached`` counts:
     2 to 10 stages, each with its text, users reached (never more than the stage before),
     and the nullable drop-off and median towards the next stage."""
     stages = _get(record, "stages")
@@ -330,10 +311,10 @@ def _funnel_stages(record: Mapping[str, Any]) -> tuple[Jsonb, list[int]]:
                 f"{reached[-1] if reached else 0}"
             )
         reached.append(users)
-    return _jsonb("stages", stages), reached
+    return reached
 
 
-def _funnel_durations(record: Mapping[str, Any], reached: Sequence[int]) -> Jsonb:
+def _funnel_durations(record: Mapping[str, Any], reached: Sequence[int]) -> None:
     """``durations_ms``: per transition k -> k+1, the flat ``[ms, count, ...]`` multiset of
     the users who reached stage k+1 (ms ascending, each once: analytics.funnels.DayPartial
     reads it as a dict), as many durations as ``stages[k+1].reached``. Transitions nobody
@@ -362,19 +343,12 @@ def _funnel_durations(record: Mapping[str, Any], reached: Sequence[int]) -> Json
             raise RowError(
                 f"{where}: {users} durations, but stages[{k + 1}].reached is {reached[k + 1]}"
             )
-    return _jsonb("durations_ms", value)
 
 
-def funnel_row(r: Mapping[str, Any]) -> Row:
-    """A ``funnel-stats`` record (analytics/journey_combiner.publish)."""
-    stages, reached = _funnel_stages(r)
-    return (
-        _text(r, "funnel"),
-        _date(r, "day"),
-        _bool(r, "is_final"),
-        stages,
-        _funnel_durations(r, reached),
-    )
+def _funnel_check(r: Mapping[str, Any]) -> None:
+    """A ``funnel-stats`` record (analytics/journey_combiner.publish): stages and durations
+    that add up."""
+    _funnel_durations(r, _funnel_stages(r))
 
 
 def _count(record: Mapping[str, Any], name: str, low: int = 0, high: int | None = None) -> int:
@@ -395,45 +369,26 @@ def _probability(record: Mapping[str, Any], name: str) -> float | None:
     return value
 
 
-def experiment_row(r: Mapping[str, Any]) -> Row:
+def _experiment_check(r: Mapping[str, Any]) -> None:
     """An ``experiment-stats`` record (analytics.experiments.rows, published by
-    analytics/journey_combiner.publish_experiments): a variant's figures so far."""
-    experiment, variant = _text(r, "experiment"), _text(r, "variant")
-    for name, value in (("experiment", experiment), ("variant", variant)):
-        if not value:
+    analytics/journey_combiner.publish_experiments): names, counts and probabilities that can
+    be."""
+    for name in ("experiment", "variant"):
+        if not _text(r, name):
             raise RowError(f"{name}: expected a non-empty name, got ''")
-    users = _count(r, "users")
-    return (
-        experiment,
-        variant,
-        users,
-        _count(r, "converted_users", 0, users),
-        _float(r, "conversion_rate_percent"),
-        _money(r, "revenue", "revenue_cents"),
-        _money(r, "revenue_per_user"),
-        _count(r, "variant_conflicts"),
-        _probability(r, "p_value"),
-        _probability(r, "probability_to_beat_control"),
-        _bool(r, "significant"),
-        _count(r, "version") if "version" in r else 0,
-    )
+    _count(r, "converted_users", 0, _count(r, "users"))
+    _count(r, "variant_conflicts")
+    _probability(r, "p_value")
+    _probability(r, "probability_to_beat_control")
+    if "version" in r:
+        _count(r, "version")
 
 
-def cohort_row(r: Mapping[str, Any]) -> Row:
+def _cohort_check(r: Mapping[str, Any]) -> None:
     """A ``cohort-stats`` record (analytics.cohorts.cohort_row, published by
-    analytics/journey_combiner.publish_cohorts): one cell of a cohort's retention triangle."""
-    size = _count(r, "cohort_size", 1)
-    return (
-        _date(r, "cohort"),
-        _count(r, "day_offset", 0, MAX_DAY_OFFSET),
-        _bool(r, "is_final"),
-        size,
-        _count(r, "retained_users", 0, size),
-        _float(r, "retention_rate_percent"),
-        _money(r, "cumulative_revenue", "cumulative_revenue_cents"),
-        _money(r, "cumulative_revenue_per_user"),
-        _float(r, "average_engagement_score"),
-    )
+    analytics/journey_combiner.publish_cohorts): a cell of a cohort that can be."""
+    _count(r, "retained_users", 0, _count(r, "cohort_size", 1))
+    _count(r, "day_offset", 0, MAX_DAY_OFFSET)
 
 
 # --------------------------------------------------------------------------- tables
@@ -442,7 +397,8 @@ def cohort_row(r: Mapping[str, Any]) -> Row:
 @dataclass(frozen=True, slots=True)
 class TableSpec:
     """One sink table: its source topic (a ``TopicNames`` field), columns in row order, natural
-    key, and the conversion of a record into a row."""
+    key, and the conversion of a record into a row. ``table()`` derives the columns, their
+    types and the conversion from the record's definition (models/records.py)."""
 
     name: str
     topic_field: str
@@ -459,6 +415,8 @@ class TableSpec:
     #: the upsert's ON CONFLICT target when it is not ``key`` (a unique index on columns the
     #: database derives from the key, like page_view_stats' page_hash)
     conflict: tuple[str, ...] = ()
+    #: the record's definition (models/records.py), None for a table made by hand (tests)
+    record: type | None = None
 
     def key_of(self, row: Row) -> tuple[Any, ...]:
         return tuple(row[self.columns.index(column)] for column in self.key)
@@ -475,211 +433,59 @@ class TableSpec:
         return older
 
 
-KPI_METRICS = TableSpec(
-    name="kpi_metrics",
-    topic_field="live_kpis",
-    columns=(
-        "window_start",
-        "window_end",
-        "total_users",
-        "active_users",
-        "new_users",
-        "total_sessions",
-        "total_page_views",
-        "total_events",
-        "total_conversions",
-        "purchases",
-        "total_revenue",
-        "average_order_value",
-        "revenue_per_user",
-        "average_session_duration_seconds",
-        "bounce_rate_percent",
-        "average_engagement_score",
-        "conversion_rate_percent",
-        "conversions_per_session",
-        "trends",
-        "late_events_total",
-        "is_final",
-        "custom",
-        *SESSION_SUMS.values(),
-    ),
-    types=(
-        "timestamptz",
-        "timestamptz",
-        *["bigint"] * 8,
-        *["numeric"] * 3,
-        *["float8"] * 5,
-        "jsonb",
-        "bigint",
-        "boolean",
-        "jsonb",
-        *["bigint"] * len(SESSION_SUMS),
-    ),
-    key=("window_start",),
-    convert=kpi_row,
-    final_guard=True,
+def table(
+    name: str,
+    topic_field: str,
+    record: type,
+    key: tuple[str, ...],
+    check: Callable[[Mapping[str, Any]], None] | None = None,
+    **options: Any,
+) -> TableSpec:
+    """The table of ``record``: a column per field it stores (``models.records.Column``)."""
+    fields = stored_fields(record)
+    return TableSpec(
+        name=name,
+        topic_field=topic_field,
+        columns=tuple(stored.column for stored in fields),
+        types=tuple(stored.spec.sql for stored in fields),
+        key=key,
+        convert=row_converter(fields, check),
+        record=record,
+        **options,
+    )
+
+
+KPI_METRICS = table("kpi_metrics", "live_kpis", KpiRecord, ("window_start",), final_guard=True)
+SESSION_METRICS = table(
+    "session_metrics", "session_metrics", SessionRecord, ("user_id", "session_id", "window_start")
 )
-SESSION_METRICS = TableSpec(
-    name="session_metrics",
-    topic_field="session_metrics",
-    columns=(
-        "user_id",
-        "session_id",
-        "window_start",
-        "window_end",
-        "duration_seconds",
-        "total_events",
-        "actions",
-        "pages",
-        "unique_pages",
-        "total_duration_ms",
-        "average_duration_ms",
-        "device_type",
-        "country",
-        "is_bounce",
-        "conversions",
-        "revenue",
-        "engagement_score",
-    ),
-    types=(
-        "text",
-        "text",
-        "timestamptz",
-        "timestamptz",
-        "float8",
-        "integer",
-        "jsonb",
-        "jsonb",
-        "integer",
-        "bigint",
-        "float8",
-        "text",
-        "text",
-        "boolean",
-        "integer",
-        "numeric",
-        "float8",
-    ),
-    key=("user_id", "session_id", "window_start"),
-    convert=session_row,
-)
-PAGE_VIEW_STATS = TableSpec(
-    name="page_view_stats",
-    topic_field="page_view_stats",
-    columns=(
-        "window_start",
-        "window_end",
-        "page",
-        "views",
-        "unique_visitors",
-        "total_time_on_page_ms",
-        "avg_time_on_page_ms",
-    ),
-    types=("timestamptz", "timestamptz", "text", "bigint", "bigint", "bigint", "float8"),
-    key=("window_start", "page"),
-    convert=page_row,
+PAGE_VIEW_STATS = table(
+    "page_view_stats",
+    "page_view_stats",
+    PageRow,
+    ("window_start", "page"),
     conflict=("window_start", "page_hash"),
 )
-DIMENSION_STATS = TableSpec(
-    name="dimension_stats",
-    topic_field="traffic_stats",
-    columns=(
-        "window_start",
-        "window_end",
-        "dimension",
-        "value",
-        "events",
-        "users",
-        "page_views",
-        "revenue",
-    ),
-    types=(
-        "timestamptz",
-        "timestamptz",
-        "text",
-        "text",
-        "bigint",
-        "bigint",
-        "bigint",
-        "numeric",
-    ),
-    key=("window_start", "dimension", "value"),
-    convert=dimension_row,
+DIMENSION_STATS = table(
+    "dimension_stats", "traffic_stats", TrafficRow, ("window_start", "dimension", "value")
 )
-
-FUNNEL_STATS = TableSpec(
-    name="funnel_stats",
-    topic_field="funnel_stats",
-    columns=("funnel", "day", "is_final", "stages", "durations_ms"),
-    types=("text", "date", "boolean", "jsonb", "jsonb"),
-    key=("funnel", "day"),
-    convert=funnel_row,
-    final_guard=True,
+FUNNEL_STATS = table(
+    "funnel_stats", "funnel_stats", FunnelDay, ("funnel", "day"), _funnel_check, final_guard=True
 )
-
-EXPERIMENT_STATS = TableSpec(
-    name="experiment_stats",
-    topic_field="experiment_stats",
-    columns=(
-        "experiment",
-        "variant",
-        "users",
-        "converted_users",
-        "conversion_rate_percent",
-        "revenue",
-        "revenue_per_user",
-        "variant_conflicts",
-        "p_value",
-        "probability_to_beat_control",
-        "significant",
-        "version",
-    ),
-    types=(
-        "text",
-        "text",
-        "bigint",
-        "bigint",
-        "float8",
-        "numeric",
-        "numeric",
-        "bigint",
-        "float8",
-        "float8",
-        "boolean",
-        "bigint",
-    ),
-    key=("experiment", "variant"),
-    convert=experiment_row,
+EXPERIMENT_STATS = table(
+    "experiment_stats",
+    "experiment_stats",
+    ExperimentVariantRecord,
+    ("experiment", "variant"),
+    _experiment_check,
     version="version",
 )
-
-COHORT_STATS = TableSpec(
-    name="cohort_stats",
-    topic_field="cohort_stats",
-    columns=(
-        "cohort",
-        "day_offset",
-        "is_final",
-        "cohort_size",
-        "retained_users",
-        "retention_rate_percent",
-        "cumulative_revenue",
-        "cumulative_revenue_per_user",
-        "average_engagement_score",
-    ),
-    types=(
-        "date",
-        "integer",
-        "boolean",
-        "bigint",
-        "bigint",
-        "float8",
-        "numeric",
-        "numeric",
-        "float8",
-    ),
-    key=("cohort", "day_offset"),
-    convert=cohort_row,
+COHORT_STATS = table(
+    "cohort_stats",
+    "cohort_stats",
+    CohortCell,
+    ("cohort", "day_offset"),
+    _cohort_check,
     final_guard=True,
 )
 

@@ -1,7 +1,10 @@
 """The OpenAPI 3.1 description of the HTTP API, served at ``GET /openapi.json``.
 
-Written by hand next to the views (web/views.py, web/api.py) rather than generated: Faust's
-views carry no schema, and the field descriptions state the SPEC rules clients rely on.
+The paths, parameters and envelopes are written here next to the views (web/views.py,
+web/api.py): Faust's views carry no schema. The records' components (KPI window, session,
+page, traffic value, funnel day, experiment variant, cohort cell, ...) are derived from their
+one definition in models/records.py, whose field descriptions state the SPEC rules clients rely
+on; tests/integration/test_openapi_answers.py checks real answers against this document.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from faust import web
 from analytics.traffic import DIMENSIONS
 from analytics.validation import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 from app import app
+from models.schemas import component_schemas
 from web.api_params import (
     DEFAULT_LIMIT,
     DEFAULT_MINUTES,
@@ -61,9 +65,6 @@ TIMESTAMP: dict[str, Any] = {
     "description": "RFC 3339, UTC, milliseconds, e.g. 2026-01-01T00:00:00.000Z",
 }
 NULLABLE_TIMESTAMP: dict[str, Any] = {**TIMESTAMP, "type": ["string", "null"]}
-MONEY: dict[str, Any] = {"type": "number", "description": "currency units, 2 decimals"}
-CENTS: dict[str, Any] = {"type": "integer", "description": "the same amount in cents"}
-COUNTS: dict[str, Any] = {"type": "object", "additionalProperties": INTEGER}
 
 BAD_PARAMETER = _json(
     _ref("Error"), "A parameter is wrong; `error` starts with its name and says why."
@@ -155,145 +156,6 @@ LIMIT = {
     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
 }
 
-TREND = _obj(
-    {
-        "change_percent": {
-            **NUMBER,
-            "description": (
-                "100 * (current - previous) / previous; 0 when previous is 0. previous is the "
-                "window before; on a live record (trends_provisional), the window before as "
-                "it was at the same elapsed point"
-            ),
-        },
-        "trend": {"type": "string", "enum": ["up", "down", "stable"]},
-    }
-)
-
-KPI_PROPERTIES: dict[str, Any] = {
-    "window_start": TIMESTAMP,
-    "window_end": TIMESTAMP,
-    "total_users": INTEGER,
-    "active_users": INTEGER,
-    "new_users": INTEGER,
-    "total_sessions": INTEGER,
-    "total_page_views": INTEGER,
-    "total_events": INTEGER,
-    "total_revenue": MONEY,
-    "total_revenue_cents": CENTS,
-    "total_conversions": INTEGER,
-    "purchases": INTEGER,
-    "average_order_value": MONEY,
-    "revenue_per_user": MONEY,
-    "average_session_duration_seconds": NUMBER,
-    "bounce_rate_percent": NUMBER,
-    "average_engagement_score": NUMBER,
-    "conversion_rate_percent": NUMBER,
-    "conversions_per_session": NUMBER,
-    "total_bounces": {**INTEGER, "description": "sessions of one event (bounce_rate_percent's)"},
-    "total_session_duration_ms": {
-        **INTEGER,
-        "description": "the sessions' summed duration (average_session_duration_seconds')",
-    },
-    "total_engagement_x10000": {
-        **INTEGER,
-        "description": "the sessions' summed engagement scores x 10,000, each rounded",
-    },
-    "trends": {
-        "type": "object",
-        "additionalProperties": _ref("Trend"),
-        "description": (
-            "SPEC 4: each figure against the window before (absent: all zero). Final "
-            "records compare whole windows; live records compare this window so far "
-            "with the window before at the same elapsed point (trends_provisional)"
-        ),
-    },
-    "trends_provisional": {
-        "type": "boolean",
-        "const": True,
-        "description": (
-            "Live records only (absent from final ones): the trends are provisional, "
-            "this window so far against the window before at the same elapsed point "
-            "of event time, its counts and sums interpolated between the moments it "
-            "was published live and ratios recomputed from them"
-        ),
-    },
-    "trends_elapsed_seconds": {
-        **NUMBER,
-        "description": (
-            "Live records only: the elapsed point both windows are compared at, seconds "
-            "into the window (0 to its length): the latest event time seen (greatest "
-            "partition watermark + grace) minus window_start"
-        ),
-    },
-    "late_events_total": INTEGER,
-    "custom": {
-        "type": "object",
-        "additionalProperties": NUMBER,
-        "description": (
-            "SPEC 10: each configured custom KPI (custom_kpis in the YAML file) by name: a "
-            "count of the window's events matching its filter, or a ratio_percent of two "
-            "counts (0 when the denominator is 0); {} when none are configured"
-        ),
-    },
-    "is_final": {
-        **BOOLEAN,
-        "description": "false while the watermark has not passed window_end (SPEC 6)",
-    },
-}
-LIVE_ONLY = ("trends_provisional", "trends_elapsed_seconds")
-KPI_RECORD = _obj(KPI_PROPERTIES, [name for name in KPI_PROPERTIES if name not in LIVE_ONLY])
-
-SESSION = _obj(
-    {
-        "user_id": STRING,
-        "session_id": {**STRING, "description": "'' when sessions come from the gap alone"},
-        "window_start": TIMESTAMP,
-        "window_end": TIMESTAMP,
-        "duration_seconds": NUMBER,
-        "total_events": INTEGER,
-        "actions": COUNTS,
-        "pages": COUNTS,
-        "unique_pages": INTEGER,
-        "total_duration_ms": INTEGER,
-        "average_duration_ms": NUMBER,
-        "device_type": {"type": ["string", "null"]},
-        "country": {"type": ["string", "null"]},
-        "is_bounce": BOOLEAN,
-        "conversions": INTEGER,
-        "revenue": MONEY,
-        "revenue_cents": CENTS,
-        "engagement_score": NUMBER,
-        "open": {**BOOLEAN, "description": "always true: not yet written to session-metrics"},
-    }
-)
-
-RECENT_SESSION = _obj(
-    {
-        name: schema
-        for name, schema in SESSION["properties"].items()
-        if name not in ("actions", "pages", "average_duration_ms", "open")
-    }
-    | {"open": {**BOOLEAN, "description": "always false: closed and written out"}}
-)
-
-USER_PROFILE = _obj(
-    {
-        "user_id": STRING,
-        "first_seen": TIMESTAMP,
-        "last_seen": TIMESTAMP,
-        "events": INTEGER,
-        "revenue": MONEY,
-        "revenue_cents": CENTS,
-        "devices": {"type": "array", "items": STRING},
-        "countries": {"type": "array", "items": STRING},
-        "closed_sessions": {
-            **INTEGER,
-            "description": "sessions already closed and written to session-metrics",
-        },
-        "open_sessions": INTEGER,
-    }
-)
-
 RANGE_HEAD: dict[str, Any] = {
     "as_of": {
         **NULLABLE_TIMESTAMP,
@@ -309,80 +171,6 @@ RANGE_HEAD: dict[str, Any] = {
     },
 }
 
-PAGE = _obj(
-    {
-        "page": STRING,
-        "views": INTEGER,
-        "visitor_windows": {
-            **INTEGER,
-            "description": "each window's unique visitors, added up: a visitor seen in n "
-            "windows counts n times (exact unique visitors when one window is covered)",
-        },
-        "total_time_on_page_ms": INTEGER,
-        "avg_time_on_page_ms": NUMBER,
-    }
-)
-
-TRAFFIC_VALUE = _obj(
-    {
-        "value": {**STRING, "description": "'unknown' when the event had none"},
-        "events": INTEGER,
-        "user_windows": {
-            **INTEGER,
-            "description": "each window's distinct users, added up (see visitor_windows)",
-        },
-        "page_views": INTEGER,
-        "revenue": MONEY,
-        "revenue_cents": CENTS,
-    }
-)
-
-KPI_BUCKET = _obj(
-    {
-        "bucket_start": TIMESTAMP,
-        "bucket_end": TIMESTAMP,
-        "windows": {**INTEGER, "description": "final windows with events in the bucket"},
-        "total_events": INTEGER,
-        "total_page_views": INTEGER,
-        "total_conversions": INTEGER,
-        "purchases": INTEGER,
-        "total_revenue": MONEY,
-        "total_revenue_cents": CENTS,
-        "new_users": {**INTEGER, "description": "exact: each user is new in one window"},
-        "total_users": {
-            **INTEGER,
-            "description": "users first seen before the bucket's last window with events ended",
-        },
-        "peak_active_users": {**INTEGER, "description": "the most active users of one window"},
-        "active_user_windows": {
-            **INTEGER,
-            "description": "each window's active users, added up: a user active in n windows "
-            "counts n times (see visitor_windows)",
-        },
-        "session_windows": {
-            **INTEGER,
-            "description": "each window's total_sessions, added up: a session active in n "
-            "windows counts n times",
-        },
-        "average_order_value": {**MONEY, "description": "total_revenue / purchases (exact)"},
-        "average_session_duration_seconds": {
-            **NUMBER,
-            "description": "mean over session_windows (equals the window's for one window)",
-        },
-        "bounce_rate_percent": {**NUMBER, "description": "100 * bounces / session_windows"},
-        "average_engagement_score": {**NUMBER, "description": "mean over session_windows"},
-        "conversion_rate_percent": {
-            **NUMBER,
-            "description": "100 * total_conversions / session_windows",
-        },
-        "conversions_per_session": {
-            **NUMBER,
-            "description": "total_conversions / session_windows",
-        },
-        "late_events_total": {**INTEGER, "description": "as of the bucket's last window"},
-    }
-)
-
 FUNNEL = _obj(
     {
         "name": {**STRING, "description": "the funnel-stats key's first part and the path segment"},
@@ -392,85 +180,6 @@ FUNNEL = _obj(
             "type": "array",
             "items": STRING,
             "description": "2 to 10, in order: `action` or `action:page-prefix`",
-        },
-    }
-)
-
-FUNNEL_STAGE = _obj(
-    {
-        "stage": {**STRING, "description": "`action` or `action:page-prefix`"},
-        "reached": {
-            **INTEGER,
-            "description": "users whose best attempt of the day reached this stage (over a "
-            "range: added up, a user counting once per day with an attempt)",
-        },
-        "drop_off_percent": {
-            "type": ["number", "null"],
-            "description": "100 * (1 - reached(next) / reached), 0 when reached is 0; null on "
-            "the last stage",
-        },
-        "median_seconds": {
-            "type": ["number", "null"],
-            "description": "median time from this stage to the next over the users who reached "
-            "the next (an even count: the mean of the two middle values); null when none, and "
-            "on the last stage",
-        },
-    }
-)
-
-FUNNEL_DAY = _obj(
-    {
-        "funnel": STRING,
-        "day": {**STRING, "format": "date", "description": "UTC day of the attempts' first stage"},
-        "is_final": {
-            **BOOLEAN,
-            "description": "false until the watermark passes the day's end + the window",
-        },
-        "stages": {"type": "array", "items": _ref("FunnelStage")},
-        "durations_ms": {
-            "type": "array",
-            "items": {"type": "array", "items": INTEGER},
-            "description": "per transition k -> k+1, the flat [ms, count, ms, count, ...] "
-            "multiset the median comes from; transitions nobody made may be left out at the end",
-        },
-    }
-)
-
-NULLABLE_PROBABILITY: dict[str, Any] = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
-
-EXPERIMENT_VARIANT = _obj(
-    {
-        "experiment": {**STRING, "description": "`metadata.experiment` of the exposures"},
-        "variant": {**STRING, "description": "`metadata.variant` of the users' first exposure"},
-        "users": {**INTEGER, "description": "users whose first exposure was to this variant"},
-        "converted_users": {
-            **INTEGER,
-            "description": "of them, users with a conversion event at or after their exposure",
-        },
-        "conversion_rate_percent": {**NUMBER, "description": "100 * converted_users / users"},
-        "revenue": {**MONEY, "description": "their purchase revenue at or after exposure"},
-        "revenue_cents": CENTS,
-        "revenue_per_user": {**MONEY, "description": "revenue / users"},
-        "variant_conflicts": {
-            **INTEGER,
-            "description": "the experiment's users later exposed to another variant (they stay "
-            "in their first); the same on every variant of the experiment",
-        },
-        "p_value": {
-            **NULLABLE_PROBABILITY,
-            "description": "two-sided two-proportion z-test with pooled variance against the "
-            "control (1 when the pooled rate is 0 or 1); null for the control itself and in an "
-            "experiment without one",
-        },
-        "probability_to_beat_control": {
-            **NULLABLE_PROBABILITY,
-            "description": "P(pV > pC), both Beta(1 + conversions, 1 + non-conversions), exact; "
-            "null like p_value",
-        },
-        "significant": {
-            **BOOLEAN,
-            "description": "p_value < experiments.alpha (0.05) with at least "
-            "experiments.min_users (100) users in this variant and in the control",
         },
     }
 )
@@ -490,31 +199,6 @@ EXPERIMENT = _obj(
     }
 )
 
-COHORT_CELL = _obj(
-    {
-        "cohort": {**STRING, "format": "date", "description": "UTC date of the users' first event"},
-        "day_offset": {**INTEGER, "description": "d: the cell is about day cohort + d"},
-        "cohort_size": {**INTEGER, "description": "users of the cohort"},
-        "retained_users": {**INTEGER, "description": "cohort users with an event on day c + d"},
-        "retention_rate_percent": {**NUMBER, "description": "100 * retained_users / cohort_size"},
-        "cumulative_revenue_per_user": {
-            **MONEY,
-            "description": "the cohort's revenue with ts before the end of day c + d, divided "
-            "by cohort_size",
-        },
-        "cumulative_revenue_cents": {**CENTS, "description": "that revenue (not per user)"},
-        "average_engagement_score": {
-            **NUMBER,
-            "description": "mean SPEC 3 score of the cohort's sessions starting on day c + d, each "
-            "cut at that day's end; 0 when none",
-        },
-        "is_final": {
-            **BOOLEAN,
-            "description": "false until the watermark passes the end of day c + d",
-        },
-    }
-)
-
 COHORT = _obj(
     {
         "cohort": {**STRING, "format": "date"},
@@ -528,14 +212,6 @@ COHORT = _obj(
         },
     }
 )
-
-CLOSED_SESSION = {
-    **SESSION,
-    "properties": {
-        **SESSION["properties"],
-        "open": {**BOOLEAN, "description": "always false: a closed session from the database"},
-    },
-}
 
 EVENT = {
     "type": "object",
@@ -1301,21 +977,9 @@ OPENAPI: dict[str, Any] = {
                     "last_write": NULLABLE_TIMESTAMP,
                 }
             ),
-            "Trend": TREND,
-            "KpiRecord": KPI_RECORD,
-            "Session": SESSION,
-            "RecentSession": RECENT_SESSION,
-            "UserProfile": USER_PROFILE,
-            "Page": PAGE,
-            "TrafficValue": TRAFFIC_VALUE,
-            "KpiBucket": KPI_BUCKET,
-            "ClosedSession": CLOSED_SESSION,
+            **component_schemas(),  # the records (models/records.py)
             "Funnel": FUNNEL,
-            "FunnelStage": FUNNEL_STAGE,
-            "FunnelDay": FUNNEL_DAY,
-            "ExperimentVariant": EXPERIMENT_VARIANT,
             "Experiment": EXPERIMENT,
-            "CohortCell": COHORT_CELL,
             "Cohort": COHORT,
             "AlertRule": _obj(
                 {

@@ -17,6 +17,7 @@ import pytest
 from analytics.funnels import DayPartial, FunnelSpec, Stage, day_row
 from analytics.journey_combiner import final_at
 from analytics.timeutil import day_number, format_ts, parse_ts
+from models.records import ClosedSession, field_names
 from sinks import health, queries, reader
 from sinks.migrations import PLAIN, TIMESCALE
 from sinks.schema import COHORT_STATS, EXPERIMENT_STATS
@@ -267,14 +268,18 @@ def test_pages_and_sessions_are_shaped_like_the_live_answers() -> None:
     }
     start = datetime(2026, 1, 1, tzinfo=UTC)
     end = start + timedelta(seconds=9)
-    values = ["u1", "s1", start, end, 9.0, 3, {"page_view": 2}, {"/a": 2}, 1, 4000, 1333.3,
-              "mobile", "DE", False, 1, Decimal("25.50"), 24.4]  # fmt: skip
-    session = queries.closed_session(values)
+    stored = {"user_id": "u1", "session_id": "s1", "window_start": start, "window_end": end,
+              "duration_seconds": 9.0, "total_events": 3, "actions": {"page_view": 2},
+              "pages": {"/a": 2}, "unique_pages": 1, "total_duration_ms": 4000,
+              "average_duration_ms": 1333.3, "device_type": "mobile", "country": "DE",
+              "is_bounce": False, "conversions": 1, "revenue": Decimal("25.50"),
+              "engagement_score": 24.4}  # fmt: skip
+    session = queries.closed_session([stored[column] for column in queries.SESSION_COLUMNS])
     assert session["window_start"] == "2026-01-01T00:00:00.000Z"
     assert session["window_end"] == "2026-01-01T00:00:09.000Z"
     assert (session["revenue"], session["revenue_cents"]) == (25.5, 2550)
     assert session["open"] is False and session["actions"] == {"page_view": 2}
-    assert list(session)[: len(queries.SESSION_COLUMNS)] == list(queries.SESSION_COLUMNS)
+    assert list(session) == list(field_names(ClosedSession))  # every field, in its order
 
 
 # --------------------------------------------------------------------------- funnels
@@ -450,8 +455,7 @@ def stored_variants(
 ) -> list[tuple[Any, ...]]:
     """Rows of ``EXPERIMENTS`` as the sink stores experiment-stats records (by variant name)."""
     records = experiment_records(variants, experiment)
-    shown = EXPERIMENT_STATS.columns.index("version")  # the query selects the columns before it
-    rows = [(*EXPERIMENT_STATS.convert(record)[:shown], written) for record in records]
+    rows = [(*EXPERIMENT_STATS.convert(record), written) for record in records]
     return sorted(rows, key=lambda row: row[1].encode())
 
 
@@ -501,11 +505,11 @@ def test_the_experiment_list_says_when_more_are_stored() -> None:
 
 def test_the_experiment_queries_bind_their_parameters() -> None:
     assert queries.experiments_params(100) == {"limit": 101}  # one more: are there more?
-    assert "LIMIT %(limit)s" in queries.EXPERIMENTS
+    assert "LIMIT %(limit)s" in queries.EXPERIMENTS.as_string(None)
     assert queries.experiment_params("a b/c") == {"experiment": "a b/c"}
-    assert "WHERE s.experiment = %(experiment)s" in queries.EXPERIMENT
-    for text in (queries.EXPERIMENTS, queries.EXPERIMENT):
-        assert 'COLLATE "C"' in text  # code point order, as the answer sorts
+    assert "WHERE s.experiment = %(experiment)s" in queries.EXPERIMENT.as_string(None)
+    for query in (queries.EXPERIMENTS, queries.EXPERIMENT):
+        assert 'COLLATE "C"' in query.as_string(None)  # code point order, as the answer sorts
 
 
 # --------------------------------------------------------------------------- cohorts
@@ -589,9 +593,10 @@ def test_a_cohort_size_is_its_latest_cells() -> None:
 def test_the_cohort_query_binds_its_parameters() -> None:
     params = queries.cohort_cells_params(JAN_1, JAN_3, 7)
     assert params == {"from": JAN_1, "to": JAN_3, "days": 7}
+    text = queries.COHORT_CELLS.as_string(None)
     for name in params:
-        assert f"%({name})s" in queries.COHORT_CELLS
-    assert "ORDER BY cohort, day_offset" in queries.COHORT_CELLS
+        assert f"%({name})s" in text
+    assert "ORDER BY cohort, day_offset" in text
 
 
 # --------------------------------------------------------------------------- reader

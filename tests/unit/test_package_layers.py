@@ -31,9 +31,9 @@ LAYERS: dict[str, frozenset[str]] = {
     "models": frozenset({"analytics"}),
     "app": frozenset({"analytics"}),
     "tables": frozenset({"analytics", "app"}),
-    "sinks": frozenset({"analytics", "app"}),
-    "agents": frozenset({"analytics", "app", "tables", "sinks"}),
-    "web": frozenset({"analytics", "app", "tables", "sinks", "agents"}),
+    "sinks": frozenset({"analytics", "app", "models"}),
+    "agents": frozenset({"analytics", "app", "models", "tables", "sinks"}),
+    "web": frozenset({"analytics", "app", "models", "tables", "sinks", "agents"}),
     "generator": frozenset({"analytics", "app"}),
 }
 #: packages of the repository outside the product: they may import any package, none of the

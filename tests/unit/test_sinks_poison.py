@@ -107,7 +107,8 @@ def test_what_columns_can_hold_is_accepted() -> None:
     ]
     rows, rejected = prepare(KPI_METRICS, records)
     assert rejected == [] and len(rows) == 3
-    assert orjson.loads(rows[2][1][18].dumps(None)) == {"text": "\\u0000"}
+    trends = rows[2][1][KPI_METRICS.columns.index("trends")]
+    assert orjson.loads(trends.dumps(None)) == {"text": "\\u0000"}
     rows, rejected = prepare(SESSION_METRICS, [session(total_events=2**31 - 1)])
     assert rejected == [] and len(rows) == 1
 

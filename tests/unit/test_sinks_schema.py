@@ -498,7 +498,10 @@ def test_a_final_cohort_row_is_never_replaced_by_a_later_live_one() -> None:
     next_offset = cohort_record(2, retained=4, is_final=False)
     rows, rejected = prepare(COHORT_STATS, [live, final, next_offset, live])
     assert rejected == []
-    assert [(index, row[1], row[2], row[4]) for index, row in rows] == [
+    columns = ("day_offset", "is_final", "retained_users")
+    assert [
+        (index, *(row[COHORT_STATS.columns.index(c)] for c in columns)) for index, row in rows
+    ] == [
         (1, 1, True, 10),
         (2, 2, False, 4),
     ]
