@@ -186,6 +186,7 @@ def requests(users: dict[str, str]) -> dict[str, list[tuple[str, int]]]:
             (query("/api/cohorts", **days), 200),
             (query("/api/cohorts", **days, days=-1), 400),
         ],
+        "/api/alerts": [("/api/alerts", 200)],
         "/dashboard": [("/dashboard", 200)],
         "/dashboard/stream": [("/dashboard/stream", 200)],
     }
