@@ -549,6 +549,35 @@ class CohortCell(TypedDict):
     ]
 
 
+class EnrichedEvent(TypedDict):
+    """SPEC 2: an event on ``user-behavior-enriched`` (analytics.enrichment.enrich): the
+    validated input event plus the fields the behaviour tracker adds. No API answer or table
+    holds it whole; the session, KPI, page and traffic records are built from it."""
+
+    event_id: Annotated[str, described("the input's, or one derived from topic, partition, offset")]
+    user_id: str
+    session_id: Annotated[str, described("'' when the input had none (sessions by gap alone)")]
+    action: str
+    page: str
+    timestamp: Annotated[str, described("UTC, RFC 3339 with milliseconds")]
+    timestamp_clamped: Annotated[bool, described("the input's time was in the future: clamped")]
+    received_at: str
+    duration: Annotated[int, described("ms on the page, 0 when not sent")]
+    metadata: dict[str, Any]
+    ip_address: Annotated[str | None, described("as privacy.ip leaves it (SPEC 10)")]
+    user_agent: str | None
+    country: str | None
+    device: str
+    is_conversion: bool
+    revenue: Annotated[float, described("metadata.amount of a purchase, else 0")]
+    revenue_cents: int
+    is_high_value: bool
+    hour_of_day: int
+    day_of_week: str
+    browser: str
+    os: str
+
+
 #: every definition above that the OpenAPI document has as a component, by component name
 COMPONENTS: dict[str, type] = {
     "Trend": Trend,

@@ -10,12 +10,15 @@ import pytest
 from pydantic import TypeAdapter
 
 from analytics.cohorts import cohort_row
+from analytics.enrichment import enrich
 from analytics.experiments import ExperimentPartial, ExperimentsSpec, rows
 from analytics.traffic import dimension_rows, page_rows
+from analytics.validation import validate_event
 from models.records import (
     COMPONENTS,
     CohortCell,
     Column,
+    EnrichedEvent,
     ExperimentVariantRecord,
     FunnelDay,
     KpiRecord,
@@ -120,7 +123,26 @@ def _experiment_records() -> list[dict[str, Any]]:
     return rows(ExperimentsSpec(), combined)
 
 
+def _enriched_event() -> dict[str, Any]:
+    event = validate_event(
+        {
+            "user_id": "u1",
+            "session_id": "s1",
+            "action": "purchase",
+            "page": "/checkout",
+            "timestamp": "2026-01-01T10:00:00Z",
+            "ip_address": "203.0.113.77",
+            "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",
+            "metadata": {"amount": 12.5},
+        },
+        received_at_ms=1_767_261_600_000,
+        default_event_id="e1",
+    )
+    return enrich(event)
+
+
 PUBLISHED: list[tuple[type, Any]] = [
+    (EnrichedEvent, _enriched_event),
     (KpiRecord, lambda: kpi_record(custom={"signups": 2.0})),  # as analytics/combiner.py adds
     (SessionRecord, session_record),
     (PageRow, lambda: next(iter(page_rows(0, 60_000, {"/a": [3, 2, 900]})))),
