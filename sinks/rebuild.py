@@ -95,6 +95,12 @@ async def rebuild(
     return done
 
 
+FETCH_WAIT_S = 0.2
+"""How long a rebuild waits for a fetch to fill its batch: the topic's records up to its end
+are in the broker already, so only the fetch round trips (the live sinks' ``flush_interval``
+of 5 s would be paid by every batch short of ``batch_size``)."""
+
+
 async def _from_start(
     sink: SinkConsumer, settings: Settings, progress: Callable[[str, int], None]
 ) -> tuple[int, int]:
@@ -113,9 +119,8 @@ async def _from_start(
         ends = await consumer.end_offsets(tps)
         read = refused = 0
         while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            records = await take_batch(
-                consumer, database.batch_size, database.flush_interval.total_seconds()
-            )
+            # the records are all there: no waiting for a batch to fill (flush_interval)
+            records = await take_batch(consumer, database.batch_size, FETCH_WAIT_S)
             records = [r for r in records if r.offset < ends[TopicPartition(r.topic, r.partition)]]
             if records:
                 refused += await sink.write(records)
