@@ -375,16 +375,16 @@ COMMENT ON COLUMN experiment_stats.version IS
 # written before this migration have none ({}). And the session counters behind SPEC 4's
 # ratios (analytics.kpis.SESSION_SUMS), so the history API sums counters instead of working
 # them back out of the rates; final rows written before get them worked back once, here.
+# Plain nullable columns, no CHECK: on a compressed TimescaleDB hypertable ADD COLUMN takes a
+# default and NOT NULL but not every constraint (sums of counts, never below 0 as published).
 KPI_CUSTOM_AND_SUMS = """
 ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS custom jsonb NOT NULL DEFAULT '{}'::jsonb;
 COMMENT ON COLUMN kpi_metrics.custom IS
     'SPEC 10: the custom KPIs of the window by name (custom_kpis in the configuration): '
     'counts of matching events and ratio_percent of two counts';
-ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS total_bounces bigint CHECK (total_bounces >= 0);
-ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS total_session_duration_ms bigint
-    CHECK (total_session_duration_ms >= 0);
-ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS total_engagement_x10000 bigint
-    CHECK (total_engagement_x10000 >= 0);
+ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS total_bounces bigint;
+ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS total_session_duration_ms bigint;
+ALTER TABLE kpi_metrics ADD COLUMN IF NOT EXISTS total_engagement_x10000 bigint;
 UPDATE kpi_metrics
 SET total_bounces = round(bounce_rate_percent * total_sessions / 100),
     total_session_duration_ms = round(average_session_duration_seconds * total_sessions * 1000),
