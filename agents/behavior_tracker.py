@@ -38,6 +38,7 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable
+from operator import attrgetter
 from typing import Any
 
 from confluent_kafka import Message
@@ -50,7 +51,6 @@ from agents.partition_task import (
     InFlight,
     PartitionRound,
     PartitionTask,
-    is_erasure,
     raw_message,
 )
 from agents.round_clock import RoundClock
@@ -290,7 +290,8 @@ class BehaviorTracker(Service):
         rounds = []
         for partition, batch in by_partition.items():
             if partition in self.tasks:
-                for segment in erasure.segments(batch, is_erasure):  # erasures: own rounds
+                raws = [raw_message(message) for message in batch]
+                for segment in erasure.segments(raws, attrgetter("erase")):  # erasures: own rounds
                     with self.clock.phase("compute"):
                         rounds.append(await self._compute(partition, segment))
                 # the rest of the worker (heartbeats, the combiner, the web server) runs
@@ -370,14 +371,13 @@ class BehaviorTracker(Service):
             task.seen_store.flush()
 
     async def _compute(
-        self, partition: int, batch: list[Message]
+        self, partition: int, raws: list[RawMessage]
     ) -> tuple[PartitionTask, PartitionRound]:
         """Track and analyse one partition's batch. Should the analysis fail (a bug meeting
         an input nobody foresaw), the batch is taken again one message at a time from the
         state it started from: the message it fails on goes to the dead letters with the
         error, the others are processed, and the partition goes on."""
         task = self.tasks[partition]
-        raws = [raw_message(message) for message in batch]
         try:
             return task, self._compute_batch(task, raws)
         except Exception:

@@ -42,11 +42,6 @@ def _is_erasure(headers: Sequence[tuple[str, bytes]] | None) -> bool:
     return bool(headers) and any(key == ERASE_HEADER for key, _ in headers or ())
 
 
-def is_erasure(message: Message) -> bool:
-    """An erasure request (analytics.erasure), not an event."""
-    return _is_erasure(message.headers())
-
-
 def raw_message(message: Message) -> RawMessage:
     headers = message.headers()
     return RawMessage(
