@@ -16,12 +16,11 @@ first kill leaves the evaluation to the other one (no restart), the second kills
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -31,9 +30,10 @@ from aiohttp import web
 from agents.alert_log import read_transitions
 from analytics.alerts import Transition
 from analytics.timeutil import format_ts, parse_ts
+from tests.http_receiver import serving_posts
 from tests.kafka_helpers import produce, security, sentinel_user_ids
 from tests.polling import poll
-from tests.worker_process import Services, Worker, WorkerPool, free_port
+from tests.worker_process import Services, Worker, WorkerPool
 
 pytestmark = pytest.mark.integration
 
@@ -101,20 +101,6 @@ class Receiver:
         return web.Response(status=204)
 
 
-@contextlib.asynccontextmanager
-async def receiving() -> AsyncIterator[tuple[Receiver, str]]:
-    """The receiver served on a free port (in the test's own event loop), and its URL."""
-    hook = Receiver()
-    application = web.Application()
-    application.router.add_post("/hook", hook.handle)
-    runner = web.AppRunner(application)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield hook, f"http://127.0.0.1:{port}/hook"
-    await runner.cleanup()
-
-
 async def committed(bootstrap: str, topic: str) -> list[Transition]:
     return await read_transitions({"bootstrap_servers": bootstrap, **security()}, topic)
 
@@ -180,7 +166,8 @@ async def test_rules_fire_and_resolve_once_across_kills(
 ) -> None:
     """One worker: killed and restarted twice. Two: the evaluating one killed, the other
     takes over; then that one killed and restarted."""
-    async with receiving() as (hook, url):
+    hook = Receiver()
+    async with serving_posts(hook.handle) as url:
         await fire_and_resolve(
             worker_factory, workers, services.kafka_bootstrap, topic_prefix, group_id, hook, url
         )

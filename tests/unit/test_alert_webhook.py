@@ -4,8 +4,6 @@ is logged and counted instead of raised."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from aiohttp import web
@@ -13,6 +11,7 @@ from aiohttp import web
 from agents.alert_webhook import WebhookDelivery
 from analytics.alerts import Transition
 from app.settings import AlertWebhookSettings
+from tests.http_receiver import serving_posts
 from tests.worker_process import free_port
 
 FIRING = Transition("busy", "firing", 120_000, 25, 20, "total_events", ">=")
@@ -32,20 +31,6 @@ class Receiver:
         return web.Response(status=status)
 
 
-@contextlib.asynccontextmanager
-async def serving(receiver: Receiver) -> AsyncIterator[str]:
-    application = web.Application()
-    application.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(application)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/hook"
-    finally:
-        await runner.cleanup()
-
-
 def settings(url: str, attempts: int = 4) -> AlertWebhookSettings:
     return AlertWebhookSettings.model_validate(
         {
@@ -60,7 +45,7 @@ def settings(url: str, attempts: int = 4) -> AlertWebhookSettings:
 
 async def test_5xx_is_retried_and_each_transition_is_posted_in_order_with_its_key() -> None:
     receiver = Receiver([503, 500])
-    async with serving(receiver) as url:
+    async with serving_posts(receiver.handle) as url:
         delivery = WebhookDelivery(settings(url))
         delivery.send([FIRING, RESOLVED])
         await delivery.drained()
@@ -77,7 +62,7 @@ async def test_5xx_is_retried_and_each_transition_is_posted_in_order_with_its_ke
 
 async def test_a_4xx_is_not_retried_and_the_next_transition_still_goes() -> None:
     receiver = Receiver([400])
-    async with serving(receiver) as url:
+    async with serving_posts(receiver.handle) as url:
         delivery = WebhookDelivery(settings(url))
         delivery.send([FIRING, RESOLVED])
         await delivery.drained()
