@@ -69,15 +69,6 @@ class AlertRule:
     def met(self, value: float | None) -> bool:
         return value is not None and COMPARATORS[self.comparator](value, self.threshold)
 
-    @property
-    def custom_name(self) -> str | None:
-        """The custom KPI's name for ``custom.<name>``, else None."""
-        return self.metric.removeprefix(CUSTOM_PREFIX) if self.is_custom else None
-
-    @property
-    def is_custom(self) -> bool:
-        return self.metric.startswith(CUSTOM_PREFIX)
-
 
 def metric_problem(metric: str, custom_kpis: Iterable[str] | None) -> str | None:
     """Why ``metric`` cannot be watched, or None. ``custom_kpis`` None: the custom KPIs are
