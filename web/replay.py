@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from analytics.privacy import IpMode
+from analytics.timeutil import parse_ts
 from analytics.tracking import dedup_key
 from web.ingestion import ingest_single
 
@@ -92,9 +93,18 @@ class Replay:
     """One file's replay: judges lines and hands what to produce to ``send``."""
 
     def __init__(
-        self, path: Path, send: Send, topic: str, dead_topic: str, ip_mode: IpMode
+        self,
+        path: Path,
+        send: Send,
+        topic: str,
+        dead_topic: str,
+        ip_mode: IpMode,
+        grace_ms: int,
     ) -> None:
         self.path = path
+        self.grace_ms = grace_ms
+        self.pending_min_ts: int | None = None
+        """The earliest event time of the events sent since the broker last took them all."""
         self.send = send
         self.topic = topic
         self.dead_topic = dead_topic
@@ -119,6 +129,7 @@ class Replay:
                 continue
             self.seen.add(seen)
             summary.accepted += 1
+            await self._in_time_order(accepted.value, received_ms)
             self.pending.append(
                 await self.send(self.topic, accepted.key, accepted.value, received_ms)
             )
@@ -128,8 +139,22 @@ class Replay:
             letter = orjson.dumps({**dead, "file": str(self.path), "line": number})
             self.pending.append(await self.send(self.dead_topic, None, letter, received_ms))
 
+    async def _in_time_order(self, value: bytes, received_ms: int) -> None:
+        """Before an event, wait for the broker to take the events sent more than ``grace``
+        of event time before it. A file replays an hour in a second: without this, one
+        partition's later events could be appended (and make a window final, as its
+        watermark passes the window's end) before another partition's events of that window,
+        which the combiner would then leave out. Events sent live arrive in that order."""
+        stamp = orjson.loads(value).get("timestamp")  # none: the message's time, as live
+        ts = parse_ts(stamp) if stamp else received_ms
+        if self.pending_min_ts is not None and ts - self.grace_ms >= self.pending_min_ts:
+            await self.acknowledged()
+        if self.pending_min_ts is None or ts < self.pending_min_ts:
+            self.pending_min_ts = ts
+
     async def acknowledged(self) -> None:
         """Wait for the broker to take every send so far; raises the first failure."""
+        self.pending_min_ts = None
         pending, self.pending = self.pending, []
         for ack in pending:
             await ack

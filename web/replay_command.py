@@ -49,7 +49,8 @@ async def replay(self: object, file: Path, progress: bool) -> None:
     async def send(topic: str, key: bytes | None, value: bytes, ts_ms: int) -> Any:
         return await producer.send(topic, value, key=key, timestamp_ms=ts_ms)
 
-    run = Replay(file, send, topics.user_events, topics.dead_letters, settings.privacy.ip)
+    grace_ms = int(settings.engine.grace.total_seconds() * 1000)
+    run = Replay(file, send, topics.user_events, topics.dead_letters, settings.privacy.ip, grace_ms)
     bar = tqdm(
         total=file.stat().st_size, unit="B", unit_scale=True, disable=not progress, file=sys.stderr
     )

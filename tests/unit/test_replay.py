@@ -25,12 +25,14 @@ LINES = [
 class Sent:
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, dict[str, Any], int]] = []
+        self.acked = 0  # how many of the records the broker has taken
 
     async def __call__(self, topic: str, key: bytes | None, value: bytes, ts_ms: int) -> Any:
         self.records.append((topic, key, orjson.loads(value), ts_ms))
+        count = len(self.records)
 
         async def ack() -> None:
-            return None
+            self.acked = max(self.acked, count)
 
         return ack()
 
@@ -44,7 +46,7 @@ async def test_replay_counts_accepted_rejected_duplicates_and_blank(
     path.write_bytes(gzip.compress(data) if "gz" in name else data)
     raw, events = open_events(path)
     sent = Sent()
-    replay = Replay(path, sent, "user-events", "user-events-dlq", "anonymize")
+    replay = Replay(path, sent, "user-events", "user-events-dlq", "anonymize", 10_000)
     with raw, events:
         for number, line in numbered_lines(events, path):
             await replay.line(number, line)
@@ -76,3 +78,30 @@ def test_an_unreadable_or_broken_file_is_an_error(tmp_path: Path) -> None:
     raw, events = open_events(broken)
     with raw, events, pytest.raises(ReplayFileError, match="cannot read after line"):
         list(numbered_lines(events, broken))
+
+
+async def test_an_event_waits_for_the_events_more_than_grace_before_it(tmp_path: Path) -> None:
+    """So that no partition's later events are appended (and make a window final) before
+    another partition's events of that window: each event is sent only once the broker has
+    taken every event sent earlier whose time is more than ``grace`` before its own."""
+    times = [0, 4_000, 9_000, 12_000, 11_000, 30_000, 31_000, 45_000]
+    lines = [
+        orjson.dumps(
+            {
+                "user_id": f"u{n % 3}",
+                "action": "click",
+                "event_id": f"e{n}",
+                "timestamp": f"2026-01-01T00:00:{ts // 1000:02d}Z",
+            }
+        )
+        for n, ts in enumerate(times)
+    ]
+    sent = Sent()
+    replay = Replay(tmp_path / "f", sent, "user-events", "user-events-dlq", "anonymize", 10_000)
+    taken_before: list[int] = []
+    for number, line in enumerate(lines, 1):
+        await replay.line(number, line)
+        taken_before.append(sent.acked)
+    # the broker had taken events 1-3 before the one at 12 s (0 s is more than 10 s before
+    # it), 1-5 before 30 s, and 1-7 before 45 s; none at all before the first three
+    assert taken_before == [0, 0, 0, 3, 3, 5, 5, 7]
