@@ -102,6 +102,7 @@ async def test_an_event_waits_for_the_events_more_than_grace_before_it(tmp_path:
     for number, line in enumerate(lines, 1):
         await replay.line(number, line)
         taken_before.append(sent.acked)
+    await replay.acknowledged()
     # the broker had taken events 1-3 before the one at 12 s (0 s is more than 10 s before
     # it), 1-5 before 30 s, and 1-7 before 45 s; none at all before the first three
     assert taken_before == [0, 0, 0, 3, 3, 5, 5, 7]
